@@ -1,0 +1,154 @@
+"""``ofa-search``: a thin command line over the library.
+
+Every input error (an :class:`~ofa_search.errors.OfaSearchError`) ends the program with
+exit code 2 and one line on stderr, never a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from ofa_search.errors import OfaSearchError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Hardware-aware NAS: once-for-all supernets, device tables, search.")
+space_app = typer.Typer(no_args_is_help=True, help="Search-space presets.")
+arch_app = typer.Typer(no_args_is_help=True, help="Inspect, sample and export architectures.")
+app.add_typer(space_app, name="space")
+app.add_typer(arch_app, name="arch")
+
+SpaceOpt = Annotated[str, typer.Option("--space", "-s", help="search-space preset name")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON")]
+ArchArg = Annotated[str, typer.Argument(
+    help="compact arch string, JSON of Arch.to_dict, or once-for-all's {ks,e,d,r} dict")]
+
+
+def default_workspace() -> Path:
+    return Path(os.environ.get("OFA_SEARCH_WORKSPACE", "ofa-workspace"))
+
+
+WorkspaceOpt = Annotated[Path, typer.Option(
+    "--workspace", "-w", help="workspace folder (default ./ofa-workspace or "
+    "$OFA_SEARCH_WORKSPACE)", default_factory=default_workspace)]
+
+
+def _emit_json(data: Any) -> None:
+    typer.echo(json.dumps(data, indent=1))
+
+
+# -- space -------------------------------------------------------------------------------
+@space_app.command("list")
+def space_list() -> None:
+    """One preset name per line."""
+    from ofa_search.space import list_spaces
+
+    for name in list_spaces():
+        typer.echo(name)
+
+
+@space_app.command("show")
+def space_show(name: Annotated[str, typer.Argument(help="preset name")],
+               as_json: JsonOpt = False) -> None:
+    """Choices, structure and size of a preset."""
+    from ofa_search.space import get_space
+
+    info = get_space(name).summary()
+    if as_json:
+        _emit_json(info)
+        return
+    for key, value in info.items():
+        if key == "stages":
+            typer.echo("stages:")
+            stages: list[dict[str, Any]] = value  # type: ignore[assignment]
+            for i, stage in enumerate(stages):
+                typer.echo(f"  {i}: width {stage['width']}, stride {stage['stride']}, "
+                           f"{stage['act']}, se={stage['se']}")
+        else:
+            typer.echo(f"{key}: {value}")
+
+
+# -- arch --------------------------------------------------------------------------------
+@arch_app.command("sample")
+def arch_sample(space: SpaceOpt, n: Annotated[int, typer.Option("--n", min=1)] = 1,
+                seed: Annotated[int, typer.Option("--seed")] = 0) -> None:
+    """N seeded random archs, one compact string per line."""
+    import numpy as np
+
+    from ofa_search.arch import Arch
+
+    rng = np.random.default_rng(seed)
+    for _ in range(n):
+        typer.echo(Arch.sample(space, rng).to_string())
+
+
+@arch_app.command("info")
+def arch_info(arch: ArchArg, space: SpaceOpt, as_json: JsonOpt = False) -> None:
+    """Resolution, depths, MACs, params and a per-block table."""
+    from ofa_search.arch import parse_arch
+    from ofa_search.report import arch_report, format_arch_report
+
+    report = arch_report(parse_arch(arch, space))
+    if as_json:
+        _emit_json(report)
+    else:
+        typer.echo(format_arch_report(report))
+
+
+@arch_app.command("export")
+def arch_export(arch: ArchArg, space: SpaceOpt,
+                out: Annotated[Path, typer.Option("--out", "-o", help="FILE.onnx")],
+                seed: Annotated[int, typer.Option("--seed")] = 0) -> None:
+    """Export a randomly initialised static subnet to ONNX (for latency work)."""
+    import torch
+
+    from ofa_search.arch import parse_arch
+    from ofa_search.nn import build_static
+    from ofa_search.onnx_export import export_onnx, save_onnx
+
+    parsed = parse_arch(arch, space)
+    torch.manual_seed(seed)
+    net = build_static(parsed)
+    model = export_onnx(net, net.input_shape())
+    save_onnx(model, out)
+    typer.echo(f"wrote {out} ({out.stat().st_size / 1e6:.2f} MB, input {net.input_shape()})")
+
+
+@app.command("demo")
+def demo(workspace: WorkspaceOpt,
+         space: Annotated[str, typer.Option("--space", "-s")] = "mbv3_small28",
+         seed: Annotated[int, typer.Option("--seed")] = 0) -> None:
+    """The main job on the embedded default (grows with the project)."""
+    from ofa_search.demo import run_demo
+
+    run_demo(workspace, space=space, seed=seed, echo=typer.echo)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: input errors become one line and exit code 2."""
+    try:
+        app(args=argv, standalone_mode=False)
+    except OfaSearchError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        typer.echo("aborted", err=True)
+        sys.exit(130)
+    except Exception as exc:  # click usage errors
+        import click
+
+        if isinstance(exc, click.exceptions.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        raise
+
+
+if __name__ == "__main__":
+    main()

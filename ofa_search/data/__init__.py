@@ -1,0 +1,54 @@
+"""Datasets for supernet training, held in memory as uint8 tensors.
+
+Registered datasets (:func:`load_dataset` by name):
+
+- ``digits`` — scikit-learn's bundled 8×8 handwritten digits; always available. It has no
+  official test set: a fixed, stratified 20 % is carved out as ``test``.
+- ``fashion-mnist`` — the four standard IDX files (raw or ``.gz``) from ``data_dir``,
+  default ``/usr/share/datasets/fashion-mnist`` (Debian package ``dataset-fashion-mnist``).
+- ``imagefolder`` — ``root/train/<class>/…`` (+ ``val/``, ``test/``) read with Pillow.
+
+Every dataset comes as :class:`DatasetSplits`: ``train``, a seeded stratified ``val``
+hold-out of the training data (for BN recalibration and accuracy-predictor data), and
+``test`` (for reporting only), with metadata. Batches come from :func:`iterate_batches`
+(vectorised, with augmentation driven by an explicit ``torch.Generator``) or from a
+``DataLoader`` over a split, sharded across ranks with :class:`ShardSampler`.
+:func:`resize_batch` moves a batch to another resolution, as elastic-resolution training
+does every step.
+"""
+
+from __future__ import annotations
+
+from ofa_search.data._errors import DatasetError
+from ofa_search.data._idx import parse_idx, read_idx
+from ofa_search.data._loader import ShardSampler, iterate_batches, shard_indices
+from ofa_search.data._registry import available_datasets, load_dataset
+from ofa_search.data._sources import FASHION_MNIST_DIR, FASHION_MNIST_FILES
+from ofa_search.data._split import stratified_split
+from ofa_search.data._splits import DatasetSplits, ImageSplit
+from ofa_search.data._transforms import (
+    AugmentPolicy,
+    augment_batch,
+    normalize_batch,
+    resize_batch,
+)
+
+__all__ = [
+    "FASHION_MNIST_DIR",
+    "FASHION_MNIST_FILES",
+    "AugmentPolicy",
+    "DatasetError",
+    "DatasetSplits",
+    "ImageSplit",
+    "ShardSampler",
+    "augment_batch",
+    "available_datasets",
+    "iterate_batches",
+    "load_dataset",
+    "normalize_batch",
+    "parse_idx",
+    "read_idx",
+    "resize_batch",
+    "shard_indices",
+    "stratified_split",
+]

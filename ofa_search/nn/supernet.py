@@ -1,0 +1,85 @@
+"""The weight-sharing supernet of a search space."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ofa_search.arch import Arch
+from ofa_search.errors import InvalidArchError
+from ofa_search.nn.elastic_block import ElasticMBConv
+from ofa_search.nn.static import ConvBNAct, Head, MBConv, init_weights
+from ofa_search.space import SearchSpace, get_space
+from ofa_search.units import HeadUnit, MBConvUnit
+
+
+class Supernet(nn.Module):
+    """All subnets of ``space`` at one width multiplier, sharing weights.
+
+    ``forward(x, arch)`` runs the subnet ``arch``: the first ``depths[s]`` blocks of each
+    stage with their kernels and expand ratios. The input is resized (bilinear) to
+    ``arch.resolution`` when its size differs (elastic resolution).
+    """
+
+    def __init__(self, space: str | SearchSpace, width_mult: float | None = None, *,
+                 generator: torch.Generator | None = None) -> None:
+        super().__init__()
+        spec = get_space(space)
+        width = spec.width_mults[0] if width_mult is None else float(width_mult)
+        if width not in spec.width_mults:
+            raise InvalidArchError(f"width_mult={width} is not allowed in space {spec.name!r}; "
+                                   f"choices: {', '.join(map(str, spec.width_mults))}")
+        self.space, self.width_mult = spec, width
+        w = spec.widths(width)
+        self.stem = ConvBNAct(spec.in_channels, w.stem, 3, spec.stem_stride, act=spec.stem_act)
+        self.first_block = MBConv(MBConvUnit(w.stem, w.first_block, w.stem, 1, 3, 1, "relu", 0,
+                                             has_expand=False))
+        stages = []
+        in_ch = w.first_block
+        for s, stage in enumerate(spec.stages):
+            blocks = []
+            for b in range(spec.max_depth):
+                stride = stage.stride if b == 0 else 1
+                blocks.append(ElasticMBConv(spec, stage, in_ch, w.stages[s], stride))
+                in_ch = w.stages[s]
+            stages.append(nn.ModuleList(blocks))
+        self.stages = nn.ModuleList(stages)
+        self.head = Head(HeadUnit(in_ch, w.final_expand, w.feature_mix, spec.num_classes, 1),
+                         spec.dropout)
+        init_weights(self, generator)
+
+    def check_arch(self, arch: Arch) -> None:
+        if arch.space != self.space.name or arch.width_mult != self.width_mult:
+            raise InvalidArchError(
+                f"arch of {arch.space}/w{arch.width_mult} does not belong to this supernet "
+                f"({self.space.name}/w{self.width_mult})"
+            )
+
+    def forward(self, x: torch.Tensor, arch: Arch) -> torch.Tensor:
+        self.check_arch(arch)
+        if x.shape[-1] != arch.resolution or x.shape[-2] != arch.resolution:
+            x = F.interpolate(x, size=(arch.resolution, arch.resolution), mode="bilinear",
+                              align_corners=False)
+        x = self.first_block(self.stem(x))
+        for s in range(len(self.stages)):
+            for b in range(arch.depths[s]):
+                x = self.block(s, b)(x, arch.kernels[s][b], arch.expands[s][b])
+        out: torch.Tensor = self.head(x)
+        return out
+
+    def block(self, stage: int, index: int) -> ElasticMBConv:
+        """The elastic block ``index`` of stage ``stage``."""
+        block = self.stages[stage][index]  # type: ignore[index]
+        assert isinstance(block, ElasticMBConv)
+        return block
+
+    def elastic_blocks(self) -> list[ElasticMBConv]:
+        return [self.block(s, b) for s in range(len(self.stages))
+                for b in range(self.space.max_depth)]
+
+    def sort_channels(self) -> None:
+        """Importance-sort the hidden channels of every elastic block (in place; the largest
+        subnet's function is unchanged)."""
+        for block in self.elastic_blocks():
+            block.sort_channels()

@@ -1,0 +1,78 @@
+"""MetaSchedule tuning for the TVM backend, with a database shared across runs.
+
+Does what ``relax.get_pipeline("static_shape_tuning", …)`` does, with two differences that
+matter when profiling a whole search space: workloads that already have a record in the
+database are not tuned again (the database in ``work_dir`` is reused across models and
+runs), and the trial budget is per workload. Builder and runner time-outs are raised from
+TVM's 30 s: a builder worker spends ~25 s importing TVM's tensor intrinsics on a loaded
+2-core host, so the defaults fail every candidate there. The JSON database takes one
+writer at a time: do not tune into one ``work_dir`` from several processes at once.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+_MAX_TRIALS_PER_ITER = 64
+
+
+def _runner(ms: Any, rpc: tuple[str, int, str] | None, timeout_s: float) -> Any:
+    if rpc is None:
+        return ms.runner.LocalRunner(timeout_sec=timeout_s)
+    host, port, key = rpc
+    config = ms.runner.RPCConfig(tracker_host=host, tracker_port=port, tracker_key=key,
+                                 session_timeout_sec=int(timeout_s))
+    return ms.runner.RPCRunner(rpc_config=config)
+
+
+def tune_and_apply(mod: Any, target: Any, *, trials_per_task: int, work_dir: str,
+                   rpc: tuple[str, int, str] | None = None, timeout_s: float = 300.0,
+                   seed: int = 0) -> Any:
+    """Tune the untuned workloads of relax ``mod`` and apply the database in ``work_dir``.
+
+    Args:
+        mod: a relax ``IRModule`` with static shapes (as the ONNX frontend returns it).
+        target: the ``tvm.target.Target`` to tune for.
+        trials_per_task: MetaSchedule trials for each workload not yet in the database.
+        work_dir: the JSON database folder (created if missing).
+        rpc: ``(tracker_host, tracker_port, key)`` to measure candidates on a remote
+            device; ``None`` measures them on this host.
+        timeout_s: builder and runner time-out per batch of candidates.
+        seed: seed of the evolutionary search.
+
+    Returns:
+        The module with tuned schedules applied, ready for ``tvm.compile(mod, target)``.
+    """
+    import tvm
+    from tvm import relax
+    from tvm.s_tir import meta_schedule as ms
+    from tvm.s_tir.meta_schedule.relax_integration import (
+        extract_tasks,
+        extracted_tasks_to_tune_contexts,
+    )
+
+    os.makedirs(work_dir, exist_ok=True)
+    with target:
+        mod = tvm.transform.Sequential([
+            relax.transform.DecomposeOpsForInference(),
+            relax.transform.CanonicalizeBindings(),
+            relax.get_pipeline("zero"),
+        ])(mod)
+        database = ms.database.JSONDatabase(work_dir=work_dir)
+        todo = [
+            task for task in extract_tasks(mod, target)
+            if database.query_tuning_record(task.dispatched[0], target, "main") is None
+        ]
+        if todo:
+            contexts, weights = extracted_tasks_to_tune_contexts(todo, work_dir=work_dir,
+                                                                 seed=seed)
+            ms.tune_tasks(
+                tasks=contexts, task_weights=weights, work_dir=work_dir,
+                max_trials_global=trials_per_task * len(todo),
+                max_trials_per_task=trials_per_task,
+                num_trials_per_iter=min(trials_per_task, _MAX_TRIALS_PER_ITER),
+                builder=ms.builder.LocalBuilder(timeout_sec=timeout_s),
+                runner=_runner(ms, rpc, timeout_s), database=database,
+            )
+        return relax.transform.MetaScheduleApplyDatabase(work_dir)(mod)

@@ -1,0 +1,146 @@
+"""What machine is this? CPU model and features, OS and package versions.
+
+Everything here reads ``/proc/cpuinfo``, :mod:`platform` and installed package metadata; it
+imports none of the heavy packages it reports on, so it is cheap to call before profiling.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+from collections.abc import Mapping
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+FLAGS_OF_INTEREST: tuple[str, ...] = ("avx2", "avx512f", "avx512_vnni", "avx512_vpopcntdq")
+"""CPU flags that change which kernels the backends can emit (fp32 SIMD, int8, popcount)."""
+
+_DISTRIBUTIONS: dict[str, tuple[str, ...]] = {
+    "torch": ("torch",),
+    "onnx": ("onnx",),
+    "onnxruntime": ("onnxruntime", "onnxruntime-gpu", "onnxruntime-openvino"),
+    "tvm": ("apache-tvm", "tvm"),
+}
+
+# Intel family 6 model numbers → LLVM CPU names (checked against LLVM in the tests).
+_INTEL_FAMILY6: dict[int, str] = {
+    63: "haswell", 79: "broadwell", 85: "skylake-avx512", 106: "icelake-server",
+    108: "icelake-server", 140: "tigerlake", 141: "tigerlake", 142: "skylake",
+    143: "sapphirerapids", 151: "alderlake", 154: "alderlake", 158: "skylake",
+    165: "skylake", 170: "meteorlake", 173: "graniterapids", 174: "graniterapids",
+    183: "raptorlake", 186: "raptorlake", 191: "raptorlake", 207: "emeraldrapids",
+}
+
+
+def read_cpuinfo(text: str | None = None) -> dict[str, str]:
+    """The first processor block of ``/proc/cpuinfo`` (or of ``text``) as lower-case keys.
+
+    Returns an empty dict where the file does not exist (macOS, Windows).
+    """
+    if text is None:
+        path = Path("/proc/cpuinfo")
+        if not path.is_file():
+            return {}
+        text = path.read_text(encoding="utf-8", errors="replace")
+    info: dict[str, str] = {}
+    for line in text.splitlines():
+        if not line.strip():
+            if info:
+                break
+            continue
+        key, sep, value = line.partition(":")
+        if sep:
+            info.setdefault(key.strip().lower(), value.strip())
+    return info
+
+
+def cpu_flags(cpuinfo: Mapping[str, str]) -> frozenset[str]:
+    """The CPU feature flags (``flags`` on x86, ``features`` on Arm)."""
+    return frozenset((cpuinfo.get("flags") or cpuinfo.get("features") or "").split())
+
+
+def llvm_cpu_name(cpuinfo: Mapping[str, str]) -> str | None:
+    """The LLVM ``-mcpu`` name that fits this x86 CPU, or ``None`` when nothing fits.
+
+    Known vendor/family/model triples map to their micro-architecture (``znver5``,
+    ``emeraldrapids``…); other x86 CPUs fall back to the x86-64 micro-architecture level
+    their flags allow (``x86-64-v4`` for AVX-512, ``-v3`` for AVX2, ``-v2``). Non-x86 CPUs
+    give ``None``: use a generic target or name the CPU explicitly.
+    """
+    flags = cpu_flags(cpuinfo)
+    vendor = cpuinfo.get("vendor_id", "")
+    try:
+        family = int(cpuinfo.get("cpu family", ""))
+        model = int(cpuinfo.get("model", ""))
+    except ValueError:
+        family = model = -1
+    if vendor == "AuthenticAMD":
+        if family == 26:
+            return "znver5"
+        if family == 25:
+            return "znver4" if "avx512f" in flags else "znver3"
+        if family == 23:
+            return "znver2" if model >= 0x30 else "znver1"
+    if vendor == "GenuineIntel" and family == 6 and model in _INTEL_FAMILY6:
+        name = _INTEL_FAMILY6[model]
+        if name == "skylake-avx512" and "avx512_vnni" in flags:
+            return "cascadelake"
+        return name
+    if {"avx512f", "avx512bw", "avx512cd", "avx512dq", "avx512vl"} <= flags:
+        return "x86-64-v4"
+    if {"avx2", "bmi2", "fma", "movbe"} <= flags:
+        return "x86-64-v3"
+    if {"sse4_2", "popcnt", "ssse3"} <= flags:
+        return "x86-64-v2"
+    return None
+
+
+def known_llvm_cpu_names() -> frozenset[str]:
+    """Every name :func:`llvm_cpu_name` can return."""
+    return frozenset({*_INTEL_FAMILY6.values(), "cascadelake", "x86-64-v2", "x86-64-v3",
+                      "x86-64-v4", "znver1", "znver2", "znver3", "znver4", "znver5"})
+
+
+def package_versions() -> dict[str, str | None]:
+    """Installed versions of torch, onnx, onnxruntime and tvm; ``None`` where missing."""
+    versions: dict[str, str | None] = {}
+    for name, distributions in _DISTRIBUTIONS.items():
+        versions[name] = None
+        for dist in distributions:
+            try:
+                versions[name] = metadata.version(dist)
+                break
+            except metadata.PackageNotFoundError:
+                continue
+    return versions
+
+
+def usable_cores() -> int:
+    """Logical cores this process may run on (its affinity mask where the OS has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def host_info() -> dict[str, Any]:
+    """A JSON-ready description of this host, for recording next to measurements.
+
+    Keys: ``cpu_model``, ``cpu_vendor``, ``logical_cores``, ``usable_cores``, ``cpu_flags``
+    (each of :data:`FLAGS_OF_INTEREST` → bool), ``llvm_cpu``, ``os``, ``machine``,
+    ``python`` and ``versions`` (see :func:`package_versions`).
+    """
+    cpuinfo = read_cpuinfo()
+    flags = cpu_flags(cpuinfo)
+    return {
+        "cpu_model": cpuinfo.get("model name") or platform.processor() or None,
+        "cpu_vendor": cpuinfo.get("vendor_id"),
+        "logical_cores": os.cpu_count(),
+        "usable_cores": usable_cores(),
+        "cpu_flags": {flag: flag in flags for flag in FLAGS_OF_INTEREST},
+        "llvm_cpu": llvm_cpu_name(cpuinfo),
+        "os": platform.platform(),
+        "machine": platform.machine(),
+        "python": platform.python_version(),
+        "versions": package_versions(),
+    }

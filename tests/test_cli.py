@@ -1,0 +1,99 @@
+"""The command line, run as a user runs it (subprocess)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import onnx
+import pytest
+
+from ofa_search.arch import Arch
+from ofa_search.units import count_macs, count_params
+
+
+def cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "ofa_search.cli", *args], capture_output=True,
+                          text=True, timeout=300, cwd=cwd)
+
+
+def test_space_list_and_show() -> None:
+    out = cli("space", "list")
+    assert out.returncode == 0
+    assert {"ofa_mbv3", "mbv3_small28"} <= set(out.stdout.split())
+    shown = cli("space", "show", "ofa_mbv3", "--json")
+    info = json.loads(shown.stdout)
+    assert info["size"] == 25 * 2 * (81 + 729 + 6561) ** 5
+    assert info["kernel_sizes"] == [3, 5, 7]
+    text = cli("space", "show", "mbv3_small28").stdout
+    assert "resolutions: [16, 20, 24, 28, 32]" in text
+
+
+def test_arch_sample_is_seeded_and_valid() -> None:
+    a = cli("arch", "sample", "--space", "mbv3_small28", "--n", "5", "--seed", "3").stdout.split()
+    b = cli("arch", "sample", "--space", "mbv3_small28", "--n", "5", "--seed", "3").stdout.split()
+    assert a == b and len(a) == 5 and len(set(a)) == 5
+    for text in a:
+        Arch.parse(text, "mbv3_small28")
+
+
+def test_arch_info_json_and_text() -> None:
+    arch = Arch.sample("ofa_mbv3", 5)
+    out = cli("arch", "info", "--space", "ofa_mbv3", arch.to_string(), "--json")
+    assert out.returncode == 0, out.stderr
+    info = json.loads(out.stdout)
+    assert info["macs_m"] == pytest.approx(count_macs(arch) / 1e6)
+    assert info["params_m"] == pytest.approx(count_params(arch) / 1e6)
+    assert len(info["units"]) == 3 + arch.num_blocks
+    text = cli("arch", "info", "--space", "ofa_mbv3", arch.to_string()).stdout
+    assert f"MACs        {count_macs(arch) / 1e6:.2f} M" in text
+
+
+def test_arch_info_accepts_ofa_dict_and_json() -> None:
+    ofa = {"ks": [3] * 20, "e": [3] * 20, "d": [2] * 5, "r": 160, "w": 1.2}
+    out = cli("arch", "info", "--space", "ofa_mbv3", json.dumps(ofa), "--json")
+    assert json.loads(out.stdout)["arch"] == "r160_w1.2" + "_k3e3-k3e3" * 5
+    as_dict = Arch.smallest("mbv3_small28").to_dict()
+    out = cli("arch", "info", "--space", "mbv3_small28", json.dumps(as_dict), "--json")
+    assert json.loads(out.stdout)["resolution"] == 16
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["arch", "info", "--space", "mbv3_small28", "r29_w1.0_k3e3"], "has 3 '_'-separated"),
+        (["arch", "info", "--space", "mbv3_small28",
+          "r28_w1.0_k9e3-k3e3_k3e3-k3e3_k3e3-k3e3_k3e3-k3e3"], "kernels[0][0]=9 is not allowed"),
+        (["arch", "info", "--space", "nope", "x"], "unknown search space 'nope'"),
+        (["space", "show", "nope"], "unknown search space 'nope'; known:"),
+        (["arch", "info", "--space", "ofa_mbv3", "{bad"], "looks like JSON but does not parse"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(args: list[str], message: str) -> None:
+    out = cli(*args)
+    assert out.returncode == 2
+    assert "Traceback" not in out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0]
+
+
+def test_arch_export_writes_valid_onnx(tmp_path: Path) -> None:
+    arch = Arch.sample("mbv3_small28", 1)
+    target = tmp_path / "m.onnx"
+    out = cli("arch", "export", "--space", "mbv3_small28", arch.to_string(), "--out", str(target))
+    assert out.returncode == 0, out.stderr
+    model = onnx.load(str(target))
+    onnx.checker.check_model(model)
+    dims = [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
+    assert dims == [1, 1, arch.resolution, arch.resolution]
+
+
+def test_demo_runs_and_leaves_a_workspace(tmp_path: Path) -> None:
+    out = cli("demo", "--workspace", str(tmp_path / "ws"))
+    assert out.returncode == 0, out.stderr
+    summary = json.loads((tmp_path / "ws" / "demo_summary.json").read_text())
+    assert summary["exported"]["extract_gap"] <= 1e-5
+    assert summary["exported"]["onnxruntime_gap"] <= 1e-4
+    onnx.checker.check_model(onnx.load(summary["exported"]["path"]))
