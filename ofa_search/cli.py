@@ -129,6 +129,90 @@ def demo(workspace: WorkspaceOpt,
     run_demo(workspace, space=space, seed=seed, echo=typer.echo)
 
 
+# -- device latency tables -----------------------------------------------------------------
+@app.command("profile")
+def profile_cmd(
+    workspace: WorkspaceOpt,
+    space: SpaceOpt,
+    device: Annotated[str, typer.Option("--device", "-d", help="device id, e.g. cpu-ort-1t")],
+    backend: Annotated[str, typer.Option("--backend", help="onnxruntime or tvm")] = "onnxruntime",
+    threads: Annotated[int, typer.Option("--threads", min=1)] = 1,
+    resolutions: Annotated[list[int] | None, typer.Option(
+        "--resolutions", "-r", help="repeat for several (default: all of the space's)")] = None,
+    width_mult: Annotated[float | None, typer.Option("--width")] = None,
+    time_cap: Annotated[float, typer.Option("--time-cap", help="seconds per unit")] = 0.5,
+    overhead_archs: Annotated[int, typer.Option("--overhead-archs", min=0)] = 10,
+) -> None:
+    """Measure (or resume) WORKSPACE/hw_profiles/DEVICE.json on this host."""
+    from ofa_search.profiling import DeviceProfile, TimingConfig
+    from ofa_search.profiling.builder import build_table
+
+    if backend == "onnxruntime":
+        profile = DeviceProfile.local_onnxruntime(threads, id=device)
+    else:
+        profile = DeviceProfile.local_tvm(threads, id=device)
+    timing = TimingConfig(warmup=3, min_runs=7, max_runs=200, time_cap_s=time_cap)
+    out = workspace / "hw_profiles" / f"{device}.json"
+    table = build_table(space, profile, resolutions, out, width_mult=width_mult,
+                        timing=timing, overhead_archs=overhead_archs)
+    typer.echo(f"wrote {out}: {len(table.entries)} units, overhead {table.overhead_ms:.4f} ms")
+
+
+@app.command("devices")
+def devices_cmd(workspace: WorkspaceOpt, as_json: JsonOpt = False) -> None:
+    """Device latency tables visible from the workspace and the repository."""
+    from ofa_search.profiling.lut import list_tables
+
+    infos = list_tables(workspace=workspace)
+    if as_json:
+        _emit_json([info.to_dict() for info in infos])
+        return
+    for info in infos:
+        if info.error:
+            typer.echo(f"{info.device_id:<20} unreadable: {info.error}")
+        else:
+            state = "" if info.complete else "  (incomplete)"
+            typer.echo(f"{info.device_id:<20} {info.backend:<12} {info.space} "
+                       f"w{info.width_mult} r{list(info.resolutions)} "
+                       f"{info.entries} units{state}")
+
+
+@app.command("latency")
+def latency_cmd(
+    workspace: WorkspaceOpt,
+    arch: ArchArg,
+    device: Annotated[str, typer.Option("--device", "-d")],
+    space: Annotated[str | None, typer.Option(
+        "--space", "-s", help="default: the table's space")] = None,
+    measure: Annotated[bool, typer.Option("--measure", help="also measure it end to end")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Predicted latency of ARCH on DEVICE (and, with --measure, the measured one)."""
+    from ofa_search.arch import parse_arch
+    from ofa_search.errors import OfaSearchError
+    from ofa_search.profiling.lut import find_table
+
+    table = find_table(device, workspace=workspace)
+    parsed = parse_arch(arch, space or table.space)
+    result: dict[str, Any] = {"device": device, "arch": parsed.to_string(),
+                              "predicted_ms": table.predict(parsed)}
+    if measure:
+        from ofa_search.profiling.backends import get_backend
+        from ofa_search.profiling.builder import FAST_TIMING, measure_arch
+
+        profile = table.profile()
+        if profile is None:
+            raise OfaSearchError(f"device {device!r} is an imported table; it cannot be "
+                                 "measured from this host")
+        with get_backend(profile, timing=FAST_TIMING) as backend:
+            result["measured_ms"] = measure_arch(backend, parsed, profile.batch_size).median_ms
+    if as_json:
+        _emit_json(result)
+    else:
+        typer.echo("  ".join(f"{k}: {v:.4f}" if isinstance(v, float) else f"{k}: {v}"
+                             for k, v in result.items()))
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: input errors become one line and exit code 2."""
     try:

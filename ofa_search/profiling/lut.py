@@ -1,0 +1,287 @@
+"""Device latency tables: per-unit latencies of one search space on one device.
+
+A :class:`LatencyTable` prices an :class:`~ofa_search.arch.Arch` as the sum of the medians
+of its units (:func:`ofa_search.units.arch_units`, matched by :attr:`key`) plus a constant
+``overhead_ms`` fitted end to end. Tables are self-describing, versioned JSON: the device
+profile and its fingerprint, the host, the library versions, the date, the space, width
+and resolutions covered, and for every unit the median, spread and count of its samples.
+
+Tables live in ``hw_profiles/<device-id>.json`` — the ones shipped with the repository
+and the ones a user profiles into a workspace's ``hw_profiles/`` — and are found by device
+id with :func:`find_table` / :func:`list_tables`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from ofa_search.arch import Arch
+from ofa_search.atomic import atomic_write_json
+from ofa_search.errors import FileFormatError, LutMissError, UnknownDeviceError
+from ofa_search.profiling.device import DeviceProfile
+from ofa_search.units import arch_units
+
+LUT_SCHEMA_VERSION = 1
+"""Version of the table file format this code reads and writes."""
+
+FORMAT_NAME = "ofa-search-latency-table"
+REPO_TABLE_DIR = Path(__file__).resolve().parents[2] / "hw_profiles"
+"""The tables shipped with the repository."""
+
+_REQUIRED = ("format", "schema_version", "device_id", "device", "space", "width_mult",
+             "resolutions", "overhead_ms", "entries")
+_ENTRY_REQUIRED = ("median_ms", "iqr_ms", "count")
+
+
+def now_iso() -> str:
+    """The current UTC time, ISO 8601, to the second."""
+    return datetime.now(UTC).replace(microsecond=0).isoformat()
+
+
+@dataclass
+class LatencyTable:
+    """Latency of every unit of one space (at one width) on one device, in milliseconds.
+
+    Attributes:
+        device_id: the device's id (also the file name, ``<device_id>.json``).
+        device: the device description; for measured tables :meth:`DeviceProfile.to_dict`,
+            for imported ones a free-form dict with at least ``backend``.
+        fingerprint: :meth:`DeviceProfile.fingerprint` of the measuring profile (``None``
+            for imported tables).
+        space, width_mult: the search space and width multiplier priced.
+        resolutions: input resolutions whose units the table covers.
+        overhead_ms: constant added to every prediction (graph-level cost not in units).
+        entries: unit key → ``{"median_ms", "iqr_ms", "count", ...}``; an optional
+            ``by_resolution`` (``{"192": ms}``) overrides ``median_ms`` for subnets at that
+            input resolution (imported tables priced one key per resolution).
+        host: :func:`~ofa_search.profiling.host.host_info` of the measuring host.
+        versions: versions of the packages that shaped the timings.
+        created: ISO date of creation (``updated`` in :attr:`meta` for later edits).
+        complete: ``False`` while a build is still under way.
+        meta: anything else (timing config, overhead fit, wall time, source of an import).
+    """
+
+    device_id: str
+    device: dict[str, Any]
+    space: str
+    width_mult: float
+    resolutions: tuple[int, ...]
+    fingerprint: str | None = None
+    overhead_ms: float = 0.0
+    entries: dict[str, dict[str, Any]] = field(default_factory=dict)
+    host: dict[str, Any] = field(default_factory=dict)
+    versions: dict[str, str] = field(default_factory=dict)
+    created: str = field(default_factory=now_iso)
+    complete: bool = True
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    # -- pricing ------------------------------------------------------------------------
+    def _check_arch(self, arch: Arch) -> None:
+        if arch.space != self.space:
+            raise LutMissError(f"table {self.device_id!r} prices space {self.space!r}, "
+                               f"not {arch.space!r}")
+        if not math.isclose(arch.width_mult, self.width_mult):
+            raise LutMissError(f"table {self.device_id!r} prices width {self.width_mult}, "
+                               f"not {arch.width_mult}")
+        if arch.resolution not in self.resolutions:
+            raise LutMissError(f"table {self.device_id!r} does not cover resolution "
+                               f"{arch.resolution}; it covers resolutions "
+                               f"{list(self.resolutions)}")
+
+    def unit_sum(self, arch: Arch) -> float:
+        """Sum of the medians of ``arch``'s units (no overhead)."""
+        self._check_arch(arch)
+        total = 0.0
+        for unit in arch_units(arch):
+            entry = self.entries.get(unit.key)
+            if entry is None:
+                raise LutMissError(f"table {self.device_id!r} has no entry for unit "
+                                   f"{unit.key!r}")
+            by_res = entry.get("by_resolution") or {}
+            total += float(by_res.get(str(arch.resolution), entry["median_ms"]))
+        return total
+
+    def predict(self, arch: Arch) -> float:
+        """Predicted latency of ``arch`` in ms: unit medians plus ``overhead_ms``.
+
+        Raises :class:`LutMissError` naming the first missing unit key, or the space,
+        width or resolution the table does not cover.
+        """
+        return self.unit_sum(arch) + self.overhead_ms
+
+    def covers(self, arch: Arch) -> bool:
+        """Whether :meth:`predict` can price ``arch``."""
+        try:
+            self.unit_sum(arch)
+        except LutMissError:
+            return False
+        return True
+
+    def profile(self) -> DeviceProfile | None:
+        """The measuring :class:`DeviceProfile`, or ``None`` for an imported table."""
+        if self.fingerprint is None:
+            return None
+        return DeviceProfile.from_dict(self.device)
+
+    # -- files --------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form (see :func:`LatencyTable.from_dict`)."""
+        return {
+            "format": FORMAT_NAME,
+            "schema_version": LUT_SCHEMA_VERSION,
+            "device_id": self.device_id,
+            "device": self.device,
+            "fingerprint": self.fingerprint,
+            "host": self.host,
+            "versions": self.versions,
+            "created": self.created,
+            "space": self.space,
+            "width_mult": self.width_mult,
+            "resolutions": list(self.resolutions),
+            "complete": self.complete,
+            "overhead_ms": self.overhead_ms,
+            "meta": self.meta,
+            "entries": {key: self.entries[key] for key in sorted(self.entries)},
+        }
+
+    @classmethod
+    def from_dict(cls, data: Any, source: str = "table") -> LatencyTable:
+        """Inverse of :meth:`to_dict`; anything malformed is a :class:`FileFormatError`."""
+        if not isinstance(data, Mapping) or data.get("format") != FORMAT_NAME:
+            raise FileFormatError(f"{source}: not an ofa-search latency table "
+                                  f"(no 'format': {FORMAT_NAME!r})")
+        version = data.get("schema_version")
+        if version != LUT_SCHEMA_VERSION:
+            raise FileFormatError(f"{source}: unsupported latency table schema_version "
+                                  f"{version!r}; this ofa-search reads version "
+                                  f"{LUT_SCHEMA_VERSION}")
+        missing = [key for key in _REQUIRED if key not in data]
+        if missing:
+            raise FileFormatError(f"{source}: latency table lacks fields {missing}")
+        entries = data["entries"]
+        if not isinstance(entries, Mapping):
+            raise FileFormatError(f"{source}: 'entries' must be an object")
+        for key, entry in entries.items():
+            if not isinstance(entry, Mapping) or any(k not in entry for k in _ENTRY_REQUIRED):
+                raise FileFormatError(f"{source}: entry {key!r} must hold {_ENTRY_REQUIRED}")
+            if not _is_number(entry["median_ms"]) or entry["median_ms"] < 0:
+                raise FileFormatError(f"{source}: entry {key!r} has a bad median_ms "
+                                      f"{entry['median_ms']!r}")
+        try:
+            return cls(
+                device_id=str(data["device_id"]), device=dict(data["device"]),
+                space=str(data["space"]), width_mult=float(data["width_mult"]),
+                resolutions=tuple(int(r) for r in data["resolutions"]),
+                fingerprint=data.get("fingerprint"), overhead_ms=float(data["overhead_ms"]),
+                entries={str(k): dict(v) for k, v in entries.items()},
+                host=dict(data.get("host") or {}), versions=dict(data.get("versions") or {}),
+                created=str(data.get("created", "")), complete=bool(data.get("complete", True)),
+                meta=dict(data.get("meta") or {}),
+            )
+        except (TypeError, ValueError) as exc:
+            raise FileFormatError(f"{source}: malformed latency table: {exc}") from exc
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write the table to ``path`` atomically."""
+        return atomic_write_json(path, self.to_dict())
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> LatencyTable:
+        """Read a table; truncated, non-JSON or foreign files raise :class:`FileFormatError`."""
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            raise FileFormatError(f"{os.fspath(path)}: not a UTF-8 JSON file ({exc})") from exc
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise FileFormatError(f"{os.fspath(path)}: not valid JSON (truncated?): "
+                                  f"{exc}") from exc
+        return cls.from_dict(data, source=os.fspath(path))
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+# -- registry ---------------------------------------------------------------------------
+def table_dirs(workspace: str | os.PathLike[str] | None = None) -> list[Path]:
+    """Where tables are looked up: the workspace's ``hw_profiles/`` (if given) first, then
+    the repository's ``hw_profiles/``."""
+    dirs = []
+    if workspace is not None:
+        dirs.append(Path(workspace) / "hw_profiles")
+    dirs.append(REPO_TABLE_DIR)
+    return dirs
+
+
+@dataclass(frozen=True)
+class TableInfo:
+    """One table file found by :func:`list_tables` (``error`` set when it does not load)."""
+
+    device_id: str
+    path: Path
+    space: str | None = None
+    width_mult: float | None = None
+    resolutions: tuple[int, ...] = ()
+    backend: str | None = None
+    entries: int = 0
+    complete: bool = False
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return {"device_id": self.device_id, "path": str(self.path), "space": self.space,
+                "width_mult": self.width_mult, "resolutions": list(self.resolutions),
+                "backend": self.backend, "entries": self.entries, "complete": self.complete,
+                "error": self.error}
+
+
+def _resolve_dirs(dirs: Iterable[str | os.PathLike[str]] | None,
+                  workspace: str | os.PathLike[str] | None) -> list[Path]:
+    return table_dirs(workspace) if dirs is None else [Path(d) for d in dirs]
+
+
+def list_tables(dirs: Sequence[str | os.PathLike[str]] | None = None, *,
+                workspace: str | os.PathLike[str] | None = None) -> list[TableInfo]:
+    """Every ``*.json`` table in ``dirs`` (default :func:`table_dirs`), one per device id;
+    an id found in several folders is listed from the first. Sorted by id."""
+    found: dict[str, TableInfo] = {}
+    for folder in _resolve_dirs(dirs, workspace):
+        if not folder.is_dir():
+            continue
+        for path in sorted(folder.glob("*.json")):
+            if path.stem in found:
+                continue
+            try:
+                table = LatencyTable.load(path)
+            except (FileFormatError, OSError) as exc:
+                found[path.stem] = TableInfo(path.stem, path, error=str(exc))
+                continue
+            found[path.stem] = TableInfo(
+                path.stem, path, table.space, table.width_mult, table.resolutions,
+                table.device.get("backend"), len(table.entries), table.complete)
+    return [found[key] for key in sorted(found)]
+
+
+def find_table(device_id: str, dirs: Sequence[str | os.PathLike[str]] | None = None, *,
+               workspace: str | os.PathLike[str] | None = None) -> LatencyTable:
+    """Load the table of ``device_id`` (first match in ``dirs``, default :func:`table_dirs`).
+
+    Raises :class:`UnknownDeviceError` listing the known device ids when there is none.
+    """
+    folders = _resolve_dirs(dirs, workspace)
+    for folder in folders:
+        path = folder / f"{device_id}.json"
+        if path.is_file():
+            return LatencyTable.load(path)
+    known = [info.device_id for info in list_tables(folders)]
+    raise UnknownDeviceError(f"no latency table for device {device_id!r} in "
+                             f"{[str(f) for f in folders]}; known devices: {known or 'none'}")

@@ -1,0 +1,149 @@
+"""Validate a latency table end to end: predicted vs measured latency of held-out subnets.
+
+Seeded random subnets (a seed distinct from the overhead fit's) are exported whole with
+the same path as the table's units, measured on the table's own profile, and compared with
+:meth:`LatencyTable.predict`: RMSE, MAPE, the share within ±5 % and ±10 %, and Kendall's
+τ (does the table rank subnets as the device does?).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy.stats import kendalltau
+
+from ofa_search.atomic import atomic_write_json
+from ofa_search.errors import OfaSearchError
+from ofa_search.profiling.builder import FAST_TIMING, Measurer, measure_arch, sample_archs
+from ofa_search.profiling.lut import LatencyTable, now_iso
+from ofa_search.profiling.timing import TimingConfig
+
+VALIDATION_SEED = 2_000_003
+"""Seed of the held-out subnets (distinct from :data:`~.builder.OVERHEAD_SEED`)."""
+
+
+@dataclass
+class ValidationReport:
+    """Prediction quality of one table on ``n`` held-out subnets (latencies in ms)."""
+
+    device_id: str
+    space: str
+    n: int
+    seed: int
+    rmse_ms: float
+    mape: float
+    within_5pct: float
+    within_10pct: float
+    kendall_tau: float
+    mean_measured_ms: float
+    validation_wall_s: float
+    profiling_wall_s: float | None
+    overhead_ms: float
+    load_avg: list[float | None] = field(default_factory=list)
+    date: str = field(default_factory=now_iso)
+    rows: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form (rows included)."""
+        return asdict(self)
+
+    def summary_lines(self) -> list[str]:
+        """A small human-readable table."""
+        prof = "n/a" if self.profiling_wall_s is None else f"{self.profiling_wall_s:.1f} s"
+        return [
+            f"device {self.device_id}  space {self.space}  {self.n} held-out archs "
+            f"(seed {self.seed})",
+            f"  {'RMSE':<22}{self.rmse_ms:.4f} ms  (mean measured {self.mean_measured_ms:.4f} ms)",
+            f"  {'MAPE':<22}{100 * self.mape:.2f} %",
+            f"  {'within ±5 %':<22}{100 * self.within_5pct:.1f} %",
+            f"  {'within ±10 %':<22}{100 * self.within_10pct:.1f} %",
+            f"  {'Kendall tau':<22}{self.kendall_tau:.3f}",
+            f"  {'overhead':<22}{self.overhead_ms:.4f} ms",
+            f"  {'profiling wall time':<22}{prof}",
+            f"  {'validation wall time':<22}{self.validation_wall_s:.1f} s",
+            f"  {'host load (1 min)':<22}{self.load_avg}",
+        ]
+
+    def save(self, results_dir: str | os.PathLike[str]) -> Path:
+        """Write ``<results_dir>/latency_validation_<device>.json`` atomically."""
+        return atomic_write_json(Path(results_dir) / f"latency_validation_{self.device_id}.json",
+                                 self.to_dict())
+
+
+def _load_avg() -> float | None:
+    """The 1-minute load average (other processes on the host skew timings), if known."""
+    try:
+        return os.getloadavg()[0]
+    except OSError:
+        return None
+
+
+def metrics(predicted: np.ndarray, measured: np.ndarray) -> dict[str, float]:
+    """RMSE, MAPE (fraction), share within 5 % / 10 % and Kendall τ of two latency arrays."""
+    rel = np.abs(predicted - measured) / measured
+    tau = float(kendalltau(predicted, measured).statistic) if len(measured) > 1 else math.nan
+    return {"rmse_ms": float(np.sqrt(np.mean((predicted - measured) ** 2))),
+            "mape": float(np.mean(rel)), "within_5pct": float(np.mean(rel <= 0.05)),
+            "within_10pct": float(np.mean(rel <= 0.10)), "kendall_tau": tau}
+
+
+def profiling_wall_s(table: LatencyTable) -> float | None:
+    """Wall time spent measuring the table (units plus the overhead fit), when recorded."""
+    unit = table.meta.get("unit_wall_s")
+    if unit is None:
+        return None
+    return float(unit) + float(table.meta.get("overhead", {}).get("wall_s", 0.0))
+
+
+def validate_table(table: LatencyTable, n: int = 100, seed: int = VALIDATION_SEED, *,
+                   backend: Measurer | None = None, timing: TimingConfig | None = None,
+                   progress: bool = False) -> ValidationReport:
+    """Measure ``n`` seeded random subnets on the table's profile and compare.
+
+    ``backend`` defaults to the table's own profile's backend; an imported table (no
+    profile) needs one passed in.
+    """
+    from tqdm import tqdm
+
+    profile = table.profile()
+    owned = backend is None
+    if backend is None:
+        if profile is None:
+            raise OfaSearchError(f"table {table.device_id!r} was imported, not measured "
+                                 f"here; pass a backend to validate it")
+        from ofa_search.profiling.backends import get_backend
+
+        backend = get_backend(profile, timing=timing or FAST_TIMING)
+    batch = profile.batch_size if profile is not None else 1
+    load_before = _load_avg()
+    start = time.perf_counter()
+    rows: list[dict[str, Any]] = []
+    try:
+        archs = sample_archs(table.space, n, seed, table.width_mult, table.resolutions)
+        for arch in tqdm(archs, desc=f"validating {table.device_id}", disable=not progress):
+            predicted = table.predict(arch)
+            measured = measure_arch(backend, arch, batch).median_ms
+            rows.append({"arch": arch.to_string(), "predicted_ms": predicted,
+                         "measured_ms": measured})
+    finally:
+        if owned:
+            close = getattr(backend, "close", None)
+            if close is not None:
+                close()
+    pred = np.array([r["predicted_ms"] for r in rows])
+    meas = np.array([r["measured_ms"] for r in rows])
+    m = metrics(pred, meas)
+    return ValidationReport(
+        device_id=table.device_id, space=table.space, n=n, seed=seed, rmse_ms=m["rmse_ms"],
+        mape=m["mape"], within_5pct=m["within_5pct"], within_10pct=m["within_10pct"],
+        kendall_tau=m["kendall_tau"], mean_measured_ms=float(meas.mean()),
+        validation_wall_s=time.perf_counter() - start,
+        profiling_wall_s=profiling_wall_s(table), overhead_ms=table.overhead_ms,
+        load_avg=[load_before, _load_avg()], rows=rows,
+    )

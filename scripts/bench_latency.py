@@ -1,0 +1,54 @@
+"""Profile (if asked) and validate a device latency table.
+
+    python scripts/bench_latency.py RESULTS_DIR --device cpu-ort-1t [--profile --threads 1]
+        [--space mbv3_small28] [--resolutions 16 20 ...] [--n 100] [--time-cap 0.5]
+
+Writes ``RESULTS_DIR/latency_validation_<device>.json`` atomically and prints a summary.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from ofa_search.profiling.builder import build_table
+from ofa_search.profiling.device import DeviceProfile
+from ofa_search.profiling.lut import REPO_TABLE_DIR, find_table
+from ofa_search.profiling.timing import TimingConfig
+from ofa_search.profiling.validate import VALIDATION_SEED, validate_table
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns the exit status."""
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("results_dir")
+    parser.add_argument("--device", required=True, help="device id, e.g. cpu-ort-1t")
+    parser.add_argument("--profile", action="store_true",
+                        help="build (or resume) the table first, with ONNX Runtime on this host")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--space", default="mbv3_small28")
+    parser.add_argument("--resolutions", type=int, nargs="*", default=None)
+    parser.add_argument("--time-cap", type=float, default=0.5,
+                        help="seconds of sampling per measurement (default 0.5)")
+    parser.add_argument("--n", type=int, default=100, help="held-out archs (default 100)")
+    parser.add_argument("--seed", type=int, default=VALIDATION_SEED)
+    args = parser.parse_args(argv)
+    timing = TimingConfig(warmup=3, min_runs=7, max_runs=200, time_cap_s=args.time_cap)
+    if args.profile:
+        profile = DeviceProfile.local_onnxruntime(args.threads, id=args.device)
+        start = time.perf_counter()
+        table = build_table(args.space, profile, args.resolutions,
+                            REPO_TABLE_DIR / f"{args.device}.json", timing=timing)
+        print(f"profiled {len(table.entries)} units in {time.perf_counter() - start:.1f} s "
+              f"(overhead {table.overhead_ms:.4f} ms)")
+    table = find_table(args.device)
+    report = validate_table(table, args.n, args.seed, timing=timing, progress=True)
+    print("\n".join(report.summary_lines()))
+    print(f"wrote {report.save(args.results_dir)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,64 @@
+"""CLI of device tables: devices, latency, profile (run as a user runs them)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from test_cli import cli
+
+from ofa_search.arch import Arch
+from ofa_search.profiling.lut import find_table
+
+NOTE10_ARCH = {"ks": [5, 3, 3, 3, 5, 3, 3, 3, 7, 7, 3, 3, 5, 5, 7, 3, 3, 3, 5, 3],
+               "e": [3, 3, 3, 3, 4, 4, 3, 3, 6, 3, 4, 3, 4, 4, 4, 3, 6, 6, 6, 3],
+               "d": [2, 2, 3, 4, 3], "r": 192, "w": 1.2}
+
+
+def test_devices_lists_shipped_tables(tmp_path: Path) -> None:
+    out = cli("devices", "--json", "--workspace", str(tmp_path))
+    assert out.returncode == 0, out.stderr
+    ids = {d["device_id"] for d in json.loads(out.stdout)}
+    assert {"cpu-ort-1t", "cpu-ort-2t", "note10-tflite"} <= ids
+
+
+def test_latency_of_the_note10_tutorial_arch(tmp_path: Path) -> None:
+    out = cli("latency", "--device", "note10-tflite", json.dumps(NOTE10_ARCH), "--json",
+              "--workspace", str(tmp_path))
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["predicted_ms"] == pytest.approx(24.73, abs=0.005)
+
+
+def test_latency_predicted_equals_library_and_measures(tmp_path: Path) -> None:
+    arch = Arch.sample("mbv3_small28", 9)
+    out = cli("latency", "--device", "cpu-ort-1t", arch.to_string(), "--measure", "--json",
+              "--workspace", str(tmp_path))
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    assert result["predicted_ms"] == pytest.approx(find_table("cpu-ort-1t").predict(arch))
+    assert result["measured_ms"] > 0
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [(["latency", "--device", "nope", "x"], "known devices: ['cpu-ort-1t'"),
+     (["latency", "--device", "note10-tflite", json.dumps({**NOTE10_ARCH, "r": 200})],
+      "it covers resolutions [160, 176, 192, 208, 224]")],
+)
+def test_latency_errors(tmp_path: Path, args: list[str], message: str) -> None:
+    out = cli(*args, "--workspace", str(tmp_path))
+    assert out.returncode == 2
+    assert len(out.stderr.strip().splitlines()) == 1 and message in out.stderr
+
+
+def test_profile_writes_a_workspace_table(tmp_path: Path) -> None:
+    out = cli("profile", "--space", "mbv3_small28", "--device", "tiny-ort", "-r", "16",
+              "--time-cap", "0.02", "--overhead-archs", "2", "--workspace", str(tmp_path))
+    assert out.returncode == 0, out.stderr
+    table = find_table("tiny-ort", workspace=tmp_path)
+    assert table.space == "mbv3_small28" and list(table.resolutions) == [16]
+    arch = Arch.sample("mbv3_small28", 0, resolution=16)
+    assert table.predict(arch) > 0
+    listed = cli("devices", "--workspace", str(tmp_path)).stdout
+    assert "tiny-ort" in listed
