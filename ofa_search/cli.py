@@ -129,6 +129,71 @@ def demo(workspace: WorkspaceOpt,
     run_demo(workspace, space=space, seed=seed, echo=typer.echo)
 
 
+# -- train / eval ------------------------------------------------------------------------
+@app.command("train")
+def train_cmd(
+    space: SpaceOpt,
+    data: Annotated[str, typer.Option("--data", "-d", help="dataset name")] = "digits",
+    strategy: Annotated[str, typer.Option("--strategy", help="ps, sandwich or spos")] = "sandwich",
+    epochs: Annotated[int, typer.Option("--epochs", min=1, help="epochs (ps: per phase)")] = 5,
+    out: Annotated[Path, typer.Option("--out", "-o", help="run folder")] = Path(
+        "ofa-workspace/supernet"),
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 64,
+    lr: Annotated[float, typer.Option("--lr")] = 0.05,
+    warmup_epochs: Annotated[int, typer.Option("--warmup-epochs", min=0)] = 0,
+    data_dir: Annotated[Path | None, typer.Option("--data-dir")] = None,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    threads: Annotated[int | None, typer.Option("--threads", min=1,
+                                                help="torch intra-op threads")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="continue OUT/checkpoint.pt")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
+) -> None:
+    """Train a supernet (under torchrun for several processes); writes OUT/checkpoint.pt."""
+    from ofa_search.train import TrainConfig, train
+
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
+    config = TrainConfig(space=space, dataset=data, data_dir=None if data_dir is None
+                         else str(data_dir), strategy=strategy, epochs=epochs,
+                         batch_size=batch_size, lr=lr, warmup_epochs=warmup_epochs, seed=seed,
+                         out_dir=str(out), resume=resume, quiet=quiet)
+    path = train(config)
+    if not quiet:
+        typer.echo(f"wrote {path}")
+
+
+@app.command("eval")
+def eval_cmd(
+    checkpoint: Annotated[Path, typer.Option("--checkpoint", "-c", help="checkpoint.pt")],
+    arch: Annotated[str, typer.Option("--arch", help="arch string or JSON (its space is the "
+                                      "checkpoint's)")],
+    data: Annotated[str | None, typer.Option("--data", "-d",
+                                             help="dataset (default: the training one)")] = None,
+    data_dir: Annotated[Path | None, typer.Option("--data-dir")] = None,
+    split: Annotated[str, typer.Option("--split", help="val or test")] = "test",
+    as_json: JsonOpt = False,
+) -> None:
+    """Accuracy of one subnet of a trained supernet, after BN recalibration."""
+    from ofa_search.arch import parse_arch
+    from ofa_search.data import load_dataset
+    from ofa_search.train import evaluate_arch, load_supernet
+
+    net, meta = load_supernet(checkpoint)
+    parsed = parse_arch(arch, meta["space"])
+    name = data or meta["config"]["dataset"]
+    dataset = load_dataset(name, data_dir=data_dir, in_channels=net.space.in_channels,
+                           resolution=parsed.resolution)
+    accuracy = evaluate_arch(net, parsed, dataset, split=split)
+    result = {"arch": parsed.to_string(), "dataset": name, "split": split,
+              "accuracy": accuracy, "checkpoint": str(checkpoint), "epoch": meta["epoch"]}
+    if as_json:
+        _emit_json(result)
+    else:
+        typer.echo(f"{parsed.to_string()}: {split} accuracy {accuracy:.4f} on {name}")
+
+
 # -- device latency tables -----------------------------------------------------------------
 @app.command("profile")
 def profile_cmd(

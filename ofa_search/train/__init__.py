@@ -1,0 +1,75 @@
+"""Supernet training: architecture samplers, the training loop, checkpoints and BN
+recalibration.
+
+Public API::
+
+    TrainConfig, train, run_training, TrainResult      the loop (loop.py)
+    SandwichStrategy, SinglePathStrategy, ProgressiveShrinking, Phase, default_phases,
+    make_strategy, SubnetTask, Choices                 arch samplers (strategies.py)
+    recalibrate_bn, evaluate, evaluate_arch, calibrated_subnet   (bn_calibration.py)
+    load_supernet, load_checkpoint, save_checkpoint, CHECKPOINT_VERSION   (checkpoint.py)
+"""
+
+from __future__ import annotations
+
+from ofa_search.train.bn_calibration import (
+    calibrated_subnet,
+    evaluate,
+    evaluate_arch,
+    recalibrate_bn,
+)
+from ofa_search.train.checkpoint import (
+    CHECKPOINT_FORMAT,
+    CHECKPOINT_VERSION,
+    load_checkpoint,
+    load_supernet,
+    save_checkpoint,
+)
+from ofa_search.train.loop import (
+    TrainConfig,
+    TrainingError,
+    TrainResult,
+    cosine_lr,
+    run_training,
+    train,
+)
+from ofa_search.train.strategies import (
+    STRATEGIES,
+    Choices,
+    Phase,
+    ProgressiveShrinking,
+    SandwichStrategy,
+    SinglePathStrategy,
+    SubnetTask,
+    TrainingStrategy,
+    default_phases,
+    make_strategy,
+)
+
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "CHECKPOINT_VERSION",
+    "STRATEGIES",
+    "Choices",
+    "Phase",
+    "ProgressiveShrinking",
+    "SandwichStrategy",
+    "SinglePathStrategy",
+    "SubnetTask",
+    "TrainConfig",
+    "TrainResult",
+    "TrainingError",
+    "TrainingStrategy",
+    "calibrated_subnet",
+    "cosine_lr",
+    "default_phases",
+    "evaluate",
+    "evaluate_arch",
+    "load_checkpoint",
+    "load_supernet",
+    "make_strategy",
+    "recalibrate_bn",
+    "run_training",
+    "save_checkpoint",
+    "train",
+]

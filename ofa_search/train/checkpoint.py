@@ -1,0 +1,86 @@
+"""Supernet checkpoints: versioned, written atomically, read with ``weights_only=True``.
+
+A checkpoint is a ``torch.save``-d dict of tensors and plain types only::
+
+    format           "ofa-search-supernet"
+    format_version   CHECKPOINT_VERSION
+    space, width_mult
+    strategy         {"name", "epoch", "rng" (numpy bit-generator state as JSON), ...}
+    epoch            completed epochs;  step: completed optimizer steps
+    finished         whether training ran to its end
+    model            supernet state dict;  teacher: frozen teacher state dict or None
+    optimizer        optimizer state dict;  scheduler: {"step": int}
+    rng              {"data": uint8 tensor, "dropout": uint8 tensor} (torch generator states)
+    config           the TrainConfig as plain data;  dataset: DatasetSplits.describe()
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ofa_search.atomic import atomic_write_bytes
+from ofa_search.errors import FileFormatError
+from ofa_search.nn import Supernet
+
+CHECKPOINT_FORMAT = "ofa-search-supernet"
+CHECKPOINT_VERSION = 1
+REQUIRED_KEYS = ("space", "width_mult", "strategy", "epoch", "step", "model", "optimizer",
+                 "scheduler", "rng", "config")
+
+
+def save_checkpoint(path: str | os.PathLike[str], state: dict[str, Any]) -> Path:
+    """Write ``state`` (format and version are added) atomically to ``path``."""
+    buffer = io.BytesIO()
+    torch.save({"format": CHECKPOINT_FORMAT, "format_version": CHECKPOINT_VERSION, **state},
+               buffer)
+    return atomic_write_bytes(path, buffer.getvalue())
+
+
+def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read and validate a checkpoint written by :func:`save_checkpoint`.
+
+    Raises:
+        FileFormatError: missing, truncated or foreign file, another format version, or
+            missing fields — the message names the file and the problem.
+    """
+    target = Path(path)
+    if not target.is_file():
+        raise FileFormatError(f"checkpoint {target} does not exist")
+    try:
+        data = torch.load(target, map_location="cpu", weights_only=True)
+    except Exception as exc:  # the unpickler raises many types on foreign bytes
+        raise FileFormatError(
+            f"{target} is not a readable ofa-search checkpoint (truncated or foreign file; "
+            f"{type(exc).__name__})"
+        ) from exc
+    if not isinstance(data, dict) or data.get("format") != CHECKPOINT_FORMAT:
+        raise FileFormatError(f"{target} is not an ofa-search supernet checkpoint "
+                              f"(no format={CHECKPOINT_FORMAT!r} field)")
+    version = data.get("format_version")
+    if version != CHECKPOINT_VERSION:
+        raise FileFormatError(f"{target} has checkpoint format version {version!r}; this "
+                              f"ofa-search reads version {CHECKPOINT_VERSION}")
+    missing = [k for k in REQUIRED_KEYS if k not in data]
+    if missing:
+        raise FileFormatError(f"{target} lacks checkpoint field(s) {missing}")
+    return data
+
+
+def load_supernet(checkpoint: str | os.PathLike[str]) -> tuple[Supernet, dict[str, Any]]:
+    """The trained supernet of ``checkpoint`` (in eval mode) and its metadata (everything
+    but model, teacher and optimizer state)."""
+    data = load_checkpoint(checkpoint)
+    with torch.random.fork_rng(devices=[]):  # module construction draws global numbers
+        net = Supernet(data["space"], data["width_mult"], generator=torch.Generator())
+    try:
+        net.load_state_dict(data["model"])
+    except RuntimeError as exc:
+        raise FileFormatError(f"{checkpoint}: model weights do not fit space "
+                              f"{data['space']!r}: {exc}") from exc
+    meta = {k: v for k, v in data.items() if k not in ("model", "teacher", "optimizer")}
+    return net.eval(), meta

@@ -1,0 +1,476 @@
+"""The supernet training loop: SGD + Nesterov, warm-up + cosine, gradient accumulation over
+the subnets of each step, distillation, clipping, JSONL metrics, atomic checkpoints,
+bit-for-bit resume, and DDP under ``torchrun`` (gloo; the loop runs on CPU for now).
+
+Randomness: the supernet's initialisation, the data order and augmentation, and the
+archs each come from a generator seeded from ``TrainConfig.seed``. Dropout draws from
+PyTorch's default generator, so the loop runs inside ``torch.random.fork_rng`` with that
+generator set to a state of its own (seeded, checkpointed); the caller's global RNG state
+is untouched afterwards.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import itertools
+import json
+import math
+import os
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from ofa_search.arch import Arch
+from ofa_search.data import DatasetSplits, iterate_batches, load_dataset
+from ofa_search.errors import OfaSearchError
+from ofa_search.nn import Supernet
+from ofa_search.space import get_space
+from ofa_search.train.bn_calibration import evaluate_arch
+from ofa_search.train.checkpoint import load_checkpoint, save_checkpoint
+from ofa_search.train.strategies import (
+    STRATEGIES,
+    Phase,
+    Segment,
+    SubnetTask,
+    TrainingStrategy,
+    default_phases,
+    make_strategy,
+)
+
+CHECKPOINT_NAME = "checkpoint.pt"
+METRICS_NAME = "metrics.jsonl"
+
+
+class TrainingError(OfaSearchError, ValueError):
+    """A training run that cannot start or resume as asked."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainConfig:
+    """Everything a training run depends on; change with ``dataclasses.replace``.
+
+    Attributes:
+        space, width_mult: the supernet (``None``: the space's largest width).
+        dataset, data_dir: passed to :func:`ofa_search.data.load_dataset`.
+        strategy: ``sandwich``, ``spos`` or ``ps``; ``n_random`` is the sandwich's number
+            of random archs per step. For ``ps``, ``ps_phases`` sets each phase's choices,
+            subnets per step, epochs and lr; by default (:func:`default_phases`) ``epochs``
+            is the length of *each* phase, the first phase runs at ``lr`` and the later ones
+            at ``lr × ps_later_lr_scale``.
+        epochs, batch_size (per rank), lr (peak), momentum, nesterov, weight_decay (not on
+            BN parameters and biases), warmup_epochs (linear, at the start of every
+            lr segment), label_smoothing, kd_ratio, grad_clip (max global L2 norm or None).
+        resolutions: restrict the sampled resolutions (default: all of the space).
+        data_resolution: side at which batches are served (default: the largest sampled
+            resolution); the supernet resizes to each arch's resolution.
+        steps_per_epoch: cap on steps per epoch (default: one pass over the train split).
+        stop_after_epochs: end the run (checkpointed, resumable) after this many epochs in
+            total, e.g. to split a run into time slices.
+        augment: use the dataset's training augmentation.
+        eval_each_epoch: after each epoch, log the val accuracy of the largest and smallest
+            arch (BN recalibrated).
+        channels_last: run the network in channels-last memory format (about 2× faster
+            on CPU for this network, measured at 28 px).
+        seed, out_dir, resume, quiet: as named; ``out_dir`` receives ``checkpoint.pt`` and
+            ``metrics.jsonl``.
+    """
+
+    space: str = "mbv3_small28"
+    width_mult: float | None = None
+    dataset: str = "digits"
+    data_dir: str | None = None
+    strategy: str = "sandwich"
+    n_random: int = 2
+    ps_later_lr_scale: float = 0.3
+    ps_phases: tuple[Phase, ...] | None = None
+    epochs: int = 5
+    batch_size: int = 64
+    lr: float = 0.05
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 3e-5
+    warmup_epochs: int = 0
+    label_smoothing: float = 0.1
+    kd_ratio: float = 1.0
+    grad_clip: float | None = 5.0
+    resolutions: tuple[int, ...] | None = None
+    data_resolution: int | None = None
+    steps_per_epoch: int | None = None
+    stop_after_epochs: int | None = None
+    augment: bool = True
+    eval_each_epoch: bool = False
+    channels_last: bool = True
+    seed: int = 0
+    out_dir: str = "ofa-workspace/supernet"
+    resume: bool = False
+    quiet: bool = False
+
+    def __post_init__(self) -> None:
+        def check(ok: bool, message: str) -> None:
+            if not ok:
+                raise TrainingError(message)
+
+        get_space(self.space)
+        check(self.strategy in STRATEGIES,
+              f"strategy must be one of {', '.join(STRATEGIES)}, got {self.strategy=}")
+        check(self.epochs >= 1, f"epochs must be >= 1, got {self.epochs=}")
+        check(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size=}")
+        check(self.lr > 0, f"lr must be > 0, got {self.lr=}")
+        check(0 <= self.momentum < 1, f"momentum must be in [0, 1), got {self.momentum=}")
+        check(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay=}")
+        check(self.warmup_epochs >= 0, f"warmup_epochs must be >= 0, got {self.warmup_epochs=}")
+        check(0 <= self.label_smoothing < 1,
+              f"label_smoothing must be in [0, 1), got {self.label_smoothing=}")
+        check(self.kd_ratio >= 0, f"kd_ratio must be >= 0, got {self.kd_ratio=}")
+        check(self.grad_clip is None or self.grad_clip > 0,
+              f"grad_clip must be > 0 or None, got {self.grad_clip=}")
+        check(self.steps_per_epoch is None or self.steps_per_epoch >= 1,
+              f"steps_per_epoch must be >= 1, got {self.steps_per_epoch=}")
+        check(self.stop_after_epochs is None or self.stop_after_epochs >= 1,
+              f"stop_after_epochs must be >= 1, got {self.stop_after_epochs=}")
+        if self.resolutions is not None:
+            object.__setattr__(self, "resolutions", tuple(self.resolutions))
+        if self.ps_phases is not None:
+            check(self.strategy == "ps" and len(self.ps_phases) > 0,
+                  "ps_phases needs strategy='ps' and at least one phase")
+            object.__setattr__(self, "ps_phases", tuple(self.ps_phases))
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data (tuples as lists)."""
+        data = dataclasses.asdict(self)
+        if data["resolutions"] is not None:
+            data["resolutions"] = list(data["resolutions"])
+        if data["ps_phases"] is not None:
+            data["ps_phases"] = [
+                {k: list(v) if isinstance(v, tuple) else v for k, v in phase.items()}
+                for phase in data["ps_phases"]
+            ]
+        return data
+
+
+@dataclass
+class TrainResult:
+    """What :func:`run_training` leaves: the checkpoint and the trained supernet."""
+
+    checkpoint: Path
+    supernet: Supernet
+    epoch: int
+    step: int
+
+
+def cosine_lr(step: int, segments: Sequence[Segment], steps_per_epoch: int,
+              warmup_epochs: int) -> float:
+    """The learning rate of optimizer step ``step`` (0-based): within each segment a linear
+    warm-up over ``warmup_epochs`` (at most the segment) then a cosine decay to 0."""
+    for seg in segments:
+        n = seg.epochs * steps_per_epoch
+        if step < n:
+            warm = min(warmup_epochs * steps_per_epoch, n)
+            if step < warm:
+                return seg.lr * (step + 1) / warm
+            t = (step - warm) / max(1, n - warm)
+            return 0.5 * seg.lr * (1.0 + math.cos(math.pi * t))
+        step -= n
+    return 0.0
+
+
+def param_groups(net: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Two SGD groups: weights with decay; BN parameters and biases (1-D) without."""
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
+    for _, param in net.named_parameters():
+        (no_decay if param.ndim <= 1 else decay).append(param)
+    return [{"params": decay, "weight_decay": weight_decay},
+            {"params": no_decay, "weight_decay": 0.0}]
+
+
+def soft_cross_entropy(logits: torch.Tensor, target_probs: torch.Tensor) -> torch.Tensor:
+    """Mean over the batch of ``-Σ p log softmax(logits)``."""
+    return -(target_probs * F.log_softmax(logits, dim=1)).sum(1).mean()
+
+
+def _dist_env() -> tuple[int, int]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    return rank, world
+
+
+def _strategy_for(config: TrainConfig) -> TrainingStrategy:
+    options: dict[str, Any] = {}
+    if config.strategy == "sandwich":
+        options["n_random"] = config.n_random
+    if config.strategy == "ps":
+        options["phases"] = config.ps_phases or default_phases(
+            config.space, epochs=config.epochs, lr=config.lr,
+            later_lr_scale=config.ps_later_lr_scale)
+    return make_strategy(config.strategy, config.space, config.width_mult, seed=config.seed,
+                         resolutions=config.resolutions, **options)
+
+
+def _load_data(config: TrainConfig, strategy: TrainingStrategy) -> DatasetSplits:
+    resolution = config.data_resolution or max(strategy.choices.resolutions)
+    return load_dataset(config.dataset, data_dir=config.data_dir, seed=config.seed,
+                        in_channels=strategy.space.in_channels, resolution=resolution)
+
+
+class _StepRunner:
+    """Forward/backward of one step's subnets, accumulating gradients."""
+
+    def __init__(self, model: nn.Module, config: TrainConfig, largest: Arch) -> None:
+        self.model, self.config, self.largest = model, config, largest
+        self.teacher: Supernet | None = None
+
+    def teacher_probs(self, x: torch.Tensor, resolution: int) -> torch.Tensor:
+        assert self.teacher is not None
+        with torch.no_grad():
+            return F.softmax(self.teacher(x, self.largest.replace(resolution=resolution)), 1)
+
+    def run(self, tasks: Sequence[SubnetTask], x: torch.Tensor, y: torch.Tensor) -> float:
+        smoothing, total = self.config.label_smoothing, 0.0
+        inplace_target: torch.Tensor | None = None
+        teacher_cache: dict[int, torch.Tensor] = {}
+        for i, task in enumerate(tasks):
+            logits = self.model(x, task.arch)
+            if task.loss == "labels":
+                loss = F.cross_entropy(logits, y, label_smoothing=smoothing)
+                if i == 0:
+                    inplace_target = F.softmax(logits.detach(), 1)
+            elif task.loss == "inplace":
+                if inplace_target is None:
+                    raise TrainingError("an 'inplace' task needs a 'labels' task first")
+                loss = soft_cross_entropy(logits, inplace_target)
+            else:
+                loss = F.cross_entropy(logits, y, label_smoothing=smoothing)
+                if self.teacher is not None and self.config.kd_ratio > 0:
+                    r = task.arch.resolution
+                    if r not in teacher_cache:
+                        teacher_cache[r] = self.teacher_probs(x, r)
+                    loss = loss + self.config.kd_ratio * soft_cross_entropy(logits,
+                                                                             teacher_cache[r])
+            loss.backward()
+            total += float(loss.detach())
+        return total / len(tasks)
+
+
+def train(config: TrainConfig) -> Path:
+    """Train a supernet as ``config`` says; returns the path of the final checkpoint.
+    See :func:`run_training`."""
+    return run_training(config).checkpoint
+
+
+def run_training(config: TrainConfig) -> TrainResult:
+    """Train (or, with ``config.resume``, continue) a supernet.
+
+    Writes ``out_dir/checkpoint.pt`` atomically at the end of every epoch and at the end,
+    and appends one JSON line per step and per epoch to ``out_dir/metrics.jsonl`` at each
+    epoch's end. A resumed run continues bit-for-bit as the uninterrupted run would (same
+    weights, on the same machine and thread count). Under ``torchrun`` (``WORLD_SIZE>1``)
+    the model is wrapped in ``DistributedDataParallel``; every rank samples the same archs,
+    reads its own shard of each batch order, and rank 0 writes the files.
+
+    Raises:
+        TrainingError: a checkpoint exists but ``resume`` is off, or it belongs to another
+            space, width or strategy.
+        FileFormatError: an unreadable checkpoint.
+    """
+    rank, world = _dist_env()
+    own_group = False
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("gloo")  # the loop runs on CPU (no device placement yet)
+        own_group = True
+    try:
+        # module construction and dropout draw from the default generator: fork it so that
+        # the caller's global RNG state is left as it was
+        with torch.random.fork_rng(devices=[]):
+            return _run(config, rank, world)
+    finally:
+        if own_group:
+            dist.destroy_process_group()
+
+
+def _run(config: TrainConfig, rank: int, world: int) -> TrainResult:
+    strategy = _strategy_for(config)
+    data = _load_data(config, strategy)
+    net = Supernet(config.space, strategy.width_mult,
+                   generator=torch.Generator().manual_seed(config.seed))
+    optimizer = torch.optim.SGD(param_groups(net, config.weight_decay), lr=config.lr,
+                                momentum=config.momentum, nesterov=config.nesterov)
+    data_gen = torch.Generator().manual_seed(config.seed + 1)
+    dropout_state = torch.Generator().manual_seed(config.seed + 2).get_state()
+    out = Path(config.out_dir)
+    ckpt_path, metrics_path = out / CHECKPOINT_NAME, out / METRICS_NAME
+    epoch = step = 0
+    teacher_state: dict[str, Any] | None = None
+    if ckpt_path.exists():
+        if not config.resume:
+            raise TrainingError(f"{ckpt_path} exists; resume it (--resume) or choose "
+                                "another output folder")
+        epoch, step, dropout_state, teacher_state = _restore(
+            ckpt_path, config, strategy, net, optimizer, data_gen)
+
+    segments = strategy.segments(config.epochs, config.lr)
+    total_epochs = sum(s.epochs for s in segments)
+    shard = len(data.train) // world
+    steps_per_epoch = max(1, shard // config.batch_size)
+    if config.steps_per_epoch is not None:
+        steps_per_epoch = min(steps_per_epoch, config.steps_per_epoch)
+    if config.channels_last:
+        net = net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    model: nn.Module = net
+    if world > 1:
+        model = nn.parallel.DistributedDataParallel(net, find_unused_parameters=True)
+    runner = _StepRunner(model, config, strategy.largest)
+    if teacher_state is not None:
+        runner.teacher = _frozen_copy(net)
+        runner.teacher.load_state_dict(teacher_state)
+    segment_starts = set(itertools.accumulate(s.epochs for s in segments))
+
+    def state() -> dict[str, Any]:
+        return {
+            "space": config.space, "width_mult": strategy.width_mult,
+            "strategy": strategy.state_dict(), "epoch": epoch, "step": step,
+            "finished": epoch >= total_epochs, "model": net.state_dict(),
+            "teacher": None if runner.teacher is None else runner.teacher.state_dict(),
+            "optimizer": optimizer.state_dict(), "scheduler": {"step": step},
+            "rng": {"data": data_gen.get_state(), "dropout": dropout_state},
+            "config": config.to_dict(), "dataset": data.describe(),
+        }
+
+    stop = total_epochs if config.stop_after_epochs is None else min(
+        total_epochs, config.stop_after_epochs)
+    show = not config.quiet and rank == 0
+    torch.set_rng_state(dropout_state)  # inside run_training's fork_rng
+    while epoch < stop:
+        for event in strategy.begin_epoch(epoch):
+            if event == "freeze_teacher":
+                runner.teacher = _frozen_copy(net)
+            elif event == "sort_channels":
+                net.sort_channels()
+        if epoch in segment_starts:
+            optimizer.state.clear()  # momenta do not carry across phases (or sorting)
+        net.train()
+        started = time.perf_counter()
+        batches = iterate_batches(data.train, config.batch_size, shuffle=True,
+                                  generator=data_gen, augment=config.augment,
+                                  drop_last=True, rank=rank, world_size=world)
+        bar = _progress(steps_per_epoch, f"epoch {epoch + 1}/{total_epochs}", show)
+        lines = _train_epoch(itertools.islice(batches, steps_per_epoch), step, runner,
+                             strategy, optimizer, net, config, segments, steps_per_epoch,
+                             world, epoch, bar)
+        step += len(lines)
+        epoch += 1
+        if world > 1:
+            _average_buffers(net, world)
+        dropout_state = torch.get_rng_state()
+        summary: dict[str, Any] = {
+            "event": "epoch_end", "epoch": epoch, "step": step,
+            "loss": sum(r["loss"] for r in lines) / max(1, len(lines)),
+            "seconds": time.perf_counter() - started,
+        }
+        if config.eval_each_epoch and rank == 0:
+            with torch.random.fork_rng(devices=[]):  # keep the dropout stream intact
+                for label, arch in (("largest", strategy.largest),
+                                    ("smallest", strategy.smallest)):
+                    summary[f"val_acc_{label}"] = evaluate_arch(net, arch, data,
+                                                                seed=config.seed)
+            net.train()
+        if rank == 0:
+            _append_jsonl(metrics_path, [*lines, summary])
+            save_checkpoint(ckpt_path, state())
+        if world > 1:
+            dist.barrier()
+    if rank == 0 and epoch >= total_epochs and not ckpt_path.exists():
+        save_checkpoint(ckpt_path, state())
+    return TrainResult(ckpt_path, net.eval(), epoch, step)
+
+
+def _train_epoch(batches: Iterator[tuple[torch.Tensor, torch.Tensor]], step: int,
+                 runner: _StepRunner, strategy: TrainingStrategy,
+                 optimizer: torch.optim.Optimizer, net: Supernet, config: TrainConfig,
+                 segments: Sequence[Segment], steps_per_epoch: int, world: int, epoch: int,
+                 bar: Any) -> list[dict[str, Any]]:
+    """Train on ``batches`` starting at optimizer step ``step``; one metrics row per step."""
+    lines: list[dict[str, Any]] = []
+    t0 = time.perf_counter()
+    for x, y in batches:
+        if config.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        lr = cosine_lr(step, segments, steps_per_epoch, config.warmup_epochs)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        optimizer.zero_grad(set_to_none=True)
+        loss = runner.run(strategy.step(), x, y)
+        if config.grad_clip is not None:
+            nn.utils.clip_grad_norm_(net.parameters(), config.grad_clip)
+        optimizer.step()
+        step += 1
+        now = time.perf_counter()  # img/s includes batch preparation
+        img_s = x.shape[0] * world / max(now - t0, 1e-9)
+        t0 = now
+        lines.append({"epoch": epoch, "step": step, "lr": lr, "loss": loss, "img_s": img_s})
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss:.3f}", img_s=f"{img_s:.0f}")
+    if bar is not None:
+        bar.close()
+    return lines
+
+
+def _restore(path: Path, config: TrainConfig, strategy: TrainingStrategy, net: Supernet,
+             optimizer: torch.optim.Optimizer, data_gen: torch.Generator,
+             ) -> tuple[int, int, torch.Tensor, dict[str, Any] | None]:
+    """Load the checkpoint at ``path`` into the run's objects; returns ``(epoch, step,
+    dropout RNG state, teacher state or None)``."""
+    ckpt = load_checkpoint(path)
+    expected = (config.space, strategy.width_mult, strategy.name)
+    found = (ckpt["space"], ckpt["width_mult"], ckpt["strategy"].get("name"))
+    if found != expected:
+        raise TrainingError(f"{path} is a run of space/width/strategy {found}, not {expected}")
+    step = int(ckpt["step"])
+    if int(ckpt["scheduler"]["step"]) != step:
+        raise TrainingError(f"{path}: scheduler and optimizer steps disagree")
+    net.load_state_dict(ckpt["model"])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    strategy.load_state_dict(ckpt["strategy"])
+    data_gen.set_state(ckpt["rng"]["data"])
+    return int(ckpt["epoch"]), step, ckpt["rng"]["dropout"], ckpt.get("teacher")
+
+
+@torch.no_grad()
+def _average_buffers(net: nn.Module, world: int) -> None:
+    """Average the BN running statistics over ranks (each rank saw its own shard), so that
+    every rank holds the same model after each epoch."""
+    for buffer in net.buffers():
+        if buffer.is_floating_point():
+            dist.all_reduce(buffer, op=dist.ReduceOp.SUM)
+            buffer.div_(world)
+
+
+def _frozen_copy(net: Supernet) -> Supernet:
+    teacher = copy.deepcopy(net).eval()
+    for param in teacher.parameters():
+        param.requires_grad_(False)
+    return teacher
+
+
+def _progress(total: int, desc: str, show: bool) -> Any:
+    if not show:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="step", leave=True, dynamic_ncols=True)
+
+
+def _append_jsonl(path: Path, rows: Sequence[dict[str, Any]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a", encoding="utf-8") as handle:
+        for row in rows:
+            handle.write(json.dumps(row) + "\n")

@@ -1,0 +1,317 @@
+"""Architecture samplers for supernet training: which subnets one step trains, and how.
+
+A strategy owns a seeded ``numpy.random.Generator``; :meth:`TrainingStrategy.state_dict`
+captures it (as plain JSON text) together with any other progress, so a resumed run
+samples exactly the archs that an uninterrupted run would. Every DDP rank builds its
+strategy from the same seed, so all ranks train the same archs in each step.
+
+Strategies:
+
+- :class:`SandwichStrategy` — the sandwich rule with in-place distillation (BigNAS /
+  AutoSlim): largest (labels), smallest and ``n_random`` random archs (distilled from the
+  largest's detached soft output).
+- :class:`SinglePathStrategy` — SPOS: one uniformly random arch per step, labels only.
+- :class:`ProgressiveShrinking` — once-for-all's schedule of phases, each widening the
+  sampled choices; distillation from a frozen copy of the full network.
+"""
+
+from __future__ import annotations
+
+import json
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+
+from ofa_search.arch import Arch
+from ofa_search.space import SearchSpace, get_space
+
+LossKind = Literal["labels", "inplace", "teacher"]
+"""How a subnet of a step learns: ``labels`` — cross-entropy with label smoothing;
+``inplace`` — soft cross-entropy against the detached output of the step's first subnet
+(which must be a ``labels`` task); ``teacher`` — cross-entropy plus ``kd_ratio`` × soft
+cross-entropy against a frozen teacher network."""
+
+
+@dataclass(frozen=True)
+class SubnetTask:
+    """One subnet to train in a step and the loss it learns from."""
+
+    arch: Arch
+    loss: LossKind
+
+
+@dataclass(frozen=True)
+class Choices:
+    """The choice sets that a sampler draws from (each a subset of the space's)."""
+
+    resolutions: tuple[int, ...]
+    depths: tuple[int, ...]
+    kernels: tuple[int, ...]
+    expands: tuple[int, ...]
+
+    @classmethod
+    def of_space(cls, space: SearchSpace, resolutions: Sequence[int] | None = None) -> Choices:
+        """All choices of ``space`` (resolutions restricted to ``resolutions`` if given)."""
+        res = tuple(space.resolutions) if resolutions is None else tuple(sorted(resolutions))
+        bad = [r for r in res if r not in space.resolutions]
+        if not res or bad:
+            raise ValueError(f"resolutions must be a non-empty subset of {space.resolutions}, "
+                             f"got {resolutions=}")
+        return cls(res, tuple(space.depths), tuple(space.kernel_sizes),
+                   tuple(space.expand_ratios))
+
+
+def sample_arch(space: SearchSpace, width_mult: float, choices: Choices,
+                rng: np.random.Generator) -> Arch:
+    """A uniformly random arch over ``choices``; draws only from ``rng``."""
+
+    def pick(values: Sequence[int]) -> int:
+        return int(values[int(rng.integers(len(values)))])
+
+    n = space.num_stages
+    resolution = pick(choices.resolutions)
+    depths = tuple(pick(choices.depths) for _ in range(n))
+    kernels = tuple(tuple(pick(choices.kernels) for _ in range(d)) for d in depths)
+    expands = tuple(tuple(pick(choices.expands) for _ in range(d)) for d in depths)
+    return Arch(space=space.name, resolution=resolution, width_mult=width_mult, depths=depths,
+                kernels=kernels, expands=expands)
+
+
+def extreme_arch(space: SearchSpace, width_mult: float, choices: Choices, *,
+                 largest: bool) -> Arch:
+    """The largest (or smallest) arch within ``choices``."""
+    pick = max if largest else min
+    n = space.num_stages
+    d = pick(choices.depths)
+    return Arch(space=space.name, resolution=pick(choices.resolutions), width_mult=width_mult,
+                depths=(d,) * n, kernels=((pick(choices.kernels),) * d,) * n,
+                expands=((pick(choices.expands),) * d,) * n)
+
+
+@dataclass(frozen=True)
+class Segment:
+    """A stretch of training with its own learning-rate schedule (warm-up + cosine)."""
+
+    epochs: int
+    lr: float
+
+
+class TrainingStrategy(ABC):
+    """Yields the subnets of each training step.
+
+    Contract: :meth:`step` is a function of the strategy's state only (its generator and
+    the epoch last passed to :meth:`begin_epoch`); ``state_dict`` → ``load_state_dict`` on
+    a freshly built strategy with the same arguments restores that state exactly. The
+    first task of a step is always a ``labels`` task when any task is ``inplace``.
+    """
+
+    name: ClassVar[str]
+
+    def __init__(self, space: str | SearchSpace, width_mult: float | None = None, *,
+                 seed: int = 0, resolutions: Sequence[int] | None = None) -> None:
+        self.space = get_space(space)
+        self.width_mult = self.space.width_mults[-1] if width_mult is None else float(width_mult)
+        if self.width_mult not in self.space.width_mults:
+            raise ValueError(f"width_mult must be one of {self.space.width_mults}, "
+                             f"got {width_mult=}")
+        self.choices = Choices.of_space(self.space, resolutions)
+        self.rng = np.random.default_rng(seed)
+        self.epoch = 0
+
+    @abstractmethod
+    def step(self) -> list[SubnetTask]:
+        """The subnets of the next step, in training order."""
+
+    def segments(self, epochs: int, lr: float) -> list[Segment]:
+        """The learning-rate segments of a run of ``epochs`` epochs at peak ``lr``."""
+        return [Segment(epochs, lr)]
+
+    def begin_epoch(self, epoch: int) -> list[str]:
+        """Enter epoch ``epoch`` (0-based); returns events for the training loop
+        (``"sort_channels"``, ``"freeze_teacher"``) to act on at this epoch's start."""
+        self.epoch = epoch
+        return []
+
+    @property
+    def largest(self) -> Arch:
+        return extreme_arch(self.space, self.width_mult, self.choices, largest=True)
+
+    @property
+    def smallest(self) -> Arch:
+        return extreme_arch(self.space, self.width_mult, self.choices, largest=False)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Plain types only (loadable with ``torch.load(weights_only=True)``)."""
+        return {"name": self.name, "epoch": self.epoch,
+                "rng": json.dumps(self.rng.bit_generator.state)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("name") != self.name:
+            raise ValueError(f"state of strategy {state.get('name')!r}, expected {self.name!r}")
+        self.epoch = int(state["epoch"])
+        self.rng.bit_generator.state = json.loads(state["rng"])
+
+
+class SandwichStrategy(TrainingStrategy):
+    """Largest (labels), smallest and ``n_random`` uniform archs (in-place distillation)."""
+
+    name = "sandwich"
+
+    def __init__(self, space: str | SearchSpace, width_mult: float | None = None, *,
+                 n_random: int = 2, seed: int = 0,
+                 resolutions: Sequence[int] | None = None) -> None:
+        super().__init__(space, width_mult, seed=seed, resolutions=resolutions)
+        if n_random < 0:
+            raise ValueError(f"n_random must be >= 0, got {n_random=}")
+        self.n_random = n_random
+
+    def step(self) -> list[SubnetTask]:
+        tasks = [SubnetTask(self.largest, "labels"), SubnetTask(self.smallest, "inplace")]
+        tasks += [SubnetTask(sample_arch(self.space, self.width_mult, self.choices, self.rng),
+                             "inplace") for _ in range(self.n_random)]
+        return tasks
+
+
+class SinglePathStrategy(TrainingStrategy):
+    """SPOS: one uniformly random arch per step, trained on labels."""
+
+    name = "spos"
+
+    def step(self) -> list[SubnetTask]:
+        return [SubnetTask(sample_arch(self.space, self.width_mult, self.choices, self.rng),
+                           "labels")]
+
+
+@dataclass(frozen=True)
+class Phase:
+    """One progressive-shrinking phase: the choices it samples from, subnets per step,
+    epochs and peak learning rate. Resolutions are elastic in every phase."""
+
+    name: str
+    kernels: tuple[int, ...]
+    depths: tuple[int, ...]
+    expands: tuple[int, ...]
+    subnets_per_step: int
+    epochs: int
+    lr: float
+    sort_channels: bool = False
+
+
+def default_phases(space: str | SearchSpace, *, epochs: int = 1, lr: float = 0.1,
+                   later_lr_scale: float = 0.3,
+                   subnets_per_step: Sequence[int] = (1, 1, 2, 2, 4, 4)) -> tuple[Phase, ...]:
+    """once-for-all's schedule: full → elastic kernel → depth (top two, then all) → expand
+    (top two, then all). Every phase runs ``epochs`` epochs; the first at ``lr``, the others
+    at ``lr × later_lr_scale``. Channels are importance-sorted before each expand phase."""
+    spec = get_space(space)
+    if len(subnets_per_step) != 6:
+        raise ValueError(f"subnets_per_step needs 6 entries, got {subnets_per_step=}")
+    k, d, e = spec.kernel_sizes, spec.depths, spec.expand_ratios
+    kmax, dmax, emax = (k[-1],), (d[-1],), (e[-1],)
+    low = lr * later_lr_scale
+    n = list(subnets_per_step)
+    return (
+        Phase("full", kmax, dmax, emax, n[0], epochs, lr),
+        Phase("kernel", k, dmax, emax, n[1], epochs, low),
+        Phase("depth1", k, d[-2:], emax, n[2], epochs, low),
+        Phase("depth2", k, d, emax, n[3], epochs, low),
+        Phase("expand1", k, d, e[-2:], n[4], epochs, low, sort_channels=True),
+        Phase("expand2", k, d, e, n[5], epochs, low, sort_channels=True),
+    )
+
+
+class ProgressiveShrinking(TrainingStrategy):
+    """once-for-all progressive shrinking over :class:`Phase` s.
+
+    The first phase trains the full network on labels; every later phase trains
+    ``subnets_per_step`` random archs of its choices with ``teacher`` loss (KD from a frozen
+    copy of the full network taken when the second phase starts: event
+    ``"freeze_teacher"``). Event ``"sort_channels"`` starts each expand phase.
+    """
+
+    name = "ps"
+
+    def __init__(self, space: str | SearchSpace, width_mult: float | None = None, *,
+                 phases: Sequence[Phase] | None = None, seed: int = 0,
+                 resolutions: Sequence[int] | None = None) -> None:
+        super().__init__(space, width_mult, seed=seed, resolutions=resolutions)
+        self.phases = tuple(default_phases(self.space) if phases is None else phases)
+        if not self.phases:
+            raise ValueError("phases must not be empty")
+        for phase in self.phases:
+            for attr, allowed in (("kernels", self.space.kernel_sizes),
+                                  ("depths", self.space.depths),
+                                  ("expands", self.space.expand_ratios)):
+                values = getattr(phase, attr)
+                if not values or not set(values) <= set(allowed):
+                    raise ValueError(f"phase {phase.name!r}: {attr}={values} must be a "
+                                     f"non-empty subset of {allowed}")
+            if phase.subnets_per_step < 1 or phase.epochs < 1:
+                raise ValueError(f"phase {phase.name!r}: subnets_per_step and epochs must be "
+                                 f">= 1, got {phase}")
+
+    @property
+    def total_epochs(self) -> int:
+        return sum(p.epochs for p in self.phases)
+
+    def phase_index(self, epoch: int | None = None) -> int:
+        """The phase that epoch ``epoch`` (default: the current one) belongs to."""
+        e = self.epoch if epoch is None else epoch
+        for i, phase in enumerate(self.phases):
+            if e < phase.epochs:
+                return i
+            e -= phase.epochs
+        return len(self.phases) - 1
+
+    @property
+    def phase(self) -> Phase:
+        return self.phases[self.phase_index()]
+
+    def phase_choices(self, phase: Phase | None = None) -> Choices:
+        p = self.phase if phase is None else phase
+        return Choices(self.choices.resolutions, p.depths, p.kernels, p.expands)
+
+    def segments(self, epochs: int, lr: float) -> list[Segment]:
+        """One segment per phase; ``epochs``/``lr`` are ignored (the phases set them)."""
+        return [Segment(p.epochs, p.lr) for p in self.phases]
+
+    def begin_epoch(self, epoch: int) -> list[str]:
+        super().begin_epoch(epoch)
+        index = self.phase_index()
+        start = sum(p.epochs for p in self.phases[:index])
+        if epoch != start:
+            return []
+        events = []
+        if index == 1:
+            events.append("freeze_teacher")
+        if self.phases[index].sort_channels:
+            events.append("sort_channels")
+        return events
+
+    def step(self) -> list[SubnetTask]:
+        if self.phase_index() == 0:
+            return [SubnetTask(sample_arch(self.space, self.width_mult, self.phase_choices(),
+                                           self.rng), "labels")]
+        choices = self.phase_choices()
+        return [SubnetTask(sample_arch(self.space, self.width_mult, choices, self.rng),
+                           "teacher") for _ in range(self.phase.subnets_per_step)]
+
+
+STRATEGIES: dict[str, type[TrainingStrategy]] = {
+    cls.name: cls for cls in (SandwichStrategy, SinglePathStrategy, ProgressiveShrinking)
+}
+
+
+def make_strategy(name: str, space: str | SearchSpace, width_mult: float | None = None, *,
+                  seed: int = 0, resolutions: Sequence[int] | None = None,
+                  **options: Any) -> TrainingStrategy:
+    """A strategy by name (``sandwich``, ``spos``, ``ps``); ``options`` go to its
+    constructor (e.g. ``n_random``, ``phases``) and unknown ones raise ``TypeError``."""
+    try:
+        cls = STRATEGIES[name]
+    except KeyError:
+        raise ValueError(f"unknown strategy {name!r}; known: {', '.join(STRATEGIES)}") from None
+    return cls(space, width_mult, seed=seed, resolutions=resolutions, **options)

@@ -1,0 +1,160 @@
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+
+from ofa_search.errors import FileFormatError
+from ofa_search.nn import Supernet
+from ofa_search.train import (
+    CHECKPOINT_VERSION,
+    Phase,
+    TrainConfig,
+    TrainingError,
+    load_checkpoint,
+    load_supernet,
+    run_training,
+    save_checkpoint,
+    train,
+)
+
+TINY = TrainConfig(space="mbv3_small28", dataset="digits", batch_size=32, resolutions=(16,),
+                   epochs=2, steps_per_epoch=2, lr=0.05, quiet=True, seed=3)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Iterator[None]:
+    """One intra-op thread: much faster than two on a shared 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _weights(net: Supernet) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in net.state_dict().items()}
+
+
+@pytest.mark.parametrize(("strategy", "epochs", "steps", "split_at", "total"), [
+    ("sandwich", 2, 1, 1, None),   # in-place distillation, cosine across the break
+    ("ps", 1, 1, 2, 3),            # full → kernel (teacher frozen) | depth: teacher resumed
+])
+def test_resume_is_bit_for_bit(tmp_path: Path, strategy: str, epochs: int, steps: int,
+                               split_at: int, total: int | None) -> None:
+    config = dataclasses.replace(TINY, strategy=strategy, epochs=epochs, steps_per_epoch=steps,
+                                 n_random=0, stop_after_epochs=total,
+                                 eval_each_epoch=strategy == "sandwich")
+    straight = run_training(dataclasses.replace(config, out_dir=str(tmp_path / "a")))
+    split_dir = str(tmp_path / "b")
+    first = run_training(dataclasses.replace(config, out_dir=split_dir,
+                                             stop_after_epochs=split_at))
+    assert first.epoch == split_at
+    resumed = run_training(dataclasses.replace(config, out_dir=split_dir, resume=True))
+    assert (resumed.epoch, resumed.step) == (straight.epoch, straight.step)
+    a, b = _weights(straight.supernet), _weights(resumed.supernet)
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not torch.equal(a["head.classifier.weight"], first.supernet.head.classifier.weight)
+    rows = {run: [json.loads(x) for x in (tmp_path / run / "metrics.jsonl").read_text()
+                  .splitlines()] for run in ("a", "b")}
+    assert [r["loss"] for r in rows["a"]] == [r["loss"] for r in rows["b"]]
+    if config.eval_each_epoch:
+        ends = [r for r in rows["b"] if r.get("event") == "epoch_end"]
+        assert len(ends) == 2 and all(0 <= r["val_acc_smallest"] <= 1 for r in ends)
+
+
+def test_checkpoint_contents_and_load_supernet(tmp_path: Path) -> None:
+    config = dataclasses.replace(TINY, strategy="spos", epochs=1, out_dir=str(tmp_path))
+    path = train(config)
+    assert path == tmp_path / "checkpoint.pt"
+    ckpt = load_checkpoint(path)
+    assert ckpt["format_version"] == CHECKPOINT_VERSION
+    assert (ckpt["space"], ckpt["width_mult"], ckpt["epoch"], ckpt["step"]) == (
+        "mbv3_small28", 1.0, 1, 2)
+    assert ckpt["finished"] and ckpt["strategy"]["name"] == "spos"
+    assert ckpt["config"]["resolutions"] == [16]
+    net, meta = load_supernet(path)
+    assert not net.training and "model" not in meta and meta["dataset"]["name"] == "digits"
+    # a finished run resumes to itself
+    again = run_training(dataclasses.replace(config, resume=True))
+    assert again.step == 2
+    with pytest.raises(TrainingError, match="exists; resume it"):
+        train(config)
+    with pytest.raises(TrainingError, match="space/width/strategy"):
+        train(dataclasses.replace(config, strategy="sandwich", resume=True))
+
+
+def test_bad_checkpoints_raise_file_format_error(tmp_path: Path) -> None:
+    good = tmp_path / "good.pt"
+    save_checkpoint(good, {"space": "mbv3_small28"})
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(good.read_bytes()[:100])
+    with pytest.raises(FileFormatError, match=r"truncated\.pt is not a readable ofa-search "
+                                              r"checkpoint \(truncated or foreign file; "):
+        load_checkpoint(truncated)
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"state_dict": {}}, foreign)
+    with pytest.raises(FileFormatError, match="not an ofa-search supernet checkpoint"):
+        load_checkpoint(foreign)
+    text = tmp_path / "notes.txt"
+    text.write_text("hello")
+    with pytest.raises(FileFormatError, match="not a readable ofa-search checkpoint"):
+        load_checkpoint(text)
+    pickled = tmp_path / "object.pt"
+    torch.save({"format": "ofa-search-supernet", "x": object()}, pickled)
+    with pytest.raises(FileFormatError, match="not a readable"):
+        load_checkpoint(pickled)
+    other = tmp_path / "v99.pt"
+    torch.save({"format": "ofa-search-supernet", "format_version": 99}, other)
+    with pytest.raises(FileFormatError, match=f"format version 99; this ofa-search reads "
+                                              f"version {CHECKPOINT_VERSION}"):
+        load_checkpoint(other)
+    with pytest.raises(FileFormatError, match="lacks checkpoint field"):
+        load_checkpoint(good)
+    with pytest.raises(FileFormatError, match="does not exist"):
+        load_checkpoint(tmp_path / "missing.pt")
+
+
+def test_loss_decreases_for_the_largest_arch(tmp_path: Path) -> None:
+    # the first progressive-shrinking phase trains only the full network on labels
+    config = dataclasses.replace(TINY, strategy="ps", epochs=1, steps_per_epoch=20,
+                                 stop_after_epochs=1, lr=0.1, label_smoothing=0.0,
+                                 augment=False, out_dir=str(tmp_path))
+    result = run_training(config)
+    rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in rows if "event" not in r]
+    assert len(losses) == 20
+    assert sum(losses[-6:]) / 6 < 0.8 * sum(losses[:6]) / 6
+    assert result.step == 20
+
+
+def test_global_rng_is_untouched(tmp_path: Path) -> None:
+    state = torch.get_rng_state()
+    train(dataclasses.replace(TINY, strategy="spos", epochs=1, steps_per_epoch=1,
+                              out_dir=str(tmp_path)))
+    assert torch.equal(torch.get_rng_state(), state)
+
+
+def test_config_validation() -> None:
+    with pytest.raises(TrainingError, match="strategy must be one of sandwich, spos, ps"):
+        TrainConfig(strategy="random")
+    with pytest.raises(TrainingError, match=r"epochs must be >= 1, got self\.epochs=0"):
+        TrainConfig(epochs=0)
+
+
+def test_custom_progressive_shrinking_phases(tmp_path: Path) -> None:
+    phases = (Phase("full", (7,), (4,), (6,), 1, epochs=1, lr=0.05),
+              Phase("small", (3, 5, 7), (2, 3, 4), (3, 4, 6), 2, epochs=1, lr=0.01,
+                    sort_channels=True))
+    config = dataclasses.replace(TINY, strategy="ps", ps_phases=phases, steps_per_epoch=1,
+                                 out_dir=str(tmp_path))
+    ckpt = load_checkpoint(train(config))
+    assert (ckpt["epoch"], ckpt["step"], ckpt["finished"]) == (2, 2, True)
+    assert ckpt["teacher"] is not None
+    assert ckpt["config"]["ps_phases"][1]["expands"] == [3, 4, 6]
+    with pytest.raises(TrainingError, match="ps_phases needs strategy='ps'"):
+        dataclasses.replace(config, strategy="spos")
