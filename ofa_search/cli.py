@@ -122,11 +122,12 @@ def arch_export(arch: ArchArg, space: SpaceOpt,
 @app.command("demo")
 def demo(workspace: WorkspaceOpt,
          space: Annotated[str, typer.Option("--space", "-s")] = "mbv3_small28",
-         seed: Annotated[int, typer.Option("--seed")] = 0) -> None:
+         seed: Annotated[int, typer.Option("--seed")] = 0,
+         epochs: Annotated[int, typer.Option("--epochs", min=1)] = 8) -> None:
     """The main job on the embedded default (grows with the project)."""
     from ofa_search.demo import run_demo
 
-    run_demo(workspace, space=space, seed=seed, echo=typer.echo)
+    run_demo(workspace, space=space, seed=seed, epochs=epochs, echo=typer.echo)
 
 
 # -- train / eval ------------------------------------------------------------------------

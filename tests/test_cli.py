@@ -91,9 +91,16 @@ def test_arch_export_writes_valid_onnx(tmp_path: Path) -> None:
 
 
 def test_demo_runs_and_leaves_a_workspace(tmp_path: Path) -> None:
-    out = cli("demo", "--workspace", str(tmp_path / "ws"))
+    out = cli("demo", "--workspace", str(tmp_path / "ws"), "--epochs", "1")
     assert out.returncode == 0, out.stderr
     summary = json.loads((tmp_path / "ws" / "demo_summary.json").read_text())
-    assert summary["exported"]["extract_gap"] <= 1e-5
+    assert summary["epoch"] == 1 and summary["device"] == "cpu-ort-1t"
+    assert len(summary["subnets"]) == 5
+    for row in summary["subnets"]:
+        Arch.parse(row["arch"], "mbv3_small28")
+        assert 0.0 <= row["test_accuracy"] <= 1.0
+        assert row["predicted_ms"] > 0 and row["measured_ms"] > 0
+    assert summary["subnets"][0]["macs_m"] > summary["subnets"][1]["macs_m"]
     assert summary["exported"]["onnxruntime_gap"] <= 1e-4
     onnx.checker.check_model(onnx.load(summary["exported"]["path"]))
+    assert (tmp_path / "ws" / "supernet" / "checkpoint.pt").exists()
