@@ -112,8 +112,7 @@ def arch_export(arch: ArchArg, space: SpaceOpt,
     from ofa_search.onnx_export import export_onnx, save_onnx
 
     parsed = parse_arch(arch, space)
-    torch.manual_seed(seed)
-    net = build_static(parsed)
+    net = build_static(parsed, torch.Generator().manual_seed(seed))
     model = export_onnx(net, net.input_shape())
     save_onnx(model, out)
     typer.echo(f"wrote {out} ({out.stat().st_size / 1e6:.2f} MB, input {net.input_shape()})")

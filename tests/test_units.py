@@ -96,3 +96,14 @@ def test_count_at_other_resolution() -> None:
     arch = Arch.largest("ofa_mbv3", 1.0)
     assert count_macs(arch, 224) == count_macs(arch)
     assert count_macs(arch, 160) < count_macs(arch)
+
+
+def test_build_static_is_reproducible_with_a_generator() -> None:
+    arch = Arch.sample("mbv3_small28", 2)
+    a = build_static(arch, torch.Generator().manual_seed(5))
+    b = build_static(arch, torch.Generator().manual_seed(5))
+    c = build_static(arch, torch.Generator().manual_seed(6))
+    pairs = list(zip(a.state_dict().values(), b.state_dict().values(), strict=True))
+    assert all(torch.equal(x, y) for x, y in pairs)
+    assert not all(torch.equal(x, y) for x, y in zip(a.state_dict().values(),
+                                                      c.state_dict().values(), strict=True))

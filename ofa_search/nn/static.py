@@ -128,11 +128,12 @@ class StaticSubnet(nn.Module):
         return (batch_size, space.in_channels, self.arch.resolution, self.arch.resolution)
 
 
-def build_static(arch: Arch) -> StaticSubnet:
-    """A randomly initialised static subnet of ``arch`` (for latency work before training)."""
+def build_static(arch: Arch, generator: torch.Generator | None = None) -> StaticSubnet:
+    """A randomly initialised static subnet of ``arch`` (for latency work before training);
+    ``generator`` makes the weights reproducible."""
     dropout = arch.search_space.dropout
     net = StaticSubnet(arch, [build_unit(u, dropout) for u in arch_units(arch)])
-    init_weights(net)
+    init_weights(net, generator)
     return net
 
 
