@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+from collections.abc import Iterator
+
+import pytest
 import torch
 
 from ofa_search.arch import Arch
@@ -24,3 +27,13 @@ def calibrated_supernet(space: str, width_mult: float | None = None, seed: int =
         if isinstance(module, torch.nn.BatchNorm2d):
             module.momentum = 0.1
     return net.eval()
+
+
+@pytest.fixture
+def one_torch_thread() -> Iterator[None]:
+    """One intra-op thread for the test (much faster than two on a shared 2-core machine),
+    restored afterwards."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
