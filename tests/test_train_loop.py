@@ -103,7 +103,7 @@ def test_bad_checkpoints_raise_file_format_error(tmp_path: Path) -> None:
         load_checkpoint(pickled)
     other = tmp_path / "v99.pt"
     torch.save({"format": "ofa-search-supernet", "format_version": 99}, other)
-    with pytest.raises(FileFormatError, match=f"format version 99; this ofa-search reads "
+    with pytest.raises(FileFormatError, match=f"format_version 99; this ofa-search reads "
                                               f"version {CHECKPOINT_VERSION}"):
         load_checkpoint(other)
     with pytest.raises(FileFormatError, match="lacks checkpoint field"):

@@ -21,6 +21,7 @@ from typing import Any
 from ofa_search.errors import FileFormatError
 from ofa_search.profiling.host import llvm_cpu_name, read_cpuinfo
 from ofa_search.space import PRECISIONS
+from ofa_search.versioning import require_version
 
 SCHEMA_VERSION = 1
 BACKENDS: tuple[str, ...] = ("onnxruntime", "tvm")
@@ -209,10 +210,8 @@ class DeviceProfile:
         if not isinstance(data, Mapping):
             raise FileFormatError(f"a device profile must be a JSON object, "
                                   f"got {type(data).__name__}")
-        version = data.get("schema_version")
-        if version != SCHEMA_VERSION:
-            raise FileFormatError(f"unsupported device profile schema_version {version!r}; "
-                                  f"this ofa-search reads version {SCHEMA_VERSION}")
+        require_version(data, key="schema_version", expected=SCHEMA_VERSION,
+                        what="device profile")
         backend = data.get("backend")
         if backend not in BACKENDS:
             raise FileFormatError(f"device profile backend must be one of {BACKENDS}, "

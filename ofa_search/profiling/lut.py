@@ -27,6 +27,7 @@ from ofa_search.atomic import atomic_write_json
 from ofa_search.errors import FileFormatError, LutMissError, UnknownDeviceError
 from ofa_search.profiling.device import DeviceProfile
 from ofa_search.units import arch_units
+from ofa_search.versioning import require_version
 
 LUT_SCHEMA_VERSION = 1
 """Version of the table file format this code reads and writes."""
@@ -157,11 +158,8 @@ class LatencyTable:
         if not isinstance(data, Mapping) or data.get("format") != FORMAT_NAME:
             raise FileFormatError(f"{source}: not an ofa-search latency table "
                                   f"(no 'format': {FORMAT_NAME!r})")
-        version = data.get("schema_version")
-        if version != LUT_SCHEMA_VERSION:
-            raise FileFormatError(f"{source}: unsupported latency table schema_version "
-                                  f"{version!r}; this ofa-search reads version "
-                                  f"{LUT_SCHEMA_VERSION}")
+        require_version(data, key="schema_version", expected=LUT_SCHEMA_VERSION,
+                        what="latency table", source=source)
         missing = [key for key in _REQUIRED if key not in data]
         if missing:
             raise FileFormatError(f"{source}: latency table lacks fields {missing}")

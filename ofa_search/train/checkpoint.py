@@ -26,6 +26,7 @@ import torch
 from ofa_search.atomic import atomic_write_bytes
 from ofa_search.errors import FileFormatError
 from ofa_search.nn import Supernet
+from ofa_search.versioning import require_version
 
 CHECKPOINT_FORMAT = "ofa-search-supernet"
 CHECKPOINT_VERSION = 1
@@ -61,10 +62,8 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     if not isinstance(data, dict) or data.get("format") != CHECKPOINT_FORMAT:
         raise FileFormatError(f"{target} is not an ofa-search supernet checkpoint "
                               f"(no format={CHECKPOINT_FORMAT!r} field)")
-    version = data.get("format_version")
-    if version != CHECKPOINT_VERSION:
-        raise FileFormatError(f"{target} has checkpoint format version {version!r}; this "
-                              f"ofa-search reads version {CHECKPOINT_VERSION}")
+    require_version(data, key="format_version", expected=CHECKPOINT_VERSION,
+                    what="supernet checkpoint", source=str(target))
     missing = [k for k in REQUIRED_KEYS if k not in data]
     if missing:
         raise FileFormatError(f"{target} lacks checkpoint field(s) {missing}")
