@@ -8,7 +8,6 @@ the same path as the table's units, measured on the table's own profile, and com
 
 from __future__ import annotations
 
-import math
 import os
 import time
 from dataclasses import asdict, dataclass, field
@@ -16,13 +15,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy.stats import kendalltau
 
 from ofa_search.atomic import atomic_write_json
 from ofa_search.errors import OfaSearchError
 from ofa_search.profiling.builder import FAST_TIMING, Measurer, measure_arch, sample_archs
 from ofa_search.profiling.lut import LatencyTable, now_iso
 from ofa_search.profiling.timing import TimingConfig
+from predictors.metrics import report
 
 VALIDATION_SEED = 2_000_003
 """Seed of the held-out subnets (distinct from :data:`~.builder.OVERHEAD_SEED`)."""
@@ -84,15 +83,6 @@ def _load_avg() -> float | None:
         return None
 
 
-def metrics(predicted: np.ndarray, measured: np.ndarray) -> dict[str, float]:
-    """RMSE, MAPE (fraction), share within 5 % / 10 % and Kendall τ of two latency arrays."""
-    rel = np.abs(predicted - measured) / measured
-    tau = float(kendalltau(predicted, measured).statistic) if len(measured) > 1 else math.nan
-    return {"rmse_ms": float(np.sqrt(np.mean((predicted - measured) ** 2))),
-            "mape": float(np.mean(rel)), "within_5pct": float(np.mean(rel <= 0.05)),
-            "within_10pct": float(np.mean(rel <= 0.10)), "kendall_tau": tau}
-
-
 def profiling_wall_s(table: LatencyTable) -> float | None:
     """Wall time spent measuring the table (units plus the overhead fit), when recorded."""
     unit = table.meta.get("unit_wall_s")
@@ -138,9 +128,9 @@ def validate_table(table: LatencyTable, n: int = 100, seed: int = VALIDATION_SEE
                 close()
     pred = np.array([r["predicted_ms"] for r in rows])
     meas = np.array([r["measured_ms"] for r in rows])
-    m = metrics(pred, meas)
+    m = report(pred, meas)
     return ValidationReport(
-        device_id=table.device_id, space=table.space, n=n, seed=seed, rmse_ms=m["rmse_ms"],
+        device_id=table.device_id, space=table.space, n=n, seed=seed, rmse_ms=m["rmse"],
         mape=m["mape"], within_5pct=m["within_5pct"], within_10pct=m["within_10pct"],
         kendall_tau=m["kendall_tau"], mean_measured_ms=float(meas.mean()),
         validation_wall_s=time.perf_counter() - start,
