@@ -254,7 +254,6 @@ def latency_cmd(
 ) -> None:
     """Predicted latency of ARCH on DEVICE (and, with --measure, the measured one)."""
     from ofa_search.arch import parse_arch
-    from ofa_search.errors import OfaSearchError
     from ofa_search.profiling.lut import find_table
 
     table = find_table(device, workspace=workspace)
