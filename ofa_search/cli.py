@@ -7,7 +7,6 @@ exit code 2 and one line on stderr, never a traceback.
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -15,6 +14,7 @@ from typing import Annotated, Any
 import typer
 
 from ofa_search.errors import OfaSearchError
+from ofa_search.workspace import default_workspace_dir
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Hardware-aware NAS: once-for-all supernets, device tables, search.")
@@ -24,13 +24,14 @@ app.add_typer(space_app, name="space")
 app.add_typer(arch_app, name="arch")
 
 SpaceOpt = Annotated[str, typer.Option("--space", "-s", help="search-space preset name")]
+DEFAULT_SPACE = "mbv3_small28"
 JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON")]
 ArchArg = Annotated[str, typer.Argument(
     help="compact arch string, JSON of Arch.to_dict, or once-for-all's {ks,e,d,r} dict")]
 
 
 def default_workspace() -> Path:
-    return Path(os.environ.get("OFA_SEARCH_WORKSPACE", "ofa-workspace"))
+    return default_workspace_dir()
 
 
 WorkspaceOpt = Annotated[Path, typer.Option(
@@ -132,7 +133,7 @@ def demo(workspace: WorkspaceOpt,
 # -- train / eval ------------------------------------------------------------------------
 @app.command("train")
 def train_cmd(
-    space: SpaceOpt,
+    space: SpaceOpt = DEFAULT_SPACE,
     data: Annotated[str, typer.Option("--data", "-d", help="dataset name")] = "digits",
     strategy: Annotated[str, typer.Option("--strategy", help="ps, sandwich or spos")] = "sandwich",
     epochs: Annotated[int, typer.Option("--epochs", min=1, help="epochs (ps: per phase)")] = 5,
@@ -198,8 +199,8 @@ def eval_cmd(
 @app.command("profile")
 def profile_cmd(
     workspace: WorkspaceOpt,
-    space: SpaceOpt,
     device: Annotated[str, typer.Option("--device", "-d", help="device id, e.g. cpu-ort-1t")],
+    space: SpaceOpt = DEFAULT_SPACE,
     backend: Annotated[str, typer.Option("--backend", help="onnxruntime or tvm")] = "onnxruntime",
     threads: Annotated[int, typer.Option("--threads", min=1)] = 1,
     resolutions: Annotated[list[int] | None, typer.Option(
@@ -277,6 +278,17 @@ def latency_cmd(
                              for k, v in result.items()))
 
 
+# -- commands of the other parts, each in its own module -----------------------------------
+def _register_parts() -> None:
+    from ofa_search import cli_predictors, cli_search, cli_service
+
+    for part in (cli_predictors, cli_search, cli_service):
+        part.register(app)
+
+
+_register_parts()
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: input errors become one line and exit code 2."""
     try:
@@ -289,12 +301,12 @@ def main(argv: list[str] | None = None) -> None:
     except typer.Abort:
         typer.echo("aborted", err=True)
         sys.exit(130)
-    except Exception as exc:  # click usage errors
-        import click
-
-        if isinstance(exc, click.exceptions.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
+    except Exception as exc:
+        # usage errors of the click that typer bundles (typer no longer exposes it publicly)
+        show, code = getattr(exc, "show", None), getattr(exc, "exit_code", None)
+        if callable(show) and isinstance(code, int):
+            show()
+            sys.exit(code)
         raise
 
 
