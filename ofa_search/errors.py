@@ -21,11 +21,20 @@ class InvalidArchError(OfaSearchError, ValueError):
 
 
 class UnknownDeviceError(OfaSearchError, ValueError):
-    """A device id with no latency table."""
+    """A device id with no latency table; ``known`` lists the ids that have one."""
+
+    def __init__(self, message: str, *, known: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.known = tuple(known)
 
 
 class InfeasibleBudgetError(OfaSearchError, ValueError):
-    """A latency budget below the fastest subnet of the space on that device."""
+    """A latency budget below the fastest subnet of the space on that device;
+    ``min_latency_ms`` is the lowest achievable predicted latency there."""
+
+    def __init__(self, message: str, *, min_latency_ms: float | None = None) -> None:
+        super().__init__(message)
+        self.min_latency_ms = min_latency_ms
 
 
 class LutMissError(OfaSearchError, KeyError):

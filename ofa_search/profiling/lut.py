@@ -282,4 +282,5 @@ def find_table(device_id: str, dirs: Sequence[str | os.PathLike[str]] | None = N
             return LatencyTable.load(path)
     known = [info.device_id for info in list_tables(folders)]
     raise UnknownDeviceError(f"no latency table for device {device_id!r} in "
-                             f"{[str(f) for f in folders]}; known devices: {known or 'none'}")
+                             f"{[str(f) for f in folders]}; known devices: {known or 'none'}",
+                             known=tuple(known))
