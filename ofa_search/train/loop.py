@@ -28,7 +28,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from ofa_search.arch import Arch
+from ofa_search.arch import Arch, parse_arch
 from ofa_search.data import DatasetSplits, iterate_batches, load_dataset
 from ofa_search.errors import OfaSearchError
 from ofa_search.nn import Supernet
@@ -60,7 +60,9 @@ class TrainConfig:
     Attributes:
         space, width_mult: the supernet (``None``: the space's largest width).
         dataset, data_dir: passed to :func:`ofa_search.data.load_dataset`.
-        strategy: ``sandwich``, ``spos`` or ``ps``; ``n_random`` is the sandwich's number
+        strategy: ``sandwich``, ``spos``, ``ps`` or ``standalone`` (trains only ``arch``,
+            a string or JSON of one subnet, at its resolution); ``n_random`` is the
+            sandwich's number
             of random archs per step. For ``ps``, ``ps_phases`` sets each phase's choices,
             subnets per step, epochs and lr; by default (:func:`default_phases`) ``epochs``
             is the length of *each* phase, the first phase runs at ``lr`` and the later ones
@@ -91,6 +93,7 @@ class TrainConfig:
     n_random: int = 2
     ps_later_lr_scale: float = 0.3
     ps_phases: tuple[Phase, ...] | None = None
+    arch: str | None = None
     epochs: int = 5
     batch_size: int = 64
     lr: float = 0.05
@@ -136,6 +139,9 @@ class TrainConfig:
               f"steps_per_epoch must be >= 1, got {self.steps_per_epoch=}")
         check(self.stop_after_epochs is None or self.stop_after_epochs >= 1,
               f"stop_after_epochs must be >= 1, got {self.stop_after_epochs=}")
+        check((self.strategy == "standalone") == (self.arch is not None),
+              "strategy 'standalone' needs an arch, and only it takes one "
+              f"(got {self.strategy=}, {self.arch=})")
         if self.resolutions is not None:
             object.__setattr__(self, "resolutions", tuple(self.resolutions))
         if self.ps_phases is not None:
@@ -207,6 +213,9 @@ def _strategy_for(config: TrainConfig) -> TrainingStrategy:
     options: dict[str, Any] = {}
     if config.strategy == "sandwich":
         options["n_random"] = config.n_random
+    if config.strategy == "standalone":
+        assert config.arch is not None  # checked by TrainConfig
+        options["arch"] = parse_arch(config.arch, config.space)
     if config.strategy == "ps":
         options["phases"] = config.ps_phases or default_phases(
             config.space, epochs=config.epochs, lr=config.lr,

@@ -185,6 +185,40 @@ class SinglePathStrategy(TrainingStrategy):
                            "labels")]
 
 
+class StandaloneStrategy(TrainingStrategy):
+    """One fixed arch, trained on labels at its own resolution: the "from scratch"
+    baseline that supernet benchmarks compare inherited weights with. Only that subnet's
+    slice of the supernet's weights is ever used, so the trained supernet *is* the
+    stand-alone network (kernels smaller than the largest are parametrised through the
+    kernel-transformation matrices, as in the supernet)."""
+
+    name = "standalone"
+
+    def __init__(self, space: str | SearchSpace, width_mult: float | None = None, *,
+                 arch: Arch, seed: int = 0, resolutions: Sequence[int] | None = None) -> None:
+        if resolutions is not None and tuple(resolutions) != (arch.resolution,):
+            raise ValueError(f"a stand-alone run trains at the arch's resolution "
+                             f"{arch.resolution}, got {resolutions=}")
+        super().__init__(space, arch.width_mult if width_mult is None else width_mult,
+                         seed=seed, resolutions=(arch.resolution,))
+        if arch.space != self.space.name or arch.width_mult != self.width_mult:
+            raise ValueError(f"arch {arch.to_string()} is not of space {self.space.name!r} "
+                             f"at width {self.width_mult}")
+        self.arch = arch
+
+    def step(self) -> list[SubnetTask]:
+        return [SubnetTask(self.arch, "labels")]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "arch": self.arch.to_string()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("arch") != self.arch.to_string():
+            raise ValueError(f"state of a stand-alone run of {state.get('arch')!r}, expected "
+                             f"{self.arch.to_string()!r}")
+        super().load_state_dict(state)
+
+
 @dataclass(frozen=True)
 class Phase:
     """One progressive-shrinking phase: the choices it samples from, subnets per step,
@@ -301,14 +335,15 @@ class ProgressiveShrinking(TrainingStrategy):
 
 
 STRATEGIES: dict[str, type[TrainingStrategy]] = {
-    cls.name: cls for cls in (SandwichStrategy, SinglePathStrategy, ProgressiveShrinking)
+    cls.name: cls for cls in (SandwichStrategy, SinglePathStrategy, ProgressiveShrinking,
+                              StandaloneStrategy)
 }
 
 
 def make_strategy(name: str, space: str | SearchSpace, width_mult: float | None = None, *,
                   seed: int = 0, resolutions: Sequence[int] | None = None,
                   **options: Any) -> TrainingStrategy:
-    """A strategy by name (``sandwich``, ``spos``, ``ps``); ``options`` go to its
+    """A strategy by name (``sandwich``, ``spos``, ``ps``, ``standalone``); ``options`` go to its
     constructor (e.g. ``n_random``, ``phases``) and unknown ones raise ``TypeError``."""
     try:
         cls = STRATEGIES[name]
