@@ -123,11 +123,21 @@ def arch_export(arch: ArchArg, space: SpaceOpt,
 def demo(workspace: WorkspaceOpt,
          space: Annotated[str, typer.Option("--space", "-s")] = "mbv3_small28",
          seed: Annotated[int, typer.Option("--seed")] = 0,
-         epochs: Annotated[int, typer.Option("--epochs", min=1)] = 8) -> None:
-    """The main job on the embedded default (grows with the project)."""
+         epochs: Annotated[int, typer.Option("--epochs", min=1)] = 6,
+         n_archs: Annotated[int, typer.Option(
+             "--n-archs", min=10, help="subnets evaluated for the accuracy predictor")] = 150,
+         n_latency: Annotated[int, typer.Option(
+             "--n-latency", min=5, help="end-to-end latency measurements")] = 40,
+         resolutions: Annotated[list[int] | None, typer.Option(
+             "--resolutions", "-r", help="profile only these (default: all)")] = None,
+         quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars")] = False,
+         ) -> None:
+    """The main job on digits: train, profile, fit, front, three queries, export, plot."""
     from ofa_search.demo import run_demo
 
-    run_demo(workspace, space=space, seed=seed, epochs=epochs, echo=typer.echo)
+    run_demo(workspace, space=space, seed=seed, epochs=epochs, n_archs=n_archs,
+             n_latency=n_latency, resolutions=resolutions, echo=typer.echo,
+             progress=not quiet)
 
 
 # -- train / eval ------------------------------------------------------------------------
@@ -250,17 +260,28 @@ def latency_cmd(
     device: Annotated[str, typer.Option("--device", "-d")],
     space: Annotated[str | None, typer.Option(
         "--space", "-s", help="default: the table's space")] = None,
+    predictor: Annotated[str | None, typer.Option(
+        "--predictor", help="lut or learned (default: learned when fitted, else lut)")] = None,
     measure: Annotated[bool, typer.Option("--measure", help="also measure it end to end")] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Predicted latency of ARCH on DEVICE (and, with --measure, the measured one)."""
     from ofa_search.arch import parse_arch
     from ofa_search.profiling.lut import find_table
+    from ofa_search.workspace import Workspace
+    from predictors.latency import LearnedLatencyPredictor
+    from predictors.loading import LATENCY_KINDS, load_latency_predictor
 
+    if predictor is not None and predictor not in LATENCY_KINDS:
+        raise OfaSearchError(f"--predictor must be one of {', '.join(LATENCY_KINDS)}, got "
+                             f"{predictor!r}")
     table = find_table(device, workspace=workspace)
     parsed = parse_arch(arch, space or table.space)
-    result: dict[str, Any] = {"device": device, "arch": parsed.to_string(),
-                              "predicted_ms": table.predict(parsed)}
+    model, kind = load_latency_predictor(Workspace(workspace), device, predictor)
+    result: dict[str, Any] = {"device": device, "arch": parsed.to_string(), "predictor": kind,
+                              "predicted_ms": float(model.predict([parsed])[0])}
+    if isinstance(model, LearnedLatencyPredictor):
+        result["predicted_std_ms"] = float(model.predict_std([parsed])[0])
     if measure:
         from ofa_search.profiling.backends import get_backend
         from ofa_search.profiling.builder import FAST_TIMING, measure_arch
@@ -291,6 +312,9 @@ _register_parts()
 
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: input errors become one line and exit code 2."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # our own progress is enough
     try:
         app(args=argv, standalone_mode=False)
     except OfaSearchError as exc:

@@ -1,9 +1,62 @@
-"""CLI commands of the predictors part (registered on the main app by :mod:`ofa_search.cli`)."""
+"""CLI commands of the predictors part (registered on the main app by :mod:`ofa_search.cli`):
+``ofa-search fit-predictors``."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+from typing import Annotated
+
 import typer
+
+from ofa_search.workspace import Workspace, default_workspace_dir
+
+# the same options as ofa_search.cli's (not imported from there: cli imports this module)
+WorkspaceOpt = Annotated[Path, typer.Option(
+    "--workspace", "-w", help="workspace folder (default ./ofa-workspace or "
+    "$OFA_SEARCH_WORKSPACE)", default_factory=default_workspace_dir)]
+JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON")]
+
+
+def fit_predictors_cmd(
+    workspace: WorkspaceOpt,
+    checkpoint: Annotated[Path | None, typer.Option(
+        "--checkpoint", "-c", help="trained supernet (default WORKSPACE/supernet/"
+        "checkpoint.pt)")] = None,
+    device: Annotated[list[str] | None, typer.Option(
+        "--device", "-d", help="fit a latency predictor for this device (repeatable)")] = None,
+    n_archs: Annotated[int, typer.Option("--n-archs", min=4,
+                                         help="archs in the accuracy dataset")] = 500,
+    n_latency: Annotated[int, typer.Option("--n-latency", min=5,
+                                           help="end-to-end measurements per device")] = 200,
+    max_eval_images: Annotated[int | None, typer.Option(
+        "--max-eval-images", min=1, help="cap on val images per subnet (default: all)")] = None,
+    skip_accuracy: Annotated[bool, typer.Option(
+        "--skip-accuracy", help="fit latency predictors only")] = False,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    threads: Annotated[int | None, typer.Option("--threads", min=1,
+                                                help="torch intra-op threads")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Build the accuracy dataset, fit accuracy and latency predictors, print their
+    held-out quality (resumable: cached evaluations and measurements are reused)."""
+    from predictors.fit import fit_predictors, format_quality_table
+
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
+    log = None if as_json else typer.echo
+    report = fit_predictors(Workspace(workspace), checkpoint, device or [], n_archs=n_archs,
+                            n_latency=n_latency, accuracy=not skip_accuracy,
+                            max_eval_images=max_eval_images, seed=seed,
+                            show_progress=not as_json, log=log)
+    if as_json:
+        typer.echo(json.dumps(report, indent=1))
+    else:
+        typer.echo(format_quality_table(report))
 
 
 def register(app: typer.Typer) -> None:
     """Add this part's commands to ``app``."""
+    app.command("fit-predictors")(fit_predictors_cmd)

@@ -1,9 +1,150 @@
-"""CLI commands of the service part (registered on the main app by :mod:`ofa_search.cli`)."""
+"""CLI commands of the service part (registered on the main app by :mod:`ofa_search.cli`):
+``ofa-search export`` (a verified artefact with its model card) and ``ofa-search serve``
+(the HTTP service)."""
 
-from __future__ import annotations
+# No ``from __future__ import annotations`` here: typer reads the parameter annotations of
+# the commands defined inside ``register`` at run time, and they name the option types
+# imported there (from ``ofa_search.cli``, which imports this module).
+import os
+from pathlib import Path
+from typing import Annotated
 
 import typer
+
+from ofa_search.errors import OfaSearchError
+
+
+def read_api_key(env_var: str | None, key_file: Path | None) -> str | None:
+    """The API key: from ``key_file`` (first line), else ``$env_var``, else
+    ``$OFA_SEARCH_API_KEY`` when set, else none (mutating routes are then open)."""
+    from ofa_search.service import API_KEY_ENV
+
+    if env_var is not None and key_file is not None:
+        raise OfaSearchError("give --api-key-env or --api-key-file, not both")
+    if key_file is not None:
+        try:
+            lines = key_file.read_text(encoding="utf-8").splitlines()
+        except OSError as exc:
+            raise OfaSearchError(f"cannot read API key file {key_file}: {exc}") from None
+        key = lines[0].strip() if lines else ""
+        if not key:
+            raise OfaSearchError(f"API key file {key_file} is empty")
+        return key
+    if env_var is not None:
+        key = os.environ.get(env_var, "")
+        if not key:
+            raise OfaSearchError(f"environment variable {env_var} (--api-key-env) is unset "
+                                 "or empty")
+        return key
+    return os.environ.get(API_KEY_ENV) or None
 
 
 def register(app: typer.Typer) -> None:
     """Add this part's commands to ``app``."""
+    from ofa_search.cli import JsonOpt, WorkspaceOpt, _emit_json
+
+    @app.command("export")
+    def export_cmd(
+        workspace: WorkspaceOpt,
+        fmt: Annotated[str, typer.Option("--format", "-f",
+                                         help="onnx, torchscript or state_dict")] = "onnx",
+        checkpoint: Annotated[Path | None, typer.Option(
+            "--checkpoint", "-c", help="default: WORKSPACE/supernet/checkpoint.pt")] = None,
+        arch: Annotated[str | None, typer.Option(
+            "--arch", help="arch string or JSON (its space is the checkpoint's)")] = None,
+        device: Annotated[str | None, typer.Option(
+            "--device", "-d", help="device id: with --latency-ms, query it first; the card "
+            "holds its predicted and measured latency")] = None,
+        latency_ms: Annotated[float | None, typer.Option(
+            "--latency-ms", help="latency budget in ms (with --device)")] = None,
+        precision: Annotated[str | None, typer.Option("--precision")] = None,
+        out: Annotated[Path | None, typer.Option(
+            "--out", "-o", help="output folder (default: WORKSPACE/exports/<new id>)")] = None,
+        data_dir: Annotated[Path | None, typer.Option("--data-dir")] = None,
+        measure: Annotated[bool, typer.Option(
+            "--measure/--no-measure", help="measure the latency on --device")] = True,
+        threads: Annotated[int, typer.Option("--threads", min=1,
+                                             help="torch intra-op threads")] = 1,
+        as_json: JsonOpt = False,
+    ) -> None:
+        """Export a subnet as a verified artefact with its model card."""
+        if (arch is None) == (latency_ms is None):
+            raise OfaSearchError("give --arch ARCH, or --device ID with --latency-ms N")
+        if latency_ms is not None and device is None:
+            raise OfaSearchError("--latency-ms needs --device")
+        import uuid
+
+        import torch
+
+        from ofa_search.export import export
+        from ofa_search.workspace import Workspace
+
+        torch.set_num_threads(threads)
+        ws = Workspace(workspace)
+        answer = None
+        if arch is None:
+            from ofa_search.search.query import QueryEngine
+
+            assert device is not None and latency_ms is not None
+            answer = QueryEngine(ws).query(device, latency_ms, precision)
+            arch = answer.arch.to_string()
+            typer.echo(f"query: {arch} predicted {answer.predicted_latency_ms:.4f} ms on "
+                       f"{device}", err=True)
+        folder = out if out is not None else ws.exports_dir / uuid.uuid4().hex
+        result = export(checkpoint or ws.checkpoint, arch, fmt, folder, device=device,
+                        workspace=ws, data_dir=data_dir, measure=measure,
+                        echo=lambda line: typer.echo(line, err=True))
+        if as_json:
+            data = result.to_dict()
+            data["query"] = answer.to_dict() if answer is not None else None
+            _emit_json(data)
+            return
+        card = result.card
+        typer.echo(f"artefact:  {result.artefact} ({card['artefact']['bytes']} bytes, sha256 "
+                   f"{card['artefact']['sha256'][:16]}…)")
+        typer.echo(f"verified:  max |Δ| {card['verification']['max_abs_diff']:.3g} with "
+                   f"{card['verification']['runtime']} (tolerance "
+                   f"{card['verification']['tolerance']:.0e})")
+        typer.echo(f"accuracy:  {card['dataset']['accuracy']:.4f} on {card['dataset']['name']} "
+                   "test")
+        if card["device"]:
+            dev = card["device"]
+            measured = dev["measured_latency_ms"]
+            typer.echo(f"latency:   {dev['predicted_latency_ms']:.4f} ms predicted, "
+                       + (f"{measured:.4f} ms measured" if measured is not None
+                          else f"not measured ({dev['not_measured_reason']})")
+                       + f" on {dev['id']}")
+        typer.echo(f"card:      {result.card_json}")
+
+    @app.command("serve")
+    def serve_cmd(
+        workspace: WorkspaceOpt,
+        host: Annotated[str, typer.Option("--host", help="bind address")] = "127.0.0.1",
+        port: Annotated[int, typer.Option("--port", min=0, max=65535)] = 8000,
+        api_key_env: Annotated[str | None, typer.Option(
+            "--api-key-env", help="environment variable holding the API key (default: "
+            "OFA_SEARCH_API_KEY when set)")] = None,
+        api_key_file: Annotated[Path | None, typer.Option(
+            "--api-key-file", help="file whose first line is the API key")] = None,
+        export_workers: Annotated[int, typer.Option("--export-workers", min=1)] = 1,
+        max_pending: Annotated[int, typer.Option("--max-pending-exports", min=0)] = 8,
+        threads: Annotated[int, typer.Option("--threads", min=1,
+                                             help="torch intra-op threads")] = 1,
+        log_level: Annotated[str, typer.Option("--log-level")] = "warning",
+    ) -> None:
+        """Serve query and export over HTTP (OpenAPI docs at /docs)."""
+        import torch
+        import uvicorn
+
+        from ofa_search.service import create_app
+
+        key = read_api_key(api_key_env, api_key_file)
+        torch.set_num_threads(threads)
+        if key is None and host not in ("127.0.0.1", "localhost", "::1"):
+            typer.echo(f"warning: serving on {host} without an API key: anyone who can reach "
+                       "it can start exports", err=True)
+        typer.echo(f"serving {workspace} on http://{host}:{port} (API key "
+                   f"{'required' if key else 'not set'} for POST /exports)", err=True)
+        uvicorn.run(create_app(workspace, api_key=key, max_export_workers=export_workers,
+                               max_pending_exports=max_pending),
+                    host=host, port=port, log_level=log_level)

@@ -1,92 +1,136 @@
-"""The main job on the embedded default: what a new user runs first.
+"""The main job on the embedded default: the whole product in one run, in minutes.
 
-Today: train a small supernet on scikit-learn's digits (sandwich rule), evaluate a few of
-its subnets with BN recalibration, price them with this machine's shipped latency table
-and measure them with ONNX Runtime, then export one to ONNX and check ONNX Runtime against
-PyTorch. Later issues extend it with profiling, predictors, search and queries.
+Train a small supernet on scikit-learn's digits (sandwich rule), profile this machine with
+ONNX Runtime (one thread) into a device table, fit the accuracy and latency predictors,
+build the device's Pareto front, answer three queries (tight, middle and loose budget),
+measure each answer (latency through ONNX Runtime, test accuracy after BN recalibration),
+export the middle answer to ONNX with its model card, and draw the front. Every step
+resumes from the workspace, which afterwards serves ``ofa-search query`` and
+``ofa-search serve`` as it is.
 """
 
 from __future__ import annotations
 
+import hashlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
-import numpy as np
-import torch
-
-from ofa_search.arch import Arch
 from ofa_search.atomic import atomic_write_json
 from ofa_search.data import load_dataset
-from ofa_search.onnx_export import export_onnx, max_abs_diff_vs_torch, save_onnx
-from ofa_search.profiling import TimingConfig
+from ofa_search.demo_plot import plot_front
+from ofa_search.export import export
+from ofa_search.profiling import DeviceProfile, TimingConfig
 from ofa_search.profiling.backends import get_backend
-from ofa_search.profiling.builder import measure_arch
-from ofa_search.profiling.lut import find_table
+from ofa_search.profiling.builder import build_table, measure_arch
+from ofa_search.search.front import build_front
+from ofa_search.search.query import QueryEngine, QueryResult
 from ofa_search.train import TrainConfig, calibrated_subnet, evaluate, load_supernet, train
-from ofa_search.units import count_macs
+from ofa_search.workspace import Workspace
+from predictors.fit import fit_predictors, format_quality_table
 
-DEMO_DEVICE = "cpu-ort-1t"
+DEMO_DEVICE = "local-cpu-ort-1t"
+"""The table the demo profiles (ONNX Runtime, 1 thread, this host) into the workspace."""
+BUDGET_POSITIONS = (("tight", 0.1), ("middle", 0.5), ("loose", 0.9))
+"""Budgets as positions in the front's predicted latency range."""
+MEASURE_TIMING = TimingConfig(warmup=5, min_runs=20, max_runs=400, time_cap_s=1.0)
+PROFILE_TIMING = TimingConfig(warmup=3, min_runs=7, max_runs=200, time_cap_s=0.3)
 
 
 def run_demo(workspace: Path, *, space: str = "mbv3_small28", seed: int = 0,
-             epochs: int = 8, echo: Callable[[str], None] = print) -> dict[str, object]:
-    """Run the demo into ``workspace``; returns a summary (also written as JSON there).
-
-    Training is resumable: running the demo again on the same workspace continues (or
-    reuses) ``workspace/supernet/checkpoint.pt``.
-    """
+             epochs: int = 6, n_archs: int = 150, n_latency: int = 40,
+             resolutions: Sequence[int] | None = None,
+             echo: Callable[[str], None] = print, progress: bool = True) -> dict[str, Any]:
+    """Run the demo into ``workspace``; returns a summary (also written as
+    ``demo_summary.json`` there). Rerunning on the same workspace reuses every finished
+    step (checkpoint, table, datasets, measurements). ``resolutions`` restricts the
+    profiled table (and so the searched subnets) to some of the space's resolutions."""
     start = time.perf_counter()
-    workspace.mkdir(parents=True, exist_ok=True)
-    run_dir = workspace / "supernet"
-    checkpoint = run_dir / "checkpoint.pt"
-    echo(f"[1/3] training a supernet of {space!r} on digits (sandwich rule, {epochs} epochs)")
-    config = TrainConfig(space=space, dataset="digits", strategy="sandwich", epochs=epochs,
-                         batch_size=64, lr=0.1, warmup_epochs=1, seed=seed,
-                         out_dir=str(run_dir), resume=checkpoint.exists())
-    train(config)
-    supernet, meta = load_supernet(checkpoint)
-    data = load_dataset("digits", seed=seed, in_channels=supernet.space.in_channels)
+    ws = Workspace(workspace)
+    ws.root.mkdir(parents=True, exist_ok=True)
 
-    rng = np.random.default_rng(seed)
-    archs = [Arch.largest(space), Arch.smallest(space)]
-    archs += [Arch.sample(space, rng) for _ in range(3)]
-    table = find_table(DEMO_DEVICE, workspace=workspace)
-    profile = table.profile()
-    assert profile is not None
-    timing = TimingConfig(warmup=5, min_runs=20, max_runs=400, time_cap_s=1.0)
-    echo(f"[2/3] evaluating {len(archs)} subnets (BN recalibrated) and timing them on "
-         f"{DEMO_DEVICE}")
-    rows = []
-    with get_backend(profile, timing=timing) as backend:
-        for arch in archs:
-            net = calibrated_subnet(supernet, arch, data, seed=seed)
-            accuracy = evaluate(net, data.split("test"), arch.resolution, 128)
-            rows.append({
-                "arch": arch.to_string(), "macs_m": count_macs(arch) / 1e6,
-                "test_accuracy": accuracy, "predicted_ms": table.predict(arch),
-                "measured_ms": measure_arch(backend, arch).median_ms,
-            })
-    echo(f"      {'test acc':>8} {'MACs(M)':>8} {'pred ms':>8} {'meas ms':>8}  arch")
+    echo(f"[1/6] training a supernet of {space!r} on digits (sandwich rule, {epochs} epochs)")
+    train(TrainConfig(space=space, dataset="digits", strategy="sandwich", epochs=epochs,
+                      batch_size=64, lr=0.1, warmup_epochs=1, seed=seed,
+                      out_dir=str(ws.supernet_dir), resume=ws.checkpoint.exists(),
+                      quiet=not progress))
+
+    echo(f"[2/6] profiling this machine: ONNX Runtime, 1 thread -> device {DEMO_DEVICE!r}")
+    table_path = ws.hw_profiles_dir / f"{DEMO_DEVICE}.json"
+    table = build_table(space, DeviceProfile.local_onnxruntime(1, id=DEMO_DEVICE),
+                        resolutions, table_path, timing=PROFILE_TIMING, progress=progress)
+    echo(f"      {len(table.entries)} units priced; wrote {table_path}")
+
+    echo(f"[3/6] fitting predictors ({n_archs} subnets evaluated on val, "
+         f"{n_latency} measured end to end)")
+    quality = fit_predictors(ws, ws.checkpoint, [DEMO_DEVICE], n_archs=n_archs,
+                             n_latency=n_latency, seed=seed, show_progress=progress)
+    for line in format_quality_table(quality).splitlines():
+        echo(f"      {line}")
+
+    echo("[4/6] building the Pareto front (NSGA-II, accuracy vs latency)")
+    front, _ = build_front(ws, DEMO_DEVICE, seed=seed)
+    lo, hi = front.min_latency_ms, front.points[-1].predicted_latency_ms
+    echo(f"      {len(front.points)} points, {lo:.3f}–{hi:.3f} ms")
+
+    echo("[5/6] answering three queries and measuring the answers")
+    engine = QueryEngine(ws)
+    answers = [(name, lo + frac * (hi - lo)) for name, frac in BUDGET_POSITIONS]
+    results = [(name, budget, engine.query(DEMO_DEVICE, budget)) for name, budget in answers]
+    rows = _measure(ws, results, seed=seed)
+
+    middle = results[1][2]
+    export_id = hashlib.sha256(middle.arch.to_string().encode()).hexdigest()[:32]
+    echo("[6/6] exporting the middle answer to ONNX with its model card")
+    exported = export(ws.checkpoint, middle.arch, "onnx", ws.exports_dir / export_id,
+                      device=DEMO_DEVICE, workspace=ws, seed=seed)
+    plot = plot_front(front, [(b, r) for _, b, r in results], ws.root / "front.png",
+                      title=f"{space} on {DEMO_DEVICE} (digits)")
+
+    echo("")
+    echo(f"{'budget':>8} {'pred ms':>8} {'meas ms':>8} {'pred acc':>8} {'meas acc':>8}  arch")
     for row in rows:
-        echo(f"      {row['test_accuracy']:8.3f} {row['macs_m']:8.2f} {row['predicted_ms']:8.3f} "
-             f"{row['measured_ms']:8.3f}  {row['arch']}")
-
-    arch = archs[2]
-    static = calibrated_subnet(supernet, arch, data, seed=seed).eval()
-    x = torch.randn(1, supernet.space.in_channels, arch.resolution, arch.resolution,
-                    generator=torch.Generator().manual_seed(seed))
-    model = export_onnx(static, static.input_shape())
-    path = save_onnx(model, workspace / "exports" / "demo_subnet.onnx")
-    ort_gap = max_abs_diff_vs_torch(model, static, x)
-    echo(f"[3/3] exported {path} ({path.stat().st_size / 1e3:.0f} kB); ONNX Runtime vs "
-         f"PyTorch: {ort_gap:.1e} max-abs")
-    summary: dict[str, object] = {
-        "space": space, "seed": seed, "checkpoint": str(checkpoint), "epoch": meta["epoch"],
-        "device": DEMO_DEVICE, "subnets": rows,
-        "exported": {"arch": arch.to_string(), "path": str(path), "onnxruntime_gap": ort_gap},
+        echo(f"{row['budget_ms']:8.3f} {row['predicted_latency_ms']:8.3f} "
+             f"{row['measured_latency_ms']:8.3f} {row['predicted_accuracy']:8.3f} "
+             f"{row['measured_accuracy']:8.3f}  {row['arch']}")
+    card = exported.card
+    echo(f"exported {exported.artefact} ({card['artefact']['bytes'] / 1e3:.0f} kB, "
+         f"ONNX Runtime vs PyTorch {card['verification']['max_abs_diff']:.1e}); "
+         f"card {exported.card_markdown}")
+    echo(f"front plot {plot}")
+    summary: dict[str, Any] = {
+        "space": space, "seed": seed, "device": DEMO_DEVICE, "workspace": str(ws.root),
+        "checkpoint": str(ws.checkpoint), "table": str(table_path), "quality": quality,
+        "front_points": len(front.points), "queries": rows,
+        "export": exported.to_dict(), "plot": str(plot),
         "seconds": round(time.perf_counter() - start, 2),
     }
-    atomic_write_json(workspace / "demo_summary.json", summary)
-    echo(f"done in {summary['seconds']} s; summary in {workspace / 'demo_summary.json'}")
+    atomic_write_json(ws.root / "demo_summary.json", summary)
+    echo(f"done in {summary['seconds']:.0f} s; next: ofa-search query --workspace {ws.root} "
+         f"--device {DEMO_DEVICE} --latency-ms {answers[1][1]:.3f}")
     return summary
+
+
+def _measure(ws: Workspace, results: list[tuple[str, float, QueryResult]], *, seed: int
+             ) -> list[dict[str, Any]]:
+    """Measured latency (ONNX Runtime, this host) and test accuracy of each answer."""
+    supernet, meta = load_supernet(ws.checkpoint)
+    data = load_dataset("digits", seed=meta["config"]["seed"],
+                        in_channels=supernet.space.in_channels)
+    profile = DeviceProfile.local_onnxruntime(1, id=DEMO_DEVICE)
+    rows = []
+    with get_backend(profile, timing=MEASURE_TIMING) as backend:
+        for name, budget, result in results:
+            net = calibrated_subnet(supernet, result.arch, data, seed=seed)
+            rows.append({
+                "query": name, "budget_ms": budget, "arch": result.arch.to_string(),
+                "source": result.source,
+                "predicted_latency_ms": result.predicted_latency_ms,
+                "measured_latency_ms": measure_arch(backend, result.arch).median_ms,
+                "predicted_accuracy": result.predicted_accuracy,
+                "accuracy_std": result.accuracy_std,
+                "measured_accuracy": evaluate(net, data.split("test"), result.arch.resolution),
+                "macs_m": result.macs_m,
+            })
+    return rows

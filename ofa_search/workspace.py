@@ -6,8 +6,10 @@ One object names every path, so the CLI, the service, the search and the demo ag
     W/supernet/accuracy_dataset.jsonl   (arch, val accuracy) pairs, next to the checkpoint
     W/predictors/accuracy.json          fitted accuracy predictor
     W/predictors/<device>-latency.json  fitted learned latency predictor of a device
+    W/predictors/<device>-latency-measurements.json   its end-to-end measurements (resumable)
+    W/predictors/quality.json           held-out quality of the fitted predictors
     W/hw_profiles/<device>.json         tables profiled by the user
-    W/studies.db                        Optuna storage (searches, fronts' studies)
+    W/studies.log                       Optuna journal storage (searches, fronts' studies)
     W/fronts/<device>__<precision>.json precomputed Pareto fronts
     W/exports/<id>/                     artefacts with their model cards
 """
@@ -66,13 +68,10 @@ class Workspace:
         return self.root / "hw_profiles"
 
     @property
-    def studies_file(self) -> Path:
-        return self.root / "studies.db"
-
-    @property
-    def storage_url(self) -> str:
-        """Default Optuna storage of the workspace (SQLite)."""
-        return f"sqlite:///{self.studies_file.resolve()}"
+    def studies_journal(self) -> Path:
+        """Default Optuna storage of the workspace: a journal file (measured faster than
+        SQLite for our batched trial writes; see the README)."""
+        return self.root / "studies.log"
 
     @property
     def fronts_dir(self) -> Path:

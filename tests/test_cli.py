@@ -91,16 +91,35 @@ def test_arch_export_writes_valid_onnx(tmp_path: Path) -> None:
 
 
 def test_demo_runs_and_leaves_a_workspace(tmp_path: Path) -> None:
-    out = cli("demo", "--workspace", str(tmp_path / "ws"), "--epochs", "1")
+    ws = tmp_path / "ws"
+    out = cli("demo", "--workspace", str(ws), "--epochs", "1", "--n-archs", "24",
+              "--n-latency", "10", "-r", "28", "--quiet")
     assert out.returncode == 0, out.stderr
-    summary = json.loads((tmp_path / "ws" / "demo_summary.json").read_text())
-    assert summary["epoch"] == 1 and summary["device"] == "cpu-ort-1t"
-    assert len(summary["subnets"]) == 5
-    for row in summary["subnets"]:
-        Arch.parse(row["arch"], "mbv3_small28")
-        assert 0.0 <= row["test_accuracy"] <= 1.0
-        assert row["predicted_ms"] > 0 and row["measured_ms"] > 0
-    assert summary["subnets"][0]["macs_m"] > summary["subnets"][1]["macs_m"]
-    assert summary["exported"]["onnxruntime_gap"] <= 1e-4
-    onnx.checker.check_model(onnx.load(summary["exported"]["path"]))
-    assert (tmp_path / "ws" / "supernet" / "checkpoint.pt").exists()
+    summary = json.loads((ws / "demo_summary.json").read_text())
+    assert summary["device"] == "local-cpu-ort-1t"
+    assert (ws / "hw_profiles" / "local-cpu-ort-1t.json").is_file()
+    assert (ws / "predictors" / "accuracy.json").is_file()
+    assert (ws / "predictors" / "local-cpu-ort-1t-latency.json").is_file()
+    rows = summary["queries"]
+    assert [r["query"] for r in rows] == ["tight", "middle", "loose"]
+    assert rows[0]["budget_ms"] < rows[1]["budget_ms"] < rows[2]["budget_ms"]
+    for row in rows:
+        arch = Arch.parse(row["arch"], "mbv3_small28")
+        assert arch.resolution == 28
+        assert row["predicted_latency_ms"] <= row["budget_ms"]
+        assert row["measured_latency_ms"] > 0
+        assert 0.0 <= row["measured_accuracy"] <= 1.0
+        assert 0.0 <= row["predicted_accuracy"] <= 1.0
+    assert rows[0]["predicted_accuracy"] <= rows[2]["predicted_accuracy"]
+    card = summary["export"]["card"]
+    assert card["arch"]["string"] == rows[1]["arch"]
+    assert card["verification"]["passed"] and card["verification"]["max_abs_diff"] <= 1e-4
+    onnx.checker.check_model(onnx.load(summary["export"]["artefact"]))
+    assert (ws / "front.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # the workspace answers queries afterwards, with the same answer as the demo's
+    query = cli("query", "--workspace", str(ws), "--device", "local-cpu-ort-1t",
+                "--latency-ms", repr(rows[1]["budget_ms"]), "--json")
+    assert query.returncode == 0, query.stderr
+    answer = json.loads(query.stdout)
+    assert answer["arch"] == rows[1]["arch"] and answer["source"] == "front"
+    assert (ws / "supernet" / "checkpoint.pt").exists()

@@ -33,9 +33,10 @@ def test_latency_of_the_note10_tutorial_arch(tmp_path: Path) -> None:
 def test_latency_predicted_equals_library_and_measures(tmp_path: Path) -> None:
     arch = Arch.sample("mbv3_small28", 9)
     out = cli("latency", "--device", "cpu-ort-1t", arch.to_string(), "--measure", "--json",
-              "--workspace", str(tmp_path))
+              "--predictor", "lut", "--workspace", str(tmp_path))
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout)
+    assert result["predictor"] == "lut"
     assert result["predicted_ms"] == pytest.approx(find_table("cpu-ort-1t").predict(arch))
     assert result["measured_ms"] > 0
 

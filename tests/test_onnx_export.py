@@ -6,7 +6,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from conftest import calibrated_supernet
+from supernet_helpers import calibrated_supernet
 
 from ofa_search.arch import Arch
 from ofa_search.nn import extract

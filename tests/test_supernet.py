@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import calibrated_supernet
+from supernet_helpers import calibrated_supernet
 from torch import nn
 
 from ofa_search.arch import Arch

@@ -1,0 +1,255 @@
+"""``query``: the most accurate subnet whose predicted latency on a device fits a budget.
+
+With a precomputed front (``ofa-search search --front``) a query is a binary search over a
+few hundred points (microseconds) and, with ``refine``, a few hundred mutations of the
+chosen point priced in one batch. Without a front (or with a stale one: computed with
+other predictors) it runs a short constrained search in memory (~1 s).
+
+A :class:`QueryEngine` keeps the loaded tables, predictors and fronts of one workspace,
+so a service answers repeated queries without reloading; :func:`query` is a thin wrapper.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ofa_search.arch import Arch
+from ofa_search.errors import InfeasibleBudgetError, OfaSearchError
+from ofa_search.search.context import DEFAULT_PRECISION, DeviceContext, load_context
+from ofa_search.search.engines import best_feasible, run_search
+from ofa_search.search.evaluator import AccuracyModel, Evaluation
+from ofa_search.search.front import Front
+from ofa_search.units import count_macs, count_params
+from ofa_search.workspace import Workspace
+
+COLD_ENGINE = "evolution"
+COLD_TRIALS = 2000
+REFINE_CANDIDATES = 300
+REFINE_MUTATE_PROB = 0.1
+SOURCES = ("front", "search")
+
+
+@dataclass(frozen=True)
+class QueryResult:
+    """The answer to one query (``to_dict`` is the JSON of the CLI and the service)."""
+
+    arch: Arch
+    space: str
+    device: str
+    precision: str
+    predicted_accuracy: float
+    accuracy_std: float
+    predicted_latency_ms: float
+    macs_m: float
+    params_m: float
+    source: str
+    latency_predictor: str
+    found_in_s: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"arch": self.arch.to_string(), "space": self.space, "device": self.device,
+                "precision": self.precision, "predicted_accuracy": self.predicted_accuracy,
+                "accuracy_std": self.accuracy_std,
+                "predicted_latency_ms": self.predicted_latency_ms, "macs_m": self.macs_m,
+                "params_m": self.params_m, "source": self.source,
+                "latency_predictor": self.latency_predictor, "found_in_s": self.found_in_s}
+
+
+class QueryEngine:
+    """Loaded state of one workspace for repeated queries (thread-safe: lookups in fronts
+    run concurrently, searches and refinements one at a time).
+
+    Args:
+        workspace: the workspace (fronts, accuracy predictor, device tables).
+        accuracy: an accuracy model to use instead of the workspace's predictor.
+        accuracy_name: its name (recorded in fronts; default: its class name).
+        latency_kind: ``"lut"``, ``"learned"`` or ``None`` (learned when fitted).
+        cold_trials, cold_engine: the search run when there is no front.
+        seed: seed of cold searches and refinements (the same query gives the same answer).
+    """
+
+    def __init__(self, workspace: Workspace | str | os.PathLike[str], *,
+                 accuracy: AccuracyModel | None = None, accuracy_name: str | None = None,
+                 latency_kind: str | None = None, cold_trials: int = COLD_TRIALS,
+                 cold_engine: str = COLD_ENGINE, seed: int = 0) -> None:
+        self.workspace = workspace if isinstance(workspace, Workspace) else Workspace(workspace)
+        self._accuracy = accuracy
+        self._accuracy_name = accuracy_name
+        self.latency_kind = latency_kind
+        self.cold_trials = cold_trials
+        self.cold_engine = cold_engine
+        self.seed = seed
+        self._contexts: dict[tuple[str, str], DeviceContext] = {}
+        self._fronts: dict[tuple[str, str], tuple[int, Front | None]] = {}
+        self._fastest: dict[tuple[str, str], tuple[Arch, float]] = {}
+        self._lock = threading.RLock()
+        self._predict_lock = threading.Lock()  # predictors need not be thread-safe
+
+    # -- loaded state --------------------------------------------------------------------
+    def context(self, device: str, precision: str | None = None) -> DeviceContext:
+        """The device's loaded context (cached)."""
+        key = (device, precision or DEFAULT_PRECISION)
+        with self._lock:
+            ctx = self._contexts.get(key)
+            if ctx is None:
+                ctx = load_context(self.workspace, device, key[1], accuracy=self._accuracy,
+                                   accuracy_name=self._accuracy_name,
+                                   latency_kind=self.latency_kind)
+                self._contexts[key] = ctx
+            return ctx
+
+    def front(self, device: str, precision: str | None = None) -> Front | None:
+        """The device's front if one was computed with the current predictors (reloaded
+        when its file changes); ``None`` otherwise."""
+        ctx = self.context(device, precision)
+        path = self.workspace.front(ctx.device, ctx.precision)
+        key = (ctx.device, ctx.precision)
+        try:
+            mtime = path.stat().st_mtime_ns
+        except FileNotFoundError:
+            return None
+        with self._lock:
+            cached = self._fronts.get(key)
+            if cached is not None and cached[0] == mtime:
+                return cached[1]
+            front: Front | None = Front.load(path)
+            if front is not None and not _matches(front, ctx):
+                front = None
+            self._fronts[key] = (mtime, front)
+            return front
+
+    def min_latency_ms(self, device: str, precision: str | None = None) -> float:
+        """The lowest predicted latency of any subnet on ``device`` (see :meth:`fastest`),
+        or the front's fastest point if that is lower."""
+        low = self.fastest(device, precision)[1]
+        front = self.front(device, precision)
+        return min(low, front.min_latency_ms) if front is not None else low
+
+    def fastest(self, device: str, precision: str | None = None) -> tuple[Arch, float]:
+        """The fastest subnet and its predicted latency: a descent on predicted latency
+        from the smallest arch at each resolution, moving to the fastest arch one choice
+        away until none is faster (for a table the smallest arch is already the minimum;
+        a learned predictor can prefer a neighbour)."""
+        ctx = self.context(device, precision)
+        key = (ctx.device, ctx.precision)
+        with self._lock:
+            if key not in self._fastest:
+                self._fastest[key] = _descend_latency(ctx)
+            return self._fastest[key]
+
+    # -- the query -----------------------------------------------------------------------
+    def query(self, device: str, latency_ms: float, precision: str | None = None, *,
+              refine: bool = False) -> QueryResult:
+        """The most accurate subnet predicted to run within ``latency_ms`` on ``device``.
+
+        Raises ``UnknownDeviceError`` (with ``.known``), :class:`InfeasibleBudgetError`
+        (with ``.min_latency_ms``) and :class:`OfaSearchError` for an unsupported precision
+        or a missing accuracy predictor.
+        """
+        if not np.isfinite(latency_ms) or latency_ms <= 0:
+            raise OfaSearchError(f"latency budget must be a positive number of ms, got "
+                                 f"{latency_ms!r}")
+        ctx = self.context(device, precision)  # loaded once per engine, not timed
+        low = self.min_latency_ms(device, precision)
+        start = time.perf_counter()
+        if latency_ms < low:
+            raise InfeasibleBudgetError(
+                f"no subnet fits {latency_ms:g} ms on device {device!r}: the fastest one is "
+                f"predicted at {low:.4g} ms (minimum achievable latency)", min_latency_ms=low)
+        front = self.front(device, precision)
+        index = front.best_under(latency_ms) if front is not None else None
+        if front is not None and index is not None:
+            point = front.points[index]
+            found = Evaluation(point.arch, point.predicted_accuracy, point.accuracy_std,
+                               point.predicted_latency_ms)
+            if refine:
+                with self._predict_lock:
+                    found = self._refine(ctx, front, index, latency_ms, found)
+            source = "front"
+        else:
+            ctx.accuracy()  # loaded once per engine, not timed
+            start = time.perf_counter()
+            with self._predict_lock:
+                found = self._cold_search(ctx, latency_ms)
+            source = "search"
+        return QueryResult(
+            arch=found.arch, space=ctx.space, device=ctx.device, precision=ctx.precision,
+            predicted_accuracy=found.accuracy, accuracy_std=found.accuracy_std,
+            predicted_latency_ms=found.latency_ms, macs_m=count_macs(found.arch) / 1e6,
+            params_m=count_params(found.arch) / 1e6, source=source,
+            latency_predictor=ctx.latency_name, found_in_s=time.perf_counter() - start)
+
+    def _cold_search(self, ctx: DeviceContext, budget_ms: float) -> Evaluation:
+        evaluator = ctx.evaluator()
+        result = run_search(ctx.encoding, evaluator, budget_ms=budget_ms,
+                            engine=self.cold_engine, n_trials=self.cold_trials,
+                            seed=self.seed, record_trials=False)
+        if result.best is not None:
+            return result.best
+        # nothing the search priced fits, but the fastest subnet does (budget >= minimum)
+        return evaluator.evaluate([self.fastest(ctx.device, ctx.precision)[0]])[0]
+
+    def _refine(self, ctx: DeviceContext, front: Front, index: int, budget_ms: float,
+                found: Evaluation) -> Evaluation:  # found_in_s includes loading the model
+        """Mutations of the chosen point and of the next (too slow, more accurate) one,
+        priced in one batch; the best that fits wins (the front point if none beats it)."""
+        rng = np.random.default_rng(self.seed)
+        parents = [front.points[index].arch]
+        if index + 1 < len(front.points):
+            parents.append(front.points[index + 1].arch)
+        candidates = [ctx.encoding.project(parents[i % len(parents)].mutate(
+            rng, REFINE_MUTATE_PROB), rng) for i in range(REFINE_CANDIDATES)]
+        best = best_feasible([found, *ctx.evaluator().evaluate(candidates)], budget_ms)
+        return best if best is not None and best.accuracy > found.accuracy else found
+
+
+def _descend_latency(ctx: DeviceContext, max_steps: int = 30) -> tuple[Arch, float]:
+    """Steepest descent on predicted latency from each of the smallest archs; the best
+    end point."""
+    found: list[tuple[float, Arch]] = []
+    for start in ctx.encoding.smallest():
+        best, best_ms = start, float(np.asarray(ctx.latency.predict([start]))[0])
+        for _ in range(max_steps):
+            near = ctx.encoding.neighbours(best)
+            lat = np.asarray(ctx.latency.predict(near), dtype=float)
+            if lat.min() >= best_ms:
+                break
+            best, best_ms = near[int(np.argmin(lat))], float(lat.min())
+        found.append((best_ms, best))
+    best_ms, best = min(found, key=lambda item: item[0])
+    return best, best_ms
+
+
+def _matches(front: Front, ctx: DeviceContext) -> bool:
+    """Whether ``front`` was computed with ``ctx``'s predictors (a front computed before
+    the accuracy predictor was refitted is stale)."""
+    meta = front.identity()
+    if meta["space"] != ctx.space or meta["latency_identity"] != ctx.latency_identity:
+        return False
+    if ctx.accuracy_identity is None:  # nothing to compare with: the front is all we have
+        return True
+    return bool(meta["accuracy_identity"] == ctx.accuracy_identity)
+
+
+_ENGINES: dict[str, QueryEngine] = {}
+_ENGINES_LOCK = threading.Lock()
+
+
+def query(workspace: Workspace | str | os.PathLike[str], device: str, latency_ms: float,
+          precision: str | None = None, *, refine: bool = False,
+          latency_kind: str | None = None) -> QueryResult:
+    """:meth:`QueryEngine.query` on a per-workspace engine kept between calls."""
+    ws = workspace if isinstance(workspace, Workspace) else Workspace(workspace)
+    key = f"{ws.root.resolve()}|{latency_kind}"
+    with _ENGINES_LOCK:
+        engine = _ENGINES.get(key)
+        if engine is None:
+            engine = _ENGINES[key] = QueryEngine(ws, latency_kind=latency_kind)
+    return engine.query(device, latency_ms, precision, refine=refine)
+

@@ -1,0 +1,95 @@
+"""Where searches persist: an Optuna storage (a journal file in the workspace by default).
+
+A search runs in memory (Optuna's per-trial writes cost milliseconds: ~70 ms a trial on
+SQLite, ~15 ms on a journal file, see ``../shared/TOOLCHAIN.md``) and hands each
+generation's trials to :func:`persist_trials`, which adds them in one call. Several
+worker processes can share one study: each resumes from the trials already stored, runs
+with its own seed, and appends its own; the storage numbers trials, so none is lost or
+duplicated.
+
+``storage`` arguments accept an SQLAlchemy URL (``sqlite:///…``, ``postgresql://…``,
+``mysql+pymysql://…``), a path ending in ``.log``/``.journal`` (Optuna's journal file),
+or ``None`` for the workspace default (:attr:`Workspace.studies_journal`).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.storages import BaseStorage
+from optuna.study import StudyDirection
+from optuna.trial import FrozenTrial, TrialState
+
+from ofa_search.errors import OfaSearchError
+from ofa_search.workspace import Workspace
+
+JOURNAL_SUFFIXES = (".log", ".journal", ".jsonl")
+SQLITE_TIMEOUT_S = 60
+
+
+def open_storage(storage: str | os.PathLike[str] | None, workspace: Workspace | None = None
+                 ) -> BaseStorage:
+    """An Optuna storage from a URL, a journal-file path, or the workspace default."""
+    if storage is None:
+        if workspace is None:
+            raise OfaSearchError("no storage given and no workspace to take the default from")
+        storage = workspace.studies_journal
+    text = os.fspath(storage)
+    if "://" in text:
+        kwargs: dict[str, Any] = {}
+        if text.startswith("sqlite"):
+            # concurrent writers wait for SQLite's lock instead of failing at once
+            kwargs["engine_kwargs"] = {"connect_args": {"timeout": SQLITE_TIMEOUT_S}}
+        try:
+            return optuna.storages.RDBStorage(text, **kwargs)
+        except Exception as exc:  # SQLAlchemy raises many kinds for a bad URL
+            raise OfaSearchError(f"cannot open storage {text!r}: {exc}") from exc
+    path = Path(text)
+    if path.suffix in JOURNAL_SUFFIXES:
+        from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return JournalStorage(JournalFileBackend(str(path)))
+    raise OfaSearchError(f"storage {text!r} is neither a URL (e.g. sqlite:///studies.db) nor a "
+                         f"journal file ending in {', '.join(JOURNAL_SUFFIXES)}")
+
+
+def study_name(space: str, device: str, precision: str, budget_ms: float | None, engine: str,
+               seed: int) -> str:
+    """``space/device/precision/budget/engine/seed``, e.g.
+    ``mbv3_small28/cpu-ort-1t/fp32/0.2ms/evolution/seed0``; the multi-objective study of
+    a front has ``front`` in place of the budget."""
+    budget = "front" if budget_ms is None else f"{budget_ms:.6g}ms"
+    return f"{space}/{device}/{precision}/{budget}/{engine}/seed{seed}"
+
+
+def open_study(storage: BaseStorage, name: str, directions: Sequence[str],
+               attrs: dict[str, Any] | None = None) -> optuna.Study:
+    """Create the study or load it (several workers may race to create it)."""
+    study = optuna.create_study(storage=storage, study_name=name,
+                                directions=[StudyDirection[d.upper()] for d in directions],
+                                load_if_exists=True)
+    have = [d.name.lower() for d in study.directions]
+    if have != [d.lower() for d in directions]:
+        raise OfaSearchError(f"study {name!r} exists with directions {have}, not "
+                             f"{list(directions)}")
+    existing = study.user_attrs
+    for key, value in (attrs or {}).items():
+        if key not in existing:
+            study.set_user_attr(key, value)
+    return study
+
+
+def completed_trials(study: optuna.Study) -> list[FrozenTrial]:
+    """The study's complete trials (to resume from)."""
+    return study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+
+
+def persist_trials(study: optuna.Study, trials: Sequence[FrozenTrial]) -> None:
+    """Append finished in-memory trials to a stored study (the storage numbers them)."""
+    if trials:
+        study.add_trials(list(trials))

@@ -1,0 +1,77 @@
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+from search_objective import MacsProxy
+
+from ofa_search.errors import OfaSearchError
+from ofa_search.search import load_context, open_storage, stored_search, study_name
+from ofa_search.search.jobs import default_storage
+
+WORKER = """
+import json, sys
+sys.path.insert(0, {tests!r})
+import optuna
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+from search_objective import MacsProxy
+from ofa_search.search import load_context, stored_search
+from ofa_search.workspace import Workspace
+ctx = load_context(Workspace({ws!r}), "cpu-ort-1t", accuracy=MacsProxy(), latency_kind="lut")
+result, _ = stored_search(ctx, budget_ms=0.2, engine="nsga2", n_trials=60, seed={seed},
+                          storage={url!r}, population_size=20, name="shared")
+print(json.dumps([t.user_attrs["arch"] for t in result.new_trials]))
+"""
+
+
+def test_two_processes_share_one_sqlite_study(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'shared.db'}"
+    open_storage(url)  # create the schema once, before the workers race
+    tests = str(Path(__file__).parent)
+    procs = [subprocess.Popen([sys.executable, "-c", WORKER.format(
+        tests=tests, ws=str(tmp_path / "ws"), seed=seed, url=url)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for seed in (1, 2)]
+    added: list[str] = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err
+        archs = json.loads(out.strip().splitlines()[-1])
+        assert len(archs) > 0
+        added += archs
+    study = optuna.load_study(study_name="shared", storage=open_storage(url))
+    trials = study.get_trials(deepcopy=False)
+    numbers = [t.number for t in trials]
+    assert len(trials) == len(added)  # nothing lost
+    assert sorted(numbers) == list(range(len(trials)))  # nothing duplicated
+    assert sorted(t.user_attrs["arch"] for t in trials) == sorted(added)
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
+    assert 60 <= len(trials) <= 120  # each worker fills the study up to 60 from what it saw
+
+
+def test_resume_continues_a_stored_study(workspace) -> None:
+    ctx = load_context(workspace, "cpu-ort-1t", accuracy=MacsProxy(), latency_kind="lut")
+    first, study = stored_search(ctx, budget_ms=0.2, engine="evolution", n_trials=150,
+                                 seed=0)
+    assert study.study_name == study_name("mbv3_small28", "cpu-ort-1t", "fp32", 0.2,
+                                          "evolution", 0)
+    assert Path(default_storage(workspace)).is_file()
+    second, study = stored_search(ctx, budget_ms=0.2, engine="evolution", n_trials=300,
+                                  seed=0)
+    assert len(second.new_trials) == 150 and second.n_trials == 300
+    assert len(study.trials) == 300
+    assert second.best is not None and first.best is not None
+    assert second.best.accuracy >= first.best.accuracy
+    assert study.user_attrs["device"] == "cpu-ort-1t" and study.user_attrs["budget_ms"] == 0.2
+
+
+def test_storage_arguments(tmp_path: Path) -> None:
+    journal = open_storage(tmp_path / "s.log")
+    assert type(journal).__name__ == "JournalStorage"
+    with pytest.raises(OfaSearchError, match="neither a URL"):
+        open_storage(tmp_path / "studies.txt")
+    with pytest.raises(OfaSearchError, match="cannot open storage"):
+        open_storage("nosuchdialect://x")

@@ -1,0 +1,136 @@
+"""The real server: ``ofa-search serve`` in a subprocess on 127.0.0.1, queried over HTTP by
+8 concurrent clients; every answer equals the library's and the CLI's."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from test_service import DEVICE, build_workspace
+
+from ofa_search.search.front import Front
+from ofa_search.search.query import QueryEngine
+from ofa_search.workspace import Workspace
+
+CLIENTS, QUERIES = 8, 50
+KEY = "server-test-key"
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def start_server(workspace: Path, port: int, *extra: str) -> subprocess.Popen[bytes]:
+    """``ofa-search serve`` on 127.0.0.1:``port``, returned once ``/healthz`` answers."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ofa_search.cli", "serve", "--workspace", str(workspace),
+         "--host", "127.0.0.1", "--port", str(port), *extra],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            err = proc.stderr.read().decode() if proc.stderr else ""
+            raise RuntimeError(f"server exited: {err}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                return proc
+        except httpx.TransportError:
+            time.sleep(0.2)
+    stop_server(proc)
+    raise RuntimeError("server did not answer /healthz within 90 s")
+
+
+def stop_server(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    if proc.stderr is not None:
+        proc.stderr.close()
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Workspace, str]]:
+    ws = build_workspace(tmp_path_factory.mktemp("ws"))
+    key_file = ws.root / "api-key.txt"
+    key_file.write_text(KEY + "\n")
+    port = free_port()
+    proc = start_server(ws.root, port, "--api-key-file", str(key_file))
+    try:
+        yield ws, f"http://127.0.0.1:{port}"
+    finally:
+        stop_server(proc)
+
+
+def _strip(answer: dict[str, object]) -> dict[str, object]:
+    return {k: v for k, v in answer.items() if k != "found_in_s"}
+
+
+def test_concurrent_queries_match_library_and_cli(served: tuple[Workspace, str]) -> None:
+    ws, url = served
+    front = Front.load(ws.front(DEVICE))
+    budgets = np.linspace(front.min_latency_ms, front.latencies[-1] * 1.2, 25).tolist()
+    engine = QueryEngine(ws)
+    expected = {b: _strip(engine.query(DEVICE, b).to_dict()) for b in budgets}
+
+    def client(index: int) -> list[tuple[float, int, dict[str, object]]]:
+        out = []
+        with httpx.Client(base_url=url, timeout=30) as http:
+            for j in range(QUERIES):
+                budget = budgets[(index * 7 + j) % len(budgets)]
+                res = http.post("/query", json={"device": DEVICE, "latency_ms": budget})
+                out.append((budget, res.status_code, res.json()))
+        return out
+
+    with ThreadPoolExecutor(CLIENTS) as pool:
+        results = [r for batch in pool.map(client, range(CLIENTS)) for r in batch]
+    assert len(results) == CLIENTS * QUERIES
+    assert all(code == 200 for _, code, _ in results), {c for _, c, _ in results}
+    for budget, _, body in results:
+        assert _strip(body) == expected[budget]
+    assert len({body["arch"] for _, _, body in results}) > 3  # budgets pick different archs
+
+    budget = budgets[len(budgets) // 2]
+    cli = subprocess.run([sys.executable, "-m", "ofa_search.cli", "query", "--workspace",
+                          str(ws.root), "--device", DEVICE, "--latency-ms", repr(budget),
+                          "--json"], capture_output=True, text=True, timeout=120)
+    assert cli.returncode == 0, cli.stderr
+    assert _strip(json.loads(cli.stdout)) == expected[budget]
+
+
+def test_errors_and_export_over_http(served: tuple[Workspace, str]) -> None:
+    ws, url = served
+    with httpx.Client(base_url=url, timeout=30) as http:
+        unknown = http.post("/query", json={"device": "nope", "latency_ms": 1})
+        assert unknown.status_code == 404 and DEVICE in unknown.json()["known"]
+        assert http.post("/query", json={"device": DEVICE, "latency_ms": 0}).status_code == 422
+        budget = Front.load(ws.front(DEVICE)).latencies[-1]
+        body = {"device": DEVICE, "latency_ms": budget, "format": "onnx"}
+        assert http.post("/exports", json=body).status_code == 401
+        res = http.post("/exports", json=body, headers={"Authorization": f"Bearer {KEY}"})
+        assert res.status_code == 202, res.text
+        export_id = res.json()["id"]
+        deadline = time.monotonic() + 60
+        while (state := http.get(f"/exports/{export_id}").json())["status"] not in (
+                "done", "failed") and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert state["status"] == "done", state
+        blob = http.get(state["artefact_url"])
+        assert blob.status_code == 200
+        assert hashlib.sha256(blob.content).hexdigest() == state["card"]["artefact"]["sha256"]
+        assert state["card"]["device"]["measured_latency_ms"] > 0
+        assert (ws.exports_dir / export_id / "model.onnx").read_bytes() == blob.content
