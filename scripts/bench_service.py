@@ -17,8 +17,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import socket
-import subprocess
 import sys
 import threading
 import time
@@ -31,32 +29,8 @@ import numpy as np
 
 from ofa_search.atomic import atomic_write_json
 from ofa_search.profiling.lut import now_iso
+from ofa_search.service_process import served
 from ofa_search.workspace import Workspace
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def start_server(workspace: Path, port: int, threads: int) -> subprocess.Popen[bytes]:
-    proc = subprocess.Popen([sys.executable, "-m", "ofa_search.cli", "serve", "--workspace",
-                             str(workspace), "--host", "127.0.0.1", "--port", str(port),
-                             "--threads", str(threads)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            err = proc.stderr.read().decode() if proc.stderr else ""
-            raise SystemExit(f"server exited: {err}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
-                return proc
-        except httpx.TransportError:
-            time.sleep(0.2)
-    proc.kill()
-    raise SystemExit("server did not answer /healthz within 120 s")
 
 
 def budgets_for(ws: Workspace, device: str, n: int = 50) -> tuple[list[float], str]:
@@ -130,21 +104,9 @@ def main(argv: list[str] | None = None) -> None:
 
     ws = Workspace(args.workspace)
     budgets, basis = budgets_for(ws, args.device)
-    port = free_port()
-    proc = start_server(ws.root, port, args.server_threads)
-    url = f"http://127.0.0.1:{port}"
-    try:
+    with served(ws.root, "--threads", str(args.server_threads)) as url:
         run_level(url, args.device, budgets, 1, args.warmup)
         rows = [run_level(url, args.device, budgets, c, args.requests) for c in args.clients]
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        if proc.stderr is not None:
-            proc.stderr.close()
     print(f"POST /query on {args.device} ({basis}; {len(budgets)} budgets), loopback, "
           f"server torch threads {args.server_threads}")
     print(f"{'clients':>7} {'requests':>8} {'req/s':>8} {'p50 ms':>7} {'p90 ms':>7} "

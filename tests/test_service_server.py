@@ -5,13 +5,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import socket
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import httpx
 import numpy as np
@@ -20,47 +18,11 @@ from test_service import DEVICE, build_workspace
 
 from ofa_search.search.front import Front
 from ofa_search.search.query import QueryEngine
+from ofa_search.service_process import served as served_on_loopback
 from ofa_search.workspace import Workspace
 
 CLIENTS, QUERIES = 8, 50
 KEY = "server-test-key"
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def start_server(workspace: Path, port: int, *extra: str) -> subprocess.Popen[bytes]:
-    """``ofa-search serve`` on 127.0.0.1:``port``, returned once ``/healthz`` answers."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "ofa_search.cli", "serve", "--workspace", str(workspace),
-         "--host", "127.0.0.1", "--port", str(port), *extra],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            err = proc.stderr.read().decode() if proc.stderr else ""
-            raise RuntimeError(f"server exited: {err}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
-                return proc
-        except httpx.TransportError:
-            time.sleep(0.2)
-    stop_server(proc)
-    raise RuntimeError("server did not answer /healthz within 90 s")
-
-
-def stop_server(proc: subprocess.Popen[bytes]) -> None:
-    proc.terminate()
-    try:
-        proc.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-    if proc.stderr is not None:
-        proc.stderr.close()
 
 
 @pytest.fixture(scope="module")
@@ -68,12 +30,8 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Workspace
     ws = build_workspace(tmp_path_factory.mktemp("ws"))
     key_file = ws.root / "api-key.txt"
     key_file.write_text(KEY + "\n")
-    port = free_port()
-    proc = start_server(ws.root, port, "--api-key-file", str(key_file))
-    try:
-        yield ws, f"http://127.0.0.1:{port}"
-    finally:
-        stop_server(proc)
+    with served_on_loopback(ws.root, "--api-key-file", str(key_file)) as url:
+        yield ws, url
 
 
 def _strip(answer: dict[str, object]) -> dict[str, object]:
