@@ -37,6 +37,10 @@ class InfeasibleBudgetError(OfaSearchError, ValueError):
         self.min_latency_ms = min_latency_ms
 
 
+class UnsupportedPrecisionError(OfaSearchError, ValueError):
+    """A precision that a device's space (or the search) does not offer."""
+
+
 class LutMissError(OfaSearchError, KeyError):
     """A unit that the device's latency table does not price."""
 

@@ -47,6 +47,7 @@ from ofa_search.errors import (
     OfaSearchError,
     UnknownDeviceError,
     UnknownSpaceError,
+    UnsupportedPrecisionError,
 )
 from ofa_search.profiling.lut import LatencyTable, list_tables
 from ofa_search.service_exports import (
@@ -67,10 +68,6 @@ from ofa_search.workspace import Workspace
 
 log = logging.getLogger("ofa_search.service")
 API_KEY_ENV = "OFA_SEARCH_API_KEY"
-
-
-class UnsupportedPrecisionError(OfaSearchError, ValueError):
-    """A precision the device's space (or the search) does not offer (422)."""
 
 
 class AuthError(Exception):

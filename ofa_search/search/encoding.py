@@ -30,7 +30,7 @@ import numpy as np
 from optuna.distributions import CategoricalDistribution
 
 from ofa_search.arch import Arch
-from ofa_search.errors import OfaSearchError
+from ofa_search.errors import OfaSearchError, UnsupportedPrecisionError
 from ofa_search.space import SUPPORTED_PRECISIONS, SearchSpace, get_space
 
 
@@ -69,7 +69,7 @@ class ArchEncoding:
                                  f"of space {spec.name!r}'s {list(spec.width_mults)}")
         for p in precs:
             if p not in spec.precisions or p not in SUPPORTED_PRECISIONS:
-                raise OfaSearchError(
+                raise UnsupportedPrecisionError(
                     f"precision {p!r} is not supported for space {spec.name!r}; supported: "
                     f"{[q for q in spec.precisions if q in SUPPORTED_PRECISIONS]}")
         object.__setattr__(self, "space", spec)

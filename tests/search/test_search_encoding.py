@@ -5,7 +5,7 @@ import optuna
 import pytest
 
 from ofa_search.arch import Arch
-from ofa_search.errors import OfaSearchError
+from ofa_search.errors import UnsupportedPrecisionError
 from ofa_search.search import ArchEncoding, CachedEvaluator
 from ofa_search.space import get_space
 
@@ -70,5 +70,6 @@ def test_table_restricts_resolutions_and_width() -> None:
 
 
 def test_unsupported_precision_is_a_clear_error() -> None:
-    with pytest.raises(OfaSearchError, match=r"precision 'int8' is not supported.*fp32"):
+    with pytest.raises(UnsupportedPrecisionError,
+                       match=r"precision 'int8' is not supported.*fp32"):
         ArchEncoding("mbv3_small28", precisions=("int8",))
