@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from ofa_search.errors import InvalidArchError
-from ofa_search.space import SUPPORTED_PRECISIONS, SearchSpace, get_space
+from ofa_search.space import SearchSpace, get_space
 
 RandomLike = np.random.Generator | int | None
 
@@ -60,7 +60,7 @@ class Arch:
         depths: active blocks per stage.
         kernels: per stage, the kernel size of each active block.
         expands: per stage, the expand ratio of each active block.
-        precisions: per stage, ``fp32`` (``int8`` and ``binary`` are reserved); empty
+        precisions: per stage, ``fp32``, ``int8`` or ``binary`` (among the space's); empty
             means all ``fp32``.
     """
 
@@ -125,11 +125,6 @@ class Arch:
             precision = self.precisions[s]
             if precision not in space.precisions:
                 raise bad(f"precisions[{s}]", precision, space.precisions)
-            if precision not in SUPPORTED_PRECISIONS:
-                raise InvalidArchError(
-                    f"precisions[{s}]={precision!r} is not implemented yet; "
-                    f"supported: {', '.join(SUPPORTED_PRECISIONS)}"
-                )
 
     # -- views -------------------------------------------------------------------------
     @property

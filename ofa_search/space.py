@@ -15,6 +15,7 @@ Presets:
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Literal
@@ -24,8 +25,8 @@ from ofa_search.errors import UnknownSpaceError
 Activation = Literal["relu", "hswish"]
 ACTIVATIONS: tuple[str, ...] = ("relu", "hswish")
 PRECISIONS: tuple[str, ...] = ("fp32", "int8", "binary")
-SUPPORTED_PRECISIONS: tuple[str, ...] = ("fp32",)
-"""Precisions that the supernet implements today; the others are reserved names."""
+SUPPORTED_PRECISIONS: tuple[str, ...] = ("fp32", "int8", "binary")
+"""Precisions that the supernet implements."""
 
 
 def make_divisible(value: float, divisor: int = 8, min_value: int | None = None) -> int:
@@ -278,5 +279,14 @@ MBV3_SMALL28 = register_space(
         resolutions=(16, 20, 24, 28, 32),
         width_mults=(1.0,),
         dropout=0.1,
+    )
+)
+
+MBV3_SMALL28_MP = register_space(
+    dataclasses.replace(
+        MBV3_SMALL28,
+        name="mbv3_small28_mp",
+        description="mbv3_small28 with a precision per stage: fp32, int8 or binary",
+        precisions=("binary", "fp32", "int8"),
     )
 )

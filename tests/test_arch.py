@@ -120,15 +120,15 @@ def test_construction_errors(change: dict, message: str) -> None:
         base.replace(**change)
 
 
-def test_reserved_precisions_are_not_implemented_yet() -> None:
-    from dataclasses import replace
-
-    from ofa_search.space import register_space
-
-    space = register_space(replace(get_space("mbv3_small28"), name="small28_prec_test",
-                                   precisions=("fp32", "int8")))
-    with pytest.raises(InvalidArchError, match=r"precisions\[0\]='int8' is not implemented yet"):
-        Arch.smallest(space).replace(precisions=("int8", "fp32", "fp32", "fp32"))
+def test_precisions_per_stage_round_trip_and_are_checked_against_the_space() -> None:
+    arch = Arch.smallest("mbv3_small28_mp").replace(
+        precisions=("int8", "fp32", "binary", "fp32"))
+    text = arch.to_string()
+    assert "@int8" in text and "@binary" in text
+    assert Arch.parse(text, "mbv3_small28_mp") == arch
+    assert Arch.from_dict(arch.to_dict()) == arch
+    with pytest.raises(InvalidArchError, match=r"precisions\[0\]"):
+        Arch.smallest("mbv3_small28").replace(precisions=("int8", "fp32", "fp32", "fp32"))
 
 
 def test_from_dict_rejects_unknown_and_missing_fields() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ofa_search.nn.dynamic import (
@@ -11,6 +12,8 @@ from ofa_search.nn.dynamic import (
     DynamicPointwiseConv2d,
     DynamicSqueezeExcite,
 )
+from ofa_search.nn.binary import BinaryPointwise, binary_pointwise, cyclic_channels
+from ofa_search.nn.quant import Int8ActQuant, QConv2d, int8_weight
 from ofa_search.nn.static import MBConv, make_act
 from ofa_search.space import Activation, SearchSpace, StageSpec
 from ofa_search.units import MBConvUnit
@@ -24,6 +27,12 @@ class ElasticMBConv(nn.Module):
     ``(kernel, expand)`` uses the first ``mid`` hidden channels and the transformed
     ``kernel×kernel`` centre. Channel sorting (:meth:`sort_channels`) keeps the most
     important hidden channels first, so small expand ratios keep the useful ones.
+
+    When the space offers ``int8``, the block also holds one activation quantiser per conv
+    input (shared by all subnets, like BN statistics, and recalibrated per subnet); when it
+    offers ``binary``, separate batch norms for the binary expand and project convs (their
+    outputs' statistics differ from the fp32 convs' over the same latent weights).
+    ``binary_activations`` is the two-stage switch of :mod:`ofa_search.nn.binary`.
     """
 
     def __init__(self, space: SearchSpace, stage: StageSpec, in_channels: int,
@@ -42,17 +51,64 @@ class ElasticMBConv(nn.Module):
         self.project = DynamicPointwiseConv2d(max_mid, out_channels)
         self.project_bn = nn.BatchNorm2d(out_channels)
         self.act = make_act(stage.act)
+        self.quant: nn.ModuleDict | None = None
+        if "int8" in space.precisions:
+            self.quant = nn.ModuleDict({name: Int8ActQuant()
+                                        for name in ("expand", "depthwise", "project")})
+        self.binary_expand_bn: DynamicBatchNorm2d | None = None
+        self.binary_project_bn: nn.BatchNorm2d | None = None
+        if "binary" in space.precisions:
+            self.binary_expand_bn = DynamicBatchNorm2d(max_mid)
+            self.binary_project_bn = nn.BatchNorm2d(out_channels)
+        self.binary_activations = True
 
     def mid_channels(self, expand: int) -> int:
         return self.space.mid_channels(self.in_channels, expand)
 
-    def forward(self, x: torch.Tensor, kernel: int, expand: int) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, kernel: int, expand: int,
+                precision: str = "fp32") -> torch.Tensor:
         mid = self.mid_channels(expand)
+        if precision == "binary":
+            return self._forward_binary(x, kernel, mid)
+        if precision == "int8":
+            return self._forward_int8(x, kernel, mid)
+        if precision != "fp32":
+            raise ValueError(f"unknown precision {precision!r}")
         out = self.act(self.expand_bn(self.expand_conv(x, mid)))
         out = self.act(self.depthwise_bn(self.depthwise(out, kernel)))
         if self.se is not None:
             out = self.se(out, self.space.se_channels(mid))
         out = self.project_bn(self.project(out))
+        return out + x if self.residual else out
+
+    def _forward_int8(self, x: torch.Tensor, kernel: int, mid: int) -> torch.Tensor:
+        if self.quant is None:
+            raise ValueError(f"space {self.space.name!r} has no int8 precision")
+        q = self.quant
+        w = int8_weight(self.expand_conv.active_weight(mid, x.shape[1]))
+        out = self.act(self.expand_bn(F.conv2d(q["expand"](x), w)))
+        w = int8_weight(self.depthwise.active_weight(kernel, mid))
+        out = F.conv2d(q["depthwise"](out), w, None, self.stride, kernel // 2, 1, mid)
+        out = self.act(self.depthwise_bn(out))
+        if self.se is not None:
+            out = self.se(out, self.space.se_channels(mid))
+        w = int8_weight(self.project.active_weight(self.out_channels, mid))
+        out = self.project_bn(F.conv2d(q["project"](out), w))
+        return out + x if self.residual else out
+
+    def _forward_binary(self, x: torch.Tensor, kernel: int, mid: int) -> torch.Tensor:
+        if self.binary_expand_bn is None or self.binary_project_bn is None:
+            raise ValueError(f"space {self.space.name!r} has no binary precision")
+        acts = self.binary_activations
+        w = self.expand_conv.active_weight(mid, x.shape[1])
+        out = self.binary_expand_bn(binary_pointwise(x, w, acts)) + cyclic_channels(x, mid)
+        out = self.act(out)
+        out = self.act(self.depthwise_bn(self.depthwise(out, kernel)))
+        if self.se is not None:
+            out = self.se(out, self.space.se_channels(mid))
+        w = self.project.active_weight(self.out_channels, mid)
+        out = (self.binary_project_bn(binary_pointwise(out, w, acts))
+               + cyclic_channels(out, self.out_channels))
         return out + x if self.residual else out
 
     def unit(self, in_size: int, kernel: int, expand: int, precision: str = "fp32") -> MBConvUnit:
@@ -70,14 +126,34 @@ class ElasticMBConv(nn.Module):
         mid, k = unit.mid_channels, unit.kernel
         block = MBConv(unit)
         assert block.expand is not None
-        block.expand[0] = self.expand_conv.to_static(mid, self.in_channels)
-        block.expand[1] = self.expand_bn.to_static(mid)
-        block.depthwise[0] = self.depthwise.to_static(k, mid)
+        block.depthwise[0].load_state_dict(self.depthwise.to_static(k, mid).state_dict(),
+                                           strict=False)
         block.depthwise[1] = self.depthwise_bn.to_static(mid)
         if self.se is not None:
             block.se = self.se.to_static(mid, unit.se_channels)
-        block.project[0] = self.project.to_static(self.out_channels, mid)
+        expand_conv = self.expand_conv.to_static(mid, self.in_channels)
+        project_conv = self.project.to_static(self.out_channels, mid)
+        if unit.precision == "binary":
+            assert isinstance(block.expand, BinaryPointwise)
+            assert isinstance(block.project, BinaryPointwise)
+            assert self.binary_expand_bn is not None and self.binary_project_bn is not None
+            block.expand.conv = expand_conv
+            block.expand.bn = self.binary_expand_bn.to_static(mid)
+            block.project.conv = project_conv
+            block.project.bn.load_state_dict(self.binary_project_bn.state_dict())
+            block.expand.binary_activations = self.binary_activations
+            block.project.binary_activations = self.binary_activations
+            return block
+        block.expand[0].load_state_dict(expand_conv.state_dict(), strict=False)
+        block.expand[1] = self.expand_bn.to_static(mid)
+        block.project[0].load_state_dict(project_conv.state_dict(), strict=False)
         block.project[1].load_state_dict(self.project_bn.state_dict())
+        if unit.precision == "int8":
+            assert self.quant is not None
+            for name in ("expand", "depthwise", "project"):
+                conv = getattr(block, name)[0]
+                assert isinstance(conv, QConv2d)
+                conv.input_quant.load_state_dict(self.quant[name].state_dict())
         return block
 
     @torch.no_grad()
@@ -88,8 +164,9 @@ class ElasticMBConv(nn.Module):
         importance = self.project.weight.abs().sum(dim=(0, 2, 3))
         order = torch.argsort(importance, descending=True, stable=True)
         self.expand_conv.weight.copy_(self.expand_conv.weight[order])
-        for bn in (self.expand_bn, self.depthwise_bn):
-            _permute_bn(bn, order)
+        for bn in (self.expand_bn, self.depthwise_bn, self.binary_expand_bn):
+            if bn is not None:
+                _permute_bn(bn, order)
         self.depthwise.weight.copy_(self.depthwise.weight[order])
         self.project.weight.copy_(self.project.weight[:, order])
         if self.se is not None:

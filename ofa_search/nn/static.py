@@ -1,7 +1,8 @@
 """Static (non-elastic) modules: what an extracted subnet is made of.
 
-Only plain ``torch.nn`` layers (Conv2d, BatchNorm2d, Linear, ReLU, Hardswish,
-Hardsigmoid, Dropout); no elastic code. One module per priced unit of
+Plain ``torch.nn`` layers (Conv2d, BatchNorm2d, Linear, ReLU, Hardswish, Hardsigmoid,
+Dropout), plus, in ``int8`` and ``binary`` stages, the quantised convs of
+:mod:`ofa_search.nn.quant` and :mod:`ofa_search.nn.binary`; no elastic code. One module per priced unit of
 :mod:`ofa_search.units`, built from the unit's description, so a subnet and its latency
 table entries have the same structure.
 """
@@ -12,6 +13,8 @@ import torch
 from torch import nn
 
 from ofa_search.arch import Arch
+from ofa_search.nn.binary import BinaryPointwise
+from ofa_search.nn.quant import QConv2d
 from ofa_search.units import HeadUnit, MBConvUnit, StemUnit, Unit, arch_units
 
 
@@ -25,13 +28,15 @@ def make_act(name: str) -> nn.Module:
 
 
 class ConvBNAct(nn.Sequential):
-    """Conv2d (no bias, 'same' padding) + BatchNorm2d [+ activation]."""
+    """Conv2d (no bias, 'same' padding) + BatchNorm2d [+ activation]; with ``int8`` the
+    conv is a :class:`~ofa_search.nn.quant.QConv2d` (fake-quantised input and weights)."""
 
     def __init__(self, in_ch: int, out_ch: int, kernel: int, stride: int = 1, groups: int = 1,
-                 act: str | None = None) -> None:
+                 act: str | None = None, int8: bool = False) -> None:
+        conv_cls = QConv2d if int8 else nn.Conv2d
         layers: list[nn.Module] = [
-            nn.Conv2d(in_ch, out_ch, kernel, stride, padding=kernel // 2, groups=groups,
-                      bias=False),
+            conv_cls(in_ch, out_ch, kernel, stride, padding=kernel // 2, groups=groups,
+                     bias=False),
             nn.BatchNorm2d(out_ch),
         ]
         if act is not None:
@@ -55,18 +60,33 @@ class SqueezeExcite(nn.Module):
 
 
 class MBConv(nn.Module):
-    """Inverted residual block of one :class:`~ofa_search.units.MBConvUnit`."""
+    """Inverted residual block of one :class:`~ofa_search.units.MBConvUnit`.
+
+    ``int8``: the expand, depthwise and project convs are fake-quantised. ``binary``: the
+    expand and project convs are :class:`~ofa_search.nn.binary.BinaryPointwise` (see that
+    module for why those two); the depthwise conv and squeeze-excite stay fp32.
+    """
 
     def __init__(self, unit: MBConvUnit) -> None:
         super().__init__()
         self.residual = unit.residual
-        self.expand = (ConvBNAct(unit.in_channels, unit.mid_channels, 1, act=unit.act)
-                       if unit.has_expand else None)
+        self.precision = unit.precision
+        int8, binary = unit.precision == "int8", unit.precision == "binary"
+        self.expand: nn.Module | None = None
+        if unit.has_expand and binary:
+            self.expand = BinaryPointwise(unit.in_channels, unit.mid_channels,
+                                          make_act(unit.act))
+        elif unit.has_expand:
+            self.expand = ConvBNAct(unit.in_channels, unit.mid_channels, 1, act=unit.act,
+                                    int8=int8)
         self.depthwise = ConvBNAct(unit.mid_channels, unit.mid_channels, unit.kernel,
-                                   unit.stride, groups=unit.mid_channels, act=unit.act)
+                                   unit.stride, groups=unit.mid_channels, act=unit.act,
+                                   int8=int8)
         self.se = (SqueezeExcite(unit.mid_channels, unit.se_channels)
                    if unit.se_channels else None)
-        self.project = ConvBNAct(unit.mid_channels, unit.out_channels, 1)
+        self.project: nn.Module = (BinaryPointwise(unit.mid_channels, unit.out_channels)
+                                   if binary else
+                                   ConvBNAct(unit.mid_channels, unit.out_channels, 1, int8=int8))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = x if self.expand is None else self.expand(x)

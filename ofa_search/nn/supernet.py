@@ -64,7 +64,8 @@ class Supernet(nn.Module):
         x = self.first_block(self.stem(x))
         for s in range(len(self.stages)):
             for b in range(arch.depths[s]):
-                x = self.block(s, b)(x, arch.kernels[s][b], arch.expands[s][b])
+                x = self.block(s, b)(x, arch.kernels[s][b], arch.expands[s][b],
+                                     arch.precisions[s])
         out: torch.Tensor = self.head(x)
         return out
 
@@ -77,6 +78,12 @@ class Supernet(nn.Module):
     def elastic_blocks(self) -> list[ElasticMBConv]:
         return [self.block(s, b) for s in range(len(self.stages))
                 for b in range(self.space.max_depth)]
+
+    def set_binary_activations(self, enabled: bool) -> None:
+        """Binarize activations in ``binary`` stages (on) or only weights (the first stage
+        of two-stage binary training); extracted subnets inherit the setting."""
+        for block in self.elastic_blocks():
+            block.binary_activations = enabled
 
     def sort_channels(self) -> None:
         """Importance-sort the hidden channels of every elastic block (in place; the largest

@@ -16,6 +16,7 @@ from torch import nn
 from ofa_search.arch import Arch
 from ofa_search.data import DatasetSplits, ImageSplit, iterate_batches
 from ofa_search.nn import StaticSubnet, Supernet, extract
+from ofa_search.nn.quant import Int8ActQuant
 
 
 @contextmanager
@@ -38,11 +39,13 @@ def recalibrate_bn(net: nn.Module, batches: Iterable[torch.Tensor]) -> nn.Module
     Statistics are reset and accumulated with ``momentum=None`` (PyTorch's cumulative
     average): ``running_mean`` is the mean over batches of each batch's channel mean (the
     exact mean when batches have equal sizes), ``running_var`` the mean of each batch's
-    unbiased variance. Only BN layers run in training mode (dropout stays off, so no random
-    numbers are drawn). Momenta are restored afterwards. Raises ``ValueError`` if
-    ``batches`` is empty.
+    unbiased variance. The observed ranges of int8 activation quantisers
+    (:class:`~ofa_search.nn.quant.Int8ActQuant`) are recomputed the same way. Only these
+    layers run in training mode (dropout stays off, so no random numbers are drawn).
+    Momenta are restored afterwards. Raises ``ValueError`` if ``batches`` is empty.
     """
-    bns = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    bns: list[nn.Module] = [m for m in net.modules()
+                            if isinstance(m, nn.modules.batchnorm._BatchNorm | Int8ActQuant)]
     momenta = [bn.momentum for bn in bns]
     net.eval()
     for bn in bns:

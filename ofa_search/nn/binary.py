@@ -1,0 +1,87 @@
+"""Binary (1-bit) layers for ``binary`` stages: sign activations and weights.
+
+Which convs a ``binary`` stage binarizes: in each of its MBConv blocks, the 1×1 expand
+and the 1×1 project convs. They hold most of a block's multiply-accumulates (for
+``mbv3_small28`` about 90 %), they have no padding and no stride, and each of their
+outputs sums ``C_in`` binary products, which keeps information. The k×k depthwise conv
+stays full precision: each of its outputs sees only k² inputs of one channel, so
+binarizing it throws away most of the signal for a few percent of the MACs, and it
+carries the block's stride, so downsampling stays full precision (the BNN design rules
+of Bi-Real Net and ReActNet). Squeeze-excite, the stem, the first block and the head stay
+full precision too.
+
+A binary 1×1 conv computes ``α_o · Σ_c sign(w_oc) · sign(x_c)`` (XNOR-Net's per-output-
+channel scale ``α_o = mean |w_o|``), followed by its batch norm, plus a real-valued
+shortcut of its input (Bi-Real Net): the input's channels repeated cyclically to the
+output width (channel ``o`` takes input channel ``o mod C_in``), so the shortcut exists
+for any pair of widths without parameters.
+
+``sign`` maps 0 to +1 (``torch.sign(0)`` is 0, which is not a binary value); its gradient
+is the clipped identity (1 where ``|x| ≤ 1``, else 0). Training is two-staged (Bi-Real,
+ReActNet): with ``binary_activations`` off, only the weights are binary.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def binary_sign(x: torch.Tensor) -> torch.Tensor:
+    """+1 where ``x >= 0``, else -1; gradient 1 inside ``[-1, 1]``, 0 outside."""
+    clipped = x.clamp(-1.0, 1.0)
+    hard = torch.where(x >= 0, torch.ones_like(x), -torch.ones_like(x))
+    return clipped + (hard - clipped).detach()
+
+
+def weight_scale(weight: torch.Tensor) -> torch.Tensor:
+    """XNOR-Net's per-output-channel scale ``mean |w|``, shaped ``[out, 1, 1, 1]``."""
+    return weight.abs().mean(dim=(1, 2, 3), keepdim=True)
+
+
+def binary_weight(weight: torch.Tensor) -> torch.Tensor:
+    """``α_o · sign(w)`` with a straight-through gradient to ``w``."""
+    return weight_scale(weight) * binary_sign(weight)
+
+
+def cyclic_channels(x: torch.Tensor, channels: int) -> torch.Tensor:
+    """``x``'s channels repeated cyclically (or truncated) to ``channels``."""
+    c = x.shape[1]
+    if c == channels:
+        return x
+    index = torch.arange(channels, device=x.device) % c
+    return x.index_select(1, index)
+
+
+def binary_pointwise(x: torch.Tensor, weight: torch.Tensor,
+                     binary_activations: bool = True) -> torch.Tensor:
+    """The binary 1×1 conv of ``x`` with ``weight`` (``[out, in, 1, 1]``), no shortcut."""
+    xb = binary_sign(x) if binary_activations else x
+    return F.conv2d(xb, binary_weight(weight))
+
+
+class BinaryPointwise(nn.Module):
+    """Binary 1×1 conv → BN → + real-valued cyclic shortcut [→ activation].
+
+    Attributes:
+        binary_activations: binarize the input (the final, deployable form) or only the
+            weights (the first training stage).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, act: nn.Module | None = None,
+                 binary_activations: bool = True) -> None:
+        super().__init__()
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.conv = nn.Conv2d(in_channels, out_channels, 1, bias=False)
+        self.bn = nn.BatchNorm2d(out_channels)
+        self.act = act
+        self.binary_activations = binary_activations
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.bn(binary_pointwise(x, self.conv.weight, self.binary_activations))
+        out = out + cyclic_channels(x, self.out_channels)
+        return out if self.act is None else self.act(out)
+
+    def extra_repr(self) -> str:
+        return f"binary_activations={self.binary_activations}"
