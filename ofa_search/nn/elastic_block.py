@@ -6,13 +6,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ofa_search.nn.binary import BinaryPointwise, binary_pointwise, cyclic_channels
 from ofa_search.nn.dynamic import (
     DynamicBatchNorm2d,
     DynamicDepthwiseConv2d,
     DynamicPointwiseConv2d,
     DynamicSqueezeExcite,
 )
-from ofa_search.nn.binary import BinaryPointwise, binary_pointwise, cyclic_channels
 from ofa_search.nn.quant import Int8ActQuant, QConv2d, int8_weight
 from ofa_search.nn.static import MBConv, make_act
 from ofa_search.space import Activation, SearchSpace, StageSpec

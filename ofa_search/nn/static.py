@@ -2,9 +2,9 @@
 
 Plain ``torch.nn`` layers (Conv2d, BatchNorm2d, Linear, ReLU, Hardswish, Hardsigmoid,
 Dropout), plus, in ``int8`` and ``binary`` stages, the quantised convs of
-:mod:`ofa_search.nn.quant` and :mod:`ofa_search.nn.binary`; no elastic code. One module per priced unit of
-:mod:`ofa_search.units`, built from the unit's description, so a subnet and its latency
-table entries have the same structure.
+:mod:`ofa_search.nn.quant` and :mod:`ofa_search.nn.binary`; no elastic code. One module
+per priced unit of :mod:`ofa_search.units`, built from the unit's description, so a
+subnet and its latency table entries have the same structure.
 """
 
 from __future__ import annotations
