@@ -89,11 +89,24 @@ def arch_sample(space: SpaceOpt, n: Annotated[int, typer.Option("--n", min=1)] =
 
 
 @arch_app.command("info")
-def arch_info(arch: ArchArg, space: SpaceOpt, as_json: JsonOpt = False) -> None:
+def arch_info(arch: ArchArg, space: SpaceOpt, as_json: JsonOpt = False,
+              precision_summary: Annotated[bool, typer.Option(
+                  "--precision-summary", help="per-layer precision, weights by bit width, "
+                  "memory and MACs by precision (as Larq's summary)")] = False) -> None:
     """Resolution, depths, MACs, params and a per-block table."""
     from ofa_search.arch import parse_arch
     from ofa_search.report import arch_report, format_arch_report
 
+    if precision_summary:
+        from ofa_search.precision_summary import format_precision_summary
+        from ofa_search.precision_summary import precision_summary as summarize
+
+        summary = summarize(parse_arch(arch, space))
+        if as_json:
+            _emit_json(summary)
+        else:
+            typer.echo(format_precision_summary(summary))
+        return
     report = arch_report(parse_arch(arch, space))
     if as_json:
         _emit_json(report)
@@ -145,8 +158,11 @@ def demo(workspace: WorkspaceOpt,
 def train_cmd(
     space: SpaceOpt = DEFAULT_SPACE,
     data: Annotated[str, typer.Option("--data", "-d", help="dataset name")] = "digits",
-    strategy: Annotated[str, typer.Option("--strategy", help="ps, sandwich or spos")] = "sandwich",
-    epochs: Annotated[int, typer.Option("--epochs", min=1, help="epochs (ps: per phase)")] = 5,
+    strategy: Annotated[str, typer.Option(
+        "--strategy", help="ps, sandwich, spos, or precision (int8/binary fine-tuning of a "
+        "trained supernet given by --init)")] = "sandwich",
+    epochs: Annotated[int, typer.Option("--epochs", min=1,
+                                        help="epochs (ps, precision: per phase)")] = 5,
     out: Annotated[Path, typer.Option("--out", "-o", help="run folder")] = Path(
         "ofa-workspace/supernet"),
     batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 64,
@@ -157,6 +173,9 @@ def train_cmd(
     threads: Annotated[int | None, typer.Option("--threads", min=1,
                                                 help="torch intra-op threads")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="continue OUT/checkpoint.pt")] = False,
+    init: Annotated[Path | None, typer.Option(
+        "--init", help="start from this checkpoint's weights (e.g. an fp32 supernet of the "
+        "same structure for --strategy precision)")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
 ) -> None:
     """Train a supernet (under torchrun for several processes); writes OUT/checkpoint.pt."""
@@ -169,7 +188,8 @@ def train_cmd(
     config = TrainConfig(space=space, dataset=data, data_dir=None if data_dir is None
                          else str(data_dir), strategy=strategy, epochs=epochs,
                          batch_size=batch_size, lr=lr, warmup_epochs=warmup_epochs, seed=seed,
-                         out_dir=str(out), resume=resume, quiet=quiet)
+                         out_dir=str(out), resume=resume, quiet=quiet,
+                         init_checkpoint=None if init is None else str(init))
     path = train(config)
     if not quiet:
         typer.echo(f"wrote {path}")

@@ -21,6 +21,25 @@ from ofa_search.arch import Arch
 from ofa_search.space import Activation, SearchSpace
 
 
+@dataclass(frozen=True)
+class Layer:
+    """One weight layer of a unit, for per-layer summaries.
+
+    ``weights``: weight elements (conv/linear kernels); ``extra``: 32-bit parameters that
+    go with it (biases, BN affine); ``bits``: the weights' precision in the unit.
+    """
+
+    name: str
+    weights: int
+    extra: int
+    macs: int
+    bits: int = 32
+
+
+def _pointwise_bits(precision: str) -> int:
+    return {"fp32": 32, "int8": 8, "binary": 1}[precision]
+
+
 def conv_out_size(size: int, stride: int) -> int:
     """Spatial output of a 'same'-padded conv with an odd kernel."""
     return (size - 1) // stride + 1
@@ -48,11 +67,16 @@ class StemUnit:
         return (f"stem:i{self.in_channels}:o{self.out_channels}:r{self.in_size}:k{self.kernel}"
                 f":s{self.stride}:{self.act}:{self.precision}")
 
+    def layers(self) -> list[Layer]:
+        weights = self.in_channels * self.out_channels * self.kernel**2
+        return [Layer("stem.conv", weights, 2 * self.out_channels,
+                      weights * self.out_size**2)]
+
     def macs(self) -> int:
-        return self.in_channels * self.out_channels * self.kernel**2 * self.out_size**2
+        return sum(layer.macs for layer in self.layers())
 
     def params(self) -> int:
-        return self.in_channels * self.out_channels * self.kernel**2 + 2 * self.out_channels
+        return sum(layer.weights + layer.extra for layer in self.layers())
 
 
 @dataclass(frozen=True)
@@ -89,27 +113,32 @@ class MBConvUnit:
                 f":r{self.in_size}:k{self.kernel}:s{self.stride}:{self.act}"
                 f":se{self.se_channels}:x{int(self.has_expand)}:{self.precision}")
 
-    def macs(self) -> int:
+    def layers(self) -> list[Layer]:
+        """Expand, depthwise, SE (reduce, expand) and project, with the bits that this
+        unit's precision gives them: ``int8`` quantises the three convs, ``binary`` the
+        two 1×1 convs (see :mod:`ofa_search.nn.binary`)."""
         hw_in, hw_out = self.in_size**2, self.out_size**2
-        total = 0
+        mid, bits = self.mid_channels, _pointwise_bits(self.precision)
+        dw_bits = 8 if self.precision == "int8" else 32
+        out: list[Layer] = []
         if self.has_expand:
-            total += self.in_channels * self.mid_channels * hw_in
-        total += self.mid_channels * self.kernel**2 * hw_out
+            w = self.in_channels * mid
+            out.append(Layer("expand", w, 2 * mid, w * hw_in, bits))
+        w = mid * self.kernel**2
+        out.append(Layer("depthwise", w, 2 * mid, w * hw_out, dw_bits))
         if self.se_channels:
-            total += 2 * self.mid_channels * self.se_channels
-        total += self.mid_channels * self.out_channels * hw_out
-        return total
+            w = mid * self.se_channels
+            out.append(Layer("se.reduce", w, self.se_channels, w))
+            out.append(Layer("se.expand", w, mid, w))
+        w = mid * self.out_channels
+        out.append(Layer("project", w, 2 * self.out_channels, w * hw_out, bits))
+        return out
+
+    def macs(self) -> int:
+        return sum(layer.macs for layer in self.layers())
 
     def params(self) -> int:
-        total = 0
-        if self.has_expand:
-            total += self.in_channels * self.mid_channels + 2 * self.mid_channels
-        total += self.mid_channels * self.kernel**2 + 2 * self.mid_channels
-        if self.se_channels:
-            total += (2 * self.mid_channels * self.se_channels + self.se_channels
-                      + self.mid_channels)
-        total += self.mid_channels * self.out_channels + 2 * self.out_channels
-        return total
+        return sum(layer.weights + layer.extra for layer in self.layers())
 
 
 @dataclass(frozen=True)
@@ -134,15 +163,19 @@ class HeadUnit:
         return (f"head:i{self.in_channels}:x{self.expand_channels}:m{self.mix_channels}"
                 f":c{self.num_classes}:r{self.in_size}:{self.precision}")
 
+    def layers(self) -> list[Layer]:
+        w = self.in_channels * self.expand_channels
+        mix = self.expand_channels * self.mix_channels
+        cls = self.mix_channels * self.num_classes
+        return [Layer("head.final_expand", w, 2 * self.expand_channels, w * self.in_size**2),
+                Layer("head.feature_mix", mix, 0, mix),
+                Layer("head.classifier", cls, self.num_classes, cls)]
+
     def macs(self) -> int:
-        return (self.in_channels * self.expand_channels * self.in_size**2
-                + self.expand_channels * self.mix_channels
-                + self.mix_channels * self.num_classes)
+        return sum(layer.macs for layer in self.layers())
 
     def params(self) -> int:
-        return (self.in_channels * self.expand_channels + 2 * self.expand_channels
-                + self.expand_channels * self.mix_channels
-                + self.mix_channels * self.num_classes + self.num_classes)
+        return sum(layer.weights + layer.extra for layer in self.layers())
 
 
 Unit = StemUnit | MBConvUnit | HeadUnit

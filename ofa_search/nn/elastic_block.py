@@ -144,10 +144,12 @@ class ElasticMBConv(nn.Module):
             block.expand.binary_activations = self.binary_activations
             block.project.binary_activations = self.binary_activations
             return block
-        block.expand[0].load_state_dict(expand_conv.state_dict(), strict=False)
-        block.expand[1] = self.expand_bn.to_static(mid)
-        block.project[0].load_state_dict(project_conv.state_dict(), strict=False)
-        block.project[1].load_state_dict(self.project_bn.state_dict())
+        expand, project = block.expand, block.project
+        assert isinstance(expand, nn.Sequential) and isinstance(project, nn.Sequential)
+        expand[0].load_state_dict(expand_conv.state_dict(), strict=False)
+        expand[1] = self.expand_bn.to_static(mid)
+        project[0].load_state_dict(project_conv.state_dict(), strict=False)
+        project[1].load_state_dict(self.project_bn.state_dict())
         if unit.precision == "int8":
             assert self.quant is not None
             for name in ("expand", "depthwise", "project"):

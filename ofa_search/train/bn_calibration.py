@@ -44,8 +44,9 @@ def recalibrate_bn(net: nn.Module, batches: Iterable[torch.Tensor]) -> nn.Module
     layers run in training mode (dropout stays off, so no random numbers are drawn).
     Momenta are restored afterwards. Raises ``ValueError`` if ``batches`` is empty.
     """
-    bns: list[nn.Module] = [m for m in net.modules()
-                            if isinstance(m, nn.modules.batchnorm._BatchNorm | Int8ActQuant)]
+    bns: list[nn.modules.batchnorm._BatchNorm | Int8ActQuant] = [
+        m for m in net.modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm | Int8ActQuant)]
     momenta = [bn.momentum for bn in bns]
     net.eval()
     for bn in bns:

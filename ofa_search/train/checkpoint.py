@@ -16,6 +16,7 @@ A checkpoint is a ``torch.save``-d dict of tensors and plain types only::
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import os
 from pathlib import Path
@@ -26,6 +27,7 @@ import torch
 from ofa_search.atomic import atomic_write_bytes
 from ofa_search.errors import FileFormatError
 from ofa_search.nn import Supernet
+from ofa_search.space import get_space
 from ofa_search.versioning import require_version
 
 CHECKPOINT_FORMAT = "ofa-search-supernet"
@@ -83,3 +85,30 @@ def load_supernet(checkpoint: str | os.PathLike[str]) -> tuple[Supernet, dict[st
                               f"{data['space']!r}: {exc}") from exc
     meta = {k: v for k, v in data.items() if k not in ("model", "teacher", "optimizer")}
     return net.eval(), meta
+
+
+LOW_PRECISION_ONLY = (".quant.", ".binary_expand_bn.", ".binary_project_bn.")
+"""Substrings of the state-dict keys of layers that only int8 / binary stages use."""
+
+
+def load_init_weights(net: Supernet, checkpoint: str | os.PathLike[str]) -> None:
+    """Load the model weights of ``checkpoint`` into ``net`` to start a new run from them.
+
+    The checkpoint's space may differ from ``net``'s in name and precisions only (e.g. an
+    fp32 ``mbv3_small28`` supernet into ``mbv3_small28_mp``); keys that only low-precision
+    layers have may be missing and keep their fresh values. Anything else that does not
+    fit is a :class:`FileFormatError` naming the keys.
+    """
+    data = load_checkpoint(checkpoint)
+    source = get_space(data["space"])
+    if (dataclasses.replace(source, name="x", description="", precisions=("fp32",))
+            != dataclasses.replace(net.space, name="x", description="", precisions=("fp32",))
+            or float(data["width_mult"]) != net.width_mult):
+        raise FileFormatError(f"{checkpoint}: a supernet of {source.name}/w{data['width_mult']}"
+                              f" does not fit {net.space.name}/w{net.width_mult} (only the "
+                              "precisions may differ)")
+    result = net.load_state_dict(data["model"], strict=False)
+    missing = [k for k in result.missing_keys if not any(s in k for s in LOW_PRECISION_ONLY)]
+    if missing or result.unexpected_keys:
+        raise FileFormatError(f"{checkpoint}: weights do not fit {net.space.name}: missing "
+                              f"{missing[:5]}, unexpected {result.unexpected_keys[:5]}")

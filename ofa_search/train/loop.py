@@ -34,7 +34,7 @@ from ofa_search.errors import OfaSearchError
 from ofa_search.nn import Supernet
 from ofa_search.space import get_space
 from ofa_search.train.bn_calibration import evaluate_arch
-from ofa_search.train.checkpoint import load_checkpoint, save_checkpoint
+from ofa_search.train.checkpoint import load_checkpoint, load_init_weights, save_checkpoint
 from ofa_search.train.strategies import (
     STRATEGIES,
     Phase,
@@ -42,6 +42,7 @@ from ofa_search.train.strategies import (
     SubnetTask,
     TrainingStrategy,
     default_phases,
+    default_precision_phases,
     make_strategy,
 )
 
@@ -81,6 +82,10 @@ class TrainConfig:
             arch (BN recalibrated).
         channels_last: run the network in channels-last memory format (about 2× faster
             on CPU for this network, measured at 28 px).
+        init_checkpoint: start from the weights of this supernet checkpoint (a fresh run
+            only), e.g. strategy ``precision`` from a trained fp32 supernet of the same
+            structure; layers that only low precisions have (int8 activation ranges,
+            binary batch norms) start fresh.
         seed, out_dir, resume, quiet: as named; ``out_dir`` receives ``checkpoint.pt`` and
             ``metrics.jsonl``.
     """
@@ -111,6 +116,7 @@ class TrainConfig:
     augment: bool = True
     eval_each_epoch: bool = False
     channels_last: bool = True
+    init_checkpoint: str | None = None
     seed: int = 0
     out_dir: str = "ofa-workspace/supernet"
     resume: bool = False
@@ -211,8 +217,11 @@ def _dist_env() -> tuple[int, int]:
 
 def _strategy_for(config: TrainConfig) -> TrainingStrategy:
     options: dict[str, Any] = {}
-    if config.strategy == "sandwich":
+    if config.strategy in ("sandwich", "precision"):
         options["n_random"] = config.n_random
+    if config.strategy == "precision":
+        options["phases"] = default_precision_phases(config.space, epochs=config.epochs,
+                                                     lr=config.lr)
     if config.strategy == "standalone":
         assert config.arch is not None  # checked by TrainConfig
         options["arch"] = parse_arch(config.arch, config.space)
@@ -324,6 +333,8 @@ def _run(config: TrainConfig, rank: int, world: int) -> TrainResult:
                                 "another output folder")
         epoch, step, dropout_state, teacher_state = _restore(
             ckpt_path, config, strategy, net, optimizer, data_gen)
+    elif config.init_checkpoint is not None:
+        load_init_weights(net, config.init_checkpoint)
 
     segments = strategy.segments(config.epochs, config.lr)
     total_epochs = sum(s.epochs for s in segments)
@@ -358,7 +369,9 @@ def _run(config: TrainConfig, rank: int, world: int) -> TrainResult:
     show = not config.quiet and rank == 0
     torch.set_rng_state(dropout_state)  # inside run_training's fork_rng
     while epoch < stop:
-        for event in strategy.begin_epoch(epoch):
+        events = strategy.begin_epoch(epoch)
+        net.set_binary_activations(strategy.binary_activations)
+        for event in events:
             if event == "freeze_teacher":
                 runner.teacher = _frozen_copy(net)
             elif event == "sort_channels":

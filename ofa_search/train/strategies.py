@@ -13,6 +13,9 @@ Strategies:
 - :class:`SinglePathStrategy` — SPOS: one uniformly random arch per step, labels only.
 - :class:`ProgressiveShrinking` — once-for-all's schedule of phases, each widening the
   sampled choices; distillation from a frozen copy of the full network.
+- :class:`PrecisionStrategy` — low-precision fine-tuning of a trained fp32 supernet: the
+  sandwich rule over archs with a random precision per stage (int8, then binary weights,
+  then binary weights and activations), distilled in place from the fp32 largest.
 """
 
 from __future__ import annotations
@@ -65,8 +68,9 @@ class Choices:
 
 
 def sample_arch(space: SearchSpace, width_mult: float, choices: Choices,
-                rng: np.random.Generator) -> Arch:
-    """A uniformly random arch over ``choices``; draws only from ``rng``."""
+                rng: np.random.Generator, precisions: Sequence[str] = ("fp32",)) -> Arch:
+    """A uniformly random arch over ``choices``, each stage at a uniformly random one of
+    ``precisions``; draws only from ``rng`` (nothing for one precision)."""
 
     def pick(values: Sequence[int]) -> int:
         return int(values[int(rng.integers(len(values)))])
@@ -76,8 +80,10 @@ def sample_arch(space: SearchSpace, width_mult: float, choices: Choices,
     depths = tuple(pick(choices.depths) for _ in range(n))
     kernels = tuple(tuple(pick(choices.kernels) for _ in range(d)) for d in depths)
     expands = tuple(tuple(pick(choices.expands) for _ in range(d)) for d in depths)
+    stage_precisions = tuple(precisions[int(rng.integers(len(precisions)))]
+                             if len(precisions) > 1 else precisions[0] for _ in range(n))
     return Arch(space=space.name, resolution=resolution, width_mult=width_mult, depths=depths,
-                kernels=kernels, expands=expands)
+                kernels=kernels, expands=expands, precisions=stage_precisions)
 
 
 def extreme_arch(space: SearchSpace, width_mult: float, choices: Choices, *,
@@ -134,6 +140,12 @@ class TrainingStrategy(ABC):
         (``"sort_channels"``, ``"freeze_teacher"``) to act on at this epoch's start."""
         self.epoch = epoch
         return []
+
+    @property
+    def binary_activations(self) -> bool:
+        """Whether ``binary`` stages binarize activations in the current epoch (off only in
+        the first stage of two-stage binary training)."""
+        return True
 
     @property
     def largest(self) -> Arch:
@@ -293,12 +305,8 @@ class ProgressiveShrinking(TrainingStrategy):
 
     def phase_index(self, epoch: int | None = None) -> int:
         """The phase that epoch ``epoch`` (default: the current one) belongs to."""
-        e = self.epoch if epoch is None else epoch
-        for i, phase in enumerate(self.phases):
-            if e < phase.epochs:
-                return i
-            e -= phase.epochs
-        return len(self.phases) - 1
+        return _phase_index([p.epochs for p in self.phases],
+                             self.epoch if epoch is None else epoch)
 
     @property
     def phase(self) -> Phase:
@@ -334,9 +342,104 @@ class ProgressiveShrinking(TrainingStrategy):
                            "teacher") for _ in range(self.phase.subnets_per_step)]
 
 
+def _phase_index(lengths: Sequence[int], epoch: int) -> int:
+    """The index of the phase (of ``lengths`` epochs each) that ``epoch`` falls in; epochs
+    past the end belong to the last phase."""
+    for i, length in enumerate(lengths):
+        if epoch < length:
+            return i
+        epoch -= length
+    return len(lengths) - 1
+
+
+@dataclass(frozen=True)
+class PrecisionPhase:
+    """One phase of low-precision fine-tuning: the precisions a stage may take, whether
+    ``binary`` stages binarize activations, epochs and peak learning rate."""
+
+    name: str
+    precisions: tuple[str, ...]
+    binary_activations: bool
+    epochs: int
+    lr: float
+
+
+def default_precision_phases(space: str | SearchSpace, *, epochs: int = 1,
+                             lr: float = 0.01) -> tuple[PrecisionPhase, ...]:
+    """Quantisation-aware fine-tuning after the fp32 phases: ``int8`` (stages fp32 or int8),
+    then the two stages of binary training (Bi-Real Net, ReActNet): ``binary-weights``
+    (binary stages with real activations) and ``binary`` (binary weights and
+    activations). Only the phases that the space's precisions allow; ``epochs`` and ``lr``
+    for each."""
+    spec = get_space(space)
+    offered = set(spec.precisions)
+    base = tuple(p for p in ("fp32", "int8") if p in offered)
+    phases = []
+    if "int8" in offered:
+        phases.append(PrecisionPhase("int8", base, True, epochs, lr))
+    if "binary" in offered:
+        every = tuple(p for p in ("fp32", "int8", "binary") if p in offered)
+        phases.append(PrecisionPhase("binary-weights", every, False, epochs, lr))
+        phases.append(PrecisionPhase("binary", every, True, epochs, lr))
+    if not phases:
+        raise ValueError(f"space {spec.name!r} offers no low precision "
+                         f"(precisions: {', '.join(spec.precisions)})")
+    return tuple(phases)
+
+
+class PrecisionStrategy(SandwichStrategy):
+    """The sandwich rule over mixed-precision archs, phase by phase
+    (:func:`default_precision_phases`): per step the fp32 largest arch learns from labels,
+    and the smallest and ``n_random`` random archs — each stage at a random precision of
+    the phase — learn from its detached soft output (distillation from the fp32 largest
+    net). Start it from a trained fp32 supernet (``TrainConfig.init_checkpoint``)."""
+
+    name = "precision"
+
+    def __init__(self, space: str | SearchSpace, width_mult: float | None = None, *,
+                 phases: Sequence[PrecisionPhase] | None = None, n_random: int = 2,
+                 seed: int = 0, resolutions: Sequence[int] | None = None) -> None:
+        super().__init__(space, width_mult, n_random=n_random, seed=seed,
+                         resolutions=resolutions)
+        self.phases = tuple(default_precision_phases(self.space) if phases is None
+                            else phases)
+        if not self.phases:
+            raise ValueError("phases must not be empty")
+        for phase in self.phases:
+            bad = [p for p in phase.precisions if p not in self.space.precisions]
+            if not phase.precisions or bad or phase.epochs < 1:
+                raise ValueError(f"phase {phase.name!r}: precisions must be a non-empty "
+                                 f"subset of {self.space.precisions} and epochs >= 1, "
+                                 f"got {phase}")
+
+    @property
+    def phase(self) -> PrecisionPhase:
+        return self.phases[_phase_index([p.epochs for p in self.phases], self.epoch)]
+
+    @property
+    def binary_activations(self) -> bool:
+        return self.phase.binary_activations
+
+    def segments(self, epochs: int, lr: float) -> list[Segment]:
+        """One segment per phase; ``epochs``/``lr`` are ignored (the phases set them)."""
+        return [Segment(p.epochs, p.lr) for p in self.phases]
+
+    def step(self) -> list[SubnetTask]:
+        precisions = self.phase.precisions
+        smallest = self.smallest
+        smallest = smallest.replace(precisions=tuple(
+            precisions[int(self.rng.integers(len(precisions)))]
+            for _ in range(self.space.num_stages)))
+        tasks = [SubnetTask(self.largest, "labels"), SubnetTask(smallest, "inplace")]
+        tasks += [SubnetTask(sample_arch(self.space, self.width_mult, self.choices, self.rng,
+                                         precisions), "inplace")
+                  for _ in range(self.n_random)]
+        return tasks
+
+
 STRATEGIES: dict[str, type[TrainingStrategy]] = {
     cls.name: cls for cls in (SandwichStrategy, SinglePathStrategy, ProgressiveShrinking,
-                              StandaloneStrategy)
+                              StandaloneStrategy, PrecisionStrategy)
 }
 
 

@@ -1,0 +1,117 @@
+"""int8 and binary layers: quantiser values and gradients, exact extraction of mixed-precision
+subnets, recalibration of activation ranges."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from supernet_helpers import calibrated_supernet
+
+from ofa_search.arch import Arch
+from ofa_search.nn import extract
+from ofa_search.nn.binary import BinaryPointwise, binary_sign, binary_weight, cyclic_channels
+from ofa_search.nn.quant import Int8ActQuant, QConv2d, int8_weight
+from ofa_search.train.bn_calibration import recalibrate_bn
+
+MP = "mbv3_small28_mp"
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def test_binary_sign_maps_zero_to_plus_one_with_clipped_identity_gradient() -> None:
+    x = torch.tensor([-2.0, -0.5, 0.0, 0.5, 2.0], requires_grad=True)
+    y = binary_sign(x)
+    assert y.tolist() == [-1.0, -1.0, 1.0, 1.0, 1.0]
+    y.sum().backward()
+    assert x.grad is not None and x.grad.tolist() == [0.0, 1.0, 1.0, 1.0, 0.0]
+
+
+def test_binary_weight_is_sign_times_mean_abs_per_output_channel() -> None:
+    w = torch.tensor([[[[0.5]], [[-1.5]]], [[[0.0]], [[0.2]]]])  # [2, 2, 1, 1]
+    got = binary_weight(w)
+    assert torch.allclose(got.flatten(), torch.tensor([1.0, -1.0, 0.1, 0.1]))
+
+
+def test_cyclic_shortcut_repeats_and_truncates_channels() -> None:
+    x = torch.arange(3.0).reshape(1, 3, 1, 1)
+    assert cyclic_channels(x, 7).flatten().tolist() == [0, 1, 2, 0, 1, 2, 0]
+    assert cyclic_channels(x, 2).flatten().tolist() == [0, 1]
+
+
+def test_int8_weight_lies_on_a_per_channel_127_level_grid() -> None:
+    w = torch.randn(4, 3, 3, 3, generator=torch.Generator().manual_seed(0))
+    q = int8_weight(w)
+    scale = w.abs().flatten(1).amax(1) / 127
+    levels = q / scale.view(-1, 1, 1, 1)
+    assert torch.allclose(levels, levels.round(), atol=1e-4)
+    assert levels.abs().max() <= 127 + 1e-4
+    assert (q - w).abs().max() <= scale.max() / 2 + 1e-6
+
+
+def test_int8_act_quant_observes_ranges_and_quantises_to_256_levels() -> None:
+    quant = Int8ActQuant(momentum=None)
+    x = torch.linspace(-1.0, 3.0, 1000)
+    assert torch.equal(quant.eval()(x), x)  # nothing observed yet: identity
+    quant.train()(x)
+    quant(x * 0.5)
+    assert float(quant.lo) == pytest.approx(-0.75) and float(quant.hi) == pytest.approx(2.25)
+    scale, zero = quant.qparams()
+    y = quant.eval()(x)
+    assert len(torch.unique(y)) <= 256
+    assert (y - x.clamp(-0.75, 2.25)).abs().max() <= float(scale) / 2 + 1e-6
+    assert 0 <= int(zero) <= 255 and float((y == 0).sum()) >= 1  # zero is exact
+
+
+def test_recalibration_resets_activation_ranges() -> None:
+    conv = QConv2d(2, 2, 1, bias=False)
+    conv.train()(torch.full((1, 2, 2, 2), 100.0))
+    assert float(conv.input_quant.hi) == pytest.approx(100.0)
+    recalibrate_bn(conv, [torch.ones(1, 2, 2, 2), 3 * torch.ones(1, 2, 2, 2)])
+    assert float(conv.input_quant.hi) == pytest.approx(2.0)  # cumulative mean of 1 and 3
+    assert int(conv.input_quant.count) == 2 and not conv.training
+
+
+@pytest.mark.parametrize("precisions", [("int8",) * 4, ("binary",) * 4,
+                                        ("fp32", "int8", "binary", "int8"),
+                                        ("binary", "fp32", "fp32", "int8")])
+def test_mixed_precision_extraction_is_exact(precisions: tuple[str, ...]) -> None:
+    net = calibrated_supernet(MP)
+    rng = np.random.default_rng(0)
+    gen = torch.Generator().manual_seed(2)
+    for _ in range(4):
+        arch = Arch.sample(MP, rng).replace(precisions=precisions)
+        x = torch.randn(4, 1, arch.resolution, arch.resolution, generator=gen)
+        net.train()
+        with torch.no_grad():
+            net(x, arch)  # observe int8 ranges
+        net.eval()
+        static = extract(net, arch).eval()
+        with torch.no_grad():
+            expected, got = net(x, arch), static(x)
+        assert expected.abs().max() > 1e-3
+        assert float((expected - got).abs().max()) <= 1e-5
+        kinds = {type(m).__name__ for m in static.modules()}
+        assert ("QConv2d" in kinds) == ("int8" in precisions)
+        assert ("BinaryPointwise" in kinds) == ("binary" in precisions)
+
+
+def test_binary_activations_switch_reaches_extracted_blocks() -> None:
+    net = calibrated_supernet(MP)
+    arch = Arch.largest(MP).replace(precisions=("binary",) * 4)
+    x = torch.randn(2, 1, arch.resolution, arch.resolution)
+    with torch.no_grad():
+        on = net(x, arch)
+        net.set_binary_activations(False)
+        off = net(x, arch)
+        static = extract(net, arch).eval()
+    assert not torch.allclose(on, off)
+    blocks = [m for m in static.modules() if isinstance(m, BinaryPointwise)]
+    assert blocks and not any(b.binary_activations for b in blocks)
+    with torch.no_grad():
+        assert torch.allclose(static(x), off, atol=1e-5)
+
+
+def test_low_precision_stages_need_a_space_that_offers_them() -> None:
+    net = calibrated_supernet("mbv3_small28")
+    with pytest.raises(ValueError, match="has no int8 precision"):
+        net.block(0, 0)(torch.randn(1, 16, 8, 8), 3, 3, "int8")
