@@ -238,15 +238,28 @@ def profile_cmd(
     width_mult: Annotated[float | None, typer.Option("--width")] = None,
     time_cap: Annotated[float, typer.Option("--time-cap", help="seconds per unit")] = 0.5,
     overhead_archs: Annotated[int, typer.Option("--overhead-archs", min=0)] = 10,
+    precisions: Annotated[list[str] | None, typer.Option(
+        "--precision", "-p", help="repeat for several (default: all that the space offers; "
+        "int8 and binary units are measured as export emits them)")] = None,
 ) -> None:
     """Measure (or resume) WORKSPACE/hw_profiles/DEVICE.json on this host."""
+    import dataclasses
+
     from ofa_search.profiling import DeviceProfile, TimingConfig
     from ofa_search.profiling.builder import build_table
+    from ofa_search.space import get_space
 
     if backend == "onnxruntime":
         profile = DeviceProfile.local_onnxruntime(threads, id=device)
     else:
         profile = DeviceProfile.local_tvm(threads, id=device)
+    offered = get_space(space).precisions
+    chosen = tuple(precisions) if precisions else offered
+    unknown = [p for p in chosen if p not in offered]
+    if unknown:
+        raise typer.BadParameter(f"space {space!r} offers precisions {list(offered)}, not "
+                                 f"{unknown}", param_hint="--precision")
+    profile = dataclasses.replace(profile, precisions=chosen)
     timing = TimingConfig(warmup=3, min_runs=7, max_runs=200, time_cap_s=time_cap)
     out = workspace / "hw_profiles" / f"{device}.json"
     table = build_table(space, profile, resolutions, out, width_mult=width_mult,

@@ -98,10 +98,10 @@ class ServiceState:
 
     def check_precision(self, device: str, precision: str | None) -> None:
         """Refuse (422) a precision that ``device``'s space or the search cannot price."""
-        from ofa_search.space import SUPPORTED_PRECISIONS, get_space
+        from ofa_search.search.encoding import ANY_PRECISION
 
         table = self.table(device)
-        offered = [p for p in get_space(table.space).precisions if p in SUPPORTED_PRECISIONS]
+        offered = [*self.engine.modes(device), ANY_PRECISION]
         if precision is not None and precision not in offered:
             raise UnsupportedPrecisionError(f"precision {precision!r} is not available on "
                                             f"device {device!r} (space {table.space!r}); "

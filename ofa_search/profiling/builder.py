@@ -92,6 +92,40 @@ def enumerate_units(space: str | SearchSpace, width_mult: float | None = None,
     return list(units.values())
 
 
+def table_units(spec: SearchSpace, width: float, resolutions: Sequence[int],
+                precisions: Sequence[str]) -> list[Unit]:
+    """:func:`enumerate_units` at every precision of ``precisions`` that ``spec`` offers
+    (fp32 first; stem, first block and head are fp32 at every precision, so they are
+    listed once)."""
+    units: dict[str, Unit] = {}
+    for precision in [p for p in ("fp32", "int8", "binary")
+                      if p in precisions and p in spec.precisions]:
+        for unit in enumerate_units(spec, width, resolutions, precision):
+            units.setdefault(unit.key, unit)
+    return list(units.values())
+
+
+def measure_unit(backend: Measurer, unit: Unit, profile: DeviceProfile) -> TimingStats:
+    """Latency of one unit as export emits it: fp32 ONNX on ``backend``; ``int8`` the QDQ
+    model of :mod:`ofa_search.quant` on ``backend`` (ONNX Runtime's int8 kernels);
+    ``binary`` the bit-packed block of :mod:`ofa_search.binary` on this host."""
+    if unit.precision == "binary":
+        if profile.backend != "onnxruntime":
+            raise ValueError(f"binary units run on this host's bit-packed runtime; profile "
+                             f"{profile.id!r} ({profile.backend}) cannot price them")
+        from ofa_search.binary.measure import measure_binary_unit
+
+        assert isinstance(unit, MBConvUnit)
+        return measure_binary_unit(unit, threads=profile.intra_op_threads or 1)
+    if unit.precision == "int8":
+        from ofa_search.quant.units import int8_unit_onnx
+
+        model, inputs = int8_unit_onnx(unit, profile.batch_size)
+    else:
+        model, inputs = unit_onnx(unit, profile.batch_size)
+    return backend.measure(model, inputs)
+
+
 def unit_onnx(unit: Unit, batch_size: int = 1) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
     """The unit's randomly initialised module exported to ONNX, with a seeded input."""
     module = build_unit(unit)
@@ -122,8 +156,10 @@ def sample_archs(space: str | SearchSpace, n: int, seed: int, width_mult: float,
     """``n`` seeded random archs at ``width_mult``, resolutions drawn from ``resolutions``."""
     gen = np.random.default_rng(seed)
     res = [int(r) for r in resolutions]
+    fp32 = ("fp32",) * get_space(space).num_stages
     return [Arch.sample(space, gen, width_mult=width_mult,
-                        resolution=res[int(gen.integers(len(res)))]) for _ in range(n)]
+                        resolution=res[int(gen.integers(len(res)))]).replace(precisions=fp32)
+            for _ in range(n)]
 
 
 def _start_table(spec: SearchSpace, profile: DeviceProfile, width: float,
@@ -141,6 +177,8 @@ def _start_table(spec: SearchSpace, profile: DeviceProfile, width: float,
                 f"{out_path} prices space {table.space!r} at width {table.width_mult}, not "
                 f"{spec.name!r} at width {width}")
         table.resolutions = tuple(sorted(set(table.resolutions) | set(resolutions)))
+        extra = [p for p in profile.precisions if p not in table.precisions]
+        table.device = {**table.device, "precisions": [*table.precisions, *extra]}
         table.complete = False
         return table
     return LatencyTable(
@@ -186,7 +224,8 @@ def build_table(space: str | SearchSpace, profile: DeviceProfile,
         backend = get_backend(profile, timing=timing)
     try:
         table = _start_table(spec, profile, width, res, path, backend, timing)
-        todo = [u for u in enumerate_units(spec, width, res) if u.key not in table.entries]
+        units = table_units(spec, width, res, profile.precisions)
+        todo = [u for u in units if u.key not in table.entries]
         if todo:
             table.meta.pop("overhead", None)  # new units: the overhead is refitted
         if limit is not None:
@@ -195,8 +234,7 @@ def build_table(space: str | SearchSpace, profile: DeviceProfile,
         try:
             for i, unit in enumerate(bar, 1):
                 start = time.perf_counter()
-                model, inputs = unit_onnx(unit, profile.batch_size)
-                stats = backend.measure(model, inputs)
+                stats = measure_unit(backend, unit, profile)
                 table.entries[unit.key] = stats.to_dict()
                 table.meta["unit_wall_s"] = (float(table.meta.get("unit_wall_s", 0.0))
                                              + time.perf_counter() - start)
@@ -207,7 +245,7 @@ def build_table(space: str | SearchSpace, profile: DeviceProfile,
         except BaseException:
             table.save(path)  # keep what was measured (still marked incomplete)
             raise
-        remaining = [u for u in enumerate_units(spec, width, res) if u.key not in table.entries]
+        remaining = [u for u in units if u.key not in table.entries]
         if remaining:
             table.save(path)
             return table

@@ -117,6 +117,11 @@ class LatencyTable:
         """
         return self.unit_sum(arch) + self.overhead_ms
 
+    @property
+    def precisions(self) -> tuple[str, ...]:
+        """The precisions whose units the table holds (its profile's ``precisions``)."""
+        return tuple(self.device.get("precisions", ("fp32",)))
+
     def covers(self, arch: Arch) -> bool:
         """Whether :meth:`predict` can price ``arch``."""
         try:

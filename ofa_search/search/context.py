@@ -10,9 +10,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ofa_search.errors import OfaSearchError
+from ofa_search.errors import OfaSearchError, UnsupportedPrecisionError
 from ofa_search.profiling.lut import find_table
-from ofa_search.search.encoding import ArchEncoding
+from ofa_search.search.encoding import ArchEncoding, mode_precisions
 from ofa_search.search.evaluator import AccuracyModel, CachedEvaluator, LatencyModel
 from ofa_search.workspace import Workspace
 
@@ -112,6 +112,12 @@ def load_context(workspace: Workspace, device: str, precision: str | None = None
     latency, latency_name = load_latency_predictor(workspace, device, latency_kind)
     encoding = ArchEncoding.for_table(table.space, resolutions=table.resolutions,
                                       width_mult=table.width_mult, precision=precision)
+    missing = [p for p in mode_precisions(precision) if p not in table.precisions]
+    if missing:
+        raise UnsupportedPrecisionError(
+            f"device {device!r} has no {', '.join(missing)} units in its latency table "
+            f"(it prices {', '.join(table.precisions)}); profile them with "
+            f"`ofa-search profile --precision …`")
     if accuracy is not None:
         acc_name = accuracy_name or type(accuracy).__name__
         acc_identity: str | None = acc_name

@@ -33,6 +33,29 @@ from ofa_search.arch import Arch
 from ofa_search.errors import OfaSearchError, UnsupportedPrecisionError
 from ofa_search.space import SUPPORTED_PRECISIONS, SearchSpace, get_space
 
+PRECISION_MODES: dict[str, tuple[str, ...]] = {
+    "fp32": ("fp32",),
+    "int8": ("fp32", "int8"),
+    "binary": ("fp32", "binary"),
+}
+"""What a query's precision allows per stage: ``fp32`` only fp32 stages; ``int8`` and
+``binary`` let the search choose, stage by stage, between fp32 and that precision (a
+searched ``s{S}.p`` parameter). ``any`` (:data:`ANY_PRECISION`) is the best answer of
+all three modes, so every answer exports as one artefact (an int8 QDQ model or a binary
+package)."""
+
+ANY_PRECISION = "any"
+
+
+def mode_precisions(mode: str) -> tuple[str, ...]:
+    """The per-stage precisions of precision mode ``mode``."""
+    try:
+        return PRECISION_MODES[mode]
+    except KeyError:
+        raise UnsupportedPrecisionError(
+            f"unknown precision {mode!r}; choose one of "
+            f"{', '.join([*PRECISION_MODES, ANY_PRECISION])}") from None
+
 
 @dataclass(frozen=True)
 class ArchEncoding:
@@ -80,10 +103,12 @@ class ArchEncoding:
     @classmethod
     def for_table(cls, space: str | SearchSpace, *, resolutions: Sequence[int],
                   width_mult: float, precision: str = "fp32") -> ArchEncoding:
-        """The encoding for a device table covering ``resolutions`` at ``width_mult``."""
+        """The encoding for a device table covering ``resolutions`` at ``width_mult``, in a
+        precision mode of :data:`PRECISION_MODES`."""
         spec = get_space(space)
         usable = [r for r in spec.resolutions if r in set(resolutions)]
-        return cls(spec, resolutions=usable, width_mults=(width_mult,), precisions=(precision,))
+        return cls(spec, resolutions=usable, width_mults=(width_mult,),
+                   precisions=mode_precisions(precision))
 
     # -- parameters -------------------------------------------------------------------
     def distributions(self) -> dict[str, CategoricalDistribution]:

@@ -11,6 +11,7 @@ so a service answers repeated queries without reloading; :func:`query` is a thin
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import threading
 import time
@@ -21,10 +22,13 @@ import numpy as np
 
 from ofa_search.arch import Arch
 from ofa_search.errors import InfeasibleBudgetError, OfaSearchError
+from ofa_search.profiling.lut import find_table
 from ofa_search.search.context import DEFAULT_PRECISION, DeviceContext, load_context
+from ofa_search.search.encoding import ANY_PRECISION, PRECISION_MODES
 from ofa_search.search.engines import best_feasible, run_search
 from ofa_search.search.evaluator import AccuracyModel, Evaluation
 from ofa_search.search.front import Front
+from ofa_search.space import get_space
 from ofa_search.units import count_macs, count_params
 from ofa_search.workspace import Workspace
 
@@ -155,6 +159,8 @@ class QueryEngine:
         if not np.isfinite(latency_ms) or latency_ms <= 0:
             raise OfaSearchError(f"latency budget must be a positive number of ms, got "
                                  f"{latency_ms!r}")
+        if precision == ANY_PRECISION:
+            return self._query_any(device, latency_ms, refine)
         ctx = self.context(device, precision)  # loaded once per engine, not timed
         low = self.min_latency_ms(device, precision)
         start = time.perf_counter()
@@ -184,6 +190,32 @@ class QueryEngine:
             predicted_latency_ms=found.latency_ms, macs_m=count_macs(found.arch) / 1e6,
             params_m=count_params(found.arch) / 1e6, source=source,
             latency_predictor=ctx.latency_name, found_in_s=time.perf_counter() - start)
+
+    def modes(self, device: str) -> list[str]:
+        """The precision modes whose units ``device``'s table holds."""
+        table = find_table(device, workspace=self.workspace.root)
+        return [mode for mode, precs in PRECISION_MODES.items()
+                if all(p in table.precisions and p in get_space(table.space).precisions
+                       for p in precs)]
+
+    def _query_any(self, device: str, latency_ms: float, refine: bool) -> QueryResult:
+        """The most accurate answer over every precision mode the device offers."""
+        start = time.perf_counter()
+        answers: list[QueryResult] = []
+        lows: list[float] = []
+        for mode in self.modes(device):
+            try:
+                answers.append(self.query(device, latency_ms, mode, refine=refine))
+            except InfeasibleBudgetError as exc:
+                if exc.min_latency_ms is not None:
+                    lows.append(exc.min_latency_ms)
+        if not answers:
+            low = min(lows, default=float("nan"))
+            raise InfeasibleBudgetError(
+                f"no subnet fits {latency_ms:g} ms on device {device!r} at any precision: the "
+                f"fastest one is predicted at {low:.4g} ms", min_latency_ms=low)
+        best = max(answers, key=lambda r: r.predicted_accuracy)
+        return dataclasses.replace(best, found_in_s=time.perf_counter() - start)
 
     def _cold_search(self, ctx: DeviceContext, budget_ms: float) -> Evaluation:
         evaluator = ctx.evaluator()
