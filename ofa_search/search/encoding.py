@@ -217,10 +217,16 @@ class ArchEncoding:
 
     def neighbours(self, arch: Arch) -> list[Arch]:
         """Every arch one choice away from ``arch`` (resolution, a stage's depth — new
-        blocks at the smallest choices — or one block's kernel or expand ratio)."""
+        blocks at the smallest choices —, a stage's precision, or one block's kernel or
+        expand ratio)."""
         spec = self.space
         out = [arch.replace(resolution=r) for r in self.resolutions if r != arch.resolution]
         for s in range(spec.num_stages):
+            for p in self.precisions:
+                if p != arch.precisions[s]:
+                    precisions = list(arch.precisions)
+                    precisions[s] = p
+                    out.append(arch.replace(precisions=tuple(precisions)))
             for d in spec.depths:
                 if d == arch.depths[s]:
                     continue

@@ -1,0 +1,101 @@
+"""Precision as a search dimension: the fp32 / int8 / binary modes and ``any``, on a
+mixed-precision device table whose unit latencies are a known function of MACs."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pytest
+from search_objective import MacsProxy
+
+from ofa_search.arch import Arch
+from ofa_search.errors import InfeasibleBudgetError, UnsupportedPrecisionError
+from ofa_search.profiling.builder import table_units
+from ofa_search.profiling.device import DeviceProfile
+from ofa_search.profiling.lut import LatencyTable
+from ofa_search.search import QueryEngine
+from ofa_search.space import get_space
+from ofa_search.workspace import Workspace
+
+MP = "mbv3_small28_mp"
+DEVICE = "mp-test"
+SPEED = {"fp32": 1.0, "int8": 0.5, "binary": 0.25}  # latency per MAC, relative
+COST = {"fp32": 0.0, "int8": 0.004, "binary": 0.03}  # accuracy lost per stage
+
+
+class PrecisionProxy(MacsProxy):
+    """MacsProxy minus a fixed cost per low-precision stage."""
+
+    def __init__(self) -> None:
+        super().__init__(MP)
+
+    def predict(self, archs: Sequence[Arch]) -> np.ndarray:
+        base = super().predict(archs)
+        return base - np.array([sum(COST[p] for p in a.precisions) for a in archs])
+
+
+def write_table(ws: Workspace, precisions: tuple[str, ...]) -> None:
+    profile = DeviceProfile.local_onnxruntime(1, id=DEVICE)
+    profile = DeviceProfile.from_dict({**profile.to_dict(), "precisions": list(precisions)})
+    table = LatencyTable(device_id=DEVICE, device=profile.to_dict(), space=MP, width_mult=1.0,
+                         resolutions=(16, 20), fingerprint=profile.fingerprint())
+    for unit in table_units(get_space(MP), 1.0, (16, 20), precisions):
+        ms = 0.01 + 1e-6 * unit.macs() * SPEED[unit.precision]
+        table.entries[unit.key] = {"median_ms": ms, "iqr_ms": 0.0, "count": 1}
+    table.save(ws.hw_profiles_dir / f"{DEVICE}.json")
+
+
+@pytest.fixture(scope="module")
+def engine(tmp_path_factory: pytest.TempPathFactory) -> QueryEngine:
+    ws = Workspace(tmp_path_factory.mktemp("prec") / "ws")
+    write_table(ws, ("fp32", "int8", "binary"))
+    return QueryEngine(ws, accuracy=PrecisionProxy(), accuracy_name="precision-proxy",
+                       cold_trials=600)
+
+
+def test_table_units_cover_each_precision_once() -> None:
+    units = table_units(get_space(MP), 1.0, (16,), ("fp32", "int8", "binary"))
+    keys = [u.key for u in units]
+    assert len(keys) == len(set(keys))
+    by = {p: sum(u.precision == p for u in units) for p in SPEED}
+    assert by["int8"] == by["binary"] == by["fp32"] - 3  # stem, first block, head: fp32 only
+
+
+def test_each_mode_searches_its_own_per_stage_precisions(engine: QueryEngine) -> None:
+    assert engine.modes(DEVICE) == ["fp32", "int8", "binary"]
+    budget = 1.3 * engine.min_latency_ms(DEVICE, "fp32")
+    answers = {mode: engine.query(DEVICE, budget, mode) for mode in engine.modes(DEVICE)}
+    assert set(answers["fp32"].arch.precisions) == {"fp32"}
+    assert set(answers["int8"].arch.precisions) <= {"fp32", "int8"}
+    assert "int8" in answers["int8"].arch.precisions  # the cheap precision buys accuracy
+    assert set(answers["binary"].arch.precisions) <= {"fp32", "binary"}
+    for answer in answers.values():
+        assert answer.predicted_latency_ms <= budget
+    assert answers["int8"].predicted_accuracy > answers["fp32"].predicted_accuracy
+    best = engine.query(DEVICE, budget, "any")
+    assert best.predicted_accuracy == max(a.predicted_accuracy for a in answers.values())
+    assert best.arch == max(answers.values(), key=lambda a: a.predicted_accuracy).arch
+
+
+def test_any_is_infeasible_only_below_every_mode(engine: QueryEngine) -> None:
+    lows = {mode: engine.min_latency_ms(DEVICE, mode) for mode in engine.modes(DEVICE)}
+    assert lows["binary"] < lows["fp32"] and lows["int8"] < lows["fp32"]
+    with pytest.raises(InfeasibleBudgetError) as info:
+        engine.query(DEVICE, min(lows.values()) * 0.9, "any")
+    assert info.value.min_latency_ms == pytest.approx(min(lows.values()))
+    between = (max(lows["int8"], lows["binary"]) + lows["fp32"]) / 2
+    answer = engine.query(DEVICE, between, "any")  # no fp32-only arch fits
+    assert answer.precision in ("int8", "binary")
+    assert set(answer.arch.precisions) - {"fp32"}
+
+
+def test_unknown_or_unprofiled_precisions_are_refused(tmp_path) -> None:
+    ws = Workspace(tmp_path / "ws")
+    write_table(ws, ("fp32",))
+    eng = QueryEngine(ws, accuracy=PrecisionProxy(), accuracy_name="precision-proxy")
+    with pytest.raises(UnsupportedPrecisionError, match="has no int8 units in its latency"):
+        eng.query(DEVICE, 1.0, "int8")
+    with pytest.raises(UnsupportedPrecisionError, match="unknown precision 'int4'"):
+        eng.query(DEVICE, 1.0, "int4")
+    assert eng.modes(DEVICE) == ["fp32"]
