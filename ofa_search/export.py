@@ -22,10 +22,11 @@ from __future__ import annotations
 
 import hashlib
 import io
+import itertools
 import os
 import platform
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -59,7 +60,12 @@ class ArtefactFormat:
 
     ``write(net, path)`` writes ``net`` (in eval mode) to ``path`` atomically;
     ``verify(path, net, x)`` reloads ``path`` with ``runtime`` and returns the largest
-    absolute difference between its outputs and ``net(x)`` on the real inputs ``x``.
+    absolute difference between its outputs and ``net(x)`` on the real inputs ``x`` (or
+    the format's documented measure of it, e.g. relative to the logit range for int8).
+    Formats that need training images to write (int8 quantisation) set
+    ``calibrated_write(net, path, batches)``: :func:`export` calls it instead of ``write``,
+    with the un-augmented training batches of the BN recalibration (``[N, C, r, r]``
+    float32 arrays).
     """
 
     name: str
@@ -69,6 +75,7 @@ class ArtefactFormat:
     description: str
     write: Callable[[StaticSubnet, Path], None]
     verify: Callable[[Path, StaticSubnet, torch.Tensor], float]
+    calibrated_write: Callable[[StaticSubnet, Path, Sequence[np.ndarray]], None] | None = None
 
 
 _FORMATS: dict[str, ArtefactFormat] = {}
@@ -282,7 +289,11 @@ def export(checkpoint: str | os.PathLike[str], arch: str | Arch, format: str,
     pending = folder / f".{final.name}.unverified"
     say(f"writing {fmt.name} artefact and verifying it with {fmt.runtime}")
     try:
-        fmt.write(net, pending)
+        if fmt.calibrated_write is not None:
+            fmt.calibrated_write(net, pending, _train_batches(data, parsed.resolution,
+                                                              calib_batches, seed))
+        else:
+            fmt.write(net, pending)
         diff = fmt.verify(pending, net, x)
         if not diff <= fmt.tolerance:  # also catches NaN
             raise VerificationError(f"{fmt.name} artefact of {parsed.to_string()} differs from "
@@ -327,6 +338,15 @@ def export(checkpoint: str | os.PathLike[str], arch: str | Arch, format: str,
     return ExportResult(folder, final, card_json, card_md, card)
 
 
+def _train_batches(data: DatasetSplits, resolution: int, n: int, seed: int) -> list[np.ndarray]:
+    """The ``n`` train batches that :func:`~ofa_search.train.calibrated_subnet` recalibrates
+    BN on (same generator seed and default batch size), as arrays."""
+    gen = torch.Generator().manual_seed(seed)
+    batches = iterate_batches(data.train, 128, shuffle=True, generator=gen,
+                              resolution=resolution)
+    return [x.numpy() for x, _ in itertools.islice(batches, n)]
+
+
 def _predict_latency(ws: Workspace, device: str, arch: Arch) -> dict[str, Any]:
     from predictors.loading import load_latency_predictor
 
@@ -355,3 +375,4 @@ def _measure_latency(ws: Workspace, device: str, arch: Arch) -> dict[str, Any]:
     return {"measured_latency_ms": stats.median_ms, "measured_iqr_ms": stats.iqr_ms,
             "measured_runs": stats.count, "batch_size": profile.batch_size,
             "not_measured_reason": None}
+import ofa_search.quant.formats  # noqa: E402, F401  (registers onnx_int8, onnx_int8_ptq)

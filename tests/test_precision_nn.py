@@ -115,3 +115,12 @@ def test_low_precision_stages_need_a_space_that_offers_them() -> None:
     net = calibrated_supernet("mbv3_small28")
     with pytest.raises(ValueError, match="has no int8 precision"):
         net.block(0, 0)(torch.randn(1, 16, 8, 8), 3, 3, "int8")
+
+
+def test_binary_input_bn_thresholds_relu_outputs_into_both_signs() -> None:
+    layer = BinaryPointwise(8, 16).train()
+    x = torch.relu(torch.randn(4, 8, 5, 5, generator=torch.Generator().manual_seed(0)))
+    assert bool((binary_sign(x) > 0).all())  # sign alone: +1 everywhere after a ReLU
+    with torch.no_grad():
+        signs = binary_sign(layer.in_bn(x))
+    assert 0.3 < float((signs > 0).float().mean()) < 0.7

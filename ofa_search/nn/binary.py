@@ -11,11 +11,14 @@ carries the block's stride, so downsampling stays full precision (the BNN design
 of Bi-Real Net and ReActNet). Squeeze-excite, the stem, the first block and the head stay
 full precision too.
 
-A binary 1×1 conv computes ``α_o · Σ_c sign(w_oc) · sign(x_c)`` (XNOR-Net's per-output-
-channel scale ``α_o = mean |w_o|``), followed by its batch norm, plus a real-valued
-shortcut of its input (Bi-Real Net): the input's channels repeated cyclically to the
-output width (channel ``o`` takes input channel ``o mod C_in``), so the shortcut exists
-for any pair of widths without parameters.
+A binary 1×1 conv computes ``α_o · Σ_c sign(w_oc) · sign(n_c)`` (XNOR-Net's per-output-
+channel scale ``α_o = mean |w_o|``) where ``n = BN_in(x)`` is its input through a batch
+norm of its own (XNOR-Net's BN → sign → conv order: the input of a project conv follows
+a ReLU or h-swish, so ``sign(x)`` alone would be +1 almost everywhere; the BN sets a
+learned threshold per channel, as ReActNet's RSign does), followed by its output batch
+norm, plus a real-valued shortcut of its input ``x`` (Bi-Real Net): the input's
+channels repeated cyclically to the output width (channel ``o`` takes input channel
+``o mod C_in``), so the shortcut exists for any pair of widths without parameters.
 
 ``sign`` maps 0 to +1 (``torch.sign(0)`` is 0, which is not a binary value); its gradient
 is the clipped identity (1 where ``|x| ≤ 1``, else 0). Training is two-staged (Bi-Real,
@@ -63,7 +66,7 @@ def binary_pointwise(x: torch.Tensor, weight: torch.Tensor,
 
 
 class BinaryPointwise(nn.Module):
-    """Binary 1×1 conv → BN → + real-valued cyclic shortcut [→ activation].
+    """Input BN → binary 1×1 conv → BN → + real-valued cyclic shortcut [→ activation].
 
     Attributes:
         binary_activations: binarize the input (the final, deployable form) or only the
@@ -74,13 +77,15 @@ class BinaryPointwise(nn.Module):
                  binary_activations: bool = True) -> None:
         super().__init__()
         self.in_channels, self.out_channels = in_channels, out_channels
+        self.in_bn = nn.BatchNorm2d(in_channels)
         self.conv = nn.Conv2d(in_channels, out_channels, 1, bias=False)
         self.bn = nn.BatchNorm2d(out_channels)
         self.act = act
         self.binary_activations = binary_activations
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.bn(binary_pointwise(x, self.conv.weight, self.binary_activations))
+        out = self.bn(binary_pointwise(self.in_bn(x), self.conv.weight,
+                                       self.binary_activations))
         out = out + cyclic_channels(x, self.out_channels)
         return out if self.act is None else self.act(out)
 

@@ -30,8 +30,9 @@ class ElasticMBConv(nn.Module):
 
     When the space offers ``int8``, the block also holds one activation quantiser per conv
     input (shared by all subnets, like BN statistics, and recalibrated per subnet); when it
-    offers ``binary``, separate batch norms for the binary expand and project convs (their
-    outputs' statistics differ from the fp32 convs' over the same latent weights).
+    offers ``binary``, separate batch norms for the binary expand and project convs, on
+    their inputs (the threshold of the sign) and outputs (whose statistics differ from the
+    fp32 convs' over the same latent weights).
     ``binary_activations`` is the two-stage switch of :mod:`ofa_search.nn.binary`.
     """
 
@@ -57,8 +58,12 @@ class ElasticMBConv(nn.Module):
                                         for name in ("expand", "depthwise", "project")})
         self.binary_expand_bn: DynamicBatchNorm2d | None = None
         self.binary_project_bn: nn.BatchNorm2d | None = None
+        self.binary_expand_in_bn: nn.BatchNorm2d | None = None
+        self.binary_project_in_bn: DynamicBatchNorm2d | None = None
         if "binary" in space.precisions:
+            self.binary_expand_in_bn = nn.BatchNorm2d(in_channels)
             self.binary_expand_bn = DynamicBatchNorm2d(max_mid)
+            self.binary_project_in_bn = DynamicBatchNorm2d(max_mid)
             self.binary_project_bn = nn.BatchNorm2d(out_channels)
         self.binary_activations = True
 
@@ -97,17 +102,19 @@ class ElasticMBConv(nn.Module):
         return out + x if self.residual else out
 
     def _forward_binary(self, x: torch.Tensor, kernel: int, mid: int) -> torch.Tensor:
-        if self.binary_expand_bn is None or self.binary_project_bn is None:
+        if (self.binary_expand_bn is None or self.binary_project_bn is None
+                or self.binary_expand_in_bn is None or self.binary_project_in_bn is None):
             raise ValueError(f"space {self.space.name!r} has no binary precision")
         acts = self.binary_activations
         w = self.expand_conv.active_weight(mid, x.shape[1])
-        out = self.binary_expand_bn(binary_pointwise(x, w, acts)) + cyclic_channels(x, mid)
+        out = (self.binary_expand_bn(binary_pointwise(self.binary_expand_in_bn(x), w, acts))
+               + cyclic_channels(x, mid))
         out = self.act(out)
         out = self.act(self.depthwise_bn(self.depthwise(out, kernel)))
         if self.se is not None:
             out = self.se(out, self.space.se_channels(mid))
         w = self.project.active_weight(self.out_channels, mid)
-        out = (self.binary_project_bn(binary_pointwise(out, w, acts))
+        out = (self.binary_project_bn(binary_pointwise(self.binary_project_in_bn(out), w, acts))
                + cyclic_channels(out, self.out_channels))
         return out + x if self.residual else out
 
@@ -137,8 +144,12 @@ class ElasticMBConv(nn.Module):
             assert isinstance(block.expand, BinaryPointwise)
             assert isinstance(block.project, BinaryPointwise)
             assert self.binary_expand_bn is not None and self.binary_project_bn is not None
+            assert (self.binary_expand_in_bn is not None
+                    and self.binary_project_in_bn is not None)
+            block.expand.in_bn.load_state_dict(self.binary_expand_in_bn.state_dict())
             block.expand.conv = expand_conv
             block.expand.bn = self.binary_expand_bn.to_static(mid)
+            block.project.in_bn = self.binary_project_in_bn.to_static(mid)
             block.project.conv = project_conv
             block.project.bn.load_state_dict(self.binary_project_bn.state_dict())
             block.expand.binary_activations = self.binary_activations
@@ -166,7 +177,8 @@ class ElasticMBConv(nn.Module):
         importance = self.project.weight.abs().sum(dim=(0, 2, 3))
         order = torch.argsort(importance, descending=True, stable=True)
         self.expand_conv.weight.copy_(self.expand_conv.weight[order])
-        for bn in (self.expand_bn, self.depthwise_bn, self.binary_expand_bn):
+        for bn in (self.expand_bn, self.depthwise_bn, self.binary_expand_bn,
+                   self.binary_project_in_bn):
             if bn is not None:
                 _permute_bn(bn, order)
         self.depthwise.weight.copy_(self.depthwise.weight[order])

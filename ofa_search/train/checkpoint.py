@@ -87,7 +87,7 @@ def load_supernet(checkpoint: str | os.PathLike[str]) -> tuple[Supernet, dict[st
     return net.eval(), meta
 
 
-LOW_PRECISION_ONLY = (".quant.", ".binary_expand_bn.", ".binary_project_bn.")
+LOW_PRECISION_ONLY = (".quant.", ".binary_")
 """Substrings of the state-dict keys of layers that only int8 / binary stages use."""
 
 

@@ -38,6 +38,7 @@ from ofa_search.train.checkpoint import load_checkpoint, load_init_weights, save
 from ofa_search.train.strategies import (
     STRATEGIES,
     Phase,
+    PrecisionPhase,
     Segment,
     SubnetTask,
     TrainingStrategy,
@@ -65,9 +66,10 @@ class TrainConfig:
             a string or JSON of one subnet, at its resolution); ``n_random`` is the
             sandwich's number
             of random archs per step. For ``ps``, ``ps_phases`` sets each phase's choices,
-            subnets per step, epochs and lr; by default (:func:`default_phases`) ``epochs``
-            is the length of *each* phase, the first phase runs at ``lr`` and the later ones
-            at ``lr × ps_later_lr_scale``.
+            subnets per step, epochs and lr (``precision_phases`` likewise for strategy
+            ``precision``, default :func:`default_precision_phases`); by default
+            (:func:`default_phases`) ``epochs`` is the length of *each* phase, the first
+            phase runs at ``lr`` and the later ones at ``lr × ps_later_lr_scale``.
         epochs, batch_size (per rank), lr (peak), momentum, nesterov, weight_decay (not on
             BN parameters and biases), warmup_epochs (linear, at the start of every
             lr segment), label_smoothing, kd_ratio, grad_clip (max global L2 norm or None).
@@ -98,6 +100,7 @@ class TrainConfig:
     n_random: int = 2
     ps_later_lr_scale: float = 0.3
     ps_phases: tuple[Phase, ...] | None = None
+    precision_phases: tuple[PrecisionPhase, ...] | None = None
     arch: str | None = None
     epochs: int = 5
     batch_size: int = 64
@@ -154,17 +157,22 @@ class TrainConfig:
             check(self.strategy == "ps" and len(self.ps_phases) > 0,
                   "ps_phases needs strategy='ps' and at least one phase")
             object.__setattr__(self, "ps_phases", tuple(self.ps_phases))
+        if self.precision_phases is not None:
+            check(self.strategy == "precision" and len(self.precision_phases) > 0,
+                  "precision_phases needs strategy='precision' and at least one phase")
+            object.__setattr__(self, "precision_phases", tuple(self.precision_phases))
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data (tuples as lists)."""
         data = dataclasses.asdict(self)
         if data["resolutions"] is not None:
             data["resolutions"] = list(data["resolutions"])
-        if data["ps_phases"] is not None:
-            data["ps_phases"] = [
-                {k: list(v) if isinstance(v, tuple) else v for k, v in phase.items()}
-                for phase in data["ps_phases"]
-            ]
+        for key in ("ps_phases", "precision_phases"):
+            if data[key] is not None:
+                data[key] = [
+                    {k: list(v) if isinstance(v, tuple) else v for k, v in phase.items()}
+                    for phase in data[key]
+                ]
         return data
 
 
@@ -220,8 +228,8 @@ def _strategy_for(config: TrainConfig) -> TrainingStrategy:
     if config.strategy in ("sandwich", "precision"):
         options["n_random"] = config.n_random
     if config.strategy == "precision":
-        options["phases"] = default_precision_phases(config.space, epochs=config.epochs,
-                                                     lr=config.lr)
+        options["phases"] = config.precision_phases or default_precision_phases(
+            config.space, epochs=config.epochs, lr=config.lr)
     if config.strategy == "standalone":
         assert config.arch is not None  # checked by TrainConfig
         options["arch"] = parse_arch(config.arch, config.space)
