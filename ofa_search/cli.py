@@ -334,9 +334,9 @@ def latency_cmd(
 
 # -- commands of the other parts, each in its own module -----------------------------------
 def _register_parts() -> None:
-    from ofa_search import cli_predictors, cli_search, cli_service
+    from ofa_search import cli_predictors, cli_run, cli_search, cli_service
 
-    for part in (cli_predictors, cli_search, cli_service):
+    for part in (cli_predictors, cli_run, cli_search, cli_service):
         part.register(app)
 
 

@@ -46,8 +46,10 @@ def register(app: typer.Typer) -> None:
     @app.command("export")
     def export_cmd(
         workspace: WorkspaceOpt,
-        fmt: Annotated[str, typer.Option("--format", "-f",
-                                         help="onnx, torchscript or state_dict")] = "onnx",
+        fmt: Annotated[str, typer.Option(
+            "--format", "-f", help="auto (onnx, onnx_int8 or binary by the arch's "
+            "precisions), onnx, onnx_int8, onnx_int8_ptq, binary, torchscript or "
+            "state_dict")] = "auto",
         checkpoint: Annotated[Path | None, typer.Option(
             "--checkpoint", "-c", help="default: WORKSPACE/supernet/checkpoint.pt")] = None,
         arch: Annotated[str | None, typer.Option(

@@ -38,9 +38,10 @@ import torch
 from ofa_search.arch import Arch, parse_arch
 from ofa_search.atomic import atomic_write_bytes
 from ofa_search.data import DatasetSplits, iterate_batches, load_dataset
-from ofa_search.errors import InvalidArchError, OfaSearchError
+from ofa_search.errors import InvalidArchError, OfaSearchError, UnsupportedPrecisionError
 from ofa_search.model_card import write_card
 from ofa_search.nn import StaticSubnet, build_static
+from ofa_search.space import PRECISIONS
 from ofa_search.workspace import Workspace
 
 ARTEFACT_STEM = "model"
@@ -65,7 +66,7 @@ class ArtefactFormat:
     Formats that need training images to write (int8 quantisation) set
     ``calibrated_write(net, path, batches)``: :func:`export` calls it instead of ``write``,
     with the un-augmented training batches of the BN recalibration (``[N, C, r, r]``
-    float32 arrays).
+    float32 arrays). ``precisions``: the stage precisions an artefact can hold.
     """
 
     name: str
@@ -76,6 +77,7 @@ class ArtefactFormat:
     write: Callable[[StaticSubnet, Path], None]
     verify: Callable[[Path, StaticSubnet, torch.Tensor], float]
     calibrated_write: Callable[[StaticSubnet, Path, Sequence[np.ndarray]], None] | None = None
+    precisions: tuple[str, ...] = ("fp32",)
 
 
 _FORMATS: dict[str, ArtefactFormat] = {}
@@ -86,6 +88,19 @@ def register_format(fmt: ArtefactFormat, *, replace: bool = False) -> None:
     if fmt.name in _FORMATS and not replace:
         raise ValueError(f"export format {fmt.name!r} is already registered")
     _FORMATS[fmt.name] = fmt
+
+
+AUTO_FORMAT = "auto"
+
+
+def default_format(arch: Arch) -> str:
+    """The artefact format an arch exports to by default (``--format auto``): ``binary`` when
+    it has binary stages, ``onnx_int8`` when it has int8 stages, else ``onnx``."""
+    if "binary" in arch.precisions:
+        return "binary"
+    if "int8" in arch.precisions:
+        return "onnx_int8"
+    return "onnx"
 
 
 def list_formats() -> list[str]:
@@ -183,10 +198,11 @@ def _verify_state_dict(path: Path, net: StaticSubnet, x: torch.Tensor) -> float:
 register_format(ArtefactFormat("onnx", ".onnx", "onnxruntime", 1e-4,
                                "fp32 ONNX, opset 17, batch 1", _write_onnx, _verify_onnx))
 register_format(ArtefactFormat("torchscript", ".pt", "torch.jit", 1e-5,
-                               "TorchScript (traced)", _write_torchscript, _verify_torchscript))
+                               "TorchScript (traced)", _write_torchscript, _verify_torchscript,
+                               precisions=PRECISIONS))
 register_format(ArtefactFormat("state_dict", ".safetensors", "safetensors+torch", 1e-6,
                                "weights of the static subnet (safetensors)",
-                               _write_state_dict, _verify_state_dict))
+                               _write_state_dict, _verify_state_dict, precisions=PRECISIONS))
 
 
 # -- the export ----------------------------------------------------------------------------
@@ -257,7 +273,8 @@ def export(checkpoint: str | os.PathLike[str], arch: str | Arch, format: str,
     from ofa_search.units import count_macs, count_params
 
     say = echo or (lambda _line: None)
-    fmt = get_format(format)
+    if format != AUTO_FORMAT:
+        get_format(format)  # an unknown name fails before any work
     if verify_samples < 1 or calib_batches < 1:
         raise ValueError(f"need verify_samples >= 1 and calib_batches >= 1, got "
                          f"{verify_samples=}, {calib_batches=}")
@@ -269,6 +286,13 @@ def export(checkpoint: str | os.PathLike[str], arch: str | Arch, format: str,
         raise InvalidArchError(f"arch is of space {parsed.space!r}; the checkpoint's is "
                                f"{meta['space']!r}")
     supernet.check_arch(parsed)
+    fmt = get_format(default_format(parsed) if format == AUTO_FORMAT else format)
+    unfit = sorted(set(parsed.precisions) - set(fmt.precisions))
+    if unfit:
+        able = [f.name for f in _FORMATS.values() if set(parsed.precisions) <= set(f.precisions)]
+        raise UnsupportedPrecisionError(
+            f"format {fmt.name!r} cannot hold {', '.join(unfit)} stages (it holds "
+            f"{', '.join(fmt.precisions)}); formats for this arch: {', '.join(able)}")
     latency = _predict_latency(ws, device, parsed) if device is not None else None
     if data is None:
         config = meta.get("config", {})
@@ -375,4 +399,8 @@ def _measure_latency(ws: Workspace, device: str, arch: Arch) -> dict[str, Any]:
     return {"measured_latency_ms": stats.median_ms, "measured_iqr_ms": stats.iqr_ms,
             "measured_runs": stats.count, "batch_size": profile.batch_size,
             "not_measured_reason": None}
-import ofa_search.quant.formats  # noqa: E402, F401  (registers onnx_int8, onnx_int8_ptq)
+
+
+# formats defined elsewhere register themselves on import (they import this module)
+import ofa_search.binary.formats  # noqa: E402
+import ofa_search.quant.formats  # noqa: E402, F401

@@ -277,9 +277,10 @@ def _add_routes(app: FastAPI) -> None:
     def start_export(body: ExportRequest, state: StateDep, request: Request) -> ExportAccepted:
         """Queue an export of ``arch`` (or of the answer to ``device``/``latency_ms``)."""
         from ofa_search.arch import parse_arch
-        from ofa_search.export import get_format
+        from ofa_search.export import AUTO_FORMAT, get_format
 
-        get_format(body.format)
+        if body.format != AUTO_FORMAT:
+            get_format(body.format)
         if state.checkpoint_space is None:
             raise OfaSearchError(f"the workspace has no usable supernet checkpoint at "
                                  f"{state.workspace.checkpoint.name}; train one first")

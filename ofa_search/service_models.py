@@ -56,7 +56,7 @@ class ExportRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    format: str = Field(default="onnx", pattern=r"^[a-z0-9_]{1,32}$",
+    format: str = Field(default="auto", pattern=r"^[a-z0-9_]{1,32}$",
                         description="onnx, torchscript or state_dict")
     arch: str | None = Field(default=None, min_length=1, max_length=4096,
                              description="compact arch string or JSON")

@@ -3,6 +3,8 @@ several folders' fixture files)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
 from ofa_search.arch import Arch
@@ -27,3 +29,15 @@ def calibrated_supernet(space: str, width_mult: float | None = None, seed: int =
         if isinstance(module, torch.nn.BatchNorm2d):
             module.momentum = 0.1
     return net.eval()
+
+
+def save_untrained_checkpoint(space: str, path: Path, seed: int = 2) -> Path:
+    """:func:`calibrated_supernet` saved as a checkpoint (for export tests that need a
+    checkpoint of a space but no training)."""
+    from ofa_search.train.checkpoint import save_checkpoint
+
+    net = calibrated_supernet(space, seed=seed)
+    return save_checkpoint(path, {"space": space, "width_mult": net.width_mult,
+                                  "strategy": {"name": "untrained"}, "epoch": 0, "step": 0,
+                                  "model": net.state_dict(), "optimizer": {},
+                                  "scheduler": {}, "rng": {}, "config": {"dataset": "digits"}})

@@ -104,7 +104,8 @@ def verify_int8(path: Path, net: StaticSubnet, x: torch.Tensor) -> float:
 def _int8_format(name: str, exporter: Int8Exporter, description: str) -> ArtefactFormat:
     return ArtefactFormat(name, ".onnx", "onnxruntime", INT8_RELATIVE_TOLERANCE, description,
                           _needs_calibration(name), verify_int8,
-                          calibrated_write=_calibrated_writer(exporter))
+                          calibrated_write=_calibrated_writer(exporter),
+                          precisions=("fp32", "int8"))
 
 
 ONNX_INT8 = _int8_format(

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from supernet_helpers import calibrated_supernet
+from supernet_helpers import save_untrained_checkpoint
 
 import ofa_search.quant.formats as int8_formats
 from ofa_search.arch import parse_arch
@@ -16,7 +16,6 @@ from ofa_search.errors import InvalidArchError
 from ofa_search.export import VerificationError, export, get_format, list_formats
 from ofa_search.nn import StaticSubnet
 from ofa_search.quant.graph import ort_kernel_counts
-from ofa_search.train.checkpoint import save_checkpoint
 
 MP = "mbv3_small28_mp"
 ARCH = "r16_w1.0_k3e4-k5e3_k3e3-k3e4@int8_k5e3-k3e3_k3e4-k3e3@int8"
@@ -25,13 +24,7 @@ ARCH = "r16_w1.0_k3e4-k5e3_k3e3-k3e4@int8_k5e3-k3e3_k3e4-k3e3@int8"
 @pytest.fixture(scope="module")
 def mp_checkpoint(tmp_path_factory: pytest.TempPathFactory, torch_one_thread: None) -> Path:
     """An untrained mbv3_small28_mp supernet (BN statistics from one batch) as a checkpoint."""
-    net = calibrated_supernet(MP, seed=2)
-    path = tmp_path_factory.mktemp("ckpt") / "supernet.pt"
-    save_checkpoint(path, {"space": MP, "width_mult": net.width_mult,
-                           "strategy": {"name": "untrained"}, "epoch": 0, "step": 0,
-                           "model": net.state_dict(), "optimizer": {}, "scheduler": {},
-                           "rng": {}, "config": {"dataset": "digits"}})
-    return path
+    return save_untrained_checkpoint(MP, tmp_path_factory.mktemp("ckpt") / "supernet.pt")
 
 
 def test_formats_are_registered() -> None:

@@ -1,0 +1,169 @@
+"""Turn an eval-mode static subnet into a binary package (:mod:`ofa_search.binary.archive`).
+
+The units of the subnet are walked in order. Full-precision modules (stem, fp32/int8
+blocks, the depthwise conv and squeeze-excite of binary blocks, the head) accumulate into
+the current segment; each :class:`~ofa_search.nn.binary.BinaryPointwise` closes it (one
+ONNX model, exported with :func:`ofa_search.onnx_export.export_onnx`) and becomes a packed
+layer; a binary block with an identity shortcut ends with an add step. So there is one
+ONNX segment per stretch of full-precision code between binary convs, and no more.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import onnx
+import torch
+from torch import nn
+
+from ofa_search.atomic import atomic_write_bytes
+from ofa_search.binary.archive import program_to_bytes
+from ofa_search.binary.layer import PackedPointwise
+from ofa_search.binary.program import (
+    INPUT,
+    OUTPUT,
+    AddStep,
+    BinaryProgram,
+    BinaryStep,
+    OnnxStep,
+    Step,
+)
+from ofa_search.nn.binary import BinaryPointwise
+from ofa_search.nn.quant import QConv2d
+from ofa_search.nn.static import MBConv, StaticSubnet
+from ofa_search.onnx_export import export_onnx
+
+BATCH_DIM = "N"
+
+
+def dynamic_batch(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model`` with its first input and output dimension symbolic (``N``); the inner
+    shape annotations, fixed at batch 1 by the exporter, are dropped."""
+    for value in (*model.graph.input, *model.graph.output):
+        value.type.tensor_type.shape.dim[0].dim_param = BATCH_DIM
+    del model.graph.value_info[:]
+    onnx.checker.check_model(model)
+    return model
+
+
+class _ProgramBuilder:
+    """Collects steps while running the modules once in PyTorch (for the shapes)."""
+
+    def __init__(self, x: torch.Tensor) -> None:
+        self.values: dict[str, torch.Tensor] = {INPUT: x}
+        self.current = INPUT
+        self.pending: list[nn.Module] = []
+        self.steps: list[Step] = []
+        self.segments: list[bytes] = []
+        self.layers: list[PackedPointwise] = []
+
+    def _new_name(self) -> str:
+        return f"v{len(self.steps) + 1}"
+
+    def full_precision(self, module: nn.Module) -> None:
+        self.pending.append(module)
+
+    def flush(self) -> str:
+        """Close the pending segment; the name of the value that now holds its output."""
+        if self.pending:
+            # eval() also on the wrapper: export_onnx restores the wrapper's mode recursively
+            segment = nn.Sequential(*self.pending).eval()
+            source = self.values[self.current]
+            model = dynamic_batch(export_onnx(segment, tuple(source.shape)))
+            name = self._new_name()
+            self.steps.append(OnnxStep(len(self.segments), self.current, name))
+            self.segments.append(model.SerializeToString())
+            with torch.no_grad():
+                self.values[name] = segment(source)
+            self.pending, self.current = [], name
+        return self.current
+
+    def binary(self, module: BinaryPointwise) -> None:
+        source = self.flush()
+        name = self._new_name()
+        self.steps.append(BinaryStep(len(self.layers), source, name))
+        self.layers.append(PackedPointwise.from_module(module))
+        with torch.no_grad():
+            self.values[name] = module(self.values[source])
+        self.current = name
+
+    def add(self, left: str, right: str) -> None:
+        name = self._new_name()
+        self.steps.append(AddStep(left, right, name))
+        self.values[name] = self.values[left] + self.values[right]
+        self.current = name
+
+    def block(self, module: nn.Module) -> None:
+        """One unit: binary MBConv blocks are split, everything else is full precision."""
+        if not (isinstance(module, MBConv) and module.precision == "binary"):
+            self.full_precision(module)
+            return
+        block_input = self.flush() if module.residual else None
+        if module.expand is not None:
+            self._pointwise_or_fp(module.expand)
+        self.full_precision(module.depthwise)
+        if module.se is not None:
+            self.full_precision(module.se)
+        self._pointwise_or_fp(module.project)
+        if block_input is not None:
+            self.add(self.flush(), block_input)
+
+    def _pointwise_or_fp(self, module: nn.Module) -> None:
+        if isinstance(module, BinaryPointwise):
+            self.binary(module)
+        else:
+            self.full_precision(module)
+
+    def finish(self) -> list[Step]:
+        self.flush()
+        if not self.steps:
+            raise ValueError("nothing to package: no modules")
+        last = self.steps[-1]
+        if isinstance(last, OnnxStep):
+            self.steps[-1] = OnnxStep(last.segment, last.input, OUTPUT)
+        elif isinstance(last, BinaryStep):
+            self.steps[-1] = BinaryStep(last.layer, last.input, OUTPUT)
+        else:
+            self.steps[-1] = AddStep(last.left, last.right, OUTPUT)
+        return self.steps
+
+
+def build_program(modules: Sequence[nn.Module], input_shape: tuple[int, int, int], *,
+                  arch: str | None = None, space: str | None = None,
+                  unit: str | None = None) -> BinaryProgram:
+    """The program of ``modules`` run in sequence on one sample of ``input_shape``
+    ``(C, H, W)``; the modules must be in eval mode and hold no int8 layers."""
+    if any(isinstance(m, QConv2d) for module in modules for m in module.modules()):
+        raise ValueError("int8 (fake-quantised) layers cannot go into a binary package: its "
+                         "segments are fp32 ONNX; use fp32 or binary stages (int8 deployment "
+                         "is ofa_search.quant's)")
+    training = [type(m).__name__ for m in modules if m.training]
+    if training:
+        raise ValueError(f"put the network in eval mode before packaging (in training mode: "
+                         f"{', '.join(training)})")
+    builder = _ProgramBuilder(torch.zeros((1, *input_shape)))
+    for module in modules:
+        builder.block(module)
+    steps = builder.finish()
+    return BinaryProgram(input_shape=tuple(input_shape), steps=tuple(steps),
+                         segments=tuple(builder.segments), layers=tuple(builder.layers),
+                         arch=arch, space=space, unit=unit)
+
+
+def subnet_program(net: StaticSubnet) -> BinaryProgram:
+    """The program of an eval-mode static subnet (see :func:`build_program`)."""
+    if not isinstance(net, StaticSubnet):
+        raise TypeError(f"expected a StaticSubnet, got {type(net).__name__}")
+    if net.training:
+        raise ValueError("put the network in eval mode (net.eval()) before packaging")
+    _, c, h, w = net.input_shape(1)
+    return build_program(list(net.units), (c, h, w), arch=net.arch.to_string(),
+                         space=net.arch.space)
+
+
+def write_binary_package(net: StaticSubnet, path: str | os.PathLike[str]) -> Path:
+    """Write ``net`` (eval mode) as one binary package file at ``path``, atomically
+    (a temporary file in the same folder, then a rename)."""
+    return atomic_write_bytes(path, program_to_bytes(subnet_program(net)))

@@ -1,0 +1,78 @@
+"""Exports of low-precision archs: the default format by precision, the binary package
+end to end (export → ofa-search run), and formats that cannot hold an arch's stages."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from supernet_helpers import save_untrained_checkpoint
+from typer.testing import CliRunner
+
+from ofa_search.arch import Arch, parse_arch
+from ofa_search.cli import app
+from ofa_search.data import iterate_batches, load_dataset
+from ofa_search.errors import UnsupportedPrecisionError
+from ofa_search.export import default_format, export
+from ofa_search.train import load_supernet
+from ofa_search.train.bn_calibration import calibrated_subnet
+
+MP = "mbv3_small28_mp"
+BINARY = "r16_w1.0_k3e4-k5e3@binary_k3e3-k3e4_k5e3-k3e3@binary_k3e4-k3e3"
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return save_untrained_checkpoint(MP, tmp_path_factory.mktemp("ckpt") / "supernet.pt")
+
+
+def test_default_format_follows_the_precisions() -> None:
+    base = Arch.smallest(MP)
+    assert default_format(base) == "onnx"
+    assert default_format(base.replace(precisions=("int8", "fp32", "fp32", "fp32"))) == \
+        "onnx_int8"
+    assert default_format(base.replace(precisions=("fp32", "binary", "fp32", "fp32"))) == \
+        "binary"
+
+
+def test_binary_arch_exports_a_verified_package_that_run_executes(checkpoint: Path,
+                                                                  tmp_path: Path) -> None:
+    result = export(checkpoint, BINARY, "auto", tmp_path / "out", calib_batches=2,
+                    measure=False)
+    assert result.artefact == tmp_path / "out" / "model.ofab"
+    card = result.card
+    assert card["artefact"]["format"] == "binary"
+    assert card["verification"]["passed"]
+    assert card["verification"]["max_abs_diff"] <= 1e-3
+    out = CliRunner().invoke(app, ["run", str(result.artefact), "--data", "digits", "--n",
+                                   "40", "--json"])
+    assert out.exit_code == 0, out.output
+    report = json.loads(out.output)
+    assert report["samples"] == 40 and 0.0 <= report["accuracy"] <= 1.0
+    # the package predicts what the exported PyTorch subnet predicts on those images
+    supernet, _ = load_supernet(checkpoint)
+    arch = parse_arch(BINARY, MP)
+    data = load_dataset("digits", in_channels=1, resolution=arch.resolution)
+    net = calibrated_subnet(supernet, arch, data, calib_batches=2, seed=0)
+    x, y = next(iterate_batches(data.test, 40, shuffle=False))
+    with torch.no_grad():
+        expected = net.eval()(x).argmax(1).numpy()
+    assert report["labels"] == y.tolist()
+    assert (np.asarray(report["predictions"]) == expected).mean() >= 0.95
+
+
+@pytest.mark.parametrize(("fmt", "arch", "message"), [
+    ("onnx", BINARY, r"format 'onnx' cannot hold binary stages.*formats for this arch: .*"
+                     r"binary"),
+    ("binary", BINARY.replace("@binary", "@int8"), r"cannot hold int8 stages"),
+])
+def test_formats_refuse_stages_they_cannot_hold(checkpoint: Path, tmp_path: Path, fmt: str,
+                                                arch: str, message: str) -> None:
+    with pytest.raises(UnsupportedPrecisionError, match=message):
+        export(checkpoint, parse_arch(arch, MP), fmt, tmp_path / "out", calib_batches=1,
+               measure=False)
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
