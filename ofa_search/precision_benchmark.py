@@ -87,6 +87,10 @@ def _artefact(variant: str, net: StaticSubnet, calib: list[np.ndarray], folder: 
     return path, _ort_runner(path.read_bytes(), threads)
 
 
+def _bind(run: Callable[[np.ndarray], np.ndarray], x: np.ndarray) -> Callable[[], object]:
+    return lambda: run(x)
+
+
 def model_rows(checkpoint: str | os.PathLike[str], fp32_checkpoint: str | os.PathLike[str],
                archs: Sequence[Arch], data: DatasetSplits, *, n_eval: int = 2000,
                threads: int = 1, log: Callable[[str], None] | None = None
@@ -118,8 +122,7 @@ def model_rows(checkpoint: str | os.PathLike[str], fp32_checkpoint: str | os.Pat
                 size = path.stat().st_size
                 logits = np.concatenate([run(x_np[i:i + 250]) for i in range(0, len(x_np), 250)])
                 acc = float((logits.argmax(1) == y_np).mean())
-                stats = time_sampler(callable_sampler(
-                    lambda run=run, one=x_np[:1]: run(one)), TIMING)
+                stats = time_sampler(callable_sampler(_bind(run, x_np[:1])), TIMING)
             if variant == "fp32":
                 fp32_ms = stats.median_ms
             row = {"arch": arch.to_string(), "variant": variant,
