@@ -329,7 +329,7 @@ def export(checkpoint: str | os.PathLike[str], arch: str | Arch, format: str,
 
     if latency is not None and measure:
         say(f"measuring latency on {device}")
-        latency.update(_measure_latency(ws, latency["id"], parsed))
+        latency.update(_measure_latency(ws, latency["id"], parsed, final, fmt))
     elif latency is not None:
         latency.update(measured_latency_ms=None, not_measured_reason="not requested")
 
@@ -379,20 +379,55 @@ def _predict_latency(ws: Workspace, device: str, arch: Arch) -> dict[str, Any]:
     return {"id": device, "predicted_latency_ms": predicted, "latency_predictor": kind}
 
 
-def _measure_latency(ws: Workspace, device: str, arch: Arch) -> dict[str, Any]:
-    """Measured latency of ``arch`` on ``device`` through its backend, or ``None`` with the
-    reason why it cannot be measured from here."""
+def _measure_latency(ws: Workspace, device: str, arch: Arch, artefact: Path,
+                     fmt: ArtefactFormat) -> dict[str, Any]:
+    """Measured latency of ``arch`` on ``device``, or ``None`` with the reason why it cannot
+    be measured from here. An ONNX artefact is timed itself through the device's backend,
+    a binary package through its runtime on this host; other formats of an fp32 arch are
+    timed as its fp32 ONNX export (what the latency table prices)."""
+    import onnx
+
     from ofa_search.profiling.backends import get_backend
     from ofa_search.profiling.builder import FAST_TIMING, measure_arch
     from ofa_search.profiling.lut import find_table
+    from ofa_search.profiling.timing import callable_sampler, time_sampler
 
     profile = find_table(device, workspace=ws.root).profile()
     if profile is None:
         return {"measured_latency_ms": None, "not_measured_reason":
                 "imported table: the device cannot be measured from this host"}
+    low = set(arch.precisions) - {"fp32"}
+    if fmt.name == "binary":
+        if profile.backend != "onnxruntime":
+            return {"measured_latency_ms": None, "not_measured_reason":
+                    f"binary packages run on this host, not on {profile.backend!r}"}
+        from ofa_search.binary.runtime import BinaryPackage
+
+        package = BinaryPackage.load(artefact, threads=profile.intra_op_threads)
+        x = np.zeros((profile.batch_size, *package.input_shape), dtype=np.float32)
+        package.run(x)
+        stats = time_sampler(callable_sampler(lambda: package.run(x)), FAST_TIMING)
+        return {"measured_latency_ms": stats.median_ms, "measured_iqr_ms": stats.iqr_ms,
+                "measured_runs": stats.count, "batch_size": profile.batch_size,
+                "not_measured_reason": None}
+    own = fmt.suffix == ".onnx" and profile.batch_size == 1  # ONNX artefacts are batch 1
+    if low and not own:
+        return {"measured_latency_ms": None, "not_measured_reason":
+                f"{', '.join(sorted(low))} stages are timed as their batch-1 deployable "
+                f"artefact (format {default_format(arch)!r}), not as {fmt.name!r} at batch "
+                f"{profile.batch_size}"}
     try:
         with get_backend(profile, timing=FAST_TIMING) as backend:
-            stats = measure_arch(backend, arch, profile.batch_size)
+            if own:
+                from ofa_search.onnx_export import INPUT_NAME
+
+                model = onnx.load(str(artefact))
+                shape = (profile.batch_size, arch.search_space.in_channels, arch.resolution,
+                         arch.resolution)
+                x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+                stats = backend.measure(model, {INPUT_NAME: x})
+            else:
+                stats = measure_arch(backend, arch, profile.batch_size)
     except (OfaSearchError, OSError) as exc:
         return {"measured_latency_ms": None,
                 "not_measured_reason": f"backend {profile.backend!r} unavailable: {exc}"}

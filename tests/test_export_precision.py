@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from supernet_helpers import save_untrained_checkpoint
+from table_helpers import write_synthetic_table
 from typer.testing import CliRunner
 
 from ofa_search.arch import Arch, parse_arch
@@ -19,6 +20,7 @@ from ofa_search.errors import UnsupportedPrecisionError
 from ofa_search.export import default_format, export
 from ofa_search.train import load_supernet
 from ofa_search.train.bn_calibration import calibrated_subnet
+from ofa_search.workspace import Workspace
 
 MP = "mbv3_small28_mp"
 BINARY = "r16_w1.0_k3e4-k5e3@binary_k3e3-k3e4_k5e3-k3e3@binary_k3e4-k3e3"
@@ -76,3 +78,18 @@ def test_formats_refuse_stages_they_cannot_hold(checkpoint: Path, tmp_path: Path
         export(checkpoint, parse_arch(arch, MP), fmt, tmp_path / "out", calib_batches=1,
                measure=False)
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+@pytest.mark.parametrize(("arch", "fmt"), [(BINARY, "binary"),
+                                           (BINARY.replace("@binary", "@int8"), "onnx_int8")])
+def test_card_holds_predicted_and_measured_latency_of_the_artefact(
+        checkpoint: Path, tmp_path: Path, arch: str, fmt: str) -> None:
+    ws = Workspace(tmp_path / "ws")
+    write_synthetic_table(ws, "mp-test", MP, ("fp32", "int8", "binary"))
+    result = export(checkpoint, arch, "auto", tmp_path / "out", workspace=ws,
+                    device="mp-test", calib_batches=1)
+    card = result.card
+    assert card["artefact"]["format"] == fmt
+    device = card["device"]
+    assert device["predicted_latency_ms"] > 0 and device["not_measured_reason"] is None
+    assert 0 < device["measured_latency_ms"] < 100

@@ -8,19 +8,17 @@ from collections.abc import Sequence
 import numpy as np
 import pytest
 from search_objective import MacsProxy
+from table_helpers import SPEED, write_synthetic_table
 
 from ofa_search.arch import Arch
 from ofa_search.errors import InfeasibleBudgetError, UnsupportedPrecisionError
 from ofa_search.profiling.builder import table_units
-from ofa_search.profiling.device import DeviceProfile
-from ofa_search.profiling.lut import LatencyTable
 from ofa_search.search import QueryEngine
 from ofa_search.space import get_space
 from ofa_search.workspace import Workspace
 
 MP = "mbv3_small28_mp"
 DEVICE = "mp-test"
-SPEED = {"fp32": 1.0, "int8": 0.5, "binary": 0.25}  # latency per MAC, relative
 COST = {"fp32": 0.0, "int8": 0.004, "binary": 0.03}  # accuracy lost per stage
 
 
@@ -36,14 +34,7 @@ class PrecisionProxy(MacsProxy):
 
 
 def write_table(ws: Workspace, precisions: tuple[str, ...]) -> None:
-    profile = DeviceProfile.local_onnxruntime(1, id=DEVICE)
-    profile = DeviceProfile.from_dict({**profile.to_dict(), "precisions": list(precisions)})
-    table = LatencyTable(device_id=DEVICE, device=profile.to_dict(), space=MP, width_mult=1.0,
-                         resolutions=(16, 20), fingerprint=profile.fingerprint())
-    for unit in table_units(get_space(MP), 1.0, (16, 20), precisions):
-        ms = 0.01 + 1e-6 * unit.macs() * SPEED[unit.precision]
-        table.entries[unit.key] = {"median_ms": ms, "iqr_ms": 0.0, "count": 1}
-    table.save(ws.hw_profiles_dir / f"{DEVICE}.json")
+    write_synthetic_table(ws, DEVICE, MP, precisions)
 
 
 @pytest.fixture(scope="module")
