@@ -324,7 +324,8 @@ def latency_cmd(
             raise OfaSearchError(f"device {device!r} is an imported table; it cannot be "
                                  "measured from this host")
         with get_backend(profile, timing=FAST_TIMING) as backend:
-            result["measured_ms"] = measure_arch(backend, parsed, profile.batch_size).median_ms
+            result["measured_ms"] = measure_arch(backend, parsed, profile.batch_size,
+                                                 profile).median_ms
     if as_json:
         _emit_json(result)
     else:

@@ -427,7 +427,7 @@ def _measure_latency(ws: Workspace, device: str, arch: Arch, artefact: Path,
                 x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
                 stats = backend.measure(model, {INPUT_NAME: x})
             else:
-                stats = measure_arch(backend, arch, profile.batch_size)
+                stats = measure_arch(backend, arch, profile.batch_size, profile)
     except (OfaSearchError, OSError) as exc:
         return {"measured_latency_ms": None,
                 "not_measured_reason": f"backend {profile.backend!r} unavailable: {exc}"}

@@ -86,7 +86,7 @@ def collect_measurements(workspace: Workspace, table: LatencyTable, n: int, *,
             task = progress.add_task(f"measuring on {table.device_id}", total=len(todo))
             for start in range(0, len(todo), batch):
                 for arch in todo[start:start + batch]:
-                    stats = measure_arch(backend, arch, profile.batch_size)
+                    stats = measure_arch(backend, arch, profile.batch_size, profile)
                     measured[arch.to_string()] = float(stats.median_ms)
                     progress.advance(task)
                 save()

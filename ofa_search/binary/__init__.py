@@ -6,6 +6,8 @@
   :mod:`~ofa_search.binary.tvm_pointwise` — the same in TVM (AVX-512 VPOPCNTDQ where the
   host has it), used whenever TVM is installed;
 * :mod:`~ofa_search.binary.layer` — the deployable form of a ``BinaryPointwise`` block;
+* :mod:`~ofa_search.binary.block` / :mod:`~ofa_search.binary.tvm_block` — a whole binary
+  MBConv block recognised in a package and run as one fused TVM function;
 * :mod:`~ofa_search.binary.package` / :mod:`~ofa_search.binary.archive` /
   :mod:`~ofa_search.binary.runtime` — one-file binary packages (``.ofab``): write, read, run;
 * :mod:`~ofa_search.binary.measure` — latency of one binary block, for latency tables;

@@ -63,9 +63,16 @@ def set_threads(threads: int) -> int:
     """
     if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
         raise ValueError(f"threads must be a positive integer, got {threads=}")
+    configure, count = _pool_functions()
+    configure(_AFFINITY_BIG_CORES, threads)
+    return int(count())
+
+
+@functools.cache
+def _pool_functions() -> tuple[Any, Any]:
     tvm = import_tvm()
-    tvm.get_global_func("runtime.config_threadpool")(_AFFINITY_BIG_CORES, threads)
-    return int(tvm.get_global_func("runtime.NumThreads")())
+    return (tvm.get_global_func("runtime.config_threadpool"),
+            tvm.get_global_func("runtime.NumThreads"))
 
 
 def shared_buffer(shape: tuple[int, ...], dtype: str) -> tuple[np.ndarray, Any]:

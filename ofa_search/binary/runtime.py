@@ -1,6 +1,10 @@
 """Run a binary package: ONNX Runtime for the full-precision segments, packed XNOR–popcount
 kernels for the binary layers (TVM when it is installed, else NumPy).
 
+With TVM at one thread, each whole binary MBConv block (expand, depthwise [+ SE], project
+[+ residual]) runs as one fused TVM function (:mod:`ofa_search.binary.tvm_block`), built at
+load time from the stored steps; blocks that do not match the pattern run step by step.
+
 >>> package = BinaryPackage.load("model.ofab")          # doctest: +SKIP
 >>> logits = package.run(x)  # x: float32 [N, C, H, W]  # doctest: +SKIP
 """
@@ -16,6 +20,7 @@ import numpy as np
 
 from ofa_search.binary._tvm import TvmUnavailableError, set_threads, tvm_available
 from ofa_search.binary.archive import program_from_bytes
+from ofa_search.binary.block import BlockPlan, find_blocks
 from ofa_search.binary.layer import PackedPointwise
 from ofa_search.binary.program import INPUT, OUTPUT, AddStep, BinaryProgram, BinaryStep
 from ofa_search.errors import FileFormatError
@@ -60,6 +65,12 @@ def _binary_layer(layer: PackedPointwise, backend: str, threads: int) -> Layer:
     return layer.run
 
 
+def _fused_block(plan: BlockPlan) -> Layer:
+    from ofa_search.binary.tvm_block import TvmBlock
+
+    return TvmBlock(plan)
+
+
 class BinaryPackage:
     """A loaded binary package, ready to run (see the module docstring).
 
@@ -67,12 +78,14 @@ class BinaryPackage:
         program: what to run.
         backend: for the binary layers: ``tvm``, ``numpy`` or ``auto``.
         threads: intra-op threads of ONNX Runtime and of TVM's pool.
+        fuse: run whole binary blocks as one fused TVM function (serial code); default:
+            with the ``tvm`` backend at one thread. Ignored with ``numpy``.
 
     Not thread-safe: use one object per thread.
     """
 
     def __init__(self, program: BinaryProgram, *, backend: Backend = "auto",
-                 threads: int = 1) -> None:
+                 threads: int = 1, fuse: bool | None = None) -> None:
         if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
             raise ValueError(f"threads must be a positive integer, got {threads=}")
         self.program = program
@@ -81,14 +94,23 @@ class BinaryPackage:
         self._sessions = [_session(m, threads, i) for i, m in enumerate(program.segments)]
         self._input_names = [s.get_inputs()[0].name for s in self._sessions]
         self._layers = [_binary_layer(layer, self.backend, threads) for layer in program.layers]
+        if fuse is None:
+            fuse = threads == 1
+        plans = find_blocks(program) if fuse and self.backend == "tvm" else []
+        self._blocks = {plan.first_step: (plan, _fused_block(plan)) for plan in plans}
+
+    @property
+    def fused_blocks(self) -> int:
+        """How many binary blocks run as one fused function."""
+        return len(self._blocks)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], *, backend: Backend = "auto",
-             threads: int = 1) -> BinaryPackage:
+             threads: int = 1, fuse: bool | None = None) -> BinaryPackage:
         """Read a package file (raises :class:`FileFormatError` on a bad one)."""
         file = Path(path)
         return cls(program_from_bytes(file.read_bytes(), str(file)), backend=backend,
-                   threads=threads)
+                   threads=threads, fuse=fuse)
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -108,7 +130,17 @@ class BinaryPackage:
         if self.backend == "tvm" and self.program.layers:
             set_threads(self.threads)
         values: dict[str, np.ndarray] = {INPUT: np.ascontiguousarray(x, dtype=np.float32)}
-        for step in self.program.steps:
+        steps = self.program.steps
+        index = 0
+        while index < len(steps):
+            step = steps[index]
+            fused = self._blocks.get(index)
+            if fused is not None:
+                plan, block = fused
+                values[plan.output] = block(values[plan.input])
+                index = plan.last_step + 1
+                continue
+            index += 1
             if isinstance(step, AddStep):
                 out = values[step.left] + values[step.right]
             elif isinstance(step, BinaryStep):

@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from ofa_search.arch import Arch
 from ofa_search.errors import OfaSearchError
-from ofa_search.nn.static import build_static, build_unit, init_weights
+from ofa_search.nn.static import StaticSubnet, build_static, build_unit, init_weights
 from ofa_search.onnx_export import INPUT_NAME, export_onnx
 from ofa_search.profiling.device import DeviceProfile
 from ofa_search.profiling.host import host_info
@@ -145,10 +145,39 @@ def _input(shape: tuple[int, ...]) -> np.ndarray:
     return np.random.default_rng(0).standard_normal(shape).astype(np.float32)
 
 
-def measure_arch(backend: Measurer, arch: Arch, batch_size: int = 1) -> TimingStats:
-    """End-to-end latency of ``arch``'s static subnet on ``backend``."""
+def measure_arch(backend: Measurer, arch: Arch, batch_size: int = 1,
+                 profile: DeviceProfile | None = None) -> TimingStats:
+    """End-to-end latency of ``arch``'s static subnet (randomly initialised) as export
+    emits it: fp32 ONNX on ``backend``; with int8 stages the QDQ model of
+    :mod:`ofa_search.quant` on ``backend``; with binary stages the bit-packed package on this
+    host (at ``profile``'s threads)."""
+    if "binary" in arch.precisions:
+        if profile is not None and profile.backend != "onnxruntime":
+            raise ValueError(f"binary subnets run on this host's bit-packed runtime; profile "
+                             f"{profile.id!r} ({profile.backend}) cannot time them")
+        return _measure_binary_net(build_static(arch, torch.Generator().manual_seed(0)),
+                                   1 if profile is None else profile.intra_op_threads,
+                                   batch_size)
+    if "int8" in arch.precisions:
+        from ofa_search.quant.units import seeded_input, seeded_int8_onnx
+
+        net = build_static(arch)
+        shape = net.input_shape(batch_size)
+        return backend.measure(seeded_int8_onnx(net, shape), {INPUT_NAME: seeded_input(shape)})
     model, inputs = arch_onnx(arch, batch_size)
     return backend.measure(model, inputs)
+
+
+def _measure_binary_net(net: StaticSubnet, threads: int, batch_size: int) -> TimingStats:
+    """Latency of ``net`` run as a binary package (:mod:`ofa_search.binary`)."""
+    from ofa_search.binary.package import subnet_program
+    from ofa_search.binary.runtime import BinaryPackage
+    from ofa_search.profiling.timing import callable_sampler, time_sampler
+
+    package = BinaryPackage(subnet_program(net.eval()), threads=threads)
+    x = _input((batch_size, *package.input_shape))
+    package.run(x)  # compile and warm up, untimed
+    return time_sampler(callable_sampler(lambda: package.run(x)), FAST_TIMING)
 
 
 def sample_archs(space: str | SearchSpace, n: int, seed: int, width_mult: float,

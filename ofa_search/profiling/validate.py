@@ -118,7 +118,7 @@ def validate_table(table: LatencyTable, n: int = 100, seed: int = VALIDATION_SEE
         archs = sample_archs(table.space, n, seed, table.width_mult, table.resolutions)
         for arch in tqdm(archs, desc=f"validating {table.device_id}", disable=not progress):
             predicted = table.predict(arch)
-            measured = measure_arch(backend, arch, batch).median_ms
+            measured = measure_arch(backend, arch, batch, profile).median_ms
             rows.append({"arch": arch.to_string(), "predicted_ms": predicted,
                          "measured_ms": measured})
     finally:

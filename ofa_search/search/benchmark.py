@@ -153,7 +153,8 @@ def measure_found(ctx: DeviceContext, archs: Sequence[Arch], *, data: str | None
             dataset = load_dataset(name, data_dir=data_dir, in_channels=net.space.in_channels,
                                    resolution=arch.resolution)
             out.append({"arch": arch.to_string(),
-                        "measured_ms": measure_arch(backend, arch, profile.batch_size).median_ms,
+                        "measured_ms": measure_arch(backend, arch, profile.batch_size,
+                                                    profile).median_ms,
                         "test_accuracy": evaluate_arch(net, arch, dataset, split="test")})
     return out
 

@@ -24,6 +24,7 @@ from ofa_search.binary.archive import FORMAT_VERSION, MANIFEST
 from ofa_search.binary.program import AddStep, BinaryStep, OnnxStep
 from ofa_search.errors import FileFormatError
 from ofa_search.nn.binary import BinaryPointwise
+from ofa_search.nn.static import MBConv
 
 TOLERANCE = 1e-3  # on logits; measured ≈ 2e-6
 BACKENDS = ["numpy", "tvm"] if tvm_available() else ["numpy"]
@@ -56,9 +57,17 @@ def test_logits_match_pytorch(packages: dict[str, tuple[Any, Path]], name: str,
         expected = net(x).numpy()
     package = BinaryPackage.load(path, backend=backend)  # type: ignore[arg-type]
     assert package.backend == backend and package.arch == net.arch.to_string()
+    # with TVM (one thread) every binary block with an expand conv runs fused
+    blocks = sum(isinstance(m, MBConv) and m.precision == "binary" and m.expand is not None
+                 for m in net.modules())
+    assert package.fused_blocks == (blocks if backend == "tvm" else 0) and blocks > 0
     got = package.run(x.numpy())
     assert got.shape == (5, 10)
     assert np.abs(got - expected).max() <= TOLERANCE
+    if backend == "tvm":  # and step by step, as before
+        steps = BinaryPackage.load(path, backend="tvm", fuse=False)
+        assert steps.fused_blocks == 0
+        assert np.abs(steps.run(x.numpy()) - expected).max() <= TOLERANCE
     # the batch dimension is free: one sample at a time gives the same logits
     single = np.concatenate([package.run(x[i:i + 1].numpy()) for i in range(5)])
     assert np.abs(single - got).max() <= 1e-5
