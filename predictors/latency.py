@@ -22,7 +22,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from ofa_search.arch import Arch
-from ofa_search.profiling.lut import LatencyTable
+from ofa_search.profiling.lut import LatencyTable, precision_mode
 from ofa_search.units import MBConvUnit, arch_units
 from predictors.base import Predictor
 
@@ -86,7 +86,7 @@ def latency_features(table: LatencyTable, archs: Sequence[Arch]) -> np.ndarray:
 
 class LutLatencyPredictor(Predictor):
     """Unit-sum plus overhead: equals ``table.predict`` until :meth:`fit` refits the
-    overhead on measured archs."""
+    (fp32) overhead on measured archs."""
 
     kind: ClassVar[str] = "latency_lut"
     format_version: ClassVar[int] = 1
@@ -107,8 +107,11 @@ class LutLatencyPredictor(Predictor):
         return self
 
     def predict(self, archs: Sequence[Arch]) -> np.ndarray:
-        """Unit sum plus overhead, in ms."""
-        return np.array([self.table.unit_sum(a) + self.overhead_ms for a in archs], dtype=float)
+        """Unit sum plus overhead, in ms (a low-precision mode's own overhead when the table
+        has one, see :attr:`LatencyTable.overhead_by_mode`)."""
+        by_mode = self.table.overhead_by_mode
+        return np.array([self.table.unit_sum(a) + by_mode.get(precision_mode(a), self.overhead_ms)
+                         for a in archs], dtype=float)
 
     def state(self) -> dict[str, Any]:
         """Table and overhead."""

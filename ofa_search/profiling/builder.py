@@ -181,14 +181,20 @@ def _measure_binary_net(net: StaticSubnet, threads: int, batch_size: int) -> Tim
 
 
 def sample_archs(space: str | SearchSpace, n: int, seed: int, width_mult: float,
-                 resolutions: Sequence[int]) -> list[Arch]:
-    """``n`` seeded random archs at ``width_mult``, resolutions drawn from ``resolutions``."""
+                 resolutions: Sequence[int], precisions: Sequence[str] = ("fp32",)
+                 ) -> list[Arch]:
+    """``n`` seeded random archs at ``width_mult``, resolutions drawn from ``resolutions``,
+    each stage at a random one of ``precisions``."""
     gen = np.random.default_rng(seed)
     res = [int(r) for r in resolutions]
-    fp32 = ("fp32",) * get_space(space).num_stages
-    return [Arch.sample(space, gen, width_mult=width_mult,
-                        resolution=res[int(gen.integers(len(res)))]).replace(precisions=fp32)
-            for _ in range(n)]
+    stages = get_space(space).num_stages
+    out = []
+    for _ in range(n):
+        arch = Arch.sample(space, gen, width_mult=width_mult,
+                           resolution=res[int(gen.integers(len(res)))])
+        out.append(arch.replace(precisions=tuple(
+            precisions[int(gen.integers(len(precisions)))] for _ in range(stages))))
+    return out
 
 
 def _start_table(spec: SearchSpace, profile: DeviceProfile, width: float,
@@ -296,14 +302,25 @@ def build_table(space: str | SearchSpace, profile: DeviceProfile,
 def fit_overhead(table: LatencyTable, backend: Measurer, n: int = 10,
                  seed: int = OVERHEAD_SEED, batch_size: int = 1) -> float:
     """Set ``table.overhead_ms`` to the median of (measured − unit sum) over ``n`` seeded
-    random subnets; the samples are kept in ``table.meta["overhead"]``."""
+    random fp32 subnets, and likewise ``table.overhead_by_mode`` for each low-precision
+    mode the table prices (archs whose stages are fp32 or that precision, measured as
+    export emits them); the samples are kept in ``table.meta["overhead"]``."""
     start = time.perf_counter()
-    archs = sample_archs(table.space, n, seed, table.width_mult, table.resolutions)
-    gaps: list[float] = []
-    for arch in archs:
-        measured = measure_arch(backend, arch, batch_size).median_ms
-        gaps.append(measured - table.unit_sum(arch))
-    table.overhead_ms = float(np.median(gaps))
-    table.meta["overhead"] = {"seed": seed, "archs": n, "gaps_ms": gaps,
-                              "wall_s": time.perf_counter() - start}
+    profile = table.profile()
+    meta: dict[str, Any] = {"seed": seed, "archs": n}
+    for mode in [p for p in ("fp32", "int8", "binary") if p in table.precisions]:
+        precisions = ("fp32",) if mode == "fp32" else ("fp32", mode)
+        archs = [a for a in sample_archs(table.space, 2 * n, seed, table.width_mult,
+                                         table.resolutions, precisions)
+                 if mode == "fp32" or mode in a.precisions][:n]
+        gaps = [measure_arch(backend, arch, batch_size, profile).median_ms
+                - table.unit_sum(arch) for arch in archs]
+        if mode == "fp32":
+            table.overhead_ms = float(np.median(gaps))
+            meta["gaps_ms"] = gaps
+        else:
+            table.overhead_by_mode[mode] = float(np.median(gaps))
+            meta[f"gaps_ms_{mode}"] = gaps
+    meta["wall_s"] = time.perf_counter() - start
+    table.meta["overhead"] = meta
     return table.overhead_ms

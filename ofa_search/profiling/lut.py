@@ -59,6 +59,10 @@ class LatencyTable:
         space, width_mult: the search space and width multiplier priced.
         resolutions: input resolutions whose units the table covers.
         overhead_ms: constant added to every prediction (graph-level cost not in units).
+        overhead_by_mode: the constant for subnets of a low-precision mode (``int8``: some
+            int8 stages, ``binary``: some binary stages; see :func:`precision_mode`),
+            which run as other artefacts (a QDQ model, a binary package) with their own
+            graph-level costs; modes not listed use ``overhead_ms``.
         entries: unit key → ``{"median_ms", "iqr_ms", "count", ...}``; an optional
             ``by_resolution`` (``{"192": ms}``) overrides ``median_ms`` for subnets at that
             input resolution (imported tables priced one key per resolution).
@@ -76,6 +80,7 @@ class LatencyTable:
     resolutions: tuple[int, ...]
     fingerprint: str | None = None
     overhead_ms: float = 0.0
+    overhead_by_mode: dict[str, float] = field(default_factory=dict)
     entries: dict[str, dict[str, Any]] = field(default_factory=dict)
     host: dict[str, Any] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=dict)
@@ -115,7 +120,11 @@ class LatencyTable:
         Raises :class:`LutMissError` naming the first missing unit key, or the space,
         width or resolution the table does not cover.
         """
-        return self.unit_sum(arch) + self.overhead_ms
+        return self.unit_sum(arch) + self.overhead_for(arch)
+
+    def overhead_for(self, arch: Arch) -> float:
+        """The constant added to ``arch``'s unit sum (by its :func:`precision_mode`)."""
+        return self.overhead_by_mode.get(precision_mode(arch), self.overhead_ms)
 
     @property
     def precisions(self) -> tuple[str, ...]:
@@ -153,6 +162,7 @@ class LatencyTable:
             "resolutions": list(self.resolutions),
             "complete": self.complete,
             "overhead_ms": self.overhead_ms,
+            "overhead_by_mode": dict(self.overhead_by_mode),
             "meta": self.meta,
             "entries": {key: self.entries[key] for key in sorted(self.entries)},
         }
@@ -183,6 +193,8 @@ class LatencyTable:
                 space=str(data["space"]), width_mult=float(data["width_mult"]),
                 resolutions=tuple(int(r) for r in data["resolutions"]),
                 fingerprint=data.get("fingerprint"), overhead_ms=float(data["overhead_ms"]),
+                overhead_by_mode={str(k): float(v) for k, v in
+                                  (data.get("overhead_by_mode") or {}).items()},
                 entries={str(k): dict(v) for k, v in entries.items()},
                 host=dict(data.get("host") or {}), versions=dict(data.get("versions") or {}),
                 created=str(data.get("created", "")), complete=bool(data.get("complete", True)),
@@ -208,6 +220,14 @@ class LatencyTable:
             raise FileFormatError(f"{os.fspath(path)}: not valid JSON (truncated?): "
                                   f"{exc}") from exc
         return cls.from_dict(data, source=os.fspath(path))
+
+
+def precision_mode(arch: Arch) -> str:
+    """``binary`` when ``arch`` has a binary stage, ``int8`` when it has an int8 stage, else
+    ``fp32``: which kind of artefact runs it (a package, a QDQ model, fp32 ONNX)."""
+    if "binary" in arch.precisions:
+        return "binary"
+    return "int8" if "int8" in arch.precisions else "fp32"
 
 
 def _is_number(value: Any) -> bool:

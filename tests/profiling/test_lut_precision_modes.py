@@ -1,0 +1,50 @@
+"""Per-precision-mode overheads of a latency table: stored, loaded, used by the table and
+by the LUT predictor; tables without them (every older file) keep one overhead."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from table_helpers import write_synthetic_table
+
+from ofa_search.arch import Arch
+from ofa_search.profiling.lut import LatencyTable, precision_mode
+from ofa_search.workspace import Workspace
+from predictors.latency import LutLatencyPredictor
+
+MP = "mbv3_small28_mp"
+REPO_TABLE = Path(__file__).resolve().parents[2] / "hw_profiles" / "cpu-ort-1t.json"
+
+
+def test_precision_mode_names_the_artefact_kind() -> None:
+    base = Arch.smallest(MP)
+    assert precision_mode(base) == "fp32"
+    assert precision_mode(base.replace(precisions=("int8", "fp32", "fp32", "fp32"))) == "int8"
+    assert precision_mode(base.replace(precisions=("int8", "binary", "fp32", "fp32"))) == \
+        "binary"
+
+
+def test_mode_overheads_round_trip_and_price_their_archs(tmp_path: Path) -> None:
+    ws = Workspace(tmp_path / "ws")
+    table = write_synthetic_table(ws, "mp-test", MP, ("fp32", "int8", "binary"))
+    table.overhead_ms, table.overhead_by_mode = -0.1, {"binary": 0.05}
+    path = table.save(tmp_path / "t.json")
+    loaded = LatencyTable.load(path)
+    assert loaded.overhead_by_mode == {"binary": 0.05}
+    fp32 = Arch.smallest(MP)
+    binary = fp32.replace(precisions=("binary",) * 4)
+    int8 = fp32.replace(precisions=("int8",) * 4)
+    assert loaded.predict(fp32) == pytest.approx(loaded.unit_sum(fp32) - 0.1)
+    assert loaded.predict(binary) == pytest.approx(loaded.unit_sum(binary) + 0.05)
+    assert loaded.predict(int8) == pytest.approx(loaded.unit_sum(int8) - 0.1)  # no own
+    lut = LutLatencyPredictor(loaded)
+    assert list(lut.predict([fp32, binary])) == pytest.approx(
+        [loaded.predict(fp32), loaded.predict(binary)])
+
+
+def test_tables_without_mode_overheads_still_load() -> None:
+    table = LatencyTable.load(REPO_TABLE)
+    assert table.overhead_by_mode == {}
+    arch = Arch.smallest("mbv3_small28")
+    assert table.predict(arch) == pytest.approx(table.unit_sum(arch) + table.overhead_ms)
