@@ -24,6 +24,7 @@ from ofa_search.search.storage import (
     open_storage,
     open_study,
     persist_trials,
+    predictor_tag,
     study_name,
 )
 from ofa_search.workspace import Workspace
@@ -46,7 +47,8 @@ def stored_search(ctx: DeviceContext, *, budget_ms: float | None,
     study holds ``n_trials`` trials, counting those stored when it starts. Returns the
     result and the stored study."""
     backend = open_storage(storage if storage is not None else default_storage(ctx.workspace))
-    name = name or study_name(ctx.space, ctx.device, ctx.precision, budget_ms, engine, seed)
+    name = name or study_name(ctx.space, ctx.device, ctx.precision, budget_ms, engine, seed,
+                              predictor_tag(ctx.identity()))
     attrs = {**ctx.identity(), "budget_ms": budget_ms, "engine": engine, "seed": seed}
     study = open_study(backend, name, study_directions(budget_ms), attrs)
     old = completed_trials(study)

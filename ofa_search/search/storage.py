@@ -14,6 +14,8 @@ or ``None`` for the workspace default (:attr:`Workspace.studies_journal`).
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -59,12 +61,22 @@ def open_storage(storage: str | os.PathLike[str] | None, workspace: Workspace | 
 
 
 def study_name(space: str, device: str, precision: str, budget_ms: float | None, engine: str,
-               seed: int) -> str:
-    """``space/device/precision/budget/engine/seed``, e.g.
-    ``mbv3_small28/cpu-ort-1t/fp32/0.2ms/evolution/seed0``; the multi-objective study of
-    a front has ``front`` in place of the budget."""
+               seed: int, predictors: str | None = None) -> str:
+    """``space/device/precision/budget/engine/seed[/p<tag>]``, e.g.
+    ``mbv3_small28/cpu-ort-1t/fp32/0.2ms/evolution/seed0/p1a2b3c4d``; the multi-objective
+    study of a front has ``front`` in place of the budget. ``predictors`` (see
+    :func:`predictor_tag`) keeps the trials priced by other predictors in other studies."""
     budget = "front" if budget_ms is None else f"{budget_ms:.6g}ms"
-    return f"{space}/{device}/{precision}/{budget}/{engine}/seed{seed}"
+    name = f"{space}/{device}/{precision}/{budget}/{engine}/seed{seed}"
+    return name if predictors is None else f"{name}/p{predictors}"
+
+
+def predictor_tag(identity: dict[str, Any]) -> str:
+    """8 hex digits of the predictors and checkpoint in a context's ``identity()``: a
+    resumed study must have been priced by the same ones, or its trials are stale."""
+    keys = ("latency_identity", "accuracy_identity", "checkpoint")
+    text = json.dumps({k: identity.get(k) for k in keys}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:8]
 
 
 def open_study(storage: BaseStorage, name: str, directions: Sequence[str],

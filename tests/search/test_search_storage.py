@@ -12,6 +12,7 @@ from search_objective import MacsProxy
 from ofa_search.errors import OfaSearchError
 from ofa_search.search import load_context, open_storage, stored_search, study_name
 from ofa_search.search.jobs import default_storage
+from ofa_search.search.storage import predictor_tag
 
 WORKER = """
 import json, sys
@@ -57,7 +58,7 @@ def test_resume_continues_a_stored_study(workspace) -> None:
     first, study = stored_search(ctx, budget_ms=0.2, engine="evolution", n_trials=150,
                                  seed=0)
     assert study.study_name == study_name("mbv3_small28", "cpu-ort-1t", "fp32", 0.2,
-                                          "evolution", 0)
+                                          "evolution", 0, predictor_tag(ctx.identity()))
     assert Path(default_storage(workspace)).is_file()
     second, study = stored_search(ctx, budget_ms=0.2, engine="evolution", n_trials=300,
                                   seed=0)
@@ -66,6 +67,19 @@ def test_resume_continues_a_stored_study(workspace) -> None:
     assert second.best is not None and first.best is not None
     assert second.best.accuracy >= first.best.accuracy
     assert study.user_attrs["device"] == "cpu-ort-1t" and study.user_attrs["budget_ms"] == 0.2
+
+
+def test_other_predictors_do_not_resume_stale_trials(workspace) -> None:
+    ctx = load_context(workspace, "cpu-ort-1t", accuracy=MacsProxy(), accuracy_name="proxy-a",
+                       latency_kind="lut")
+    _, first = stored_search(ctx, budget_ms=0.2, engine="evolution", n_trials=100, seed=0)
+    other = load_context(workspace, "cpu-ort-1t", accuracy=MacsProxy(),
+                         accuracy_name="proxy-b", latency_kind="lut")
+    result, second = stored_search(other, budget_ms=0.2, engine="evolution", n_trials=100,
+                                   seed=0)
+    assert second.study_name != first.study_name
+    assert len(result.new_trials) == 100  # nothing reused from the first study
+    assert second.user_attrs["accuracy_identity"] == "proxy-b"
 
 
 def test_storage_arguments(tmp_path: Path) -> None:
