@@ -98,6 +98,16 @@ def row_tile(rows: int, limit: int = 8) -> int:
     return next(t for t in range(min(limit, rows), 0, -1) if rows % t == 0)
 
 
+def pixel_lanes(pixels: int) -> int:
+    """Pixels per vector: 16 ``uint64`` (two zmm registers), 8 for small images."""
+    return 16 if pixels >= 128 else 8
+
+
+def round_up(n: int, multiple: int) -> int:
+    """``n`` rounded up to a multiple of ``multiple``."""
+    return -(-n // multiple) * multiple
+
+
 def lanes_for(channels: int) -> int:
     """Vector lanes (``uint64``) over output channels: 16 when they divide, else 8."""
     return 16 if channels % 16 == 0 else 8

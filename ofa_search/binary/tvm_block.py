@@ -34,7 +34,14 @@ from typing import Any
 
 import numpy as np
 
-from ofa_search.binary._tvm import compile_for_host, import_tvm, row_tile, shared_buffer
+from ofa_search.binary._tvm import (
+    compile_for_host,
+    import_tvm,
+    pixel_lanes,
+    round_up,
+    row_tile,
+    shared_buffer,
+)
 from ofa_search.binary.block import BlockPlan
 from ofa_search.binary.packing import WORD_BITS, num_words
 
@@ -79,20 +86,19 @@ class BlockSpec:
 
     @property
     def in_lanes(self) -> int:
-        """Pixels per vector: 16 ``uint64`` (two zmm registers), 8 for small images."""
-        return 16 if self.pixels >= 128 else 8
+        return pixel_lanes(self.pixels)
 
     @property
     def out_lanes(self) -> int:
-        return 16 if self.out_pixels >= 128 else 8
+        return pixel_lanes(self.out_pixels)
 
     @property
     def padded_pixels(self) -> int:
-        return -(-self.pixels // self.in_lanes) * self.in_lanes
+        return round_up(self.pixels, self.in_lanes)
 
     @property
     def padded_out_pixels(self) -> int:
-        return -(-self.out_pixels // self.out_lanes) * self.out_lanes
+        return round_up(self.out_pixels, self.out_lanes)
 
     @property
     def dw_rows(self) -> int:

@@ -25,6 +25,8 @@ import numpy as np
 from ofa_search.binary._tvm import (
     compile_for_host,
     import_tvm,
+    pixel_lanes,
+    round_up,
     row_tile,
     shared_buffer,
 )
@@ -49,12 +51,11 @@ class PointwiseSpec:
 
     @property
     def lanes(self) -> int:
-        """Pixels per vector: 16 ``uint64`` (two zmm registers), 8 for small images."""
-        return 16 if self.pixels >= 128 else 8
+        return pixel_lanes(self.pixels)
 
     @property
     def padded_pixels(self) -> int:
-        return -(-self.pixels // self.lanes) * self.lanes
+        return round_up(self.pixels, self.lanes)
 
 
 def _activation(v: Any, act: str | None) -> Any:

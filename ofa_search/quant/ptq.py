@@ -20,11 +20,8 @@ import numpy as np
 import onnx
 
 from ofa_search.nn.static import StaticSubnet
-from ofa_search.onnx_export import export_onnx
-from ofa_search.quant.calibrate import DEFAULT_MAX_SAMPLES, iter_samples
-from ofa_search.quant.fold import fold_network
-from ofa_search.quant.qdq import require_int8
-from ofa_search.quant.quantize import quantize_convs
+from ofa_search.quant.calibrate import DEFAULT_MAX_SAMPLES
+from ofa_search.quant.qdq import quantize_subnet
 
 
 def export_int8_ptq(net: StaticSubnet, calibration: Iterable[np.ndarray], *,
@@ -44,8 +41,5 @@ def export_int8_ptq(net: StaticSubnet, calibration: Iterable[np.ndarray], *,
         InvalidArchError: the arch has no int8 stage.
         ValueError: ``calibration`` holds no image.
     """
-    require_int8(net)
-    folded = fold_network(net, int8_grid=False)
-    fp32 = export_onnx(folded.module, net.input_shape(1))
-    samples = list(iter_samples(calibration, max_samples))
-    return quantize_convs(fp32, folded.int8_convs, samples, learned=False, threads=threads)
+    return quantize_subnet(net, calibration, learned=False, max_samples=max_samples,
+                           threads=threads)

@@ -85,8 +85,18 @@ def export_int8(net: StaticSubnet, calibration: Iterable[np.ndarray], *,
         UncalibratedQuantError: an int8 conv's activation range was never observed.
         ValueError: ``calibration`` holds no image.
     """
+    return quantize_subnet(net, calibration, learned=True, max_samples=max_samples,
+                           threads=threads)
+
+
+def quantize_subnet(net: StaticSubnet, calibration: Iterable[np.ndarray], *, learned: bool,
+                    max_samples: int = DEFAULT_MAX_SAMPLES, threads: int = 1
+                    ) -> onnx.ModelProto:
+    """The shared path of :func:`export_int8` (``learned``: weights on their learned grid,
+    learned activation scales) and :func:`~ofa_search.quant.ptq.export_int8_ptq` (scales
+    calibrated after training): fold BN, export fp32, quantise the int8 stages' convs."""
     require_int8(net)
-    folded = fold_network(net, int8_grid=True)
+    folded = fold_network(net, int8_grid=learned)
     fp32 = export_onnx(folded.module, net.input_shape(1))
     samples = list(iter_samples(calibration, max_samples))
-    return quantize_convs(fp32, folded.int8_convs, samples, learned=True, threads=threads)
+    return quantize_convs(fp32, folded.int8_convs, samples, learned=learned, threads=threads)
