@@ -100,9 +100,11 @@ class ServiceState:
         """Refuse (422) a precision that ``device``'s space or the search cannot price."""
         from ofa_search.search.encoding import ANY_PRECISION
 
+        if precision is None:
+            return
         table = self.table(device)
         offered = [*self.engine.modes(device), ANY_PRECISION]
-        if precision is not None and precision not in offered:
+        if precision not in offered:
             raise UnsupportedPrecisionError(f"precision {precision!r} is not available on "
                                             f"device {device!r} (space {table.space!r}); "
                                             f"available: {offered}")

@@ -92,6 +92,7 @@ class QueryEngine:
         self._contexts: dict[tuple[str, str], DeviceContext] = {}
         self._fronts: dict[tuple[str, str], tuple[int, Front | None]] = {}
         self._fastest: dict[tuple[str, str], tuple[Arch, float]] = {}
+        self._modes: dict[str, list[str]] = {}
         self._lock = threading.RLock()
         self._predict_lock = threading.Lock()  # predictors need not be thread-safe
 
@@ -192,11 +193,16 @@ class QueryEngine:
             latency_predictor=ctx.latency_name, found_in_s=time.perf_counter() - start)
 
     def modes(self, device: str) -> list[str]:
-        """The precision modes whose units ``device``'s table holds."""
-        table = find_table(device, workspace=self.workspace.root)
-        return [mode for mode, precs in PRECISION_MODES.items()
-                if all(p in table.precisions and p in get_space(table.space).precisions
-                       for p in precs)]
+        """The precision modes whose units ``device``'s table holds (read once per
+        engine)."""
+        with self._lock:
+            if device not in self._modes:
+                table = find_table(device, workspace=self.workspace.root)
+                self._modes[device] = [
+                    mode for mode, precs in PRECISION_MODES.items()
+                    if all(p in table.precisions and p in get_space(table.space).precisions
+                           for p in precs)]
+            return list(self._modes[device])
 
     def _query_any(self, device: str, latency_ms: float, refine: bool) -> QueryResult:
         """The most accurate answer over every precision mode the device offers."""
