@@ -11,7 +11,10 @@ same shapes (:mod:`ofa_search.binary.benchmark`, :mod:`ofa_search.quant.benchmar
 QAT and PTQ QDQ ONNX and a binary package (:mod:`ofa_search.precision_benchmark`).
 ``--fronts``: each precision mode's front on ``--device`` (built if missing), the
 any-precision front (their Pareto union) and a plot ``precision_fronts.png`` beside the
-JSON. Sections not asked for are kept from an earlier run of the same output file.
+JSON; also what the device's table says of int8 and binary units against their fp32
+twins, and the table's prediction for each artefact of ``--models`` (from this file) next
+to its measured latency. Sections not asked for are kept from an earlier run of the same
+output file.
 """
 
 from __future__ import annotations
@@ -92,6 +95,49 @@ def fronts(ws: Workspace, device: str, plot: Path) -> dict[str, Any]:
     return out
 
 
+def unit_costs(ws: Workspace, device: str) -> dict[str, Any]:
+    """Each low-precision unit's median latency over its fp32 twin's, summarised."""
+    import numpy as np
+
+    from ofa_search.profiling.lut import find_table
+
+    table = find_table(device, workspace=ws.root)
+    fp32 = {k.rsplit(":", 1)[0]: e["median_ms"] for k, e in table.entries.items()
+            if k.endswith(":fp32")}
+    out: dict[str, Any] = {}
+    for precision in ("int8", "binary"):
+        ratios = np.array([e["median_ms"] / fp32[k.rsplit(":", 1)[0]]
+                           for k, e in table.entries.items() if k.endswith(f":{precision}")])
+        if ratios.size:
+            out[precision] = {"units": int(ratios.size), "median": float(np.median(ratios)),
+                              "p10": float(np.percentile(ratios, 10)),
+                              "p90": float(np.percentile(ratios, 90)),
+                              "share_faster": float((ratios < 1).mean())}
+            print(f"{precision} units vs fp32: median {out[precision]['median']:.2f}x, "
+                  f"p10–p90 {out[precision]['p10']:.2f}–{out[precision]['p90']:.2f}x, "
+                  f"{100 * out[precision]['share_faster']:.0f} % faster")
+    return out
+
+
+def predicted_vs_measured(rows: list[dict], ws: Workspace, device: str) -> list[dict]:
+    """The table's prediction for each model row's artefact next to its measured latency."""
+    from ofa_search.profiling.lut import find_table
+
+    table = find_table(device, workspace=ws.root)
+    precision = {"fp32": "fp32", "int8-qat": "int8", "int8-ptq": "int8", "binary": "binary"}
+    out = []
+    for r in rows:
+        arch = Arch.parse(r["arch"], table.space)
+        arch = arch.replace(precisions=(precision[r["variant"]],) * len(arch.depths))
+        predicted = table.predict(arch)
+        error = 100 * (r["latency_ms"] - predicted) / predicted
+        out.append({"arch": r["arch"], "variant": r["variant"], "predicted_ms": predicted,
+                    "measured_ms": r["latency_ms"], "error_pct": error})
+        print(f"{r['arch'][:14]:<14} {r['variant']:<9} predicted {predicted:.3f} ms, "
+              f"measured {r['latency_ms']:.3f} ms ({error:+.0f} %)")
+    return out
+
+
 def _plot(points: dict[str, list[dict]], path: Path, device: str) -> None:
     import io
 
@@ -153,6 +199,9 @@ def main(argv: list[str] | None = None) -> int:
         report["models"] = models(ws, args.fp32_checkpoint, args.n_eval, args.threads)
     if args.fronts:
         report["fronts"] = fronts(ws, args.device, args.out.with_name("precision_fronts.png"))
+        report["unit_costs"] = unit_costs(ws, args.device)
+        if "models" in report:
+            report["latency_check"] = predicted_vs_measured(report["models"], ws, args.device)
     atomic_write_json(args.out, report)
     print(f"wrote {args.out}")
     return 0
