@@ -6,6 +6,7 @@ import io
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from ofa_search.atomic import atomic_write_bytes
 from ofa_search.search.front import Front
@@ -38,6 +39,14 @@ def plot_front(front: Front, answers: Sequence[tuple[float, QueryResult]],
     ax.set_title(title or f"{front.meta.get('device', '')} front")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
+    return save_png(fig, path)
+
+
+def save_png(fig: Any, path: str | os.PathLike[str]) -> Path:
+    """Write matplotlib figure ``fig`` (laid out tightly) as a PNG, atomically, and close
+    it."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")

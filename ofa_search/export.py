@@ -314,8 +314,8 @@ def export(checkpoint: str | os.PathLike[str], arch: str | Arch, format: str,
     say(f"writing {fmt.name} artefact and verifying it with {fmt.runtime}")
     try:
         if fmt.calibrated_write is not None:
-            fmt.calibrated_write(net, pending, _train_batches(data, parsed.resolution,
-                                                              calib_batches, seed))
+            fmt.calibrated_write(net, pending, train_batches(data, parsed.resolution,
+                                                             calib_batches, seed))
         else:
             fmt.write(net, pending)
         diff = fmt.verify(pending, net, x)
@@ -362,7 +362,8 @@ def export(checkpoint: str | os.PathLike[str], arch: str | Arch, format: str,
     return ExportResult(folder, final, card_json, card_md, card)
 
 
-def _train_batches(data: DatasetSplits, resolution: int, n: int, seed: int) -> list[np.ndarray]:
+def train_batches(data: DatasetSplits, resolution: int, n: int, seed: int = 0
+                  ) -> list[np.ndarray]:
     """The ``n`` train batches that :func:`~ofa_search.train.calibrated_subnet` recalibrates
     BN on (same generator seed and default batch size), as arrays."""
     gen = torch.Generator().manual_seed(seed)
@@ -388,9 +389,8 @@ def _measure_latency(ws: Workspace, device: str, arch: Arch, artefact: Path,
     import onnx
 
     from ofa_search.profiling.backends import get_backend
-    from ofa_search.profiling.builder import FAST_TIMING, measure_arch
+    from ofa_search.profiling.builder import FAST_TIMING, measure_arch, time_binary_package
     from ofa_search.profiling.lut import find_table
-    from ofa_search.profiling.timing import callable_sampler, time_sampler
 
     profile = find_table(device, workspace=ws.root).profile()
     if profile is None:
@@ -403,10 +403,8 @@ def _measure_latency(ws: Workspace, device: str, arch: Arch, artefact: Path,
                     f"binary packages run on this host, not on {profile.backend!r}"}
         from ofa_search.binary.runtime import BinaryPackage
 
-        package = BinaryPackage.load(artefact, threads=profile.intra_op_threads)
-        x = np.zeros((profile.batch_size, *package.input_shape), dtype=np.float32)
-        package.run(x)
-        stats = time_sampler(callable_sampler(lambda: package.run(x)), FAST_TIMING)
+        stats = time_binary_package(
+            BinaryPackage.load(artefact, threads=profile.intra_op_threads), profile.batch_size)
         return {"measured_latency_ms": stats.median_ms, "measured_iqr_ms": stats.iqr_ms,
                 "measured_runs": stats.count, "batch_size": profile.batch_size,
                 "not_measured_reason": None}

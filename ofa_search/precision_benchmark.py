@@ -16,7 +16,6 @@ measured latency (batch 1, ``threads``), with the speed-up over the fp32 artefac
 
 from __future__ import annotations
 
-import itertools
 import os
 import tempfile
 from collections.abc import Callable, Sequence
@@ -24,10 +23,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from ofa_search.arch import Arch
 from ofa_search.data import DatasetSplits, iterate_batches
+from ofa_search.export import train_batches
 from ofa_search.nn import StaticSubnet, Supernet
 from ofa_search.profiling.timing import TimingConfig, callable_sampler, time_sampler
 from ofa_search.train.bn_calibration import calibrated_subnet, evaluate
@@ -35,13 +34,6 @@ from ofa_search.train.checkpoint import load_init_weights, load_supernet
 
 VARIANTS = ("fp32", "int8-qat", "int8-ptq", "binary")
 TIMING = TimingConfig(warmup=5, min_runs=20, max_runs=2000, time_cap_s=3.0)
-
-
-def _calibration(data: DatasetSplits, resolution: int, n: int = 8) -> list[np.ndarray]:
-    gen = torch.Generator().manual_seed(0)
-    batches = iterate_batches(data.train, 128, shuffle=True, generator=gen,
-                              resolution=resolution)
-    return [x.numpy() for x, _ in itertools.islice(batches, n)]
 
 
 def _ort_runner(model_bytes: bytes, threads: int) -> Callable[[np.ndarray], np.ndarray]:
@@ -108,7 +100,7 @@ def model_rows(checkpoint: str | os.PathLike[str], fp32_checkpoint: str | os.Pat
         x_eval, y_eval = next(iterate_batches(data.test, n_eval, shuffle=False,
                                               resolution=arch.resolution))
         x_np, y_np = x_eval.numpy(), y_eval.numpy()
-        calib = _calibration(data, arch.resolution)
+        calib = train_batches(data, arch.resolution, 8)
         fp32_ms: float | None = None
         for variant in VARIANTS:
             precision = {"fp32": "fp32", "int8-qat": "int8", "int8-ptq": "int8",

@@ -139,14 +139,12 @@ def predicted_vs_measured(rows: list[dict], ws: Workspace, device: str) -> list[
 
 
 def _plot(points: dict[str, list[dict]], path: Path, device: str) -> None:
-    import io
-
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from ofa_search.atomic import atomic_write_bytes
+    from ofa_search.demo_plot import save_png
 
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
     styles = {"fp32": ("0.3", "-"), "int8": ("tab:blue", ":"), "binary": ("tab:red", ":"),
@@ -161,11 +159,7 @@ def _plot(points: dict[str, list[dict]], path: Path, device: str) -> None:
     ax.set_title(f"Pareto fronts on {device}: fp32 only vs any precision")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    plt.close(fig)
-    atomic_write_bytes(path, buffer.getvalue())
+    save_png(fig, path)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -172,11 +172,18 @@ def _measure_binary_net(net: StaticSubnet, threads: int, batch_size: int) -> Tim
     """Latency of ``net`` run as a binary package (:mod:`ofa_search.binary`)."""
     from ofa_search.binary.package import subnet_program
     from ofa_search.binary.runtime import BinaryPackage
+
+    return time_binary_package(BinaryPackage(subnet_program(net.eval()), threads=threads),
+                               batch_size)
+
+
+def time_binary_package(package: Any, batch_size: int = 1) -> TimingStats:
+    """Latency of a loaded :class:`~ofa_search.binary.runtime.BinaryPackage` on a seeded
+    input of ``batch_size`` (compilation and warm-up untimed)."""
     from ofa_search.profiling.timing import callable_sampler, time_sampler
 
-    package = BinaryPackage(subnet_program(net.eval()), threads=threads)
     x = _input((batch_size, *package.input_shape))
-    package.run(x)  # compile and warm up, untimed
+    package.run(x)
     return time_sampler(callable_sampler(lambda: package.run(x)), FAST_TIMING)
 
 
