@@ -317,7 +317,7 @@ def latency_cmd(
         result["predicted_std_ms"] = float(model.predict_std([parsed])[0])
     if measure:
         from ofa_search.profiling.backends import get_backend
-        from ofa_search.profiling.builder import FAST_TIMING, measure_arch
+        from ofa_search.profiling.measure import FAST_TIMING, measure_arch
 
         profile = table.profile()
         if profile is None:

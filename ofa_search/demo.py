@@ -23,7 +23,8 @@ from ofa_search.demo_plot import plot_front
 from ofa_search.export import export
 from ofa_search.profiling import DeviceProfile, TimingConfig
 from ofa_search.profiling.backends import get_backend
-from ofa_search.profiling.builder import build_table, measure_arch
+from ofa_search.profiling.builder import build_table
+from ofa_search.profiling.measure import measure_arch
 from ofa_search.search.front import build_front
 from ofa_search.search.query import QueryEngine, QueryResult
 from ofa_search.train import TrainConfig, calibrated_subnet, evaluate, load_supernet, train

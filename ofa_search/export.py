@@ -389,8 +389,8 @@ def _measure_latency(ws: Workspace, device: str, arch: Arch, artefact: Path,
     import onnx
 
     from ofa_search.profiling.backends import get_backend
-    from ofa_search.profiling.builder import FAST_TIMING, measure_arch, time_binary_package
     from ofa_search.profiling.lut import find_table
+    from ofa_search.profiling.measure import FAST_TIMING, measure_arch, time_binary_package
 
     profile = find_table(device, workspace=ws.root).profile()
     if profile is None:

@@ -20,6 +20,7 @@ from ofa_search.arch import Arch
 from ofa_search.atomic import atomic_write_json
 from ofa_search.errors import FileFormatError, OfaSearchError
 from ofa_search.profiling.lut import LatencyTable
+from ofa_search.profiling.timing import TimingStats
 from ofa_search.workspace import Workspace
 from predictors import metrics
 from predictors.accuracy_fit import heldout_split
@@ -60,7 +61,8 @@ def collect_measurements(workspace: Workspace, table: LatencyTable, n: int, *,
     """``(archs, measured_ms, n_new)``: the first ``n`` sampled archs and their end-to-end
     latencies, measuring only those the cache lacks."""
     from ofa_search.profiling.backends import get_backend
-    from ofa_search.profiling.builder import FAST_TIMING, measure_arch, sample_archs
+    from ofa_search.profiling.builder import sample_archs
+    from ofa_search.profiling.measure import FAST_TIMING, measure_archs
     from predictors.accuracy_data import progress_bar
 
     profile = table.profile()
@@ -84,11 +86,17 @@ def collect_measurements(workspace: Workspace, table: LatencyTable, n: int, *,
         with get_backend(profile, timing=FAST_TIMING) as backend, \
                 progress_bar(show_progress) as progress:
             task = progress.add_task(f"measuring on {table.device_id}", total=len(todo))
-            for start in range(0, len(todo), batch):
-                for arch in todo[start:start + batch]:
-                    stats = measure_arch(backend, arch, profile.batch_size, profile)
-                    measured[arch.to_string()] = float(stats.median_ms)
-                    progress.advance(task)
+
+            def done(arch: Arch, stats: TimingStats) -> None:
+                measured[arch.to_string()] = float(stats.median_ms)
+                progress.advance(task)
+                if len(measured) % batch == 0:
+                    save()
+
+            try:
+                measure_archs(backend, todo, profile.batch_size, profile, chunk=batch,
+                              on_result=done)
+            finally:
                 save()
     return archs, np.array([measured[a.to_string()] for a in archs]), len(todo)
 

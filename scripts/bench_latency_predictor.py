@@ -25,9 +25,10 @@ import numpy as np
 
 from ofa_search.arch import Arch
 from ofa_search.atomic import atomic_write_json
-from ofa_search.profiling.builder import measure_arch, sample_archs
+from ofa_search.profiling.builder import sample_archs
 from ofa_search.profiling.lut import LatencyTable, find_table, now_iso
-from ofa_search.profiling.timing import TimingConfig
+from ofa_search.profiling.measure import measure_many, prepare_arch
+from ofa_search.profiling.timing import TimingConfig, TimingStats
 from ofa_search.profiling.validate import VALIDATION_SEED
 from predictors.base import Predictor
 from predictors.latency import LearnedLatencyPredictor, LutLatencyPredictor
@@ -61,14 +62,19 @@ def measure_all(table: LatencyTable, groups: dict[str, list[Arch]], cache_path: 
         raise SystemExit(f"table {table.device_id!r} was imported; cannot measure here")
     backend = get_backend(profile, timing=timing)
     start = time.perf_counter()
+    count = [0]
+
+    def done(item: tuple[str, Arch], stats: TimingStats) -> None:
+        cache[item[0]][item[1].to_string()] = stats.median_ms
+        count[0] += 1
+        if count[0] % 10 == 0 or count[0] == len(todo):
+            atomic_write_json(cache_path, {"device_id": table.device_id, **cache})
+            print(f"  measured {count[0]}/{len(todo)} ({time.perf_counter() - start:.0f} s)",
+                  flush=True)
+
     try:
-        for i, (group, arch) in enumerate(todo, 1):
-            cache[group][arch.to_string()] = measure_arch(backend, arch,
-                                                          profile.batch_size).median_ms
-            if i % 10 == 0 or i == len(todo):
-                atomic_write_json(cache_path, {"device_id": table.device_id, **cache})
-                print(f"  measured {i}/{len(todo)} ({time.perf_counter() - start:.0f} s)",
-                      flush=True)
+        measure_many(todo, lambda item: prepare_arch(backend, item[1], profile.batch_size),
+                     chunk=10, on_result=done)
     finally:
         close = getattr(backend, "close", None)
         if close is not None:

@@ -243,3 +243,30 @@ def time_callable(
                           rel_tolerance=rel_tolerance, time_cap_s=time_cap_s,
                           min_sample_ms=min_sample_ms, confidence=confidence)
     return time_sampler(callable_sampler(fn, clock), config, clock=clock)
+
+
+def combine_rounds(rounds: Sequence[TimingStats]) -> TimingStats:
+    """One summary of several measurements of the same model taken at different times.
+
+    The median is the median of the rounds' medians, so a round spoilt by a burst of
+    load elsewhere on the host (which only ever slows a model down) is outvoted by the
+    others; ``ci_halfwidth_ms`` is the largest distance from it to a round's median (the
+    run-to-run spread), and the result is converged only when every round was and that
+    spread is within each round's own interval. IQR and mean are the rounds' medians and
+    means; ``min_ms`` is the fastest sample of all and ``count`` the samples of all.
+    """
+    if not rounds:
+        raise ValueError("combine_rounds needs at least one round")
+    if len(rounds) == 1:
+        return rounds[0]
+    medians = np.array([r.median_ms for r in rounds])
+    median = float(np.median(medians))
+    spread = float(np.max(np.abs(medians - median)))
+    widest = max(r.ci_halfwidth_ms for r in rounds)
+    return TimingStats(
+        median_ms=median, iqr_ms=float(np.median([r.iqr_ms for r in rounds])),
+        mean_ms=float(np.mean([r.mean_ms for r in rounds])),
+        min_ms=min(r.min_ms for r in rounds), count=sum(r.count for r in rounds),
+        ci_halfwidth_ms=max(spread, widest),
+        converged=all(r.converged for r in rounds) and spread <= widest,
+    )

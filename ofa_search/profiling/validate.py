@@ -18,8 +18,9 @@ import numpy as np
 
 from ofa_search.atomic import atomic_write_json
 from ofa_search.errors import OfaSearchError
-from ofa_search.profiling.builder import FAST_TIMING, Measurer, measure_arch, sample_archs
+from ofa_search.profiling.builder import sample_archs
 from ofa_search.profiling.lut import LatencyTable, now_iso
+from ofa_search.profiling.measure import FAST_TIMING, MEASURE_ROUNDS, Measurer, measure_archs
 from ofa_search.profiling.timing import TimingConfig
 from predictors.metrics import report
 
@@ -45,6 +46,7 @@ class ValidationReport:
     profiling_wall_s: float | None
     overhead_ms: float
     load_avg: list[float | None] = field(default_factory=list)
+    rounds: int = 1
     date: str = field(default_factory=now_iso)
     rows: list[dict[str, Any]] = field(default_factory=list)
 
@@ -66,6 +68,7 @@ class ValidationReport:
             f"  {'overhead':<22}{self.overhead_ms:.4f} ms",
             f"  {'profiling wall time':<22}{prof}",
             f"  {'validation wall time':<22}{self.validation_wall_s:.1f} s",
+            f"  {'rounds per arch':<22}{self.rounds}",
             f"  {'host load (1 min)':<22}{self.load_avg}",
         ]
 
@@ -93,8 +96,9 @@ def profiling_wall_s(table: LatencyTable) -> float | None:
 
 def validate_table(table: LatencyTable, n: int = 100, seed: int = VALIDATION_SEED, *,
                    backend: Measurer | None = None, timing: TimingConfig | None = None,
-                   progress: bool = False) -> ValidationReport:
-    """Measure ``n`` seeded random subnets on the table's profile and compare.
+                   rounds: int = MEASURE_ROUNDS, progress: bool = False) -> ValidationReport:
+    """Measure ``n`` seeded random subnets on the table's profile (each in ``rounds``
+    interleaved rounds, as tables are measured) and compare.
 
     ``backend`` defaults to the table's own profile's backend; an imported table (no
     profile) needs one passed in.
@@ -116,11 +120,13 @@ def validate_table(table: LatencyTable, n: int = 100, seed: int = VALIDATION_SEE
     rows: list[dict[str, Any]] = []
     try:
         archs = sample_archs(table.space, n, seed, table.width_mult, table.resolutions)
-        for arch in tqdm(archs, desc=f"validating {table.device_id}", disable=not progress):
-            predicted = table.predict(arch)
-            measured = measure_arch(backend, arch, batch, profile).median_ms
-            rows.append({"arch": arch.to_string(), "predicted_ms": predicted,
-                         "measured_ms": measured})
+        bar = tqdm(total=n, desc=f"validating {table.device_id}", disable=not progress)
+        measured = measure_archs(backend, archs, batch, profile, rounds=rounds,
+                                 on_result=lambda arch, stats: bar.update())
+        bar.close()
+        rows = [{"arch": arch.to_string(), "predicted_ms": table.predict(arch),
+                 "measured_ms": stats.median_ms}
+                for arch, stats in zip(archs, measured, strict=True)]
     finally:
         if owned:
             close = getattr(backend, "close", None)
@@ -135,5 +141,5 @@ def validate_table(table: LatencyTable, n: int = 100, seed: int = VALIDATION_SEE
         kendall_tau=m["kendall_tau"], mean_measured_ms=float(meas.mean()),
         validation_wall_s=time.perf_counter() - start,
         profiling_wall_s=profiling_wall_s(table), overhead_ms=table.overhead_ms,
-        load_avg=[load_before, _load_avg()], rows=rows,
+        load_avg=[load_before, _load_avg()], rounds=rounds, rows=rows,
     )

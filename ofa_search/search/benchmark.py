@@ -136,8 +136,8 @@ def measure_found(ctx: DeviceContext, archs: Sequence[Arch], *, data: str | None
     from ofa_search.data import load_dataset
     from ofa_search.errors import OfaSearchError
     from ofa_search.profiling.backends import get_backend
-    from ofa_search.profiling.builder import FAST_TIMING, measure_arch
     from ofa_search.profiling.lut import find_table
+    from ofa_search.profiling.measure import FAST_TIMING, measure_arch
     from ofa_search.train import evaluate_arch, load_supernet
 
     table = find_table(ctx.device, workspace=ctx.workspace.root)

@@ -53,12 +53,13 @@ def built(tmp_path_factory: pytest.TempPathFactory,
     backend = CountingBackend(profile)
     seen: list[str] = []
     partial = build_table(SPACE, profile, [16], path, backend=backend, progress=False,
-                          limit=5, overhead_archs=2, on_unit=lambda u, s: seen.append(u.key))
+                          limit=5, overhead_archs=2, rounds=1, chunk=3,
+                          on_unit=lambda u, s: seen.append(u.key))
     first_calls = backend.calls
     assert not partial.complete and len(partial.entries) == 5
     assert not LatencyTable.load(path).complete
     table = build_table(SPACE, profile, [16], path, backend=backend, progress=False,
-                        overhead_archs=2, on_unit=lambda u, s: seen.append(u.key))
+                        overhead_archs=2, rounds=1, on_unit=lambda u, s: seen.append(u.key))
     assert len(seen) == len(set(seen)), "a unit was measured twice"
     backend.close()
     return path, table, [first_calls, backend.calls]
@@ -74,6 +75,17 @@ def test_resume_measures_each_unit_once(built: tuple[Path, LatencyTable, list[in
     assert loaded.complete and loaded.to_dict() == table.to_dict()
     assert loaded.fingerprint == DeviceProfile.local_onnxruntime(1).fingerprint()
     assert loaded.versions["onnxruntime"] and loaded.host
+
+
+def test_rounds_measure_each_unit_that_many_times(tmp_path: Path,
+                                                  profile: DeviceProfile) -> None:
+    backend = CountingBackend(profile)
+    table = build_table(SPACE, profile, [16], tmp_path / "t.json", backend=backend,
+                        progress=False, limit=4, overhead_archs=0, rounds=3, chunk=2)
+    backend.close()
+    assert backend.calls == 12 and len(table.entries) == 4
+    assert table.meta["rounds"] == 3
+    assert all(entry["count"] >= 3 * FAST.min_runs for entry in table.entries.values())
 
 
 def test_predict_by_hand(built: tuple[Path, LatencyTable, list[int]]) -> None:

@@ -163,6 +163,24 @@ def test_model_may_be_bytes_or_a_path(backend: LatencyBackend, tmp_path: Path,
     np.testing.assert_array_equal(from_bytes[0], backend.run(str(path), inputs)[0])
 
 
+def test_prepared_models_are_owned_by_the_caller(
+        backend: LatencyBackend, model: tuple[onnx.ModelProto, dict[str, np.ndarray]]) -> None:
+    proto, inputs = model
+    expected = backend.run(proto, inputs)[0]
+    backend.close()  # an RPC device serves one session: the cached model must go first
+    prepared = backend.prepare(proto, inputs)
+    try:
+        np.testing.assert_array_equal(prepared.run(inputs)[0], expected)
+        assert prepared.measure(inputs).median_ms > 0
+    finally:
+        prepared.close()
+    assert backend.max_prepared == (1 if backend.profile.is_remote else None)
+    if not backend.profile.is_remote:
+        second = backend.prepare(proto, inputs)
+        assert second is not backend.load(proto, inputs)  # not the cached model
+        second.close()
+
+
 def test_inputs_must_match_the_graph(backend: LatencyBackend,
                                      model: tuple[onnx.ModelProto, dict[str, np.ndarray]]
                                      ) -> None:

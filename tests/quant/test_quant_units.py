@@ -7,7 +7,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from ofa_search.profiling.builder import unit_onnx
+from ofa_search.profiling.measure import unit_onnx
 from ofa_search.quant.benchmark import (
     conv_case,
     cpu_int8_support,

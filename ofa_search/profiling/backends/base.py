@@ -145,6 +145,18 @@ class LatencyBackend(ABC):
         self._cached = (key, loaded)
         return loaded
 
+    def prepare(self, onnx_model: ModelLike, inputs: Inputs) -> LoadedModel:
+        """Like :meth:`load`, but not cached: the caller owns the model and closes it.
+        Several models can be prepared at once (to time them in interleaved rounds), up to
+        :attr:`max_prepared` when that is set."""
+        model = load_onnx(onnx_model)
+        return self._load(model, check_inputs(graph_input_names(model), inputs))
+
+    @property
+    def max_prepared(self) -> int | None:
+        """How many prepared models this backend can hold at once (None: no limit)."""
+        return None
+
     def run(self, onnx_model: ModelLike, inputs: Inputs) -> list[np.ndarray]:
         """One inference of ``onnx_model`` on ``inputs``; outputs in graph order."""
         return self.load(onnx_model, inputs).run(inputs)

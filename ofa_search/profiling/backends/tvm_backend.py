@@ -9,6 +9,7 @@ loop of :mod:`ofa_search.profiling.timing`.
 
 from __future__ import annotations
 
+import gc
 import os
 import tempfile
 from collections.abc import Callable
@@ -92,8 +93,17 @@ class _TvmModel(LoadedModel):
         return time_sampler(sample, self._timing)
 
     def close(self) -> None:
-        self._vm = None
-        self._keepalive = ()
+        # Drop every handle into the session (VM, device, remote thread-pool functions), so
+        # that an RPC device is free for the next session at once.
+        remote, self._keepalive = bool(self._keepalive), ()
+        self._vm = self._device = None
+        self._configure_threads = _closed
+        if remote:  # TVM's FFI objects sit in reference cycles that hold the session
+            gc.collect()
+
+
+def _closed() -> None:
+    raise RuntimeError("this TVM model was closed")
 
 
 class TvmBackend(LatencyBackend):
@@ -121,6 +131,11 @@ class TvmBackend(LatencyBackend):
         self._check_mcpu()
         if not profile.is_remote:
             os.environ.setdefault("TVM_NUM_THREADS", str(max(profile.threads, usable_cores())))
+
+    @property
+    def max_prepared(self) -> int | None:
+        """One: an RPC device serves one session at a time (local: no limit)."""
+        return 1 if self.profile.is_remote else None
 
     def versions(self) -> dict[str, str]:
         llvm = self._tvm.target.codegen.llvm_version_major()
