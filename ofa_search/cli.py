@@ -241,18 +241,29 @@ def profile_cmd(
     precisions: Annotated[list[str] | None, typer.Option(
         "--precision", "-p", help="repeat for several (default: all that the space offers; "
         "int8 and binary units are measured as export emits them)")] = None,
+    rounds: Annotated[int, typer.Option(
+        "--rounds", min=1, help="interleaved measurements per unit (median kept)")] = 3,
+    tuning_trials: Annotated[int, typer.Option(
+        "--tuning-trials", min=0, help="tvm: MetaSchedule trials per new workload")] = 0,
+    tuning_db: Annotated[Path | None, typer.Option(
+        "--tuning-db", help="tvm: tuning database folder, reused across runs")] = None,
+    rpc_tracker: Annotated[str | None, typer.Option(
+        "--rpc-tracker", help="tvm: HOST:PORT of the RPC tracker of a remote device")] = None,
+    rpc_key: Annotated[str | None, typer.Option(
+        "--rpc-key", help="tvm: the remote device's key at the tracker")] = None,
+    target: Annotated[str | None, typer.Option(
+        "--target", help='tvm: target as JSON, e.g. \'{"kind": "llvm", "mcpu": '
+        '"cortex-a72", "mtriple": "aarch64-linux-gnu"}\' (default: this host)')] = None,
 ) -> None:
-    """Measure (or resume) WORKSPACE/hw_profiles/DEVICE.json on this host."""
+    """Measure (or resume) WORKSPACE/hw_profiles/DEVICE.json on this host or an RPC device."""
     import dataclasses
 
-    from ofa_search.profiling import DeviceProfile, TimingConfig
+    from ofa_search.profiling import TimingConfig
     from ofa_search.profiling.builder import build_table
     from ofa_search.space import get_space
 
-    if backend == "onnxruntime":
-        profile = DeviceProfile.local_onnxruntime(threads, id=device)
-    else:
-        profile = DeviceProfile.local_tvm(threads, id=device)
+    profile = _profile_for(device, backend, threads, tuning_trials, tuning_db, rpc_tracker,
+                           rpc_key, target)
     offered = get_space(space).precisions
     chosen = tuple(precisions) if precisions else offered
     unknown = [p for p in chosen if p not in offered]
@@ -263,8 +274,52 @@ def profile_cmd(
     timing = TimingConfig(warmup=3, min_runs=7, max_runs=200, time_cap_s=time_cap)
     out = workspace / "hw_profiles" / f"{device}.json"
     table = build_table(space, profile, resolutions, out, width_mult=width_mult,
-                        timing=timing, overhead_archs=overhead_archs)
+                        timing=timing, overhead_archs=overhead_archs, rounds=rounds)
     typer.echo(f"wrote {out}: {len(table.entries)} units, overhead {table.overhead_ms:.4f} ms")
+
+
+def _profile_for(device: str, backend: str, threads: int, tuning_trials: int,
+                 tuning_db: Path | None, rpc_tracker: str | None, rpc_key: str | None,
+                 target: str | None) -> Any:
+    """The :class:`DeviceProfile` that ``profile``'s options describe."""
+    from ofa_search.profiling import DeviceProfile
+
+    tvm_only = {"--tuning-trials": tuning_trials or None, "--tuning-db": tuning_db,
+                "--rpc-tracker": rpc_tracker, "--rpc-key": rpc_key, "--target": target}
+    if backend == "onnxruntime":
+        given = [name for name, value in tvm_only.items() if value is not None]
+        if given:
+            raise typer.BadParameter(f"{', '.join(given)} apply to --backend tvm only",
+                                     param_hint="--backend")
+        return DeviceProfile.local_onnxruntime(threads, id=device)
+    if backend != "tvm":
+        raise typer.BadParameter(f"unknown backend {backend!r}; use onnxruntime or tvm",
+                                 param_hint="--backend")
+    if (rpc_tracker is None) != (rpc_key is None):
+        raise typer.BadParameter("a remote device needs both --rpc-tracker and --rpc-key",
+                                 param_hint="--rpc-tracker")
+    if rpc_tracker is None:
+        profile = DeviceProfile.local_tvm(threads, tuning_trials=tuning_trials,
+                                          tuning_db=tuning_db, id=device)
+        return profile if target is None else profile.replace(target=_target_json(target))
+    if target is None:
+        raise typer.BadParameter("a remote device needs --target (its CPU is not this "
+                                 "host's)", param_hint="--target")
+    assert rpc_key is not None
+    return DeviceProfile.remote_tvm(id=device, tracker=rpc_tracker, key=rpc_key,
+                                    target=_target_json(target), threads=threads,
+                                    tuning_trials=tuning_trials, tuning_db=tuning_db)
+
+
+def _target_json(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise typer.BadParameter(f"not JSON: {exc}", param_hint="--target") from exc
+    if not isinstance(value, dict) or "kind" not in value:
+        raise typer.BadParameter('expected a JSON object with a "kind", e.g. '
+                                 '{"kind": "llvm", "mcpu": "znver4"}', param_hint="--target")
+    return value
 
 
 @app.command("devices")

@@ -55,7 +55,8 @@ def test_latency_errors(tmp_path: Path, args: list[str], message: str) -> None:
 
 def test_profile_writes_a_workspace_table(tmp_path: Path) -> None:
     out = cli("profile", "--space", "mbv3_small28", "--device", "tiny-ort", "-r", "16",
-              "--time-cap", "0.02", "--overhead-archs", "2", "--workspace", str(tmp_path))
+              "--time-cap", "0.02", "--overhead-archs", "2", "--rounds", "2",
+              "--workspace", str(tmp_path))
     assert out.returncode == 0, out.stderr
     table = find_table("tiny-ort", workspace=tmp_path)
     assert table.space == "mbv3_small28" and list(table.resolutions) == [16]
@@ -63,3 +64,21 @@ def test_profile_writes_a_workspace_table(tmp_path: Path) -> None:
     assert table.predict(arch) > 0
     listed = cli("devices", "--workspace", str(tmp_path)).stdout
     assert "tiny-ort" in listed
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [(["--tuning-trials", "8"], "--tuning-trials apply to --backend tvm only"),
+     (["--backend", "tensorrt"], "unknown backend 'tensorrt'"),
+     (["--backend", "tvm", "--rpc-tracker", "127.0.0.1:9190"],
+      "needs both --rpc-tracker and --rpc-key"),
+     (["--backend", "tvm", "--rpc-tracker", "127.0.0.1:9190", "--rpc-key", "pi"],
+      "a remote device needs --target"),
+     (["--backend", "tvm", "--target", "llvm -mcpu=znver4"], "not JSON"),
+     (["--backend", "tvm", "--target", '{"mcpu": "znver4"}'], 'with a "kind"')],
+)
+def test_profile_option_errors(tmp_path: Path, args: list[str], message: str) -> None:
+    out = cli("profile", "--device", "x", *args, "--workspace", str(tmp_path))
+    assert out.returncode == 2
+    assert message in " ".join(out.stderr.split())
+    assert not (tmp_path / "hw_profiles" / "x.json").exists()
