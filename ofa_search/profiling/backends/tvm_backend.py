@@ -134,8 +134,12 @@ class TvmBackend(LatencyBackend):
 
     @property
     def max_prepared(self) -> int | None:
-        """One: an RPC device serves one session at a time (local: no limit)."""
-        return 1 if self.profile.is_remote else None
+        """One over RPC (a device serves one session at a time); five when tuning (each
+        model may take minutes to tune, and a table is saved after each chunk); else no
+        limit."""
+        if self.profile.is_remote:
+            return 1
+        return 5 if self.profile.tuning_trials else None
 
     def versions(self) -> dict[str, str]:
         llvm = self._tvm.target.codegen.llvm_version_major()
