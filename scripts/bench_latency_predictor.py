@@ -48,8 +48,9 @@ def _load_cache(path: Path) -> dict[str, dict[str, float]]:
 
 
 def measure_all(table: LatencyTable, groups: dict[str, list[Arch]], cache_path: Path,
-                timing: TimingConfig) -> dict[str, dict[str, float]]:
-    """Measure every arch of every group not yet in the cache; save every 10 archs."""
+                timing: TimingConfig, rounds: int = 3) -> dict[str, dict[str, float]]:
+    """Measure every arch of every group not yet in the cache, each in ``rounds``
+    interleaved rounds; save every 10 archs."""
     cache = _load_cache(cache_path)
     todo = [(g, a) for g, archs in groups.items() for a in archs
             if a.to_string() not in cache[g]]
@@ -74,7 +75,7 @@ def measure_all(table: LatencyTable, groups: dict[str, list[Arch]], cache_path: 
 
     try:
         measure_many(todo, lambda item: prepare_arch(backend, item[1], profile.batch_size),
-                     chunk=10, on_result=done)
+                     rounds=rounds, chunk=10, on_result=done)
     finally:
         close = getattr(backend, "close", None)
         if close is not None:
@@ -99,6 +100,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--time-cap", type=float, default=0.5)
     parser.add_argument("--seed", type=int, default=TRAIN_SEED)
     parser.add_argument("--members", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="interleaved measurement rounds per arch (default 3); use a "
+                        "fresh RESULTS_DIR when changing it, as cached archs are reused")
     args = parser.parse_args(argv)
     if args.seed == VALIDATION_SEED:
         parser.error("the training seed must differ from the validation seed")
@@ -113,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     train = [a for a in train if a.to_string() not in held_keys]
     timing = TimingConfig(warmup=3, min_runs=7, max_runs=200, time_cap_s=args.time_cap)
     cache = measure_all(table, {"heldout": heldout, "train": train},
-                        out / f"latency_measurements_{args.device}.json", timing)
+                        out / f"latency_measurements_{args.device}.json", timing, args.rounds)
     y_train = np.array([cache["train"][a.to_string()] for a in train])
     y_held = np.array([cache["heldout"][a.to_string()] for a in heldout])
 
@@ -148,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     saved = {name: str(model.save(out / f"{args.device}-latency-{name.replace('+', '-')}.json"))
              for name, model in fitted.items() if name in keep}
     result = {"device_id": args.device, "space": table.space, "date": now_iso(),
-              "train_seed": args.seed, "heldout_seed": VALIDATION_SEED,
+              "train_seed": args.seed, "heldout_seed": VALIDATION_SEED, "rounds": args.rounds,
               "n_train": len(train), "n_heldout": len(heldout),
               "mean_heldout_ms": float(y_held.mean()), "best": best, "rows": rows,
               "models": saved}
