@@ -24,7 +24,7 @@ from ofa_search.export import export
 from ofa_search.profiling import DeviceProfile, TimingConfig
 from ofa_search.profiling.backends import get_backend
 from ofa_search.profiling.builder import build_table
-from ofa_search.profiling.measure import measure_arch
+from ofa_search.profiling.measure import measure_archs
 from ofa_search.search.front import build_front
 from ofa_search.search.query import QueryEngine, QueryResult
 from ofa_search.train import TrainConfig, calibrated_subnet, evaluate, load_supernet, train
@@ -122,13 +122,14 @@ def _measure(ws: Workspace, results: list[tuple[str, float, QueryResult]], *, se
     profile = DeviceProfile.local_onnxruntime(1, id=DEMO_DEVICE)
     rows = []
     with get_backend(profile, timing=MEASURE_TIMING) as backend:
-        for name, budget, result in results:
+        latencies = measure_archs(backend, [result.arch for _, _, result in results])
+        for (name, budget, result), latency in zip(results, latencies, strict=True):
             net = calibrated_subnet(supernet, result.arch, data, seed=seed)
             rows.append({
                 "query": name, "budget_ms": budget, "arch": result.arch.to_string(),
                 "source": result.source,
                 "predicted_latency_ms": result.predicted_latency_ms,
-                "measured_latency_ms": measure_arch(backend, result.arch).median_ms,
+                "measured_latency_ms": latency.median_ms,
                 "predicted_accuracy": result.predicted_accuracy,
                 "accuracy_std": result.accuracy_std,
                 "measured_accuracy": evaluate(net, data.split("test"), result.arch.resolution),
