@@ -131,13 +131,13 @@ def time_queries(ctx: DeviceContext, budgets: Sequence[float], *, front_trials: 
 
 def measure_found(ctx: DeviceContext, archs: Sequence[Arch], *, data: str | None = None,
                   data_dir: str | None = None) -> list[dict[str, Any]]:
-    """Measured latency (the device's backend, exported ONNX) and test accuracy (the
-    workspace's supernet, BN recalibrated) of ``archs``."""
+    """Measured latency (the device's backend, exported ONNX, in interleaved rounds) and
+    test accuracy (the workspace's supernet, BN recalibrated) of ``archs``."""
     from ofa_search.data import load_dataset
     from ofa_search.errors import OfaSearchError
     from ofa_search.profiling.backends import get_backend
     from ofa_search.profiling.lut import find_table
-    from ofa_search.profiling.measure import FAST_TIMING, measure_arch
+    from ofa_search.profiling.measure import FAST_TIMING, measure_archs
     from ofa_search.train import evaluate_arch, load_supernet
 
     table = find_table(ctx.device, workspace=ctx.workspace.root)
@@ -147,15 +147,14 @@ def measure_found(ctx: DeviceContext, archs: Sequence[Arch], *, data: str | None
                              "cannot be measured from this host")
     net, meta = load_supernet(ctx.workspace.checkpoint)
     name = data or meta["config"]["dataset"]
-    out = []
     with get_backend(profile, timing=FAST_TIMING) as backend:
-        for arch in archs:
-            dataset = load_dataset(name, data_dir=data_dir, in_channels=net.space.in_channels,
-                                   resolution=arch.resolution)
-            out.append({"arch": arch.to_string(),
-                        "measured_ms": measure_arch(backend, arch, profile.batch_size,
-                                                    profile).median_ms,
-                        "test_accuracy": evaluate_arch(net, arch, dataset, split="test")})
+        latencies = measure_archs(backend, archs, profile.batch_size, profile)
+    out = []
+    for arch, latency in zip(archs, latencies, strict=True):
+        dataset = load_dataset(name, data_dir=data_dir, in_channels=net.space.in_channels,
+                               resolution=arch.resolution)
+        out.append({"arch": arch.to_string(), "measured_ms": latency.median_ms,
+                    "test_accuracy": evaluate_arch(net, arch, dataset, split="test")})
     return out
 
 
