@@ -296,24 +296,9 @@ def _schedule(spec: BlockSpec, tensors: list[Any]) -> Any:
     sch.decompose_reduction(dws, ri)
     # 4: squeeze-excite
     if spec.se_channels:
-        block = sch.get_sblock("se_sum")
-        b, m, rp = sch.get_loops(block)
-        mo, mi = sch.split(m, [None, mid_lanes])
-        sch.reorder(b, mo, rp, mi)
-        sch.vectorize(mi)
-        sch.decompose_reduction(block, rp)
-        block = sch.get_sblock("se_red")
-        b, q, rm = sch.get_loops(block)
-        qo, qi = sch.split(q, [None, _lanes(spec.se_channels)])
-        sch.reorder(b, qo, rm, qi)
-        sch.vectorize(qi)
-        sch.decompose_reduction(block, rm)
-        block = sch.get_sblock("se_gate_sum")
-        b, m, rq = sch.get_loops(block)
-        mo, mi = sch.split(m, [None, mid_lanes])
-        sch.reorder(b, mo, rq, mi)
-        sch.vectorize(mi)
-        sch.decompose_reduction(block, rq)
+        _vectorize_reduction(sch, "se_sum", mid_lanes)
+        _vectorize_reduction(sch, "se_red", _lanes(spec.se_channels))
+        _vectorize_reduction(sch, "se_gate_sum", mid_lanes)
         gate = sch.get_sblock("se_gate")
         sch.vectorize(sch.split(sch.get_loops(gate)[-1], [None, mid_lanes])[-1])
     # 5: NCHW gated copy
@@ -344,6 +329,17 @@ def _schedule(spec: BlockSpec, tensors: list[Any]) -> Any:
 
 
 @functools.cache
+def _vectorize_reduction(sch: Any, name: str, lanes: int) -> None:
+    """Block ``name`` with loops (batch, channel, reduction): the reduction moves inside
+    the outer channel loop and ``lanes`` channels are vectorized."""
+    block = sch.get_sblock(name)
+    b, channel, reduce = sch.get_loops(block)
+    outer, inner = sch.split(channel, [None, lanes])
+    sch.reorder(b, outer, reduce, inner)
+    sch.vectorize(inner)
+    sch.decompose_reduction(block, reduce)
+
+
 def _compiled(spec: BlockSpec) -> Any:
     import_tvm()
     return compile_for_host(_schedule(spec, _define(spec)))
