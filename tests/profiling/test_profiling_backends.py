@@ -256,6 +256,26 @@ def test_tvm_thread_count_is_checked() -> None:
         _configure_threads(lambda mode, n: None, lambda: 1, 2, "of this process")
 
 
+def test_tvm_workload_keys_depend_on_shapes_only_through_the_workloads() -> None:
+    pytest.importorskip("tvm")
+    import tvm
+    from tvm.relax.frontend.onnx import from_onnx
+
+    from ofa_search.profiling.backends.tvm_tuning import workload_keys
+
+    target = tvm.target.Target(default_llvm_target(1))
+
+    def keys(seed: int, size: int) -> dict[str, str]:
+        proto, inputs = tiny_model(seed, size)
+        return workload_keys(from_onnx(proto, shape_dict={k: list(v.shape)
+                                                          for k, v in inputs.items()}), target)
+
+    small = keys(0, 16)
+    assert len(small) >= 3  # at least the three convolutions
+    assert keys(1, 16).keys() == small.keys()  # other weights, same workloads
+    assert not keys(0, 8).keys() & small.keys()  # another input size, other workloads
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(os.environ.get("OFA_SEARCH_TVM_TUNING_TESTS") != "1",
                     reason="MetaSchedule needs minutes; set OFA_SEARCH_TVM_TUNING_TESTS=1")

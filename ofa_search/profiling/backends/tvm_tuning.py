@@ -44,7 +44,6 @@ def tune_and_apply(mod: Any, target: Any, *, trials_per_task: int, work_dir: str
     Returns:
         The module with tuned schedules applied, ready for ``tvm.compile(mod, target)``.
     """
-    import tvm
     from tvm import relax
     from tvm.s_tir import meta_schedule as ms
     from tvm.s_tir.meta_schedule.relax_integration import (
@@ -54,11 +53,7 @@ def tune_and_apply(mod: Any, target: Any, *, trials_per_task: int, work_dir: str
 
     os.makedirs(work_dir, exist_ok=True)
     with target:
-        mod = tvm.transform.Sequential([
-            relax.transform.DecomposeOpsForInference(),
-            relax.transform.CanonicalizeBindings(),
-            relax.get_pipeline("zero"),
-        ])(mod)
+        mod = _lowered(mod)
         database = ms.database.JSONDatabase(work_dir=work_dir)
         todo = [
             task for task in extract_tasks(mod, target)
@@ -76,3 +71,28 @@ def tune_and_apply(mod: Any, target: Any, *, trials_per_task: int, work_dir: str
                 runner=_runner(ms, rpc, timeout_s), database=database,
             )
         return relax.transform.MetaScheduleApplyDatabase(work_dir)(mod)
+
+
+def _lowered(mod: Any) -> Any:
+    """``mod`` as MetaSchedule extracts its tasks (call inside ``with target``)."""
+    import tvm
+    from tvm import relax
+
+    return tvm.transform.Sequential([
+        relax.transform.DecomposeOpsForInference(),
+        relax.transform.CanonicalizeBindings(),
+        relax.get_pipeline("zero"),
+    ])(mod)
+
+
+def workload_keys(mod: Any, target: Any) -> dict[str, str]:
+    """The tuning workloads of relax ``mod`` for ``target``: a digest of each workload's
+    TIR by task name (two models share a workload when they share a digest)."""
+    import hashlib
+
+    from tvm.s_tir.meta_schedule.relax_integration import extract_tasks
+
+    with target:
+        tasks = extract_tasks(_lowered(mod), target)
+    return {hashlib.sha256(task.dispatched[0].script().encode()).hexdigest(): task.task_name
+            for task in tasks}
