@@ -254,6 +254,11 @@ def profile_cmd(
     target: Annotated[str | None, typer.Option(
         "--target", help='tvm: target as JSON, e.g. \'{"kind": "llvm", "mcpu": '
         '"cortex-a72", "mtriple": "aarch64-linux-gnu"}\' (default: this host)')] = None,
+    provider: Annotated[str | None, typer.Option(
+        "--provider", help="onnxruntime: execution provider, e.g. CUDAExecutionProvider "
+        "(default: CPUExecutionProvider)")] = None,
+    batch_size: Annotated[int, typer.Option(
+        "--batch-size", min=1, help="batch of every measured input")] = 1,
 ) -> None:
     """Measure (or resume) WORKSPACE/hw_profiles/DEVICE.json on this host or an RPC device."""
     import dataclasses
@@ -263,14 +268,14 @@ def profile_cmd(
     from ofa_search.space import get_space
 
     profile = _profile_for(device, backend, threads, tuning_trials, tuning_db, rpc_tracker,
-                           rpc_key, target)
+                           rpc_key, target, provider)
     offered = get_space(space).precisions
     chosen = tuple(precisions) if precisions else offered
     unknown = [p for p in chosen if p not in offered]
     if unknown:
         raise typer.BadParameter(f"space {space!r} offers precisions {list(offered)}, not "
                                  f"{unknown}", param_hint="--precision")
-    profile = dataclasses.replace(profile, precisions=chosen)
+    profile = dataclasses.replace(profile, precisions=chosen, batch_size=batch_size)
     timing = TimingConfig(warmup=3, min_runs=7, max_runs=200, time_cap_s=time_cap)
     out = workspace / "hw_profiles" / f"{device}.json"
     table = build_table(space, profile, resolutions, out, width_mult=width_mult,
@@ -280,7 +285,7 @@ def profile_cmd(
 
 def _profile_for(device: str, backend: str, threads: int, tuning_trials: int,
                  tuning_db: Path | None, rpc_tracker: str | None, rpc_key: str | None,
-                 target: str | None) -> Any:
+                 target: str | None, provider: str | None = None) -> Any:
     """The :class:`DeviceProfile` that ``profile``'s options describe."""
     from ofa_search.profiling import DeviceProfile
 
@@ -291,9 +296,13 @@ def _profile_for(device: str, backend: str, threads: int, tuning_trials: int,
         if given:
             raise typer.BadParameter(f"{', '.join(given)} apply to --backend tvm only",
                                      param_hint="--backend")
-        return DeviceProfile.local_onnxruntime(threads, id=device)
+        return DeviceProfile.local_onnxruntime(
+            threads, id=device, execution_provider=provider or "CPUExecutionProvider")
     if backend != "tvm":
         raise typer.BadParameter(f"unknown backend {backend!r}; use onnxruntime or tvm",
+                                 param_hint="--backend")
+    if provider is not None:
+        raise typer.BadParameter("--provider applies to --backend onnxruntime only",
                                  param_hint="--backend")
     if (rpc_tracker is None) != (rpc_key is None):
         raise typer.BadParameter("a remote device needs both --rpc-tracker and --rpc-key",

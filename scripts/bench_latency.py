@@ -2,8 +2,11 @@
 
     python scripts/bench_latency.py RESULTS_DIR --device cpu-ort-1t [--profile --threads 1]
         [--space mbv3_small28] [--resolutions 16 20 ...] [--n 100] [--time-cap 0.5]
+        [--provider CUDAExecutionProvider] [--batch-size 64] [--tables-dir DIR]
 
-Writes ``RESULTS_DIR/latency_validation_<device>.json`` atomically and prints a summary.
+Profiles with ONNX Runtime on this host (any execution provider it has) into
+``--tables-dir`` (default: the repository's ``hw_profiles/``), then writes
+``RESULTS_DIR/latency_validation_<device>.json`` atomically and prints a summary.
 """
 
 from __future__ import annotations
@@ -11,10 +14,13 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from pathlib import Path
 
+from ofa_search.errors import OfaSearchError
 from ofa_search.profiling.builder import build_table
 from ofa_search.profiling.device import DeviceProfile
 from ofa_search.profiling.lut import REPO_TABLE_DIR, find_table
+from ofa_search.profiling.measure import MEASURE_ROUNDS
 from ofa_search.profiling.timing import TimingConfig
 from ofa_search.profiling.validate import VALIDATION_SEED, validate_table
 
@@ -34,21 +40,37 @@ def main(argv: list[str] | None = None) -> int:
                         help="seconds of sampling per measurement (default 0.5)")
     parser.add_argument("--n", type=int, default=100, help="held-out archs (default 100)")
     parser.add_argument("--seed", type=int, default=VALIDATION_SEED)
+    parser.add_argument("--provider", default="CPUExecutionProvider",
+                        help="ONNX Runtime execution provider of a new profile")
+    parser.add_argument("--batch-size", type=int, default=1)
+    parser.add_argument("--rounds", type=int, default=MEASURE_ROUNDS,
+                        help="interleaved measurements of each model (median kept)")
+    parser.add_argument("--overhead-archs", type=int, default=10)
+    parser.add_argument("--tables-dir", type=Path, default=REPO_TABLE_DIR,
+                        help="where the table is written and looked up")
     args = parser.parse_args(argv)
     timing = TimingConfig(warmup=3, min_runs=7, max_runs=200, time_cap_s=args.time_cap)
     if args.profile:
-        profile = DeviceProfile.local_onnxruntime(args.threads, id=args.device)
+        profile = DeviceProfile.local_onnxruntime(
+            args.threads, id=args.device, execution_provider=args.provider,
+            batch_size=args.batch_size)
         start = time.perf_counter()
         table = build_table(args.space, profile, args.resolutions,
-                            REPO_TABLE_DIR / f"{args.device}.json", timing=timing)
+                            args.tables_dir / f"{args.device}.json", timing=timing,
+                            rounds=args.rounds, overhead_archs=args.overhead_archs)
         print(f"profiled {len(table.entries)} units in {time.perf_counter() - start:.1f} s "
               f"(overhead {table.overhead_ms:.4f} ms)")
-    table = find_table(args.device)
-    report = validate_table(table, args.n, args.seed, timing=timing, progress=True)
+    table = find_table(args.device, [args.tables_dir])
+    report = validate_table(table, args.n, args.seed, timing=timing, rounds=args.rounds,
+                            progress=True)
     print("\n".join(report.summary_lines()))
     print(f"wrote {report.save(args.results_dir)}")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except OfaSearchError as exc:  # bad input: one line, no traceback
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)

@@ -66,6 +66,17 @@ def test_profile_writes_a_workspace_table(tmp_path: Path) -> None:
     assert "tiny-ort" in listed
 
 
+def test_profile_batch_and_provider_options_reach_the_table(tmp_path: Path) -> None:
+    out = cli("profile", "--space", "mbv3_small28", "--device", "tiny-ort-b4", "-r", "16",
+              "--time-cap", "0.02", "--overhead-archs", "0", "--rounds", "1",
+              "--batch-size", "4", "--provider", "CPUExecutionProvider",
+              "--workspace", str(tmp_path))
+    assert out.returncode == 0, out.stderr
+    profile = find_table("tiny-ort-b4", workspace=tmp_path).profile()
+    assert profile is not None
+    assert (profile.batch_size, profile.execution_provider) == (4, "CPUExecutionProvider")
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [(["--tuning-trials", "8"], "--tuning-trials apply to --backend tvm only"),
@@ -75,7 +86,12 @@ def test_profile_writes_a_workspace_table(tmp_path: Path) -> None:
      (["--backend", "tvm", "--rpc-tracker", "127.0.0.1:9190", "--rpc-key", "pi"],
       "a remote device needs --target"),
      (["--backend", "tvm", "--target", "llvm -mcpu=znver4"], "not JSON"),
-     (["--backend", "tvm", "--target", '{"mcpu": "znver4"}'], 'with a "kind"')],
+     (["--backend", "tvm", "--target", '{"mcpu": "znver4"}'], 'with a "kind"'),
+     (["--backend", "tvm", "--provider", "CUDAExecutionProvider"],
+      "--provider applies to --backend onnxruntime only"),
+     (["--provider", "NoSuchExecutionProvider", "-r", "16"],
+      "execution provider 'NoSuchExecutionProvider' of profile 'x' is not available"),
+     (["--batch-size", "0"], "--batch-size': Input should be greater than or equal to 1")],
 )
 def test_profile_option_errors(tmp_path: Path, args: list[str], message: str) -> None:
     out = cli("profile", "--device", "x", *args, "--workspace", str(tmp_path))

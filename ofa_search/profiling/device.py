@@ -253,10 +253,14 @@ class DeviceProfile:
 
     @classmethod
     def local_onnxruntime(cls, threads: int = 1, *, id: str | None = None,
-                          graph_optimization_level: str = "all") -> DeviceProfile:
-        """ONNX Runtime on this host's CPU, e.g. ``cpu-ort-1t``."""
+                          graph_optimization_level: str = "all",
+                          execution_provider: str = "CPUExecutionProvider",
+                          batch_size: int = 1) -> DeviceProfile:
+        """ONNX Runtime on this host, e.g. ``cpu-ort-1t`` (CPU) or, with
+        ``execution_provider="CUDAExecutionProvider"``, its GPU."""
         return cls(id=id or f"cpu-ort-{threads}t", backend="onnxruntime",
-                   intra_op_threads=threads, graph_optimization_level=graph_optimization_level)
+                   intra_op_threads=threads, graph_optimization_level=graph_optimization_level,
+                   execution_provider=execution_provider, batch_size=batch_size)
 
     @classmethod
     def local_tvm(cls, threads: int = 1, *, tuning_trials: int = 0,
