@@ -3,10 +3,13 @@
 Does what ``relax.get_pipeline("static_shape_tuning", …)`` does, with two differences that
 matter when profiling a whole search space: workloads that already have a record in the
 database are not tuned again (the database in ``work_dir`` is reused across models and
-runs), and the trial budget is per workload. Builder and runner time-outs are raised from
-TVM's 30 s: a builder worker spends ~25 s importing TVM's tensor intrinsics on a loaded
-2-core host, so the defaults fail every candidate there. The JSON database takes one
-writer at a time: do not tune into one ``work_dir`` from several processes at once.
+runs), and the trial budget is per workload. Candidates are compiled in this process
+rather than in TVM's ``LocalBuilder``, which starts a new pool of worker processes for
+every batch: each worker spends ~25 s importing TVM before it compiles a candidate in
+~1 s, so on a 2-core host the pool, not the compiler, was ~80 % of the tuning time. The
+runner's time-out is raised from TVM's 30 s for the same start-up cost. The JSON database
+takes one writer at a time: do not tune into one ``work_dir`` from several processes at
+once.
 """
 
 from __future__ import annotations
@@ -26,6 +29,35 @@ def _runner(ms: Any, rpc: tuple[str, int, str] | None, timeout_s: float) -> Any:
     return ms.runner.RPCRunner(rpc_config=config)
 
 
+def _population(trials_per_task: int) -> int:
+    """Evolutionary-search population for a per-workload trial budget: 16 candidates per
+    trial between 64 and MetaSchedule's default 512 (its 512 made the search, not the
+    measurements, most of a small budget's time)."""
+    return min(512, max(64, 16 * trials_per_task))
+
+
+def _in_process_builder() -> Any:
+    """A MetaSchedule builder that compiles and exports each candidate in this process
+    (MetaSchedule's default build and export; a failure becomes that candidate's error)."""
+    from tvm.ir.utils import derived_object
+    from tvm.s_tir.meta_schedule.builder import BuilderInput, BuilderResult, PyBuilder
+    from tvm.s_tir.meta_schedule.builder.local_builder import default_build, default_export
+
+    @derived_object
+    class InProcessBuilder(PyBuilder):
+        def build(self, build_inputs: list[BuilderInput]) -> list[BuilderResult]:
+            results = []
+            for item in build_inputs:
+                try:
+                    built = default_build(item.mod, item.target, None)
+                    results.append(BuilderResult(default_export(built), None))
+                except Exception as exc:
+                    results.append(BuilderResult(None, f"{type(exc).__name__}: {exc}"))
+            return results
+
+    return InProcessBuilder()
+
+
 def tune_and_apply(mod: Any, target: Any, *, trials_per_task: int, work_dir: str,
                    rpc: tuple[str, int, str] | None = None, timeout_s: float = 300.0,
                    seed: int = 0) -> Any:
@@ -38,7 +70,7 @@ def tune_and_apply(mod: Any, target: Any, *, trials_per_task: int, work_dir: str
         work_dir: the JSON database folder (created if missing).
         rpc: ``(tracker_host, tracker_port, key)`` to measure candidates on a remote
             device; ``None`` measures them on this host.
-        timeout_s: builder and runner time-out per batch of candidates.
+        timeout_s: runner time-out per batch of candidates.
         seed: seed of the evolutionary search.
 
     Returns:
@@ -60,14 +92,16 @@ def tune_and_apply(mod: Any, target: Any, *, trials_per_task: int, work_dir: str
             if database.query_tuning_record(task.dispatched[0], target, "main") is None
         ]
         if todo:
-            contexts, weights = extracted_tasks_to_tune_contexts(todo, work_dir=work_dir,
-                                                                 seed=seed)
+            contexts, weights = extracted_tasks_to_tune_contexts(
+                todo, work_dir=work_dir, seed=seed,
+                strategy=ms.search_strategy.EvolutionarySearch(
+                    population_size=_population(trials_per_task)))
             ms.tune_tasks(
                 tasks=contexts, task_weights=weights, work_dir=work_dir,
                 max_trials_global=trials_per_task * len(todo),
                 max_trials_per_task=trials_per_task,
                 num_trials_per_iter=min(trials_per_task, _MAX_TRIALS_PER_ITER),
-                builder=ms.builder.LocalBuilder(timeout_sec=timeout_s),
+                builder=_in_process_builder(),
                 runner=_runner(ms, rpc, timeout_s), database=database,
             )
         return relax.transform.MetaScheduleApplyDatabase(work_dir)(mod)
