@@ -16,6 +16,7 @@ set -euo pipefail
 
 out=${1:?usage: bash scripts/profile_gpu.sh OUT_DIR}
 here=$(cd "$(dirname "$0")" && pwd)
+export PYTHONPATH="$here/..${PYTHONPATH:+:$PYTHONPATH}"  # the package, installed or not
 python=${PYTHON:-python3}
 prefix=${PREFIX:-h200}
 provider=${PROVIDER:-CUDAExecutionProvider}
