@@ -7,8 +7,8 @@ A table (``hw_profiles/<device>.json``) is compared on the units both price; a m
 file (``latency_measurements_<device>.json`` of ``scripts/bench_latency_predictor.py``) on
 the archs of ``--group`` both hold; a validation report (``latency_validation_<device>.json``
 of ``scripts/bench_latency.py``) on its measured archs. Prints the quantiles of B / A and,
-taking A as the reference, the share within ±2 %, ±5 % and ±10 % and Kendall τ
-(``predictors.metrics``).
+taking A as the reference, the share within ±2 %, ±5 % and ±10 %, Kendall τ
+(``predictors.metrics``) and the share where B is faster (by unit kind for tables).
 """
 
 from __future__ import annotations
@@ -52,7 +52,22 @@ def compare(a: dict[str, float], b: dict[str, float]) -> dict[str, Any]:
             "ratio_quantiles": {f"p{q}": float(np.percentile(ratio, q)) for q in QUANTILES},
             "within_2pct": float(np.mean(np.abs(ratio - 1) <= 0.02)),
             "within_5pct": metrics["within_5pct"], "within_10pct": metrics["within_10pct"],
-            "kendall_tau": metrics["kendall_tau"]}
+            "kendall_tau": metrics["kendall_tau"],
+            "b_faster": float(np.mean(ratio < 1)),
+            "b_faster_by_kind": _faster_by_kind(keys, ratio)}
+
+
+def _faster_by_kind(keys: list[str], ratio: np.ndarray) -> dict[str, list[int]]:
+    """``{kind: [count where B < A, count]}`` for table units (keys ``kind:…``); empty for
+    archs."""
+    if not all(":" in key for key in keys):
+        return {}
+    by_kind: dict[str, list[int]] = {}
+    for key, value in zip(keys, ratio, strict=True):
+        counts = by_kind.setdefault(key.split(":", 1)[0], [0, 0])
+        counts[0] += int(value < 1)
+        counts[1] += 1
+    return by_kind
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -72,6 +87,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"within ±2 % {100 * result['within_2pct']:.0f} %   ±5 % "
           f"{100 * result['within_5pct']:.0f} %   ±10 % {100 * result['within_10pct']:.0f} %   "
           f"Kendall τ {result['kendall_tau']:.3f}")
+    kinds = ", ".join(f"{kind} {faster}/{n}" for kind, (faster, n) in
+                      result["b_faster_by_kind"].items())
+    print(f"B faster than A on {100 * result['b_faster']:.0f} %"
+          + (f" ({kinds})" if kinds else ""))
     if args.json is not None:
         atomic_write_json(args.json, {"a": args.a.name, "b": args.b.name, **result})
     return 0
