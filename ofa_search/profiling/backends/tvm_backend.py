@@ -183,7 +183,8 @@ class TvmBackend(LatencyBackend):
                 mod = tune_and_apply(
                     mod, target, trials_per_task=self.profile.tuning_trials,
                     work_dir=self.profile.tuning_db or scratch, rpc=self._rpc(),
-                    timeout_s=self._tuning_timeout_s)
+                    timeout_s=self._tuning_timeout_s,
+                    keep_loaded=self.profile.tuning_db is not None)
         return tvm.compile(mod, target)
 
     def _load(self, model: onnx.ModelProto, inputs: dict[str, np.ndarray]) -> LoadedModel:

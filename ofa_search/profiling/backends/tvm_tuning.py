@@ -18,6 +18,7 @@ import os
 from typing import Any
 
 _MAX_TRIALS_PER_ITER = 64
+_DATABASES: dict[str, Any] = {}
 
 
 def _runner(ms: Any, rpc: tuple[str, int, str] | None, timeout_s: float) -> Any:
@@ -60,7 +61,7 @@ def _in_process_builder() -> Any:
 
 def tune_and_apply(mod: Any, target: Any, *, trials_per_task: int, work_dir: str,
                    rpc: tuple[str, int, str] | None = None, timeout_s: float = 300.0,
-                   seed: int = 0) -> Any:
+                   seed: int = 0, keep_loaded: bool = True) -> Any:
     """Tune the untuned workloads of relax ``mod`` and apply the database in ``work_dir``.
 
     Args:
@@ -72,6 +73,8 @@ def tune_and_apply(mod: Any, target: Any, *, trials_per_task: int, work_dir: str
             device; ``None`` measures them on this host.
         timeout_s: runner time-out per batch of candidates.
         seed: seed of the evolutionary search.
+        keep_loaded: keep the database loaded for later calls with the same ``work_dir``
+            (``False`` for a throw-away folder).
 
     Returns:
         The module with tuned schedules applied, ready for ``tvm.compile(mod, target)``.
@@ -86,7 +89,8 @@ def tune_and_apply(mod: Any, target: Any, *, trials_per_task: int, work_dir: str
     os.makedirs(work_dir, exist_ok=True)
     with target:
         mod = _lowered(mod)
-        database = ms.database.JSONDatabase(work_dir=work_dir)
+        database = (_database(ms, work_dir) if keep_loaded
+                    else ms.database.JSONDatabase(work_dir=work_dir))
         todo = [
             task for task in extract_tasks(mod, target)
             if database.query_tuning_record(task.dispatched[0], target, "main") is None
@@ -104,7 +108,18 @@ def tune_and_apply(mod: Any, target: Any, *, trials_per_task: int, work_dir: str
                 builder=_in_process_builder(),
                 runner=_runner(ms, rpc, timeout_s), database=database,
             )
-        return relax.transform.MetaScheduleApplyDatabase(work_dir)(mod)
+        with database:  # the pass applies the current database
+            return relax.transform.MetaScheduleApplyDatabase()(mod)
+
+
+def _database(ms: Any, work_dir: str) -> Any:
+    """The JSON database in ``work_dir``, loaded once per process: parsing a whole space's
+    records takes seconds, once per compiled model otherwise. Tuning appends to this same
+    object, so it stays current (one writer per ``work_dir``, as above)."""
+    key = os.path.abspath(work_dir)
+    if key not in _DATABASES:
+        _DATABASES[key] = ms.database.JSONDatabase(work_dir=work_dir)
+    return _DATABASES[key]
 
 
 def _lowered(mod: Any) -> Any:
