@@ -328,7 +328,6 @@ def _schedule(spec: BlockSpec, tensors: list[Any]) -> Any:
     return sch.mod
 
 
-@functools.cache
 def _vectorize_reduction(sch: Any, name: str, lanes: int) -> None:
     """Block ``name`` with loops (batch, channel, reduction): the reduction moves inside
     the outer channel loop and ``lanes`` channels are vectorized."""
@@ -340,6 +339,7 @@ def _vectorize_reduction(sch: Any, name: str, lanes: int) -> None:
     sch.decompose_reduction(block, reduce)
 
 
+@functools.cache
 def _compiled(spec: BlockSpec) -> Any:
     import_tvm()
     return compile_for_host(_schedule(spec, _define(spec)))

@@ -6,7 +6,7 @@ database are not tuned again (the database in ``work_dir`` is reused across mode
 runs), and the trial budget is per workload. Candidates are compiled in this process
 rather than in TVM's ``LocalBuilder``, which starts a new pool of worker processes for
 every batch: each worker spends ~25 s importing TVM before it compiles a candidate in
-~1 s, so on a 2-core host the pool, not the compiler, was ~80 % of the tuning time. The
+~1 s, so on a 2-core host the pool, not the compiler, took most of the tuning time. The
 runner's time-out is raised from TVM's 30 s for the same start-up cost. The JSON database
 takes one writer at a time: do not tune into one ``work_dir`` from several processes at
 once.
