@@ -13,6 +13,7 @@ from typing import Annotated, Any
 
 import typer
 
+from ofa_search.cli_profile import target_json
 from ofa_search.errors import OfaSearchError
 from ofa_search.workspace import default_workspace_dir
 
@@ -226,10 +227,17 @@ def eval_cmd(
 
 
 # -- device latency tables -----------------------------------------------------------------
-@app.command("profile")
+profile_app = typer.Typer(help="Measure device latency tables (and tune, pack or import "
+                          "them: see the subcommands).")
+app.add_typer(profile_app, name="profile")
+
+
+@profile_app.callback(invoke_without_command=True)
 def profile_cmd(
+    ctx: typer.Context,
     workspace: WorkspaceOpt,
-    device: Annotated[str, typer.Option("--device", "-d", help="device id, e.g. cpu-ort-1t")],
+    device: Annotated[str | None, typer.Option(
+        "--device", "-d", help="device id, e.g. cpu-ort-1t")] = None,
     space: SpaceOpt = DEFAULT_SPACE,
     backend: Annotated[str, typer.Option("--backend", help="onnxruntime or tvm")] = "onnxruntime",
     threads: Annotated[int, typer.Option("--threads", min=1)] = 1,
@@ -267,6 +275,11 @@ def profile_cmd(
     from ofa_search.profiling.builder import build_table
     from ofa_search.space import get_space
 
+    if ctx.invoked_subcommand is not None:
+        return
+    if device is None:
+        raise typer.BadParameter("a device id is required, e.g. --device my-cpu",
+                                 param_hint="--device")
     profile = _profile_for(device, backend, threads, tuning_trials, tuning_db, rpc_tracker,
                            rpc_key, target, provider)
     offered = get_space(space).precisions
@@ -307,28 +320,19 @@ def _profile_for(device: str, backend: str, threads: int, tuning_trials: int,
     if (rpc_tracker is None) != (rpc_key is None):
         raise typer.BadParameter("a remote device needs both --rpc-tracker and --rpc-key",
                                  param_hint="--rpc-tracker")
+    if tuning_db is not None:  # the table records it: relative to here, not to the table
+        tuning_db = tuning_db.resolve()
     if rpc_tracker is None:
         profile = DeviceProfile.local_tvm(threads, tuning_trials=tuning_trials,
                                           tuning_db=tuning_db, id=device)
-        return profile if target is None else profile.replace(target=_target_json(target))
+        return profile if target is None else profile.replace(target=target_json(target))
     if target is None:
         raise typer.BadParameter("a remote device needs --target (its CPU is not this "
                                  "host's)", param_hint="--target")
     assert rpc_key is not None
     return DeviceProfile.remote_tvm(id=device, tracker=rpc_tracker, key=rpc_key,
-                                    target=_target_json(target), threads=threads,
+                                    target=target_json(target), threads=threads,
                                     tuning_trials=tuning_trials, tuning_db=tuning_db)
-
-
-def _target_json(text: str) -> dict[str, Any]:
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise typer.BadParameter(f"not JSON: {exc}", param_hint="--target") from exc
-    if not isinstance(value, dict) or "kind" not in value:
-        raise typer.BadParameter('expected a JSON object with a "kind", e.g. '
-                                 '{"kind": "llvm", "mcpu": "znver4"}', param_hint="--target")
-    return value
 
 
 @app.command("devices")
@@ -399,10 +403,11 @@ def latency_cmd(
 
 # -- commands of the other parts, each in its own module -----------------------------------
 def _register_parts() -> None:
-    from ofa_search import cli_predictors, cli_run, cli_search, cli_service
+    from ofa_search import cli_predictors, cli_profile, cli_run, cli_search, cli_service
 
     for part in (cli_predictors, cli_run, cli_search, cli_service):
         part.register(app)
+    cli_profile.register(profile_app)
 
 
 _register_parts()

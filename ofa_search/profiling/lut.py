@@ -71,6 +71,7 @@ class LatencyTable:
         created: ISO date of creation (``updated`` in :attr:`meta` for later edits).
         complete: ``False`` while a build is still under way.
         meta: anything else (timing config, overhead fit, wall time, source of an import).
+        path: the file the table was loaded from or last saved to (not stored in it).
     """
 
     device_id: str
@@ -87,6 +88,7 @@ class LatencyTable:
     created: str = field(default_factory=now_iso)
     complete: bool = True
     meta: dict[str, Any] = field(default_factory=dict)
+    path: Path | None = field(default=None, compare=False, repr=False)
 
     # -- pricing ------------------------------------------------------------------------
     def _check_arch(self, arch: Arch) -> None:
@@ -140,10 +142,18 @@ class LatencyTable:
         return True
 
     def profile(self) -> DeviceProfile | None:
-        """The measuring :class:`DeviceProfile`, or ``None`` for an imported table."""
+        """The measuring :class:`DeviceProfile`, or ``None`` for an imported table.
+
+        A TVM table's ``tuning_db`` comes back usable: relative to the table's folder, an
+        archive unpacked (:func:`~ofa_search.profiling.tvm_db.resolve_tuning_db`); a
+        database that is gone raises :class:`FileFormatError`.
+        """
         if self.fingerprint is None:
             return None
-        return DeviceProfile.from_dict(self.device)
+        from ofa_search.profiling.tvm_db import resolve_tuning_db
+
+        profile = DeviceProfile.from_dict(self.device)
+        return resolve_tuning_db(profile, None if self.path is None else self.path.parent)
 
     # -- files --------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -205,7 +215,8 @@ class LatencyTable:
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write the table to ``path`` atomically."""
-        return atomic_write_json(path, self.to_dict())
+        self.path = atomic_write_json(path, self.to_dict())
+        return self.path
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> LatencyTable:
@@ -219,7 +230,9 @@ class LatencyTable:
         except json.JSONDecodeError as exc:
             raise FileFormatError(f"{os.fspath(path)}: not valid JSON (truncated?): "
                                   f"{exc}") from exc
-        return cls.from_dict(data, source=os.fspath(path))
+        table = cls.from_dict(data, source=os.fspath(path))
+        table.path = Path(path)
+        return table
 
 
 def precision_mode(arch: Arch) -> str:

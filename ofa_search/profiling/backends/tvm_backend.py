@@ -166,18 +166,25 @@ class TvmBackend(LatencyBackend):
         host, port = parse_tracker(self.profile.rpc_tracker)
         return host, port, self.profile.rpc_key
 
+    def target(self) -> Any:
+        """The profile's ``tvm.target.Target``."""
+        if self.profile.target is None:
+            raise ValueError(f"profile {self.profile.id!r} has no target")
+        return self._tvm.target.Target({k: list(v) if isinstance(v, tuple) else v
+                                        for k, v in self.profile.target.items()})
+
+    def relax_module(self, model: onnx.ModelProto, inputs: dict[str, np.ndarray]) -> Any:
+        """``model`` imported into a relax ``IRModule`` for these input shapes and dtypes."""
+        from tvm.relax.frontend.onnx import from_onnx
+
+        return from_onnx(model, shape_dict={k: list(v.shape) for k, v in inputs.items()},
+                         dtype_dict={k: str(v.dtype) for k, v in inputs.items()})
+
     def compile(self, model: onnx.ModelProto, inputs: dict[str, np.ndarray]) -> Any:
         """The ``tvm.compile`` executable of ``model`` for these input shapes and dtypes."""
         tvm = self._tvm
-        from tvm.relax.frontend.onnx import from_onnx
-
-        mod = from_onnx(model, shape_dict={k: list(v.shape) for k, v in inputs.items()},
-                        dtype_dict={k: str(v.dtype) for k, v in inputs.items()})
-        if self.profile.target is None:
-            raise ValueError(f"profile {self.profile.id!r} has no target")
-        target_dict = {k: list(v) if isinstance(v, tuple) else v
-                       for k, v in self.profile.target.items()}
-        target = tvm.target.Target(target_dict)
+        mod = self.relax_module(model, inputs)
+        target = self.target()
         if self.profile.tuning_trials > 0:
             with tempfile.TemporaryDirectory(prefix="ofa-tvm-tuning-") as scratch:
                 mod = tune_and_apply(

@@ -21,7 +21,11 @@ _MAX_TRIALS_PER_ITER = 64
 _DATABASES: dict[str, Any] = {}
 
 
-def _runner(ms: Any, rpc: tuple[str, int, str] | None, timeout_s: float) -> Any:
+def make_runner(rpc: tuple[str, int, str] | None = None, timeout_s: float = 300.0) -> Any:
+    """MetaSchedule's runner for candidates on this host (``rpc`` ``None``) or on the
+    device registered as ``(tracker_host, tracker_port, key)``."""
+    from tvm.s_tir import meta_schedule as ms
+
     if rpc is None:
         return ms.runner.LocalRunner(timeout_sec=timeout_s)
     host, port, key = rpc
@@ -81,35 +85,59 @@ def tune_and_apply(mod: Any, target: Any, *, trials_per_task: int, work_dir: str
     """
     from tvm import relax
     from tvm.s_tir import meta_schedule as ms
-    from tvm.s_tir.meta_schedule.relax_integration import (
-        extract_tasks,
-        extracted_tasks_to_tune_contexts,
-    )
+    from tvm.s_tir.meta_schedule.relax_integration import extract_tasks
 
     os.makedirs(work_dir, exist_ok=True)
     with target:
         mod = _lowered(mod)
         database = (_database(ms, work_dir) if keep_loaded
                     else ms.database.JSONDatabase(work_dir=work_dir))
-        todo = [
-            task for task in extract_tasks(mod, target)
-            if database.query_tuning_record(task.dispatched[0], target, "main") is None
-        ]
-        if todo:
-            contexts, weights = extracted_tasks_to_tune_contexts(
-                todo, work_dir=work_dir, seed=seed,
-                strategy=ms.search_strategy.EvolutionarySearch(
-                    population_size=_population(trials_per_task)))
-            ms.tune_tasks(
-                tasks=contexts, task_weights=weights, work_dir=work_dir,
-                max_trials_global=trials_per_task * len(todo),
-                max_trials_per_task=trials_per_task,
-                num_trials_per_iter=min(trials_per_task, _MAX_TRIALS_PER_ITER),
-                builder=_in_process_builder(),
-                runner=_runner(ms, rpc, timeout_s), database=database,
-            )
+        todo = [task for task in extract_tasks(mod, target)
+                if not is_tuned(database, task, target)]
+        tune_tasks(todo, target, database, trials_per_task=trials_per_task,
+                   work_dir=work_dir, rpc=rpc, timeout_s=timeout_s, seed=seed)
         with database:  # the pass applies the current database
             return relax.transform.MetaScheduleApplyDatabase()(mod)
+
+
+def is_tuned(database: Any, task: Any, target: Any) -> bool:
+    """Whether ``database`` holds a record of the extracted ``task`` for ``target``."""
+    return database.query_tuning_record(task.dispatched[0], target, "main") is not None
+
+
+def tune_tasks(tasks: list[Any], target: Any, database: Any, *, trials_per_task: int,
+               work_dir: str, rpc: tuple[str, int, str] | None = None,
+               timeout_s: float = 300.0, seed: int = 0, runner: Any = None) -> None:
+    """Tune MetaSchedule's extracted ``tasks`` into ``database``, ``trials_per_task`` each
+    (candidates compiled in this process; nothing happens for an empty list). ``runner``
+    (default: a new one for ``rpc``, see :func:`make_runner`) may be reused across calls:
+    a new local runner spends ~25 s starting its worker process."""
+    if not tasks:
+        return
+    from tvm.s_tir import meta_schedule as ms
+    from tvm.s_tir.meta_schedule.relax_integration import extracted_tasks_to_tune_contexts
+
+    contexts, weights = extracted_tasks_to_tune_contexts(
+        tasks, work_dir=work_dir, seed=seed,
+        strategy=ms.search_strategy.EvolutionarySearch(
+            population_size=_population(trials_per_task)))
+    ms.tune_tasks(
+        tasks=contexts, task_weights=weights, work_dir=work_dir,
+        max_trials_global=trials_per_task * len(tasks),
+        max_trials_per_task=trials_per_task,
+        num_trials_per_iter=min(trials_per_task, _MAX_TRIALS_PER_ITER),
+        builder=_in_process_builder(),
+        runner=runner if runner is not None else make_runner(rpc, timeout_s),
+        database=database,
+    )
+
+
+def open_database(work_dir: str) -> Any:
+    """The JSON database in ``work_dir`` (created if missing), loaded once per process."""
+    from tvm.s_tir import meta_schedule as ms
+
+    os.makedirs(work_dir, exist_ok=True)
+    return _database(ms, work_dir)
 
 
 def _database(ms: Any, work_dir: str) -> Any:
@@ -134,14 +162,21 @@ def _lowered(mod: Any) -> Any:
     ])(mod)
 
 
-def workload_keys(mod: Any, target: Any) -> dict[str, str]:
-    """The tuning workloads of relax ``mod`` for ``target``: a digest of each workload's
-    TIR by task name (two models share a workload when they share a digest)."""
+def extract_workloads(mod: Any, target: Any) -> dict[str, Any]:
+    """MetaSchedule's extracted tasks of relax ``mod`` for ``target`` by workload digest
+    (a sha256 of the workload's TIR: two models share a workload when they share a
+    digest)."""
     import hashlib
 
     from tvm.s_tir.meta_schedule.relax_integration import extract_tasks
 
     with target:
         tasks = extract_tasks(_lowered(mod), target)
-    return {hashlib.sha256(task.dispatched[0].script().encode()).hexdigest(): task.task_name
+    return {hashlib.sha256(task.dispatched[0].script().encode()).hexdigest(): task
             for task in tasks}
+
+
+def workload_keys(mod: Any, target: Any) -> dict[str, str]:
+    """The tuning workloads of relax ``mod`` for ``target``: task name by workload digest
+    (see :func:`extract_workloads`)."""
+    return {digest: task.task_name for digest, task in extract_workloads(mod, target).items()}
