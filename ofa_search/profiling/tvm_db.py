@@ -70,7 +70,14 @@ def merge_databases(sources: Sequence[str | os.PathLike[str]],
                     dest: str | os.PathLike[str]) -> dict[str, int]:
     """The best record of every workload of ``sources`` as one new JSON database ``dest``
     (built beside it, then renamed over it). Returns ``workloads`` and ``records`` in the
-    sources."""
+    sources.
+
+    A workload found in several sources keeps the records of the first source only:
+    MetaSchedule tells workloads apart by structure, not names, so two sources may hold
+    "the same" workload with other block names, and a record replays its schedule by block
+    name on the workload stored first (one from another source may not apply).
+    """
+    import tvm_ffi
     from tvm.s_tir import meta_schedule as ms
 
     if not sources:
@@ -78,23 +85,40 @@ def merge_databases(sources: Sequence[str | os.PathLike[str]],
     folders = [Path(s) for s in sources]
     for folder in folders:
         _require_database(folder)
+    best: dict[int, Any] = {}
+    owner: dict[int, int] = {}
+    records = 0
+    for index, folder in enumerate(folders):
+        for record in ms.database.JSONDatabase(work_dir=str(folder)).get_all_tuning_records():
+            records += 1
+            key = int(tvm_ffi.structural_hash(record.workload.mod))
+            if owner.setdefault(key, index) != index:
+                continue
+            if key not in best or _mean_secs(record) < _mean_secs(best[key]):
+                best[key] = record
     target = Path(dest)
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{target.name}.", dir=target.parent) as tmp:
-        joined = Path(tmp) / "joined"
-        best = Path(tmp) / "best"
-        joined.mkdir()
-        best.mkdir()
-        everything = ms.database.JSONDatabase(work_dir=str(joined))
-        records = 0
-        for folder in folders:
-            source = ms.database.JSONDatabase(work_dir=str(folder))
-            records += len(source.get_all_tuning_records())
-            source.dump_pruned(everything)  # its best record per workload
-        everything.dump_pruned(ms.database.JSONDatabase(work_dir=str(best)))
-        workloads = _count_lines(best / FILES[1])
-        _replace_dir(best, target)
-    return {"workloads": workloads, "records": records}
+        folder = Path(tmp) / "best"
+        folder.mkdir()
+        merged = ms.database.JSONDatabase(work_dir=str(folder))
+        for record in best.values():
+            workload = merged.commit_workload(record.workload.mod)
+            merged.commit_tuning_record(ms.database.TuningRecord(
+                record.trace, workload, record.run_secs, record.target, record.args_info))
+        del merged
+        try:  # loading replays every record on its workload: a last check
+            ms.database.JSONDatabase(work_dir=str(folder))
+        except Exception as exc:
+            raise FileFormatError(f"merging {[str(f) for f in folders]} gave a database "
+                                  f"that does not load: {exc}") from exc
+        _replace_dir(folder, target)
+    return {"workloads": len(best), "records": records}
+
+
+def _mean_secs(record: Any) -> float:
+    secs = [float(s) for s in (record.run_secs or [])]
+    return sum(secs) / len(secs) if secs else float("inf")
 
 
 def pack_database(source: str | os.PathLike[str],

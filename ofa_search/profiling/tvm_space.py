@@ -58,7 +58,7 @@ class Shard:
 def tune_space(space: str, profile: DeviceProfile, resolutions: Sequence[int] | None = None,
                *, width_mult: float | None = None, shard: Shard = Shard(),
                chunk: int = 4, limit: int | None = None, progress: bool = True,
-               timeout_s: float = 300.0) -> dict[str, Any]:
+               timeout_s: float = 300.0, runner: Any = None) -> dict[str, Any]:
     """Tune the fp32 units' workloads of ``space`` that fall in ``shard`` into
     ``profile.tuning_db``, ``profile.tuning_trials`` trials each.
 
@@ -67,6 +67,8 @@ def tune_space(space: str, profile: DeviceProfile, resolutions: Sequence[int] | 
         width_mult: width multiplier (default: the space's smallest).
         chunk: workloads per MetaSchedule run (progress advances per chunk).
         limit: tune at most this many new workloads (the rest on a later call).
+        runner: MetaSchedule's runner (default: one local runner for all chunks; pass one
+            to share it across calls, since each new one spends seconds starting its worker).
 
     Returns counts (``workloads`` of the space, ``in_shard``, ``already_tuned``, ``tuned``)
     and ``wall_s``. Raises ``ValueError`` for a profile that is not tuned TVM with a
@@ -104,7 +106,8 @@ def tune_space(space: str, profile: DeviceProfile, resolutions: Sequence[int] | 
     todo = todo if limit is None else todo[:limit]
     bar = tqdm(total=len(todo), desc=f"tuning shard {shard.index}/{shard.count}",
                unit="workload", disable=not progress)
-    runner = make_runner(None, timeout_s) if todo else None  # one worker for all chunks
+    if runner is None and todo:
+        runner = make_runner(None, timeout_s)  # one worker for all chunks
     try:
         with target:
             for first in range(0, len(todo), chunk):

@@ -25,6 +25,7 @@ from ofa_search.space import SearchSpace, StageSpec, register_space
 
 pytest.importorskip("tvm")
 
+from ofa_search.profiling.backends.tvm_tuning import make_runner
 from ofa_search.profiling.tvm_db import (
     database_stats,
     merge_databases,
@@ -53,10 +54,11 @@ def shards(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("OFA_SEARCH_CACHE", str(root / "cache"))
         summaries = []
+        runner = make_runner()  # one worker process for both shards
         for index in (1, 2):
             profile = DeviceProfile.local_tvm(tuning_trials=1, tuning_db=root / f"s{index}")
             summaries.append(tune_space("tvm_tiny", profile, shard=Shard(index, 2),
-                                        progress=False))
+                                        progress=False, runner=runner))
         yield {"root": root, "summaries": summaries,
                "dbs": [root / "s1", root / "s2"]}
 

@@ -163,16 +163,16 @@ def _lowered(mod: Any) -> Any:
 
 
 def extract_workloads(mod: Any, target: Any) -> dict[str, Any]:
-    """MetaSchedule's extracted tasks of relax ``mod`` for ``target`` by workload digest
-    (a sha256 of the workload's TIR: two models share a workload when they share a
+    """MetaSchedule's extracted tasks of relax ``mod`` for ``target`` by workload digest:
+    the structural hash of the workload's TIR, in hex, which is how MetaSchedule's
+    database tells workloads apart (two models share a workload when they share a
     digest)."""
-    import hashlib
-
+    import tvm_ffi
     from tvm.s_tir.meta_schedule.relax_integration import extract_tasks
 
     with target:
         tasks = extract_tasks(_lowered(mod), target)
-    return {hashlib.sha256(task.dispatched[0].script().encode()).hexdigest(): task
+    return {f"{tvm_ffi.structural_hash(task.dispatched[0]) & (2**64 - 1):016x}": task
             for task in tasks}
 
 
