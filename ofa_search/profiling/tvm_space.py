@@ -72,13 +72,17 @@ def tune_space(space: str, profile: DeviceProfile, resolutions: Sequence[int] | 
 
     Returns counts (``workloads`` of the space, ``in_shard``, ``already_tuned``, ``tuned``)
     and ``wall_s``. Raises ``ValueError`` for a profile that is not tuned TVM with a
-    database.
+    database on this host.
     """
     if profile.backend != "tvm" or profile.tuning_trials <= 0 or profile.tuning_db is None:
         raise ValueError(f"tuning a space needs a TVM profile with tuning trials and a "
                          f"tuning database; profile {profile.id!r} has backend "
                          f"{profile.backend!r}, tuning_trials {profile.tuning_trials}, "
                          f"tuning_db {profile.tuning_db!r}")
+    if profile.is_remote:
+        raise ValueError(f"profile {profile.id!r} is a remote device: tune it while profiling "
+                         "(`ofa-search profile --rpc-tracker …` measures candidates there); "
+                         "tuning ahead by shard runs on this host only")
     if chunk < 1:
         raise ValueError(f"chunk must be >= 1, got {chunk}")
     from ofa_search.profiling.backends.tvm_backend import TvmBackend

@@ -36,10 +36,12 @@ from ofa_search.profiling.tvm_db import (
 )
 from ofa_search.profiling.tvm_space import Shard, tune_space, untuned_units
 
-TINY = register_space(SearchSpace(
+# registered by the ``shards`` fixture, once tests are collected: tests that parametrize
+# over every registered space (test_space.py) must not see this one-arch space
+TINY = SearchSpace(
     name="tvm_tiny", in_channels=1, num_classes=2, stem_width=8, stem_stride=1,
     first_block_width=8, stages=(StageSpec(8, 2, "relu", False),), final_expand=16,
-    feature_mix=16, kernel_sizes=(3,), expand_ratios=(3,), depths=(1,), resolutions=(8,)))
+    feature_mix=16, kernel_sizes=(3,), expand_ratios=(3,), depths=(1,), resolutions=(8,))
 TIMING = TimingConfig(warmup=1, min_runs=3, max_runs=10, time_cap_s=0.05)
 
 
@@ -50,6 +52,7 @@ def _records(folder: Path) -> list[list[Any]]:
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    register_space(TINY)
     root = tmp_path_factory.mktemp("tvm-db")
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("OFA_SEARCH_CACHE", str(root / "cache"))
@@ -96,6 +99,11 @@ def test_tune_space_needs_a_database() -> None:
     with pytest.raises(ValueError, match="needs a TVM profile with tuning trials and a tuning "
                                          "database"):
         tune_space("tvm_tiny", DeviceProfile.local_tvm(tuning_trials=1))
+    remote = DeviceProfile.remote_tvm(id="pi", tracker="127.0.0.1:9190", key="pi",
+                                      target={"kind": "llvm"}, tuning_trials=1,
+                                      tuning_db="db")
+    with pytest.raises(ValueError, match="is a remote device: tune it while profiling"):
+        tune_space("tvm_tiny", remote)
 
 
 def test_merge_keeps_the_best_record_of_each_workload(shards: dict[str, Any],
