@@ -26,11 +26,14 @@ def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path / "cache"
 
 
-def test_shipped_table_points_at_its_packed_database(cache: Path) -> None:
-    table = find_table(DEVICE)
+@pytest.mark.parametrize(("device", "space", "resolution"),
+                         [(DEVICE, "mbv3_small28", 28), (f"{DEVICE}-ofa", "ofa_mbv3", 160)])
+def test_shipped_table_points_at_its_packed_database(cache: Path, device: str, space: str,
+                                                     resolution: int) -> None:
+    table = find_table(device)
     assert table.device["backend"] == "tvm" and table.device["tuning_trials"] == 16
-    assert table.device["tuning_db"] == f"tvm_db/{DEVICE}.tar.gz"
-    assert table.complete and table.resolutions == (28,)
+    assert table.device["tuning_db"] == f"tvm_db/{device}.tar.gz"
+    assert table.complete and table.space == space and table.resolutions == (resolution,)
     profile = table.profile()
     assert profile is not None and profile.tuning_db is not None
     folder = Path(profile.tuning_db)
