@@ -151,8 +151,7 @@ def untuned_units(table: LatencyTable, progress: bool = False) -> list[str]:
         raise ValueError(f"table {table.device_id!r} is not a tuned TVM table")
     backend = TvmBackend(profile)
     target = backend.target()
-    units = [u for u in table_units(get_space(table.space), table.width_mult,
-                                    table.resolutions, ("fp32",))]
+    units = table_units(get_space(table.space), table.width_mult, table.resolutions, ("fp32",))
     database = open_database(profile.tuning_db)
     with target:
         return [key for key, tasks in unit_workloads(backend, units, progress).items()
