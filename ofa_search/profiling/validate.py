@@ -100,6 +100,9 @@ def validate_table(table: LatencyTable, n: int = 100, seed: int = VALIDATION_SEE
     """Measure ``n`` seeded random subnets on the table's profile (each in ``rounds``
     interleaved rounds, as tables are measured) and compare.
 
+    Each row keeps the host's 1-minute load average when its chunk was measured: a load
+    well above the profile's threads marks a row that other processes may have slowed.
+
     ``backend`` defaults to the table's own profile's backend; an imported table (no
     profile) needs one passed in.
     """
@@ -121,12 +124,18 @@ def validate_table(table: LatencyTable, n: int = 100, seed: int = VALIDATION_SEE
     try:
         archs = sample_archs(table.space, n, seed, table.width_mult, table.resolutions)
         bar = tqdm(total=n, desc=f"validating {table.device_id}", disable=not progress)
+        loads: list[float | None] = []  # when each arch's chunk was done, in order
+
+        def done(arch: Any, stats: Any) -> None:
+            loads.append(_load_avg())
+            bar.update()
+
         measured = measure_archs(backend, archs, batch, profile, rounds=rounds,
-                                 on_result=lambda arch, stats: bar.update())
+                                 on_result=done)
         bar.close()
         rows = [{"arch": arch.to_string(), "predicted_ms": table.predict(arch),
-                 "measured_ms": stats.median_ms}
-                for arch, stats in zip(archs, measured, strict=True)]
+                 "measured_ms": stats.median_ms, "load_1min": load}
+                for arch, stats, load in zip(archs, measured, loads, strict=True)]
     finally:
         if owned:
             close = getattr(backend, "close", None)

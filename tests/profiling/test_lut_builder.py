@@ -10,7 +10,12 @@ import pytest
 from ofa_search.arch import Arch
 from ofa_search.profiling import DeviceProfile, TimingConfig, TimingStats
 from ofa_search.profiling.backends import get_backend
-from ofa_search.profiling.builder import ProfileMismatchError, build_table, enumerate_units
+from ofa_search.profiling.builder import (
+    ProfileMismatchError,
+    build_table,
+    enumerate_units,
+    sample_archs,
+)
 from ofa_search.profiling.lut import LatencyTable
 from ofa_search.profiling.validate import validate_table
 from ofa_search.units import arch_units
@@ -110,6 +115,12 @@ def test_validate_small(built: tuple[Path, LatencyTable, list[int]],
     report = validate_table(table, n=2, timing=FAST)
     assert report.n == 2 and len(report.rows) == 2
     assert report.rmse_ms >= 0 and 0 <= report.within_10pct <= 1
+    assert [row["arch"] for row in report.rows] == [
+        arch.to_string() for arch in sample_archs(table.space, 2, report.seed,
+                                                  table.width_mult, table.resolutions)]
+    for row in report.rows:
+        assert row["measured_ms"] > 0 and row["predicted_ms"] > 0
+        assert row["load_1min"] is None or row["load_1min"] >= 0
     saved = report.save(tmp_path)
     assert saved.name == "latency_validation_test-ort-1t.json"
 
