@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from ofa_search.atomic import atomic_write_bytes
 from ofa_search.errors import FileFormatError
+from ofa_search.profiling.backends.tvm_tuning import workload_digest
 from ofa_search.profiling.device import DeviceProfile
 
 if TYPE_CHECKING:
@@ -78,7 +79,6 @@ def merge_databases(sources: Sequence[str | os.PathLike[str]],
     "the same" workload with other block names, and a record replays its schedule by block
     name on the workload stored first (one from another source may not apply).
     """
-    import tvm_ffi
     from tvm.s_tir import meta_schedule as ms
 
     if not sources:
@@ -86,13 +86,13 @@ def merge_databases(sources: Sequence[str | os.PathLike[str]],
     folders = [Path(s) for s in sources]
     for folder in folders:
         _require_database(folder)
-    best: dict[int, Any] = {}
-    owner: dict[int, int] = {}
+    best: dict[str, Any] = {}
+    owner: dict[str, int] = {}
     records = 0
     for index, folder in enumerate(folders):
         for record in ms.database.JSONDatabase(work_dir=str(folder)).get_all_tuning_records():
             records += 1
-            key = int(tvm_ffi.structural_hash(record.workload.mod))
+            key = workload_digest(record.workload.mod)
             if owner.setdefault(key, index) != index:
                 continue
             if key not in best or _mean_secs(record) < _mean_secs(best[key]):

@@ -167,13 +167,18 @@ def extract_workloads(mod: Any, target: Any) -> dict[str, Any]:
     the structural hash of the workload's TIR, in hex, which is how MetaSchedule's
     database tells workloads apart (two models share a workload when they share a
     digest)."""
-    import tvm_ffi
     from tvm.s_tir.meta_schedule.relax_integration import extract_tasks
 
     with target:
         tasks = extract_tasks(_lowered(mod), target)
-    return {f"{tvm_ffi.structural_hash(task.dispatched[0]) & (2**64 - 1):016x}": task
-            for task in tasks}
+    return {workload_digest(task.dispatched[0]): task for task in tasks}
+
+
+def workload_digest(workload: Any) -> str:
+    """A workload's (TIR ``IRModule``'s) structural hash as 16 hex digits."""
+    import tvm_ffi
+
+    return f"{tvm_ffi.structural_hash(workload) & (2**64 - 1):016x}"
 
 
 def workload_keys(mod: Any, target: Any) -> dict[str, str]:
