@@ -244,8 +244,9 @@ class Arch:
     # -- once-for-all interop ----------------------------------------------------------
     @classmethod
     def from_ofa_dict(cls, data: Mapping[str, Any], space: str | SearchSpace = "ofa_mbv3") -> Arch:
-        """Convert once-for-all's ``{"ks": [...], "e": [...], "d": [...], "r": int}`` (or
-        ``"image_size"``; optional ``"w"`` width multiplier, default 1.0). Slots past a
+        """Convert once-for-all's ``{"ks": [...], "e": [...], "d": [...], "r": [int]}`` (``r``
+        or ``image_size``, an int or a one-element list; optional ``"w"`` width multiplier,
+        default 1.0). Slots past a
         stage's depth are ignored, as once-for-all ignores them."""
         spec = get_space(space)
         for key in ("ks", "e", "d"):
@@ -258,6 +259,9 @@ class Arch:
             if len(res) != 1:
                 raise InvalidArchError(f"'r' must be one resolution, got {res!r}")
             res = res[0]
+        if "r" in data and "image_size" in data and data["image_size"] not in (res, [res]):
+            raise InvalidArchError(f"'r' ({data['r']!r}) and 'image_size' "
+                                   f"({data['image_size']!r}) disagree")
         d = list(data["d"])
         if len(d) != spec.num_stages:
             raise InvalidArchError(f"'d' has {len(d)} entries, space {spec.name!r} has "
@@ -273,7 +277,10 @@ class Arch:
                    depths=tuple(d), kernels=kernels, expands=expands)
 
     def to_ofa_dict(self) -> dict[str, Any]:
-        """once-for-all's dict form; inactive slots are filled with the smallest choices."""
+        """once-for-all's dict form, as its code reads it: ``ks``/``e`` (20 slots; inactive
+        ones filled with the smallest choices), ``d``, ``r`` as a one-element list (its
+        tutorial's predictor and latency table read ``r[0]``), ``image_size`` (what its
+        ``MobileNetArchEncoder`` reads) and ``w`` (the width multiplier)."""
         spec = self.search_space
         ks: list[int] = []
         es: list[int] = []
@@ -281,8 +288,8 @@ class Arch:
             pad = spec.max_depth - depth
             ks += list(self.kernels[s]) + [spec.kernel_sizes[0]] * pad
             es += list(self.expands[s]) + [spec.expand_ratios[0]] * pad
-        return {"ks": ks, "e": es, "d": list(self.depths), "r": self.resolution,
-                "w": self.width_mult}
+        return {"ks": ks, "e": es, "d": list(self.depths), "r": [self.resolution],
+                "image_size": self.resolution, "w": self.width_mult}
 
     # -- construction ------------------------------------------------------------------
     @classmethod

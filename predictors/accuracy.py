@@ -268,9 +268,10 @@ class EnsembleAccuracyPredictor(AccuracyPredictor):
 def accuracy_predictor_classes() -> dict[str, type[AccuracyPredictor]]:
     """Every accuracy predictor class by its file ``kind``."""
     from predictors.accuracy_gp import GpAccuracyPredictor
+    from predictors.accuracy_ofa import OfaAccuracyPredictor
 
-    classes: list[type[AccuracyPredictor]] = [MlpAccuracyPredictor,
-                                               EnsembleAccuracyPredictor, GpAccuracyPredictor]
+    classes: list[type[AccuracyPredictor]] = [MlpAccuracyPredictor, EnsembleAccuracyPredictor,
+                                               GpAccuracyPredictor, OfaAccuracyPredictor]
     return {c.kind: c for c in classes}
 
 

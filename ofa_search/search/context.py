@@ -80,8 +80,28 @@ class DeviceContext:
             if isinstance(space, str) and space != self.space:
                 raise OfaSearchError(f"the accuracy predictor is for space {space!r} but device "
                                      f"{self.device!r}'s table prices space {self.space!r}")
+            self._check_scope(model)
             self._accuracy = model
         return self._accuracy
+
+    def _check_scope(self, model: AccuracyModel) -> None:
+        """A predictor that prices only some widths or resolutions (an imported
+        once-for-all one) must cover what this device's table lets the search pick."""
+        width = getattr(model, "width_mult", None)
+        widths = self.encoding.width_mults
+        if isinstance(width, float) and widths != (width,):
+            raise OfaSearchError(
+                f"the accuracy predictor describes width-{width} subnets but device "
+                f"{self.device!r}'s table prices width {', '.join(map(str, widths))}; import "
+                f"a predictor for that width (`ofa-search import ofa-predictor FILE --width "
+                f"{widths[0]}`)")
+        known = getattr(model, "known_resolutions", None)
+        if callable(known):
+            missing = sorted(set(self.encoding.resolutions) - set(known()))
+            if missing:
+                raise OfaSearchError(
+                    f"the accuracy predictor cannot price resolutions {missing} of device "
+                    f"{self.device!r}'s table (it knows {list(known())})")
 
     def evaluator(self) -> CachedEvaluator:
         """A fresh cached evaluator over this context's predictors."""

@@ -1,0 +1,44 @@
+"""once-for-all's reference code (PyPI ``ofa``, code only) for cross-implementation tests.
+
+``ofa`` imports torchvision at import time for its data loaders, which these tests never
+use; the torchvision wheel that matches the CPU torch here does not import
+(``operator torchvision::nms does not exist``). When torchvision cannot be imported, a
+stand-in with the few names ``ofa``'s modules reference at import time is registered
+first. Nothing of it runs: the tests use once-for-all's networks, predictor and search.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+import types
+from typing import Any
+
+
+def _register_torchvision_stand_in() -> None:
+    try:
+        importlib.import_module("torchvision")
+        return
+    except Exception:  # any import failure means: not usable here
+        for name in [n for n in sys.modules if n == "torchvision" or
+                     n.startswith("torchvision.")]:
+            del sys.modules[name]
+    root = types.ModuleType("torchvision")
+    transforms = types.ModuleType("torchvision.transforms")
+    functional = types.ModuleType("torchvision.transforms.functional")
+    datasets = types.ModuleType("torchvision.datasets")
+    # base classes that once-for-all's loaders subclass at import time
+    transforms.RandomResizedCrop = type("RandomResizedCrop", (), {})  # type: ignore[attr-defined]
+    transforms.RandomCrop = type("RandomCrop", (), {})  # type: ignore[attr-defined]
+    transforms.functional = functional  # type: ignore[attr-defined]
+    root.transforms = transforms  # type: ignore[attr-defined]
+    root.datasets = datasets  # type: ignore[attr-defined]
+    sys.modules.update({"torchvision": root, "torchvision.transforms": transforms,
+                        "torchvision.transforms.functional": functional,
+                        "torchvision.datasets": datasets})
+
+
+def ofa_module(name: str) -> Any:
+    """Import ``ofa.<name>`` (the ``ofa`` package comes with the ``dev`` extra)."""
+    _register_torchvision_stand_in()
+    return importlib.import_module(f"ofa.{name}")
