@@ -203,27 +203,49 @@ def eval_cmd(
                                       "checkpoint's)")],
     data: Annotated[str | None, typer.Option("--data", "-d",
                                              help="dataset (default: the training one)")] = None,
-    data_dir: Annotated[Path | None, typer.Option("--data-dir")] = None,
-    split: Annotated[str, typer.Option("--split", help="val or test")] = "test",
+    data_dir: Annotated[Path | None, typer.Option(
+        "--data-dir", help="the dataset's folder; ImageNet supernets (imported from "
+        "once-for-all) need an ImageNet-layout folder DIR/train/<wnid>/…, "
+        "DIR/val/<wnid>/…")] = None,
+    split: Annotated[str, typer.Option("--split", help="val or test (ImageNet: its val/ "
+                                       "folder either way)")] = "test",
+    calib_images: Annotated[int, typer.Option(
+        "--calib-images", min=1, help="ImageNet: recalibrate BN on at most N random train "
+        "images (once-for-all uses 2000)")] = 2000,
+    max_eval_images: Annotated[int, typer.Option(
+        "--max-eval-images", min=1, help="ImageNet: measure accuracy on at most N random "
+        "val images")] = 10_000,
     as_json: JsonOpt = False,
 ) -> None:
     """Accuracy of one subnet of a trained supernet, after BN recalibration."""
     from ofa_search.arch import parse_arch
-    from ofa_search.data import load_dataset
-    from ofa_search.train import evaluate_arch, load_supernet
+    from ofa_search.data import is_streamed_dataset, load_dataset, open_image_stream
+    from ofa_search.train import evaluate_arch, evaluate_arch_stream, load_supernet
 
     net, meta = load_supernet(checkpoint)
     parsed = parse_arch(arch, meta["space"])
-    name = data or meta["config"]["dataset"]
-    dataset = load_dataset(name, data_dir=data_dir, in_channels=net.space.in_channels,
-                           resolution=parsed.resolution)
-    accuracy = evaluate_arch(net, parsed, dataset, split=split)
+    config = meta.get("config") or {}
+    name = data or config["dataset"]
+    samples: int | None = None
+    if is_streamed_dataset(name):
+        folder = data_dir if data_dir is not None else config.get("data_dir")
+        scored = evaluate_arch_stream(
+            net, parsed, open_image_stream(folder, parsed.resolution, name=name),
+            calib_images=calib_images, max_eval_images=max_eval_images, progress=True)
+        accuracy, samples, split = scored.accuracy, scored.eval_images, "val"
+    else:
+        dataset = load_dataset(name, data_dir=data_dir, in_channels=net.space.in_channels,
+                               resolution=parsed.resolution)
+        accuracy = evaluate_arch(net, parsed, dataset, split=split)
     result = {"arch": parsed.to_string(), "dataset": name, "split": split,
               "accuracy": accuracy, "checkpoint": str(checkpoint), "epoch": meta["epoch"]}
+    if samples is not None:
+        result["samples"] = samples
     if as_json:
         _emit_json(result)
     else:
-        typer.echo(f"{parsed.to_string()}: {split} accuracy {accuracy:.4f} on {name}")
+        typer.echo(f"{parsed.to_string()}: {split} accuracy {accuracy:.4f} on {name}"
+                   + ("" if samples is None else f" ({samples} images)"))
 
 
 # -- device latency tables -----------------------------------------------------------------
@@ -403,9 +425,16 @@ def latency_cmd(
 
 # -- commands of the other parts, each in its own module -----------------------------------
 def _register_parts() -> None:
-    from ofa_search import cli_predictors, cli_profile, cli_run, cli_search, cli_service
+    from ofa_search import (
+        cli_interop,
+        cli_predictors,
+        cli_profile,
+        cli_run,
+        cli_search,
+        cli_service,
+    )
 
-    for part in (cli_predictors, cli_run, cli_search, cli_service):
+    for part in (cli_interop, cli_predictors, cli_run, cli_search, cli_service):
         part.register(app)
     cli_profile.register(profile_app)
 

@@ -42,9 +42,16 @@ def read_api_key(env_var: str | None, key_file: Path | None) -> str | None:
 def register(app: typer.Typer) -> None:
     """Add this part's commands to ``app``."""
     from ofa_search.cli import JsonOpt, WorkspaceOpt, _emit_json
+    from ofa_search.cli_interop import export_supernet_cmd
 
-    @app.command("export")
+    export_app = typer.Typer(help="Export a subnet as a verified artefact with its model card "
+                             "(or the whole supernet: see the subcommand).")
+    app.add_typer(export_app, name="export")
+    export_app.command("ofa-supernet")(export_supernet_cmd)
+
+    @export_app.callback(invoke_without_command=True)
     def export_cmd(
+        ctx: typer.Context,
         workspace: WorkspaceOpt,
         fmt: Annotated[str, typer.Option(
             "--format", "-f", help="auto (onnx, onnx_int8 or binary by the arch's "
@@ -62,7 +69,16 @@ def register(app: typer.Typer) -> None:
         precision: Annotated[str | None, typer.Option("--precision")] = None,
         out: Annotated[Path | None, typer.Option(
             "--out", "-o", help="output folder (default: WORKSPACE/exports/<new id>)")] = None,
-        data_dir: Annotated[Path | None, typer.Option("--data-dir")] = None,
+        data_dir: Annotated[Path | None, typer.Option(
+            "--data-dir", help="the dataset's folder (default: the one it was trained from); "
+            "ImageNet supernets (imported from once-for-all) need an ImageNet-layout folder "
+            "DIR/train/<wnid>/…, DIR/val/<wnid>/…")] = None,
+        calib_images: Annotated[int, typer.Option(
+            "--calib-images", min=1, help="ImageNet: recalibrate BN on at most N random "
+            "train images (once-for-all uses 2000)")] = 2000,
+        max_eval_images: Annotated[int, typer.Option(
+            "--max-eval-images", min=1, help="ImageNet: measure accuracy on at most N random "
+            "val images (the card says how many)")] = 10_000,
         measure: Annotated[bool, typer.Option(
             "--measure/--no-measure", help="measure the latency on --device")] = True,
         threads: Annotated[int, typer.Option("--threads", min=1,
@@ -70,6 +86,8 @@ def register(app: typer.Typer) -> None:
         as_json: JsonOpt = False,
     ) -> None:
         """Export a subnet as a verified artefact with its model card."""
+        if ctx.invoked_subcommand is not None:
+            return
         if (arch is None) == (latency_ms is None):
             raise OfaSearchError("give --arch ARCH, or --device ID with --latency-ms N")
         if latency_ms is not None and device is None:
@@ -95,7 +113,8 @@ def register(app: typer.Typer) -> None:
         folder = out if out is not None else ws.exports_dir / uuid.uuid4().hex
         result = export(checkpoint or ws.checkpoint, arch, fmt, folder, device=device,
                         workspace=ws, data_dir=data_dir, measure=measure,
-                        echo=lambda line: typer.echo(line, err=True))
+                        calib_images=calib_images, max_eval_images=max_eval_images,
+                        progress=True, echo=lambda line: typer.echo(line, err=True))
         if as_json:
             data = result.to_dict()
             data["query"] = answer.to_dict() if answer is not None else None
@@ -107,8 +126,9 @@ def register(app: typer.Typer) -> None:
         typer.echo(f"verified:  max |Δ| {card['verification']['max_abs_diff']:.3g} with "
                    f"{card['verification']['runtime']} (tolerance "
                    f"{card['verification']['tolerance']:.0e})")
-        typer.echo(f"accuracy:  {card['dataset']['accuracy']:.4f} on {card['dataset']['name']} "
-                   "test")
+        scored = card["dataset"]
+        typer.echo(f"accuracy:  {scored['accuracy']:.4f} on {scored['name']} {scored['split']} "
+                   f"({scored['samples']} images)")
         if card["device"]:
             dev = card["device"]
             measured = dev["measured_latency_ms"]

@@ -16,6 +16,12 @@ Formats (:func:`list_formats`; more register with :func:`register_format`)::
 Layout of ``out_dir``: ``model.<suffix>``, ``model_card.json``, ``model_card.md``. The
 artefact is written to a temporary name, verified from that file, then renamed; the card
 is written last, so a folder with a card holds a complete, verified export.
+
+Supernets of a streamed dataset (``imagenet``: once-for-all's imported supernets) are
+recalibrated on a random subset of the training images of an ImageNet-layout folder
+(``data_dir``) and evaluated on a random subset of its validation images, read from disk
+as they go (:func:`ofa_search.data.open_image_stream`); their card says how many images
+each step used and which preprocessing the model expects.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import io
 import itertools
+import math
 import os
 import platform
 import warnings
@@ -37,14 +44,29 @@ import torch
 
 from ofa_search.arch import Arch, parse_arch
 from ofa_search.atomic import atomic_write_bytes
-from ofa_search.data import DatasetSplits, iterate_batches, load_dataset
+from ofa_search.data import (
+    DEFAULT_EVAL_IMAGES,
+    OFA_CALIB_IMAGES,
+    STREAM_BATCH_SIZE,
+    DatasetSplits,
+    is_streamed_dataset,
+    iterate_batches,
+    load_dataset,
+    open_image_stream,
+    resize_size,
+    stream_loader,
+)
 from ofa_search.errors import InvalidArchError, OfaSearchError, UnsupportedPrecisionError
 from ofa_search.model_card import write_card
-from ofa_search.nn import StaticSubnet, build_static
+from ofa_search.nn import StaticSubnet, Supernet, build_static
 from ofa_search.space import PRECISIONS
 from ofa_search.workspace import Workspace
 
 ARTEFACT_STEM = "model"
+STREAM_QUANT_IMAGES = 256
+"""Training images handed to an int8 format's ``calibrated_write`` when the data is
+streamed (the first ones of the BN recalibration set; full-size images do not all fit in
+memory)."""
 
 
 class UnknownFormatError(OfaSearchError, ValueError):
@@ -248,7 +270,9 @@ def export(checkpoint: str | os.PathLike[str], arch: str | Arch, format: str,
            workspace: Workspace | str | os.PathLike[str] | None = None,
            data: DatasetSplits | None = None, data_dir: str | os.PathLike[str] | None = None,
            calib_batches: int = 16, verify_samples: int = 16, measure: bool = True,
-           seed: int = 0, echo: Callable[[str], None] | None = None) -> ExportResult:
+           seed: int = 0, echo: Callable[[str], None] | None = None,
+           calib_images: int = OFA_CALIB_IMAGES, max_eval_images: int = DEFAULT_EVAL_IMAGES,
+           num_workers: int | None = None, progress: bool = False) -> ExportResult:
     """Export subnet ``arch`` of the supernet in ``checkpoint`` as ``format`` to ``out_dir``.
 
     Args:
@@ -258,26 +282,33 @@ def export(checkpoint: str | os.PathLike[str], arch: str | Arch, format: str,
             imported table cannot be measured here and says so).
         workspace: where device tables and predictors are looked up.
         data: the dataset (default: the checkpoint's training dataset, from ``data_dir``
-            or the directory it was trained from).
+            or the directory it was trained from). A streamed dataset (``imagenet``) is
+            read from ``data_dir``, which it requires.
         calib_batches, seed: BN recalibration (see :func:`ofa_search.train.calibrated_subnet`).
         verify_samples: test images used to verify the written artefact.
         measure: measure the latency on ``device`` (else only predict it).
         echo: receives one line per stage (progress).
+        calib_images, max_eval_images, num_workers, progress: streamed datasets only: BN
+            recalibration on at most ``calib_images`` random training images, accuracy on
+            at most ``max_eval_images`` random validation images (both chosen by ``seed``),
+            decoded by ``num_workers`` processes, with tqdm bars when ``progress``.
 
     Raises:
         UnknownFormatError, FileFormatError (checkpoint), InvalidArchError,
         UnknownDeviceError, LutMissError (the device's table cannot price the arch),
+        DatasetError (no or a malformed ``data_dir`` for a streamed dataset),
         VerificationError (the artefact's outputs differ beyond tolerance).
     """
-    from ofa_search.train import calibrated_subnet, evaluate, load_supernet
+    from ofa_search.train import load_supernet
     from ofa_search.units import count_macs, count_params
 
     say = echo or (lambda _line: None)
     if format != AUTO_FORMAT:
         get_format(format)  # an unknown name fails before any work
-    if verify_samples < 1 or calib_batches < 1:
-        raise ValueError(f"need verify_samples >= 1 and calib_batches >= 1, got "
-                         f"{verify_samples=}, {calib_batches=}")
+    if min(verify_samples, calib_batches, calib_images, max_eval_images) < 1:
+        raise ValueError(f"need verify_samples, calib_batches, calib_images and "
+                         f"max_eval_images >= 1, got {verify_samples=}, {calib_batches=}, "
+                         f"{calib_images=}, {max_eval_images=}")
     ws = workspace if isinstance(workspace, Workspace) else Workspace(workspace)
     say(f"loading {checkpoint}")
     supernet, meta = load_supernet(checkpoint)
@@ -294,18 +325,23 @@ def export(checkpoint: str | os.PathLike[str], arch: str | Arch, format: str,
             f"format {fmt.name!r} cannot hold {', '.join(unfit)} stages (it holds "
             f"{', '.join(fmt.precisions)}); formats for this arch: {', '.join(able)}")
     latency = _predict_latency(ws, device, parsed) if device is not None else None
-    if data is None:
-        config = meta.get("config", {})
-        folder_in = data_dir if data_dir is not None else config.get("data_dir")
-        data = load_dataset(config.get("dataset", "digits"),
-                            data_dir=None if folder_in is None else Path(folder_in),
-                            in_channels=supernet.space.in_channels, resolution=parsed.resolution)
-    say(f"recalibrating BN of {parsed.to_string()} on {calib_batches} batches")
-    net = calibrated_subnet(supernet, parsed, data, calib_batches=calib_batches, seed=seed)
-    say("measuring test accuracy")
-    accuracy = evaluate(net, data.test, parsed.resolution)
-    x, _ = next(iterate_batches(data.test, verify_samples, shuffle=False,
-                                resolution=parsed.resolution))
+    config = meta.get("config") or {}
+    dataset_name = config.get("dataset", "digits")
+    folder_in = data_dir if data_dir is not None else config.get("data_dir")
+    folder_path = None if folder_in is None else Path(folder_in)
+    if data is None and is_streamed_dataset(dataset_name):
+        calibrated = _calibrate_on_stream(
+            supernet, parsed, dataset_name, folder_path, calib_images=calib_images,
+            max_eval_images=max_eval_images, verify_samples=verify_samples, seed=seed,
+            num_workers=num_workers, progress=progress, say=say)
+    else:
+        if data is None:
+            data = load_dataset(dataset_name, data_dir=folder_path,
+                                in_channels=supernet.space.in_channels,
+                                resolution=parsed.resolution)
+        calibrated = _calibrate_in_memory(supernet, parsed, data, calib_batches=calib_batches,
+                                          verify_samples=verify_samples, seed=seed, say=say)
+    net, x = calibrated.net, calibrated.verify_x
 
     folder = Path(out_dir)
     folder.mkdir(parents=True, exist_ok=True)
@@ -314,8 +350,7 @@ def export(checkpoint: str | os.PathLike[str], arch: str | Arch, format: str,
     say(f"writing {fmt.name} artefact and verifying it with {fmt.runtime}")
     try:
         if fmt.calibrated_write is not None:
-            fmt.calibrated_write(net, pending, train_batches(data, parsed.resolution,
-                                                             calib_batches, seed))
+            fmt.calibrated_write(net, pending, calibrated.quant_batches())
         else:
             fmt.write(net, pending)
         diff = fmt.verify(pending, net, x)
@@ -343,12 +378,12 @@ def export(checkpoint: str | os.PathLike[str], arch: str | Arch, format: str,
         "macs_m": count_macs(parsed) / 1e6,
         "params_m": count_params(parsed) / 1e6,
         "input": {"shape": list(net.input_shape(1)), "dtype": "float32", "layout": "NCHW",
-                  "mean": list(data.mean), "std": list(data.std), "value_range": [0.0, 1.0]},
+                  "mean": list(calibrated.mean), "std": list(calibrated.std),
+                  "value_range": [0.0, 1.0], **calibrated.preprocessing},
         "supernet": {"checkpoint": str(checkpoint), "sha256": sha256_file(checkpoint),
                      "epoch": meta.get("epoch"),
                      "strategy": (meta.get("strategy") or {}).get("name")},
-        "dataset": {"name": data.name, "split": "test", "samples": len(data.test),
-                    "accuracy": accuracy, "calib_batches": calib_batches, "calib_seed": seed},
+        "dataset": calibrated.dataset,
         "device": latency,
         "artefact": {"format": fmt.name, "file": final.name, "bytes": final.stat().st_size,
                      "sha256": sha256_file(final), "description": fmt.description},
@@ -360,6 +395,92 @@ def export(checkpoint: str | os.PathLike[str], arch: str | Arch, format: str,
     card_json, card_md = write_card(folder, card)
     say(f"wrote {final} and {card_json.name}")
     return ExportResult(folder, final, card_json, card_md, card)
+
+
+@dataclass(frozen=True)
+class _Calibrated:
+    """A BN-recalibrated subnet on the CPU, and what its card says about the data.
+
+    ``verify_x``: real inputs the artefact is verified on; ``dataset``: the card's dataset
+    section (accuracy and sample counts); ``preprocessing``: extra fields of its input
+    section; ``quant_batches()``: the training batches an int8 format calibrates on.
+    """
+
+    net: StaticSubnet
+    verify_x: torch.Tensor
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    dataset: dict[str, Any]
+    preprocessing: dict[str, Any]
+    quant_batches: Callable[[], Sequence[np.ndarray]]
+
+
+def _calibrate_in_memory(supernet: Supernet, arch: Arch, data: DatasetSplits, *,
+                         calib_batches: int, verify_samples: int, seed: int,
+                         say: Callable[[str], None]) -> _Calibrated:
+    """BN recalibration on ``calib_batches`` train batches, accuracy on the whole test split."""
+    from ofa_search.train import calibrated_subnet, evaluate
+
+    say(f"recalibrating BN of {arch.to_string()} on {calib_batches} batches")
+    net = calibrated_subnet(supernet, arch, data, calib_batches=calib_batches, seed=seed)
+    say("measuring test accuracy")
+    accuracy = evaluate(net, data.test, arch.resolution)
+    x, _ = next(iterate_batches(data.test, verify_samples, shuffle=False,
+                                resolution=arch.resolution))
+    return _Calibrated(
+        net=net, verify_x=x, mean=data.mean, std=data.std,
+        dataset={"name": data.name, "split": "test", "samples": len(data.test),
+                 "accuracy": accuracy, "calib_batches": calib_batches, "calib_seed": seed},
+        preprocessing={},
+        quant_batches=lambda: train_batches(data, arch.resolution, calib_batches, seed))
+
+
+def _calibrate_on_stream(supernet: Supernet, arch: Arch, name: str, data_dir: Path | None, *,
+                         calib_images: int, max_eval_images: int, verify_samples: int,
+                         seed: int, num_workers: int | None, progress: bool,
+                         say: Callable[[str], None]) -> _Calibrated:
+    """BN recalibration on at most ``calib_images`` random train images of the folder
+    ``data_dir`` and accuracy on at most ``max_eval_images`` random val images, streamed
+    (on CUDA when available); the artefact is verified on the first val images of the
+    accuracy subset."""
+    from ofa_search.train import calibrated_subnet_stream, evaluate_stream
+
+    streams = open_image_stream(data_dir, arch.resolution, name=name)
+    n_calib = min(calib_images, len(streams.train))
+    n_eval = min(max_eval_images, len(streams.val))
+    compute = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    say(f"recalibrating BN of {arch.to_string()} on {n_calib} train images of "
+        f"{streams.train.folder} ({compute.type})")
+    net = calibrated_subnet_stream(supernet, arch, streams, calib_images=calib_images,
+                                   seed=seed, num_workers=num_workers, device=compute,
+                                   progress=progress)
+    say(f"measuring accuracy on {n_eval} of the {len(streams.val)} images of "
+        f"{streams.val.folder}")
+    accuracy = evaluate_stream(net, streams, resolution=arch.resolution,
+                               max_images=max_eval_images, seed=seed,
+                               num_workers=num_workers, progress=progress)
+    net.cpu()
+    x, _ = next(iter(stream_loader(streams.val, batch_size=verify_samples,
+                                   max_images=verify_samples, seed=seed, num_workers=0,
+                                   pin_memory=False)))
+
+    def quant_batches() -> list[np.ndarray]:
+        loader = stream_loader(streams.train, batch_size=STREAM_BATCH_SIZE,
+                               max_images=min(calib_images, STREAM_QUANT_IMAGES), seed=seed,
+                               num_workers=num_workers, pin_memory=False)
+        return [batch.numpy() for batch, _ in loader]
+
+    return _Calibrated(
+        net=net, verify_x=x, mean=streams.mean, std=streams.std,
+        dataset={"name": name, "split": "val", "samples": n_eval,
+                 "available_samples": len(streams.val), "accuracy": accuracy,
+                 "calib_images": n_calib, "calib_batches": math.ceil(n_calib / STREAM_BATCH_SIZE),
+                 "calib_split": "train", "calib_seed": seed, "streamed": True,
+                 "data_dir": str(streams.root), "layout": streams.layout},
+        preprocessing={"resize_shorter_side": resize_size(arch.resolution),
+                       "centre_crop": arch.resolution, "interpolation": "bilinear",
+                       "color": "RGB"},
+        quant_batches=quant_batches)
 
 
 def train_batches(data: DatasetSplits, resolution: int, n: int, seed: int = 0

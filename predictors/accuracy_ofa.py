@@ -188,9 +188,9 @@ def _layers_from_ofa(state: Mapping[str, torch.Tensor], source: str
     if "base_acc" in state:
         hidden = sorted({int(k.split(".")[1]) for k in state if k.endswith(".0.weight")})
         out_name = f"layers.{len(hidden)}.weight"
-        names = ({f"layers.{i}.0.{p}" for i in hidden for p in ("weight", "bias")}
-                 | {out_name, "base_acc"})
-        if hidden != list(range(len(hidden))) or set(state) != names:
+        expected = ({f"layers.{i}.0.{p}" for i in hidden for p in ("weight", "bias")}
+                    | {out_name, "base_acc"})
+        if hidden != list(range(len(hidden))) or set(state) != expected:
             raise FileFormatError(f"{source}: not once-for-all's nas predictor (tensors "
                                   f"{sorted(state)[:6]}…)")
         layers = [(arr(state[f"layers.{i}.0.weight"]).T.copy(), arr(state[f"layers.{i}.0.bias"]))

@@ -15,6 +15,12 @@ hold-out of the training data (for BN recalibration and accuracy-predictor data)
 ``DataLoader`` over a split, sharded across ranks with :class:`ShardSampler`.
 :func:`resize_batch` moves a batch to another resolution, as elastic-resolution training
 does every step.
+
+ImageNet-scale folders are streamed instead (``imagenet``, :func:`is_streamed_dataset`):
+:func:`open_image_stream` lists ``root/train/<wnid>/…`` and ``root/val/<wnid>/…`` as
+:class:`ImageFolderStream` datasets that decode one image at a time with once-for-all's
+evaluation preprocessing (:func:`eval_transform`), and :func:`stream_loader` batches a
+seeded random subset of one through ``DataLoader`` workers.
 """
 
 from __future__ import annotations
@@ -26,6 +32,25 @@ from ofa_search.data._registry import available_datasets, load_dataset
 from ofa_search.data._sources import FASHION_MNIST_DIR, FASHION_MNIST_FILES
 from ofa_search.data._split import stratified_split
 from ofa_search.data._splits import DatasetSplits, ImageSplit
+from ofa_search.data._stream import (
+    DEFAULT_EVAL_IMAGES,
+    IMAGENET,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    OFA_CALIB_IMAGES,
+    STREAM_BATCH_SIZE,
+    STREAMED_DATASETS,
+    ImageFolderStream,
+    ImageStreamSplits,
+    StreamLoader,
+    default_num_workers,
+    eval_transform,
+    is_streamed_dataset,
+    open_image_stream,
+    resize_size,
+    stream_loader,
+    subset_indices,
+)
 from ofa_search.data._transforms import (
     AugmentPolicy,
     augment_batch,
@@ -34,21 +59,38 @@ from ofa_search.data._transforms import (
 )
 
 __all__ = [
+    "DEFAULT_EVAL_IMAGES",
     "FASHION_MNIST_DIR",
     "FASHION_MNIST_FILES",
+    "IMAGENET",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "OFA_CALIB_IMAGES",
+    "STREAMED_DATASETS",
+    "STREAM_BATCH_SIZE",
     "AugmentPolicy",
     "DatasetError",
     "DatasetSplits",
+    "ImageFolderStream",
     "ImageSplit",
+    "ImageStreamSplits",
     "ShardSampler",
+    "StreamLoader",
     "augment_batch",
     "available_datasets",
+    "default_num_workers",
+    "eval_transform",
+    "is_streamed_dataset",
     "iterate_batches",
     "load_dataset",
     "normalize_batch",
+    "open_image_stream",
     "parse_idx",
     "read_idx",
     "resize_batch",
+    "resize_size",
     "shard_indices",
     "stratified_split",
+    "stream_loader",
+    "subset_indices",
 ]

@@ -30,11 +30,14 @@ IMAGE_EXTENSIONS: frozenset[str] = frozenset(
 )
 
 
-def _visible_dirs(directory: Path) -> list[Path]:
+def visible_dirs(directory: Path) -> list[Path]:
+    """The sub-folders of ``directory`` whose names do not start with a dot, sorted."""
     return sorted(p for p in directory.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
-def _image_files(class_dir: Path) -> list[Path]:
+def image_files(class_dir: Path) -> list[Path]:
+    """Every image file (by :data:`IMAGE_EXTENSIONS`, case-insensitive) anywhere below
+    ``class_dir``, hidden files excepted, sorted."""
     return sorted(
         path for path in class_dir.rglob("*")
         if path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS
@@ -81,13 +84,13 @@ def _read_folder(split_dir: Path, classes: tuple[str, ...], mode: str,
     index = {name: i for i, name in enumerate(classes)}
     paths: list[Path] = []
     labels: list[int] = []
-    for class_dir in _visible_dirs(split_dir):
+    for class_dir in visible_dirs(split_dir):
         if class_dir.name not in index:
             raise DatasetError(
                 f"{class_dir}: class {class_dir.name!r} is not among the training classes "
                 f"({', '.join(classes)})"
             )
-        files = _image_files(class_dir)
+        files = image_files(class_dir)
         paths += files
         labels += [index[class_dir.name]] * len(files)
     if not paths:
@@ -107,10 +110,10 @@ def load_imagefolder_raw(options: LoadOptions) -> RawDataset:
     if not train_dir.is_dir():
         raise DatasetError(f"imagefolder: {train_dir} is not a directory (expected "
                            f"{root}/train/<class>/<images>)")
-    classes = tuple(path.name for path in _visible_dirs(train_dir))
+    classes = tuple(path.name for path in visible_dirs(train_dir))
     if not classes:
         raise DatasetError(f"imagefolder: no class folders in {train_dir}")
-    empty = [name for name in classes if not _image_files(train_dir / name)]
+    empty = [name for name in classes if not image_files(train_dir / name)]
     if empty:
         raise DatasetError(f"imagefolder: class folders without images in {train_dir}: "
                            f"{', '.join(empty)}")

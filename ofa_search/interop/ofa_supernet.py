@@ -181,8 +181,8 @@ def map_ofa_state_dict(state: Mapping[str, torch.Tensor], width_mult: float | No
         if ours is not None:
             mapped[ours] = tensor
     nets = {width: _fresh_supernet(width) for width in spec.width_mults}
-    names = set(nets[spec.width_mults[0]].state_dict())
-    extra = [k for k in state if ofa_to_ours(k, spec) not in names]
+    known = set(nets[spec.width_mults[0]].state_dict())
+    extra = [k for k in state if ofa_to_ours(k, spec) not in known]
     if extra:
         raise FileFormatError(f"{source}: {len(extra)} tensor(s) that an OFAMobileNetV3 "
                               f"does not have: {_listing(extra)}")

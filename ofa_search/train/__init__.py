@@ -7,15 +7,22 @@ Public API::
     SandwichStrategy, SinglePathStrategy, ProgressiveShrinking, Phase, default_phases,
     make_strategy, SubnetTask, Choices                 arch samplers (strategies.py)
     recalibrate_bn, evaluate, evaluate_arch, calibrated_subnet   (bn_calibration.py)
+    calibrated_subnet_stream, evaluate_stream, evaluate_arch_stream, evaluate_batches,
+    StreamAccuracy                       the same over streamed data (ImageNet)
     load_supernet, load_checkpoint, save_checkpoint, CHECKPOINT_VERSION   (checkpoint.py)
 """
 
 from __future__ import annotations
 
 from ofa_search.train.bn_calibration import (
+    StreamAccuracy,
     calibrated_subnet,
+    calibrated_subnet_stream,
     evaluate,
     evaluate_arch,
+    evaluate_arch_stream,
+    evaluate_batches,
+    evaluate_stream,
     recalibrate_bn,
 )
 from ofa_search.train.checkpoint import (
@@ -55,16 +62,21 @@ __all__ = [
     "ProgressiveShrinking",
     "SandwichStrategy",
     "SinglePathStrategy",
+    "StreamAccuracy",
     "SubnetTask",
     "TrainConfig",
     "TrainResult",
     "TrainingError",
     "TrainingStrategy",
     "calibrated_subnet",
+    "calibrated_subnet_stream",
     "cosine_lr",
     "default_phases",
     "evaluate",
     "evaluate_arch",
+    "evaluate_arch_stream",
+    "evaluate_batches",
+    "evaluate_stream",
     "load_checkpoint",
     "load_supernet",
     "make_strategy",

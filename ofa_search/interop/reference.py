@@ -1,4 +1,5 @@
-"""once-for-all's reference code (PyPI ``ofa``, code only) for cross-implementation tests.
+"""once-for-all's reference code (PyPI ``ofa``, code only, the ``dev`` extra) for the
+cross-implementation tests and ``scripts/bench_vs_ofa.py``; nothing else imports it.
 
 ``ofa`` imports torchvision at import time for its data loaders, which these tests never
 use; the torchvision wheel that matches the CPU torch here does not import
@@ -13,6 +14,8 @@ import importlib
 import sys
 import types
 from typing import Any
+
+from ofa_search.errors import OfaSearchError
 
 
 def _register_torchvision_stand_in() -> None:
@@ -39,6 +42,12 @@ def _register_torchvision_stand_in() -> None:
 
 
 def ofa_module(name: str) -> Any:
-    """Import ``ofa.<name>`` (the ``ofa`` package comes with the ``dev`` extra)."""
+    """Import ``ofa.<name>`` (the ``ofa`` package comes with the ``dev`` extra); a one-line
+    error names the extra when it is missing."""
+    try:
+        importlib.import_module("ofa")
+    except ImportError:
+        raise OfaSearchError("once-for-all's code is not installed: pip install "
+                             "'ofa-search[dev]' (or pip install ofa gdown pyyaml)") from None
     _register_torchvision_stand_in()
     return importlib.import_module(f"ofa.{name}")
