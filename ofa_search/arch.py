@@ -126,6 +126,22 @@ class Arch:
             if precision not in space.precisions:
                 raise bad(f"precisions[{s}]", precision, space.precisions)
 
+    @classmethod
+    def trusted(cls, space: str, resolution: int, width_mult: float,
+                depths: tuple[int, ...], kernels: tuple[tuple[int, ...], ...],
+                expands: tuple[tuple[int, ...], ...], precisions: tuple[str, ...]) -> Arch:
+        """An ``Arch`` built without validation, for code that assembles it from a space's
+        own choices as plain ints, floats, strs and tuples (a search builds thousands per
+        second; validation would cost more than pricing them). Anything else must use the
+        validating constructor."""
+        arch = object.__new__(cls)
+        for name, value in (("space", space), ("resolution", resolution),
+                            ("width_mult", width_mult), ("depths", depths),
+                            ("kernels", kernels), ("expands", expands),
+                            ("precisions", precisions)):
+            object.__setattr__(arch, name, value)
+        return arch
+
     # -- views -------------------------------------------------------------------------
     @property
     def search_space(self) -> SearchSpace:

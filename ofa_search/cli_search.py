@@ -96,6 +96,9 @@ def register(app: typer.Typer) -> None:
                                             help="trials per search")] = 2000,
         engine: Annotated[str, typer.Option(
             "--engine", help="nsga2, evolution or random (budget searches)")] = "evolution",
+        restarts: Annotated[int, typer.Option(
+            "--restarts", min=1, help="evolution: split each budget search's trials over "
+            "this many independent runs")] = 1,
         storage: Annotated[str | None, typer.Option(
             "--storage", help="SQLAlchemy URL or journal file (default: the workspace's "
             "studies.log)")] = None,
@@ -137,7 +140,8 @@ def register(app: typer.Typer) -> None:
                 task = bar.add_task(f"{engine} under {budget:g} ms", total=trials)
                 result, study = stored_search(
                     ctx, budget_ms=budget, engine=engine, n_trials=trials, seed=seed,
-                    storage=storage, progress=advancer(task))
+                    storage=storage, progress=advancer(task),
+                    restarts=restarts if engine == "evolution" else 1)
                 best = result.best
                 summary["searches"].append({
                     "study": study.study_name, "budget_ms": budget, "trials": result.n_trials,

@@ -153,6 +153,9 @@ def register(app: typer.Typer) -> None:
         threads: Annotated[int, typer.Option("--threads", min=1,
                                              help="torch intra-op threads")] = 1,
         log_level: Annotated[str, typer.Option("--log-level")] = "warning",
+        data_dir: Annotated[Path | None, typer.Option(
+            "--data-dir", help="dataset folder that exports recalibrate BN on (an "
+            "ImageNet-layout folder for a supernet imported from once-for-all)")] = None,
     ) -> None:
         """Serve query and export over HTTP (OpenAPI docs at /docs)."""
         import torch
@@ -168,5 +171,5 @@ def register(app: typer.Typer) -> None:
         typer.echo(f"serving {workspace} on http://{host}:{port} (API key "
                    f"{'required' if key else 'not set'} for POST /exports)", err=True)
         uvicorn.run(create_app(workspace, api_key=key, max_export_workers=export_workers,
-                               max_pending_exports=max_pending),
+                               max_pending_exports=max_pending, data_dir=data_dir),
                     host=host, port=port, log_level=log_level)

@@ -30,6 +30,7 @@ from __future__ import annotations
 import hmac
 import logging
 import os
+import pathlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -119,7 +120,8 @@ class ServiceState:
 
 
 def load_state(workspace: Workspace, *, api_key: str | None, max_export_workers: int,
-               max_pending_exports: int) -> ServiceState:
+               max_pending_exports: int, data_dir: pathlib.Path | None = None
+               ) -> ServiceState:
     """Load tables, latency predictors and the query engine of ``workspace`` (and warm the
     engine up on every device, so the first query is as fast as the others)."""
     from ofa_search.search.query import QueryEngine
@@ -154,7 +156,8 @@ def load_state(workspace: Workspace, *, api_key: str | None, max_export_workers:
             space, width = str(meta["space"]), float(meta["width_mult"])
         except FileFormatError as exc:
             log.warning("checkpoint unusable: %s", exc)
-    jobs = ExportJobs(workspace, workers=max_export_workers, max_pending=max_pending_exports)
+    jobs = ExportJobs(workspace, workers=max_export_workers, max_pending=max_pending_exports,
+                      data_dir=data_dir)
     return ServiceState(workspace, tables, errors, kinds, engine, jobs, api_key, space, width,
                         warm)
 
@@ -190,8 +193,11 @@ def _install_error_handlers(app: FastAPI) -> None:
 
 
 def create_app(workspace: Workspace | str | os.PathLike[str], *, api_key: str | None = None,
-               max_export_workers: int = 1, max_pending_exports: int = 8) -> FastAPI:
-    """The service of ``workspace``; ``api_key`` protects the mutating routes."""
+               max_export_workers: int = 1, max_pending_exports: int = 8,
+               data_dir: str | os.PathLike[str] | None = None) -> FastAPI:
+    """The service of ``workspace``; ``api_key`` protects the mutating routes; ``data_dir``
+    is the dataset folder exports recalibrate BN on (required for an ImageNet supernet
+    imported from once-for-all; default: the folder the supernet was trained on)."""
     ws = workspace if isinstance(workspace, Workspace) else Workspace(workspace)
     if api_key is not None and not api_key:
         raise ValueError("api_key must not be empty (use None for no key)")
@@ -199,7 +205,9 @@ def create_app(workspace: Workspace | str | os.PathLike[str], *, api_key: str | 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.ofa = load_state(ws, api_key=api_key, max_export_workers=max_export_workers,
-                                   max_pending_exports=max_pending_exports)
+                                   max_pending_exports=max_pending_exports,
+                                   data_dir=None if data_dir is None
+                                   else pathlib.Path(data_dir))
         try:
             yield
         finally:

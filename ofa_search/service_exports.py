@@ -61,11 +61,13 @@ class Job:
 class ExportJobs:
     """Runs exports of one workspace's checkpoint in a bounded thread pool (thread-safe)."""
 
-    def __init__(self, workspace: Any, *, workers: int = 1, max_pending: int = 8) -> None:
+    def __init__(self, workspace: Any, *, workers: int = 1, max_pending: int = 8,
+                 data_dir: Path | None = None) -> None:
         if workers < 1 or max_pending < 0:
             raise ValueError(f"need workers >= 1 and max_pending >= 0, got {workers=}, "
                              f"{max_pending=}")
         self.workspace = workspace
+        self.data_dir = data_dir  # the dataset folder exports recalibrate on (None: trained-on)
         self.root: Path = workspace.exports_dir
         self.capacity = workers + max_pending
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="export")
@@ -147,7 +149,8 @@ class ExportJobs:
         self._update(job, status="running")
         try:
             result = export(self.workspace.checkpoint, job.arch, job.format,
-                            self.root / job.id, device=job.device, workspace=self.workspace)
+                            self.root / job.id, device=job.device, workspace=self.workspace,
+                            data_dir=self.data_dir)
         except Exception as exc:  # every failure is reported on the job
             kind = "" if isinstance(exc, OfaSearchError) else f"{type(exc).__name__}: "
             self._update(job, status="failed", error=f"{kind}{exc}", finished=now_iso())

@@ -22,7 +22,9 @@ from typing import Any, ClassVar
 import numpy as np
 
 from ofa_search.arch import Arch
+from ofa_search.errors import LutMissError
 from ofa_search.profiling.lut import LatencyTable, precision_mode
+from ofa_search.space import get_space
 from ofa_search.units import MBConvUnit, arch_units
 from predictors.base import Predictor
 
@@ -112,6 +114,39 @@ class LutLatencyPredictor(Predictor):
         by_mode = self.table.overhead_by_mode
         return np.array([self.table.unit_sum(a) + by_mode.get(precision_mode(a), self.overhead_ms)
                          for a in archs], dtype=float)
+
+    def block_prices(self, resolutions: Sequence[int], width_mult: float, precision: str
+                     ) -> tuple[np.ndarray, np.ndarray]:
+        """The table as arrays, for searches that price whole generations at once.
+
+        Returns ``(base [R], block [R, S, M, K, E])`` over ``resolutions`` and the space's
+        stages, block slots, kernel sizes and expand ratios, such that ``predict`` of an
+        arch at resolution index ``r`` whose stages all run at ``precision`` is
+        ``base[r]`` (stem, first block, head and overhead) plus ``block[r, s, b, k, e]``
+        over its active blocks. Units the table lacks are ``inf``.
+        """
+        spec = get_space(self.table.space)
+        n, m = spec.num_stages, spec.max_depth
+        kernels, expands = spec.kernel_sizes, spec.expand_ratios
+        base = np.zeros(len(resolutions))
+        block = np.full((len(resolutions), n, m, len(kernels), len(expands)), np.inf)
+        for ri, res in enumerate(resolutions):
+            for ki, k in enumerate(kernels):
+                for ei, e in enumerate(expands):
+                    probe = Arch(space=spec.name, resolution=res, width_mult=width_mult,
+                                 depths=(m,) * n, kernels=((k,) * m,) * n,
+                                 expands=((e,) * m,) * n, precisions=(precision,) * n)
+                    prices = []
+                    for unit in arch_units(probe):
+                        try:
+                            prices.append(self.table.unit_price(unit, res))
+                        except LutMissError:
+                            prices.append(np.inf)
+                    overhead = self.table.overhead_by_mode.get(precision_mode(probe),
+                                                               self.overhead_ms)
+                    base[ri] = prices[0] + prices[1] + prices[-1] + overhead
+                    block[ri, :, :, ki, ei] = np.reshape(prices[2:-1], (n, m))
+        return base, block
 
     def state(self) -> dict[str, Any]:
         """Table and overhead."""

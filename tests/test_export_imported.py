@@ -143,3 +143,28 @@ def test_cli_eval_streams_imagenet(checkpoint: Path, tree: Path,
     result = json.loads(out)
     assert (result["dataset"], result["split"], result["samples"]) == ("imagenet", "val", 3)
     assert 0.0 <= result["accuracy"] <= 1.0
+
+
+def test_service_exports_an_imported_subnet_with_its_data_dir(
+        checkpoint: Path, tree: Path, tmp_path: Path) -> None:
+    import time
+
+    from fastapi.testclient import TestClient
+
+    from ofa_search.service import create_app
+    from ofa_search.workspace import Workspace
+
+    ws = Workspace(tmp_path / "ws")
+    ws.checkpoint.parent.mkdir(parents=True)
+    ws.checkpoint.write_bytes(checkpoint.read_bytes())
+    with TestClient(create_app(ws, data_dir=tree)) as client:
+        accepted = client.post("/exports", json={"arch": ARCH.to_string(), "format": "onnx"})
+        assert accepted.status_code == 202, accepted.text
+        deadline = time.monotonic() + 120
+        while (state := client.get(f"/exports/{accepted.json()['id']}").json())["status"] \
+                not in ("done", "failed"):
+            assert time.monotonic() < deadline, state
+            time.sleep(0.2)
+    assert state["status"] == "done", state
+    card = state["card"]
+    assert card["dataset"]["name"] == "imagenet" and card["input"]["mean"] == list(IMAGENET_MEAN)

@@ -26,7 +26,7 @@ from ofa_search.arch import Arch
 from ofa_search.atomic import atomic_write_json
 from ofa_search.errors import FileFormatError, LutMissError, UnknownDeviceError
 from ofa_search.profiling.device import DeviceProfile
-from ofa_search.units import arch_units
+from ofa_search.units import Unit, arch_units
 from ofa_search.versioning import require_version
 
 LUT_SCHEMA_VERSION = 1
@@ -103,18 +103,19 @@ class LatencyTable:
                                f"{arch.resolution}; it covers resolutions "
                                f"{list(self.resolutions)}")
 
+    def unit_price(self, unit: Unit, resolution: int) -> float:
+        """The median of ``unit`` in a subnet at ``resolution`` (:class:`LutMissError` when
+        the table has no entry for it)."""
+        entry = self.entries.get(unit.key)
+        if entry is None:
+            raise LutMissError(f"table {self.device_id!r} has no entry for unit {unit.key!r}")
+        by_res = entry.get("by_resolution") or {}
+        return float(by_res.get(str(resolution), entry["median_ms"]))
+
     def unit_sum(self, arch: Arch) -> float:
         """Sum of the medians of ``arch``'s units (no overhead)."""
         self._check_arch(arch)
-        total = 0.0
-        for unit in arch_units(arch):
-            entry = self.entries.get(unit.key)
-            if entry is None:
-                raise LutMissError(f"table {self.device_id!r} has no entry for unit "
-                                   f"{unit.key!r}")
-            by_res = entry.get("by_resolution") or {}
-            total += float(by_res.get(str(arch.resolution), entry["median_ms"]))
-        return total
+        return sum(self.unit_price(unit, arch.resolution) for unit in arch_units(arch))
 
     def predict(self, arch: Arch) -> float:
         """Predicted latency of ``arch`` in ms: unit medians plus ``overhead_ms``.

@@ -12,12 +12,14 @@ storages work the same for every one):
   (uniform depth, uniform choice per block): the baseline.
 * ``evolution`` — once-for-all's evolutionary finder (population 100, top 25 % parents,
   half the children by mutation with probability 0.1 per gene, half by uniform
-  crossover), as a plain loop over :class:`~ofa_search.arch.Arch` whose children are
-  recorded into the study with :func:`optuna.trial.create_trial`. As in once-for-all,
-  a child (and a member of the first population) over the budget is redrawn — up to 30
-  times, the candidates priced in batches by the latency predictor alone (cheap; counted
-  apart in ``latency_calls``) — so the accuracy predictor sees mostly feasible archs;
-  one still over budget after that is priced and ranked last (by excess latency).
+  crossover), run on whole generations of :class:`~ofa_search.search.genomes.Genomes`
+  (arrays of choice indices) whose children are recorded into the study with
+  :func:`optuna.trial.create_trial`. As in once-for-all, a child (and a member of the
+  first population) over the budget is redrawn — up to 30 times, priced by latency alone
+  (for a table: by gathering its block prices, exact and ~10× cheaper than building the
+  archs; else through the latency predictor, counted apart in ``latency_calls``) — so the
+  accuracy predictor sees mostly feasible archs; one still over budget after that is
+  priced and ranked last (by excess latency).
 
 A generation of ``population_size`` trials is asked before any is told: NSGA-II fixes a
 trial's generation when it is asked (from the completed trials), so a whole batch lands
@@ -40,6 +42,7 @@ from optuna.trial import FrozenTrial, TrialState
 from ofa_search.arch import Arch
 from ofa_search.search.encoding import ArchEncoding
 from ofa_search.search.evaluator import CachedEvaluator, Evaluation
+from ofa_search.search.genomes import GenomeCodec, Genomes, TablePrices
 
 ENGINES: tuple[str, ...] = ("nsga2", "evolution", "random")
 DEFAULT_ENGINE = "evolution"
@@ -152,6 +155,7 @@ def run_search(encoding: ArchEncoding, evaluator: CachedEvaluator, *,
                budget_ms: float | None, engine: str = DEFAULT_ENGINE, n_trials: int = 2000,
                seed: int = 0, population_size: int = 100,
                resume_from: Sequence[FrozenTrial] = (), record_trials: bool = True,
+               restarts: int = 1,
                on_generation: GenerationHook | None = None,
                progress: Callable[[int], None] | None = None) -> SearchResult:
     """Run ``engine`` in memory until ``n_trials`` trials (resumed ones included) are done.
@@ -165,11 +169,17 @@ def run_search(encoding: ArchEncoding, evaluator: CachedEvaluator, *,
             sampler engines always have them); off for a throw-away search.
         on_generation: called with each generation's new trials (e.g. to persist them).
         progress: called with the number of trials added after each generation.
+        restarts: the evolution engine splits its trials over this many independent runs
+            (seeds derived from ``seed``; resumed trials seed the first) and keeps the best
+            of all — evolution on a rugged predictor stalls in one basin, and independent
+            runs cost no more than one long run.
     """
     if engine not in ENGINES:
         raise ValueError(f"unknown engine {engine!r}; choose one of {ENGINES}")
     if n_trials < 1:
         raise ValueError(f"n_trials must be >= 1, got {n_trials=}")
+    if restarts < 1:
+        raise ValueError(f"restarts must be >= 1, got {restarts=}")
     if budget_ms is not None and not budget_ms > 0:
         raise ValueError(f"budget_ms must be > 0, got {budget_ms=}")
     if engine == "evolution" and budget_ms is None:
@@ -191,9 +201,16 @@ def run_search(encoding: ArchEncoding, evaluator: CachedEvaluator, *,
             progress(count)
 
     if engine == "evolution":
-        _run_evolution(encoding, evaluator, budget_ms, n_trials, seed, history, emit, step,
-                       EvolutionConfig(population_size=population_size),
-                       record_trials or on_generation is not None)
+        todo = max(0, n_trials - len(history))
+        for r in range(restarts):
+            run = history if r == 0 else []
+            share = todo // restarts + (1 if r < todo % restarts else 0)
+            _run_evolution(encoding, evaluator, budget_ms, len(run) + share,
+                           seed + 1_000_003 * r, run, emit, step,
+                           EvolutionConfig(population_size=population_size),
+                           record_trials or on_generation is not None)
+            if r:
+                history.extend(run)
     else:
         study = make_study(budget_ms, engine, seed, population_size)
         if old:
@@ -234,59 +251,86 @@ def _run_evolution(encoding: ArchEncoding, evaluator: CachedEvaluator,
                    history: list[Evaluation], emit: GenerationHook,
                    step: Callable[[int], None],
                    config: EvolutionConfig, record_trials: bool) -> None:
-    """once-for-all's evolution; each generation's children become trials (built only
-    when ``record_trials``: creating Optuna trials costs more than pricing the archs)."""
+    """once-for-all's evolution over :class:`~ofa_search.search.genomes.Genomes`: a whole
+    generation is drawn, mutated, crossed and (for a table) priced as arrays; each
+    generation's children become trials (built only when ``record_trials``: creating
+    Optuna trials costs more than pricing the archs)."""
     rng = np.random.default_rng(seed)
+    codec = GenomeCodec(encoding)
+    prices = TablePrices.of(codec, evaluator.latency, rng)
     distributions = encoding.distributions()
     pop_size = config.population_size
     n_parents = max(1, round(pop_size * config.parent_ratio))
-    population = sorted(history, key=lambda e: _rank_key(e, budget_ms))[:pop_size]
 
-    def feasible(draw: Callable[[], Arch], size: int) -> list[Arch]:
-        """``size`` archs from ``draw``, each redrawn (up to ``max_redraws`` times, in
-        batches priced by the latency predictor alone) until it fits the budget; stops
-        early when a round of redraws fits (almost) none."""
-        archs = [draw() for _ in range(size)]
+    def latency(g: Genomes) -> np.ndarray:
+        if prices is not None:
+            return prices.latency(g)
+        return evaluator.latency_only(codec.to_archs(g))
+
+    def feasible(draw: Callable[[int], Genomes], size: int) -> tuple[Genomes, np.ndarray]:
+        """``size`` genomes from ``draw``, those over the budget redrawn (up to
+        ``max_redraws`` rounds, priced by latency alone); stops early when a round fits
+        (almost) none."""
+        g = draw(size)
+        lat = latency(g)
         if budget_ms is None:
-            return archs
+            return g, lat
         waiting = size
         for _ in range(config.max_redraws):
-            over = np.flatnonzero(evaluator.latency_only(archs) > budget_ms)
+            over = np.flatnonzero(lat > budget_ms)
             if over.size == 0 or over.size > 0.99 * waiting:
                 break  # all fit, or (nearly) nothing fits this close to the minimum
             waiting = over.size
-            for i in over:
-                archs[int(i)] = draw()
-        return archs
+            again = draw(over.size)
+            g.put(over, again)
+            lat[over] = latency(again)
+        return g, lat
 
-    def record(archs: list[Arch]) -> list[Evaluation]:
-        evaluations = evaluator.evaluate(archs)
+    def record(g: Genomes, lat: np.ndarray) -> list[Evaluation]:
+        archs = codec.to_archs(g)
+        evaluations = evaluator.evaluate(archs, lat if prices is not None else None)
         history.extend(evaluations)
         if record_trials:
             emit([_frozen_trial(encoding, distributions, ev, budget_ms) for ev in evaluations])
         step(len(evaluations))
         return evaluations
 
-    if len(population) < pop_size and len(history) < n_trials:
-        size = min(pop_size - len(population), n_trials - len(history))
+    def ranked(g: Genomes, evs: list[Evaluation]) -> tuple[Genomes, list[Evaluation]]:
+        order = sorted(range(len(evs)), key=lambda i: _rank_key(evs[i], budget_ms))
+        return g.take(order), [evs[i] for i in order]
+
+    start = sorted(history, key=lambda e: _rank_key(e, budget_ms))[:pop_size]
+    pop_g = codec.from_archs([e.arch for e in start], rng)
+    pop_e = list(start)
+    if len(pop_e) < pop_size and len(history) < n_trials:
+        size = min(pop_size - len(pop_e), n_trials - len(history))
         # the fastest subnets make sure that a budget near the minimum has feasible parents
         seeds = [a for a in encoding.smallest() if budget_ms is not None][:size]
-        population += record(seeds + feasible(lambda: encoding.sample(rng), size - len(seeds)))
+        seed_g = codec.from_archs(seeds, rng)
+        rest_g, rest_lat = feasible(lambda k: codec.sample(rng, k), size - len(seeds))
+        first = Genomes.concat([seed_g, rest_g])
+        pop_e += record(first, np.concatenate([latency(seed_g), rest_lat]))
+        pop_g = Genomes.concat([pop_g, first])
     while len(history) < n_trials:
-        population.sort(key=lambda e: _rank_key(e, budget_ms))
-        parents = population[:n_parents]
-        size = min(pop_size - n_parents, n_trials - len(history))
+        pop_g, pop_e = ranked(pop_g, pop_e)
+        parents_g, parents_e = pop_g.take(range(min(n_parents, len(pop_e)))), \
+            pop_e[:n_parents]
+        size = min(pop_size - len(parents_e), n_trials - len(history))
         n_mutate = round(size * config.mutation_ratio)
 
-        archs = [p.arch for p in parents]
+        def mutants(k: int, parents: Genomes = parents_g) -> Genomes:
+            pick = rng.integers(len(parents), size=k)
+            return codec.mutate(codec.refill(parents.take(pick), rng), rng,
+                                config.mutate_prob)
 
-        def mutant(archs: list[Arch] = archs) -> Arch:
-            parent = archs[int(rng.integers(len(archs)))]
-            return encoding.project(parent.mutate(rng, config.mutate_prob), rng)
+        def crosses(k: int, parents: Genomes = parents_g) -> Genomes:
+            a, b = rng.integers(len(parents), size=(2, k))
+            return codec.crossover(codec.refill(parents.take(a), rng),
+                                   codec.refill(parents.take(b), rng), rng)
 
-        def cross(archs: list[Arch] = archs) -> Arch:
-            a, b = rng.integers(len(archs), size=2)
-            return encoding.project(archs[int(a)].crossover(archs[int(b)], rng), rng)
-
-        children = feasible(mutant, n_mutate) + feasible(cross, size - n_mutate)
-        population = parents + record(children)
+        mut_g, mut_lat = feasible(mutants, n_mutate)
+        cross_g, cross_lat = feasible(crosses, size - n_mutate)
+        children = Genomes.concat([mut_g, cross_g])
+        child_e = record(children, np.concatenate([mut_lat, cross_lat]))
+        pop_g = Genomes.concat([parents_g, children])
+        pop_e = parents_e + child_e

@@ -60,19 +60,29 @@ class CachedEvaluator:
         self.latency_calls = 0
         self._latency: dict[Arch, float] = {}
 
-    def evaluate(self, archs: Sequence[Arch]) -> list[Evaluation]:
-        """One :class:`Evaluation` per arch, in order (new archs in one predictor batch)."""
+    def evaluate(self, archs: Sequence[Arch], latencies: Sequence[float] | np.ndarray | None = None
+                 ) -> list[Evaluation]:
+        """One :class:`Evaluation` per arch, in order (new archs in one predictor batch).
+
+        ``latencies``, when given, are the latency model's own predictions for ``archs``
+        computed another way (a search that prices genomes from the table's arrays); the
+        latency model is then not asked again.
+        """
         self.requests += len(archs)
         new: list[Arch] = []
+        known: list[float] = []
         seen: set[Arch] = set()
-        for arch in archs:
+        for i, arch in enumerate(archs):
             if arch not in self.cache and arch not in seen:
                 seen.add(arch)
                 new.append(arch)
+                if latencies is not None:
+                    known.append(float(latencies[i]))
         if new:
             acc = np.asarray(self.accuracy.predict(new), dtype=float)
             std = np.asarray(self.accuracy.predict_std(new), dtype=float)
-            lat = np.asarray(self.latency.predict(new), dtype=float)
+            lat = (np.asarray(known) if latencies is not None
+                   else np.asarray(self.latency.predict(new), dtype=float))
             for i, arch in enumerate(new):
                 self.cache[arch] = Evaluation(arch, float(acc[i]), float(std[i]), float(lat[i]))
             self.predictor_calls += len(new)

@@ -159,30 +159,34 @@ def build_front(workspace: Workspace, device: str, precision: str = "fp32", *,
 
 def build_front_for(ctx: DeviceContext, *, n_trials: int = 3000, seed: int = 0,
                 budgets: Sequence[float] = (), budget_engine: str = DEFAULT_ENGINE,
-                budget_trials: int = 2000, storage: str | os.PathLike[str] | None = None,
+                budget_trials: int = 2000, budget_restarts: int = 1,
+                storage: str | os.PathLike[str] | None = None,
                 progress: Callable[[int], None] | None = None, store: bool = True,
                 write: bool = True) -> tuple[Front, list[SearchResult]]:
     """Run the multi-objective NSGA-II search of ``ctx`` (and a constrained search at each
     of ``budgets``, whose archs fill the front between NSGA-II's points), store the
     studies (unless ``store`` is false), and write the front of everything priced to
     ``Workspace.front`` atomically (unless ``write`` is false). Returns the front and the
-    search results (multi-objective first)."""
+    search results (multi-objective first). ``budget_restarts`` splits each constrained
+    search into independent runs (see :func:`~ofa_search.search.engines.run_search`)."""
     start = time.perf_counter()
 
     def one(budget: float | None, engine: str, trials: int) -> SearchResult:
+        restarts = budget_restarts if budget is not None and engine == "evolution" else 1
         if not store:
             return run_search(ctx.encoding, ctx.evaluator(), budget_ms=budget, engine=engine,
                               n_trials=trials, seed=seed, progress=progress,
-                              record_trials=False)
+                              record_trials=False, restarts=restarts)
         return stored_search(ctx, budget_ms=budget, engine=engine, n_trials=trials, seed=seed,
-                             storage=storage, progress=progress)[0]
+                             storage=storage, progress=progress, restarts=restarts)[0]
 
     results = [one(None, "nsga2", n_trials)]
     results += [one(budget, budget_engine, budget_trials) for budget in budgets]
     pool = [ev for r in results for ev in r.evaluations]
     search = {"engine": "nsga2", "n_trials": n_trials, "seed": seed,
               "budgets": list(budgets), "budget_engine": budget_engine,
-              "budget_trials": budget_trials, "wall_s": round(time.perf_counter() - start, 3)}
+              "budget_trials": budget_trials, "budget_restarts": budget_restarts,
+              "wall_s": round(time.perf_counter() - start, 3)}
     front = make_front(ctx, pool, search)
     if write:
         front.save(ctx.workspace.front(ctx.device, ctx.precision))

@@ -39,8 +39,8 @@ def default_storage(workspace: Workspace) -> str:
 def stored_search(ctx: DeviceContext, *, budget_ms: float | None,
                   engine: str = DEFAULT_ENGINE, n_trials: int = 2000, seed: int = 0,
                   storage: str | os.PathLike[str] | None = None, population_size: int = 100,
-                  name: str | None = None, progress: Callable[[int], None] | None = None
-                  ) -> tuple[SearchResult, optuna.Study]:
+                  name: str | None = None, progress: Callable[[int], None] | None = None,
+                  restarts: int = 1) -> tuple[SearchResult, optuna.Study]:
     """Run (or resume) one search of ``ctx`` and store its trials in ``storage``
     (default :func:`default_storage`) under ``name`` (default :func:`study_name`; workers
     sharing one study pass one name and each its own seed). The search runs until the
@@ -60,5 +60,6 @@ def stored_search(ctx: DeviceContext, *, budget_ms: float | None,
 
     result = run_search(ctx.encoding, ctx.evaluator(), budget_ms=budget_ms, engine=engine,
                         n_trials=n_trials, seed=seed, population_size=population_size,
-                        resume_from=old, on_generation=save, progress=progress)
+                        resume_from=old, on_generation=save, progress=progress,
+                        restarts=restarts)
     return result, study

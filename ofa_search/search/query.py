@@ -33,7 +33,11 @@ from ofa_search.units import count_macs, count_params
 from ofa_search.workspace import Workspace
 
 COLD_ENGINE = "evolution"
-COLD_TRIALS = 2000
+COLD_TRIALS = 16_000
+"""Cold-search trials when the latency model is a table (generations priced as arrays)."""
+COLD_TRIALS_PREDICTOR = 2000
+"""Cold-search trials when the latency model prices each arch itself (a learned one)."""
+COLD_RESTARTS = 4
 REFINE_CANDIDATES = 300
 REFINE_MUTATE_PROB = 0.1
 SOURCES = ("front", "search")
@@ -74,13 +78,16 @@ class QueryEngine:
         accuracy: an accuracy model to use instead of the workspace's predictor.
         accuracy_name: its name (recorded in fronts; default: its class name).
         latency_kind: ``"lut"``, ``"learned"`` or ``None`` (learned when fitted).
-        cold_trials, cold_engine: the search run when there is no front.
+        cold_trials, cold_engine: the search run when there is no front (default trials:
+            :data:`COLD_TRIALS` in :data:`COLD_RESTARTS` runs on a table, whose generations
+            are priced as arrays; :data:`COLD_TRIALS_PREDICTOR` on a learned latency
+            predictor, which prices arch by arch).
         seed: seed of cold searches and refinements (the same query gives the same answer).
     """
 
     def __init__(self, workspace: Workspace | str | os.PathLike[str], *,
                  accuracy: AccuracyModel | None = None, accuracy_name: str | None = None,
-                 latency_kind: str | None = None, cold_trials: int = COLD_TRIALS,
+                 latency_kind: str | None = None, cold_trials: int | None = None,
                  cold_engine: str = COLD_ENGINE, seed: int = 0) -> None:
         self.workspace = workspace if isinstance(workspace, Workspace) else Workspace(workspace)
         self._accuracy = accuracy
@@ -225,9 +232,12 @@ class QueryEngine:
 
     def _cold_search(self, ctx: DeviceContext, budget_ms: float) -> Evaluation:
         evaluator = ctx.evaluator()
+        table = callable(getattr(ctx.latency, "block_prices", None))
+        trials = self.cold_trials or (COLD_TRIALS if table else COLD_TRIALS_PREDICTOR)
+        restarts = COLD_RESTARTS if table and self.cold_engine == "evolution" else 1
         result = run_search(ctx.encoding, evaluator, budget_ms=budget_ms,
-                            engine=self.cold_engine, n_trials=self.cold_trials,
-                            seed=self.seed, record_trials=False)
+                            engine=self.cold_engine, n_trials=trials, seed=self.seed,
+                            record_trials=False, restarts=restarts)
         if result.best is not None:
             return result.best
         # nothing the search priced fits, but the fastest subnet does (budget >= minimum)
