@@ -78,8 +78,9 @@ def register(app: typer.Typer) -> None:
             _emit_json(result.to_dict())
             return
         typer.echo(f"arch:       {result.arch.to_string()}")
-        typer.echo(f"accuracy:   {100 * result.predicted_accuracy:.2f} % ± "
-                   f"{100 * result.accuracy_std:.2f} (predicted)")
+        spread = (f"± {100 * result.accuracy_std:.2f} " if result.accuracy_std > 0
+                  else "")  # an imported predictor may declare no error
+        typer.echo(f"accuracy:   {100 * result.predicted_accuracy:.2f} % {spread}(predicted)")
         typer.echo(f"latency:    {result.predicted_latency_ms:.4f} ms predicted on "
                    f"{result.device} ({result.latency_predictor}), budget {latency_ms:g} ms")
         typer.echo(f"MACs:       {result.macs_m:.2f} M   params: {result.params_m:.3f} M")

@@ -59,6 +59,7 @@ from ofa_search.data import (
 from ofa_search.errors import InvalidArchError, OfaSearchError, UnsupportedPrecisionError
 from ofa_search.model_card import write_card
 from ofa_search.nn import StaticSubnet, Supernet, build_static
+from ofa_search.ort_options import exact_int8
 from ofa_search.space import PRECISIONS
 from ofa_search.workspace import Workspace
 
@@ -155,7 +156,7 @@ def _write_onnx(net: StaticSubnet, path: Path) -> None:
 def _verify_onnx(path: Path, net: StaticSubnet, x: torch.Tensor) -> float:
     import onnxruntime as ort
 
-    options = ort.SessionOptions()
+    options = exact_int8(ort.SessionOptions())
     options.intra_op_num_threads = 1
     options.inter_op_num_threads = 1
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])

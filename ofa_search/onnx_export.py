@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from ofa_search.atomic import atomic_write_bytes
+from ofa_search.ort_options import exact_int8
 
 Exporter = Literal["auto", "torchscript", "dynamo"]
 INPUT_NAME = "input"
@@ -81,7 +82,7 @@ def run_onnxruntime(model: onnx.ModelProto, x: np.ndarray, threads: int = 1) -> 
     """One inference with ONNX Runtime's CPU provider."""
     import onnxruntime as ort
 
-    options = ort.SessionOptions()
+    options = exact_int8(ort.SessionOptions())
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     session = ort.InferenceSession(model.SerializeToString(), options,

@@ -28,6 +28,7 @@ from ofa_search.arch import Arch
 from ofa_search.data import DatasetSplits, iterate_batches
 from ofa_search.export import train_batches
 from ofa_search.nn import StaticSubnet, Supernet
+from ofa_search.ort_options import exact_int8
 from ofa_search.profiling.timing import TimingConfig, callable_sampler, time_sampler
 from ofa_search.train.bn_calibration import calibrated_subnet, evaluate
 from ofa_search.train.checkpoint import load_init_weights, load_supernet
@@ -39,7 +40,7 @@ TIMING = TimingConfig(warmup=5, min_runs=20, max_runs=2000, time_cap_s=3.0)
 def _ort_runner(model_bytes: bytes, threads: int) -> Callable[[np.ndarray], np.ndarray]:
     import onnxruntime as ort
 
-    options = ort.SessionOptions()
+    options = exact_int8(ort.SessionOptions())
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     session = ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])

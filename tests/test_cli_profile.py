@@ -12,9 +12,8 @@ from test_cli import cli
 
 from ofa_search.profiling.lut import LatencyTable, find_table
 
-# shared/ lies beside the repository root (as in CI)
-NOTE10 = Path(__file__).resolve().parents[2] / "shared" / "reference" / "ofa" / \
-    "note10_lut_full.json"
+# once-for-all's Note10 table, vendored with its provenance (tests/data/ofa/README.md)
+NOTE10 = Path(__file__).resolve().parent / "data" / "ofa" / "note10_lut_full.json"
 
 
 def _one_line_error(out: subprocess.CompletedProcess[str], message: str) -> None:

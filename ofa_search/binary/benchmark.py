@@ -30,6 +30,7 @@ import numpy as np
 from ofa_search.binary._tvm import host_target, set_threads, tvm_available
 from ofa_search.binary.kernels import binary_conv2d
 from ofa_search.binary.packing import pack_activations, pack_weights
+from ofa_search.ort_options import exact_int8
 from ofa_search.profiling.host import FLAGS_OF_INTEREST, cpu_flags, read_cpuinfo
 from ofa_search.profiling.timing import (
     TimingConfig,
@@ -86,7 +87,7 @@ def conv_model(shape: KernelShape, weight: np.ndarray) -> bytes:
 def _ort_options(threads: int) -> Any:
     import onnxruntime as ort
 
-    options = ort.SessionOptions()
+    options = exact_int8(ort.SessionOptions())
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL

@@ -11,6 +11,7 @@ import numpy as np
 
 from ofa_search.binary.runtime import BACKENDS, Backend, BinaryPackage
 from ofa_search.errors import FileFormatError, OfaSearchError
+from ofa_search.ort_options import exact_int8
 
 
 class RunInputError(OfaSearchError, ValueError):
@@ -34,7 +35,7 @@ class OnnxClassifier:
     def __init__(self, path: str | os.PathLike[str], threads: int = 1) -> None:
         import onnxruntime as ort
 
-        options = ort.SessionOptions()
+        options = exact_int8(ort.SessionOptions())
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         try:

@@ -24,6 +24,7 @@ from ofa_search.binary.block import BlockPlan, find_blocks
 from ofa_search.binary.layer import PackedPointwise
 from ofa_search.binary.program import INPUT, OUTPUT, AddStep, BinaryProgram, BinaryStep
 from ofa_search.errors import FileFormatError
+from ofa_search.ort_options import exact_int8
 
 Backend = Literal["auto", "tvm", "numpy"]
 BACKENDS: tuple[str, ...] = ("auto", "tvm", "numpy")
@@ -46,7 +47,7 @@ def resolve_backend(backend: str) -> str:
 def _session(model: bytes, threads: int, index: int) -> Any:
     import onnxruntime as ort
 
-    options = ort.SessionOptions()
+    options = exact_int8(ort.SessionOptions())
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL

@@ -17,7 +17,6 @@ and so does :func:`ofa_to_ours`. :func:`ours_to_ofa` writes the names that
 
 from __future__ import annotations
 
-import hashlib
 import io
 import os
 import re
@@ -30,6 +29,7 @@ import torch
 
 from ofa_search.atomic import atomic_write_bytes
 from ofa_search.errors import FileFormatError, OfaSearchError
+from ofa_search.export import sha256_file
 from ofa_search.nn import Supernet
 from ofa_search.space import SearchSpace, get_space
 from ofa_search.torch_files import read_state_dict
@@ -175,6 +175,9 @@ def map_ofa_state_dict(state: Mapping[str, torch.Tensor], width_mult: float | No
             not the one asked for: the message names the width that fits), non-float data.
     """
     spec = get_space(SPACE)
+    if width_mult is not None and width_mult not in spec.width_mults:
+        raise FileFormatError(f"width {width_mult} is not one of once-for-all's "
+                              f"{', '.join(map(str, spec.width_mults))}")
     mapped: dict[str, torch.Tensor] = {}
     for key, tensor in state.items():
         ours = ofa_to_ours(key, spec)
@@ -191,9 +194,6 @@ def map_ofa_state_dict(state: Mapping[str, torch.Tensor], width_mult: float | No
     if bad_dtype:
         raise FileFormatError(f"{source}: non-float weights: {_listing(bad_dtype)}")
     widths = [float(width_mult)] if width_mult is not None else list(spec.width_mults)
-    if width_mult is not None and width_mult not in spec.width_mults:
-        raise FileFormatError(f"width {width_mult} is not one of once-for-all's "
-                              f"{', '.join(map(str, spec.width_mults))}")
     fits = {w: _shape_mismatches(mapped, net.state_dict()) for w, net in nets.items()}
     chosen = next((w for w in widths if not fits[w]), None)
     if chosen is None:
@@ -214,14 +214,6 @@ def map_ofa_state_dict(state: Mapping[str, torch.Tensor], width_mult: float | No
             for k in expected}
     net.load_state_dict(full)
     return net.eval(), chosen
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def import_ofa_supernet(path: str | os.PathLike[str], checkpoint: str | os.PathLike[str], *,
@@ -245,7 +237,7 @@ def import_ofa_supernet(path: str | os.PathLike[str], checkpoint: str | os.PathL
     state = read_ofa_state_dict(source)
     say(f"read {len(state)} tensors from {source.name}")
     net, width = map_ofa_state_dict(state, width_mult, source=str(source))
-    digest = _sha256(source)
+    digest = sha256_file(source)
     save_checkpoint(target, {
         "space": SPACE, "width_mult": width, "strategy": {"name": "imported"}, "epoch": 0,
         "step": 0, "finished": True, "model": net.state_dict(), "teacher": None,

@@ -22,6 +22,7 @@ import torch
 from ofa_search.arch import Arch
 from ofa_search.nn.static import ConvBNAct, build_unit, init_weights
 from ofa_search.onnx_export import INPUT_NAME, export_onnx
+from ofa_search.ort_options import exact_int8
 from ofa_search.profiling.host import cpu_flags, read_cpuinfo
 from ofa_search.profiling.timing import TimingStats, time_callable
 from ofa_search.quant.graph import ort_kernel_counts
@@ -104,7 +105,7 @@ def time_model(model: onnx.ModelProto, shape: tuple[int, ...], threads: int = 1,
     ``threads`` intra-op threads, sequential), seeded standard-normal input."""
     import onnxruntime as ort
 
-    options = ort.SessionOptions()
+    options = exact_int8(ort.SessionOptions())
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL

@@ -15,6 +15,7 @@ import numpy as np
 import onnx
 
 from ofa_search.nn.quant import UINT8_MAX
+from ofa_search.ort_options import exact_int8
 
 DEFAULT_MAX_SAMPLES = 256
 """Calibration images used at most (the graphs have batch 1: one run per image)."""
@@ -52,7 +53,7 @@ def tensor_ranges(model: onnx.ModelProto, tensors: Sequence[str], samples: Itera
     for name in tensors:
         if name not in present:
             augmented.graph.output.append(onnx.ValueInfoProto(name=name))
-    options = ort.SessionOptions()
+    options = exact_int8(ort.SessionOptions())
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL

@@ -31,6 +31,7 @@ from ofa_search.export import ArtefactFormat, VerificationError, register_format
 from ofa_search.nn.quant import QConv2d
 from ofa_search.nn.static import StaticSubnet
 from ofa_search.onnx_export import save_onnx
+from ofa_search.ort_options import exact_int8
 from ofa_search.quant.graph import ort_kernel_counts
 from ofa_search.quant.ptq import export_int8_ptq
 from ofa_search.quant.qdq import export_int8
@@ -86,7 +87,7 @@ def verify_int8(path: Path, net: StaticSubnet, x: torch.Tensor) -> float:
             f"{path.name}: ONNX Runtime runs {counts.int8_convs} of the subnet's "
             f"{expected_int8} int8 convs with int8 kernels (optimised graph ops: "
             f"{counts.ops})")
-    options = ort.SessionOptions()
+    options = exact_int8(ort.SessionOptions())
     options.intra_op_num_threads = 1
     options.inter_op_num_threads = 1
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL

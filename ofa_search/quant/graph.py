@@ -26,6 +26,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from ofa_search.ort_options import exact_int8
+
 INT8_CONV_OPS = frozenset({"QLinearConv", "ConvInteger"})
 """Node types of int8 convolution kernels (any domain: ORT also has an NHWC QLinearConv)."""
 INT8_OPS = INT8_CONV_OPS | {"QLinearMatMul", "MatMulInteger", "QLinearAdd", "QLinearMul",
@@ -125,7 +127,7 @@ def ort_optimized_model(model: onnx.ModelProto, threads: int = 1) -> onnx.ModelP
 
     with tempfile.TemporaryDirectory(prefix="ofa-int8-") as tmp:
         path = Path(tmp) / "optimized.onnx"
-        options = ort.SessionOptions()
+        options = exact_int8(ort.SessionOptions())
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL

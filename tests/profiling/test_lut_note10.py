@@ -12,9 +12,8 @@ from ofa_search.profiling.builder import enumerate_units
 from ofa_search.profiling.lut import find_table
 from ofa_search.profiling.ofa_import import import_note10, ofa_keys
 
-# shared/ lies beside the repository root (as in CI)
-REFERENCE = (Path(__file__).resolve().parents[3] / "shared" / "reference" / "ofa"
-             / "note10_lut_full.json")
+# once-for-all's Note10 table, vendored with its provenance (tests/data/ofa/README.md)
+REFERENCE = Path(__file__).resolve().parents[1] / "data" / "ofa" / "note10_lut_full.json"
 # once-for-all tutorial: the Note10 <= 25 ms search result (searched_archs.json, first entry)
 TUTORIAL = {"ks": [5, 3, 3, 3, 5, 3, 3, 3, 7, 7, 3, 3, 5, 5, 7, 3, 3, 3, 5, 3],
             "e": [3, 3, 3, 3, 4, 4, 3, 3, 6, 3, 4, 3, 4, 4, 4, 3, 6, 6, 6, 3],
@@ -36,7 +35,6 @@ def test_uncovered_resolution_is_a_clear_error() -> None:
     assert not table.covers(arch)
 
 
-@pytest.mark.skipif(not REFERENCE.is_file(), reason="once-for-all reference data not present")
 def test_import_reproduces_shipped_table() -> None:
     imported = import_note10(REFERENCE)
     shipped = find_table("note10-tflite")

@@ -9,6 +9,7 @@ import torch
 
 from ofa_search.arch import Arch, parse_arch
 from ofa_search.nn import StaticSubnet, build_static
+from ofa_search.ort_options import exact_int8
 from ofa_search.train.bn_calibration import recalibrate_bn
 
 MP = "mbv3_small28_mp"
@@ -31,7 +32,7 @@ def calibrated_net(arch: str | Arch, batches: list[np.ndarray], seed: int = 0) -
 def run_ort(model: onnx.ModelProto, x: torch.Tensor, optimise: bool = True) -> np.ndarray:
     """``model`` (batch 1) on each image of ``x``, ONNX Runtime CPU at one thread, with
     ``ORT_ENABLE_ALL`` (int8 kernels) or ``ORT_DISABLE_ALL`` (QDQ semantics in fp32)."""
-    options = ort.SessionOptions()
+    options = exact_int8(ort.SessionOptions())
     options.intra_op_num_threads = 1
     options.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimise
                                         else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)

@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 import onnx
 
+from ofa_search.ort_options import exact_int8
 from ofa_search.profiling.backends.base import (
     BackendUnavailableError,
     Inputs,
@@ -76,7 +77,7 @@ class OnnxRuntimeBackend(LatencyBackend):
     def session_options(self) -> Any:
         """The ``SessionOptions`` every session of this backend uses."""
         ort = self._ort
-        options = ort.SessionOptions()
+        options = exact_int8(ort.SessionOptions())
         options.intra_op_num_threads = self.profile.intra_op_threads
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL

@@ -28,9 +28,13 @@ from ofa_search.profiling.backends.base import (
 )
 from ofa_search.profiling.backends.tvm_tuning import tune_and_apply
 from ofa_search.profiling.device import DeviceProfile, parse_tracker
-from ofa_search.profiling.host import usable_cores
+from ofa_search.profiling.host import cpu_flags, read_cpuinfo, usable_cores
 from ofa_search.profiling.timing import TimingConfig, TimingStats, time_sampler
 
+_ISA_FEATURES = {"avx2": "avx2", "fma": "fma", "avx512f": "avx512f", "avx512bw": "avx512bw",
+                 "avx512vl": "avx512vl", "avx512vnni": "avx512_vnni",
+                 "avx512vpopcntdq": "avx512_vpopcntdq"}
+"""LLVM feature name → /proc/cpuinfo flag, for the instruction sets tuned kernels use."""
 _PIP = "apache-tvm==0.27.0.post1 apache-tvm-ffi==0.1.14.post1"
 _AFFINITY_BIG_CORES = 1  # TVM's ThreadGroup::AffinityMode::kBig
 
@@ -160,6 +164,24 @@ class TvmBackend(LatencyBackend):
                 f"{codegen.llvm_version_major()} for {triple!r}"
             )
 
+    def _check_host_runs(self) -> None:
+        """Code built for the profile's target must run on this host before it is loaded: a
+        table tuned on an AVX-512 CPU would otherwise stop the process with an illegal
+        instruction on one without it (tuning databases can still be packed and merged)."""
+        flags = cpu_flags(read_cpuinfo())
+        mcpu = (self.profile.target or {}).get("mcpu")
+        if not flags or not isinstance(mcpu, str):
+            return  # nothing to compare (no /proc/cpuinfo, or a generic target)
+        target = self.target()
+        missing = [flag for llvm_name, flag in _ISA_FEATURES.items()
+                   if self._tvm.target.codegen.target_has_features(llvm_name, target)
+                   and flag not in flags]
+        if missing:
+            raise BackendUnavailableError(
+                f"profile {self.profile.id!r} targets mcpu {mcpu!r}, whose code uses "
+                f"{', '.join(missing)}, which this host lacks: it cannot run here; profile "
+                f"this host with `ofa-search profile --backend tvm` (target detected from it)")
+
     def _rpc(self) -> tuple[str, int, str] | None:
         if self.profile.rpc_tracker is None or self.profile.rpc_key is None:
             return None
@@ -197,6 +219,8 @@ class TvmBackend(LatencyBackend):
     def _load(self, model: onnx.ModelProto, inputs: dict[str, np.ndarray]) -> LoadedModel:
         rpc = self._rpc()
         remote = None if rpc is None else self._connect(rpc)  # fail fast, before compiling
+        if remote is None:
+            self._check_host_runs()
         executable = self.compile(model, inputs)
         names = tuple(inputs)
         if remote is None:
