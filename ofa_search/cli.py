@@ -27,6 +27,12 @@ app.add_typer(arch_app, name="arch")
 SpaceOpt = Annotated[str, typer.Option("--space", "-s", help="search-space preset name")]
 DEFAULT_SPACE = "mbv3_small28"
 JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON")]
+CalibImagesOpt = Annotated[int, typer.Option(
+    "--calib-images", min=1, help="ImageNet: recalibrate BN on at most N random train images "
+    "(once-for-all uses 2000)")]
+MaxEvalImagesOpt = Annotated[int, typer.Option(
+    "--max-eval-images", min=1, help="ImageNet: measure accuracy on at most N random val "
+    "images (reported with the result)")]
 ArchArg = Annotated[str, typer.Argument(
     help="compact arch string, JSON of Arch.to_dict, or once-for-all's {ks,e,d,r} dict")]
 
@@ -209,12 +215,8 @@ def eval_cmd(
         "DIR/val/<wnid>/…")] = None,
     split: Annotated[str, typer.Option("--split", help="val or test (ImageNet: its val/ "
                                        "folder either way)")] = "test",
-    calib_images: Annotated[int, typer.Option(
-        "--calib-images", min=1, help="ImageNet: recalibrate BN on at most N random train "
-        "images (once-for-all uses 2000)")] = 2000,
-    max_eval_images: Annotated[int, typer.Option(
-        "--max-eval-images", min=1, help="ImageNet: measure accuracy on at most N random "
-        "val images")] = 10_000,
+    calib_images: CalibImagesOpt = 2000,
+    max_eval_images: MaxEvalImagesOpt = 10_000,
     as_json: JsonOpt = False,
 ) -> None:
     """Accuracy of one subnet of a trained supernet, after BN recalibration."""

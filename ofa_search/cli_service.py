@@ -41,7 +41,13 @@ def read_api_key(env_var: str | None, key_file: Path | None) -> str | None:
 
 def register(app: typer.Typer) -> None:
     """Add this part's commands to ``app``."""
-    from ofa_search.cli import JsonOpt, WorkspaceOpt, _emit_json
+    from ofa_search.cli import (
+        CalibImagesOpt,
+        JsonOpt,
+        MaxEvalImagesOpt,
+        WorkspaceOpt,
+        _emit_json,
+    )
     from ofa_search.cli_interop import export_supernet_cmd
 
     export_app = typer.Typer(help="Export a subnet as a verified artefact with its model card "
@@ -73,12 +79,8 @@ def register(app: typer.Typer) -> None:
             "--data-dir", help="the dataset's folder (default: the one it was trained from); "
             "ImageNet supernets (imported from once-for-all) need an ImageNet-layout folder "
             "DIR/train/<wnid>/…, DIR/val/<wnid>/…")] = None,
-        calib_images: Annotated[int, typer.Option(
-            "--calib-images", min=1, help="ImageNet: recalibrate BN on at most N random "
-            "train images (once-for-all uses 2000)")] = 2000,
-        max_eval_images: Annotated[int, typer.Option(
-            "--max-eval-images", min=1, help="ImageNet: measure accuracy on at most N random "
-            "val images (the card says how many)")] = 10_000,
+        calib_images: CalibImagesOpt = 2000,
+        max_eval_images: MaxEvalImagesOpt = 10_000,
         measure: Annotated[bool, typer.Option(
             "--measure/--no-measure", help="measure the latency on --device")] = True,
         threads: Annotated[int, typer.Option("--threads", min=1,
