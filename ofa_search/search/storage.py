@@ -1,7 +1,7 @@
 """Where searches persist: an Optuna storage (a journal file in the workspace by default).
 
 A search runs in memory (Optuna's per-trial writes cost milliseconds: ~70 ms a trial on
-SQLite, ~15 ms on a journal file, see ``../shared/TOOLCHAIN.md``) and hands each
+SQLite, ~15 ms on a journal file, measured on this project's machines) and hands each
 generation's trials to :func:`persist_trials`, which adds them in one call. Several
 worker processes can share one study: each resumes from the trials already stored, runs
 with its own seed, and appends its own; the storage numbers trials, so none is lost or
