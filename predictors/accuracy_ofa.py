@@ -37,7 +37,7 @@ from ofa_search.errors import FileFormatError, InvalidArchError
 from ofa_search.space import get_space
 from ofa_search.torch_files import read_state_dict
 from predictors.accuracy import AccuracyPredictor
-from predictors.accuracy_mlp import Layers, layers_from_state, layers_to_state, mlp_forward
+from predictors.accuracy_mlp import Layers, layers_to_state, mlp_forward
 
 SPACE = "ofa_mbv3"
 ENCODINGS = ("tutorial", "nas")
@@ -78,8 +78,16 @@ class OfaAccuracyPredictor(AccuracyPredictor):
         if encoding == "tutorial" and res != TUTORIAL_RESOLUTIONS:
             raise ValueError(f"the tutorial encoding has resolution columns "
                              f"{TUTORIAL_RESOLUTIONS}, got {res}")
-        n_in = len(res) + 2 * 3 * _SLOTS
-        self.layers = layers_from_state(layers_to_state(layers), n_in)  # checks the shapes
+        width = len(res) + 2 * 3 * _SLOTS
+        for i, (w, b) in enumerate(layers):
+            if w.ndim != 2 or w.shape[0] != width or b.shape != (w.shape[1],):
+                raise ValueError(f"layer {i} has shapes {w.shape}, {b.shape}; expected "
+                                 f"({width}, k) and (k,)")
+            width = w.shape[1]
+        if not layers or width != 1:
+            raise ValueError("the network must end in one output")
+        self.layers: Layers = [(np.asarray(w, np.float32), np.asarray(b, np.float32))
+                               for w, b in layers]
         if residual_std is not None and not (np.isfinite(residual_std) and residual_std >= 0):
             raise ValueError(f"residual_std must be a finite fraction >= 0, got {residual_std=}")
         self.encoding, self.resolutions = encoding, res
