@@ -2,7 +2,7 @@
 
     python scripts/bench_vs_ofa.py [--budgets 15,20,25,30,35] [--ofa-seeds 0,1,2]
         [--predictor-seed 0] [--front-trials 3000] [--front-budgets 24]
-        [--budget-trials 16000] [--budget-restarts 4] [--out results/bench_vs_ofa.json]
+        [--budget-trials 32000] [--budget-restarts 8] [--out results/bench_vs_ofa.json]
 
 Both sides use the same accuracy predictor — once-for-all's tutorial ``AccuracyPredictor``
 built by its own code with seeded random weights (nothing is downloaded), imported into
@@ -111,8 +111,8 @@ def main(argv: list[str] | None = None) -> int:
                         "budgets from the fastest subnet to --front-max-ms (not the "
                         "benchmark's budgets)")
     parser.add_argument("--front-max-ms", type=float, default=50.0)
-    parser.add_argument("--budget-trials", type=int, default=16_000)
-    parser.add_argument("--budget-restarts", type=int, default=4)
+    parser.add_argument("--budget-trials", type=int, default=32_000)
+    parser.add_argument("--budget-restarts", type=int, default=8)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, default=Path("results/bench_vs_ofa.json"))
     args = parser.parse_args(argv)
