@@ -96,6 +96,7 @@ class LutLatencyPredictor(Predictor):
     def __init__(self, table: LatencyTable, overhead_ms: float | None = None) -> None:
         self.table = table
         self.overhead_ms = table.overhead_ms if overhead_ms is None else float(overhead_ms)
+        self._prices: dict[tuple[Any, ...], tuple[np.ndarray, np.ndarray]] = {}
 
     def fit(self, archs: Sequence[Arch], targets: Sequence[float] | np.ndarray
             ) -> LutLatencyPredictor:
@@ -123,8 +124,16 @@ class LutLatencyPredictor(Predictor):
         stages, block slots, kernel sizes and expand ratios, such that ``predict`` of an
         arch at resolution index ``r`` whose stages all run at ``precision`` is
         ``base[r]`` (stem, first block, head and overhead) plus ``block[r, s, b, k, e]``
-        over its active blocks. Units the table lacks are ``inf``.
+        over its active blocks. Units the table lacks are ``inf``. Computed once per
+        arguments and overhead (a search asks again for every run); treat as read-only.
         """
+        key = (tuple(resolutions), float(width_mult), precision, self.overhead_ms)
+        if key not in self._prices:
+            self._prices[key] = self._block_prices(resolutions, width_mult, precision)
+        return self._prices[key]
+
+    def _block_prices(self, resolutions: Sequence[int], width_mult: float, precision: str
+                      ) -> tuple[np.ndarray, np.ndarray]:
         spec = get_space(self.table.space)
         n, m = spec.num_stages, spec.max_depth
         kernels, expands = spec.kernel_sizes, spec.expand_ratios
