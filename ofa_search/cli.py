@@ -378,6 +378,47 @@ def devices_cmd(workspace: WorkspaceOpt, as_json: JsonOpt = False) -> None:
                        f"{info.entries} units{state}")
 
 
+@app.command("check-device")
+def check_device_cmd(
+    workspace: WorkspaceOpt,
+    device: Annotated[str, typer.Option("--device", "-d", help="device id")],
+    rounds: Annotated[int, typer.Option("--rounds", min=1,
+                                        help="interleaved rounds per subnet")] = 5,
+    rescale: Annotated[bool, typer.Option(
+        "--rescale", help="store the measured ratio: the device's predictions then apply "
+        "it (recorded in every answer)")] = False,
+    clear: Annotated[bool, typer.Option("--clear", help="remove a stored ratio")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Re-time DEVICE's reference subnets here and report this host's speed against its
+    table (drift beyond ±10 % is a warning)."""
+    from ofa_search.profiling.drift import check_drift, clear_scale, save_scale
+    from ofa_search.profiling.lut import find_table
+    from ofa_search.workspace import Workspace
+
+    if rescale and clear:
+        raise OfaSearchError("give --rescale or --clear, not both")
+    ws = Workspace(workspace)
+    table = find_table(device, workspace=workspace)
+    if clear:
+        removed = clear_scale(ws, device)
+        typer.echo(f"{device}: stored ratio removed" if removed
+                   else f"{device}: no stored ratio")
+        return
+    report = check_drift(table, rounds=rounds)
+    result = report.to_dict()
+    if rescale:
+        save_scale(ws, table, report)
+        result["rescaled"] = True
+    if as_json:
+        _emit_json(result)
+        return
+    typer.echo(report.summary())
+    if rescale:
+        typer.echo(f"{device}: predictions now apply {report.ratio:.3f}x "
+                   f"(`ofa-search check-device --device {device} --clear` removes it)")
+
+
 @app.command("latency")
 def latency_cmd(
     workspace: WorkspaceOpt,

@@ -63,9 +63,13 @@ def register(app: typer.Typer) -> None:
         refine: Annotated[bool, typer.Option(
             "--refine", help="also try a few hundred mutations of the front point")] = False,
         latency_kind: LatencyKindOpt = None,
+        confidence: Annotated[float | None, typer.Option(
+            "--confidence", help="the answer's calibrated latency bound at this confidence "
+            "must fit the budget (default 0.9 where the device is calibrated; "
+            "`fit-predictors --device` calibrates it)")] = None,
         as_json: JsonOpt = False,
     ) -> None:
-        """The most accurate subnet predicted to fit LATENCY_MS on DEVICE."""
+        """The most accurate subnet whose latency on DEVICE fits LATENCY_MS."""
         import optuna
 
         from ofa_search.search.query import QueryEngine
@@ -73,7 +77,7 @@ def register(app: typer.Typer) -> None:
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         _check_latency_kind(latency_kind)
         result = QueryEngine(workspace, latency_kind=latency_kind).query(
-            device, latency_ms, precision, refine=refine)
+            device, latency_ms, precision, refine=refine, confidence=confidence)
         if as_json:
             _emit_json(result.to_dict())
             return
@@ -83,9 +87,14 @@ def register(app: typer.Typer) -> None:
         typer.echo(f"accuracy:   {100 * result.predicted_accuracy:.2f} % {spread}(predicted)")
         typer.echo(f"latency:    {result.predicted_latency_ms:.4f} ms predicted on "
                    f"{result.device} ({result.latency_predictor}), budget {latency_ms:g} ms")
+        if result.latency_upper_ms is not None:
+            typer.echo(f"bound:      {result.latency_upper_ms:.4f} ms at confidence "
+                       f"{result.confidence:g} (calibrated on measured subnets)")
         typer.echo(f"MACs:       {result.macs_m:.2f} M   params: {result.params_m:.3f} M")
         typer.echo(f"found by:   {result.source} in {1000 * result.found_in_s:.1f} ms "
                    f"({result.space}, {result.precision})")
+        for warning in result.warnings:
+            typer.echo(f"note:       {warning}")
 
     @app.command("search")
     def search_cmd(

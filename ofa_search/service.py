@@ -279,7 +279,8 @@ def _add_routes(app: FastAPI) -> None:
     def query(body: QueryRequest, state: StateDep) -> QueryResponse:
         """The most accurate subnet predicted to run within ``latency_ms`` on ``device``."""
         state.check_precision(body.device, body.precision)
-        result = state.engine.query(body.device, body.latency_ms, body.precision)
+        result = state.engine.query(body.device, body.latency_ms, body.precision,
+                                    confidence=body.confidence)
         return QueryResponse(**result.to_dict())
 
     @app.post("/exports", status_code=202, responses=_ERRORS,

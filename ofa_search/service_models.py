@@ -28,8 +28,11 @@ class QueryRequest(BaseModel):
     latency_ms: float = Field(gt=0, description="latency budget in milliseconds")
     precision: str | None = Field(default=None, pattern=PRECISION_PATTERN,
                                   description="fp32 (default), int8, binary, …")
+    confidence: float | None = Field(
+        default=None, gt=0, lt=1, description="the answer's calibrated latency bound at this "
+        "confidence must fit the budget (default 0.9 on a calibrated device)")
 
-    _check_finite = field_validator("latency_ms")(_finite)
+    _check_finite = field_validator("latency_ms", "confidence")(_finite)
 
 
 class QueryResponse(BaseModel):
@@ -42,11 +45,18 @@ class QueryResponse(BaseModel):
     predicted_accuracy: float
     accuracy_std: float
     predicted_latency_ms: float
+    latency_upper_ms: float | None = Field(
+        description="calibrated upper bound of the latency at `confidence` (null: the "
+        "device is not calibrated and the answer fits by its point estimate)")
+    confidence: float | None
+    latency_scale: float = Field(description="speed scale applied to predictions "
+                                 "(`ofa-search check-device --rescale`), 1.0 without one")
     macs_m: float
     params_m: float
     source: str
     latency_predictor: str
     found_in_s: float
+    warnings: list[str]
 
 
 class ExportRequest(BaseModel):

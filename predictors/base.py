@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from abc import ABC, abstractmethod
@@ -44,6 +45,12 @@ class Predictor(ABC):
     def from_state(cls, state: dict[str, Any]) -> Predictor:
         """Rebuild a predictor from :meth:`state`'s output (raise ``KeyError``,
         ``TypeError`` or ``ValueError`` on malformed input)."""
+
+    def identity(self) -> str:
+        """``sha256:<16 hex digits>`` of :meth:`state`: which fitted predictor this is
+        (fronts and calibrations computed with another one are stale)."""
+        text = json.dumps(self.state(), sort_keys=True, default=str)
+        return "sha256:" + hashlib.sha256(text.encode()).hexdigest()[:16]
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write ``{"kind", "format_version", "state"}`` to ``path`` atomically."""

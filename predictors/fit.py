@@ -103,10 +103,18 @@ def format_quality_table(report: Mapping[str, Any]) -> str:
             continue
         lines.append(f"latency {device} ({lat['n_train']} train / {lat['n_heldout']} "
                      "held-out measurements)")
-        lines.append(f"  {'predictor':<10} {'±5 %':>7} {'±10 %':>7} {'tau':>7} {'MAPE %':>7}")
+        lines.append(f"  {'predictor':<10} {'±5 %':>7} {'±10 %':>7} {'tau':>7} {'MAPE %':>7} "
+                     f"{'≤ bound':>8} {'bound':>7}")
         for name in ("learned", "lut"):
             s = lat[name]
+            cover = s.get("coverage") or {}
+            share, factor = cover.get("share_under_bound"), cover.get("factor")
+            bound = (f"{'n/a':>8} {'n/a':>7}" if share is None or factor is None
+                     else f"{share:>8.1%} {f'+{100 * (factor - 1):.1f}%':>7}")
             lines.append(f"  {name:<10} {s['within_5pct']:>7.1%} {s['within_10pct']:>7.1%} "
-                         f"{s['kendall_tau']:>7.3f} {100 * s['mape']:>7.2f}")
+                         f"{s['kendall_tau']:>7.3f} {100 * s['mape']:>7.2f} {bound}")
+        lines.append(f"  (≤ bound: held-out share measured under the "
+                     f"{cover.get('confidence', 0.9):g}-confidence bound, calibrated on the "
+                     "train part; bound: its margin over the point estimate)")
         lines.append(f"  saved {lat['path']}")
     return "\n".join(lines)

@@ -1,10 +1,15 @@
-"""End-to-end latency measurements of a device (resumable) and the learned latency
-predictor fitted on them.
+"""End-to-end latency measurements of a device (resumable), the learned latency
+predictor fitted on them, and the calibration of both latency predictors' upper bounds.
 
 Measurements are cached in ``W/predictors/<device>-latency-measurements.json``, written
 atomically after every batch; the archs are a seeded, prefix-stable sample, so a larger
 ``n`` measures only the missing ones. A cache measured under another device fingerprint
 is refused.
+
+A session that measures first times the table's reference subnets
+(:mod:`ofa_search.profiling.drift`) and records the host's speed ratio beside each arch it
+measures; predictors are fitted on measurements divided by that ratio, i.e. on the
+table's time base, so that the drift check's ratio is the one scale to apply later.
 """
 
 from __future__ import annotations
@@ -19,15 +24,26 @@ import numpy as np
 from ofa_search.arch import Arch
 from ofa_search.atomic import atomic_write_json
 from ofa_search.errors import FileFormatError, OfaSearchError
-from ofa_search.profiling.lut import LatencyTable
+from ofa_search.profiling.lut import LatencyTable, precision_mode
 from ofa_search.profiling.timing import TimingStats
 from ofa_search.workspace import Workspace
 from predictors import metrics
 from predictors.accuracy_fit import heldout_split
+from predictors.base import Predictor
+from predictors.calibration import (
+    DEFAULT_CONFIDENCE,
+    FOLDS,
+    CalibrationError,
+    IntervalModel,
+    log_scores,
+    out_of_fold_predictions,
+    save_calibration,
+)
 from predictors.latency import LearnedLatencyPredictor, LutLatencyPredictor
 
 MEASUREMENTS_FORMAT = "ofa-search-latency-measurements"
-MEASUREMENTS_VERSION = 1
+MEASUREMENTS_VERSION = 2
+"""Version 2 adds ``ratio`` (version-1 files are read with ratio 1)."""
 SAMPLE_SEED = 2_000_003
 """Seed of the measured archs (the table's overhead and validation archs use others)."""
 
@@ -37,29 +53,35 @@ def measurements_path(workspace: Workspace, device: str) -> Path:
     return workspace.latency_predictor(device).with_name(f"{device}-latency-measurements.json")
 
 
-def _read(path: Path, table: LatencyTable) -> dict[str, float]:
+def _read(path: Path, table: LatencyTable) -> tuple[dict[str, float], dict[str, float]]:
     try:
         data = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise FileFormatError(f"{path}: cannot read latency measurements: {exc}") from exc
     if not isinstance(data, dict) or data.get("format") != MEASUREMENTS_FORMAT:
         raise FileFormatError(f"{path} is not a latency-measurements file")
-    if data.get("format_version") != MEASUREMENTS_VERSION:
+    if data.get("format_version") not in (1, MEASUREMENTS_VERSION):
         raise FileFormatError(f"{path}: unknown format_version {data.get('format_version')!r}")
     if data.get("fingerprint") != table.fingerprint or data.get("device") != table.device_id:
         raise FileFormatError(
             f"{path} was measured on {data.get('device')!r} (fingerprint "
             f"{data.get('fingerprint')!r}), not on {table.device_id!r} (fingerprint "
             f"{table.fingerprint!r}); delete it to measure again")
-    return {str(k): float(v) for k, v in data["measured_ms"].items()}
+    try:
+        measured = {str(k): float(v) for k, v in data["measured_ms"].items()}
+        ratio = {str(k): float(v) for k, v in (data.get("ratio") or {}).items()}
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise FileFormatError(f"{path}: malformed latency measurements: {exc}") from exc
+    return measured, ratio
 
 
 def collect_measurements(workspace: Workspace, table: LatencyTable, n: int, *,
                          batch: int = 10, show_progress: bool = True,
-                         log: Callable[[str], None] | None = None
+                         log: Callable[[str], None] | None = None, time_base: bool = True
                          ) -> tuple[list[Arch], np.ndarray, int]:
     """``(archs, measured_ms, n_new)``: the first ``n`` sampled archs and their end-to-end
-    latencies, measuring only those the cache lacks."""
+    latencies, measuring only those the cache lacks; with ``time_base`` the latencies are
+    divided by the host's speed ratio of their session (the table's time base)."""
     from ofa_search.profiling.backends import get_backend
     from ofa_search.profiling.builder import sample_archs
     from ofa_search.profiling.measure import FAST_TIMING, measure_archs
@@ -70,7 +92,7 @@ def collect_measurements(workspace: Workspace, table: LatencyTable, n: int, *,
         raise OfaSearchError(f"device {table.device_id!r} is an imported table; it cannot be "
                              "measured from this host")
     path = measurements_path(workspace, table.device_id)
-    measured = _read(path, table) if path.exists() else {}
+    measured, ratio = _read(path, table) if path.exists() else ({}, {})
     archs = sample_archs(table.space, n, SAMPLE_SEED, table.width_mult, table.resolutions)
     todo = [a for a in archs if a.to_string() not in measured]
     if log is not None:
@@ -80,15 +102,18 @@ def collect_measurements(workspace: Workspace, table: LatencyTable, n: int, *,
         atomic_write_json(path, {"format": MEASUREMENTS_FORMAT,
                                  "format_version": MEASUREMENTS_VERSION,
                                  "device": table.device_id, "fingerprint": table.fingerprint,
-                                 "space": table.space, "measured_ms": measured})
+                                 "space": table.space, "measured_ms": measured,
+                                 "ratio": ratio})
 
     if todo:
         with get_backend(profile, timing=FAST_TIMING) as backend, \
                 progress_bar(show_progress) as progress:
+            speed = _session_ratio(table, backend, log)
             task = progress.add_task(f"measuring on {table.device_id}", total=len(todo))
 
             def done(arch: Arch, stats: TimingStats) -> None:
                 measured[arch.to_string()] = float(stats.median_ms)
+                ratio[arch.to_string()] = speed
                 progress.advance(task)
                 if len(measured) % batch == 0:
                     save()
@@ -98,14 +123,37 @@ def collect_measurements(workspace: Workspace, table: LatencyTable, n: int, *,
                               on_result=done)
             finally:
                 save()
-    return archs, np.array([measured[a.to_string()] for a in archs]), len(todo)
+    ms = np.array([measured[a.to_string()] for a in archs])
+    if time_base:
+        ms = ms / np.array([ratio.get(a.to_string(), 1.0) for a in archs])
+    return archs, ms, len(todo)
+
+
+def _session_ratio(table: LatencyTable, backend: Any, log: Callable[[str], None] | None
+                   ) -> float:
+    """The host's speed ratio against the table now (1.0 for a table without reference
+    subnets, which is said)."""
+    from ofa_search.profiling.drift import NotMeasurableError, check_drift
+
+    try:
+        report = check_drift(table, backend=backend)
+    except NotMeasurableError as exc:
+        if log is not None:
+            log(f"{table.device_id}: measurements kept as measured ({exc})")
+        return 1.0
+    if log is not None:
+        log(f"{table.device_id}: this session runs at {report.ratio:.3f}x the table's speed "
+            f"({report.low:.3f}-{report.high:.3f}); measurements are divided by it")
+    return report.ratio
 
 
 def fit_latency_predictor(workspace: Workspace, table: LatencyTable, n: int, *,
                           holdout: float = 0.2, seed: int = 0, show_progress: bool = True,
                           log: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Measure (resumably), score learned and table predictors on a held-out part, refit
-    the learned one on all measurements and save it to ``workspace.latency_predictor``."""
+    """Measure (resumably), score learned and table predictors on a held-out part (point
+    quality and the coverage of their :data:`~predictors.calibration.DEFAULT_CONFIDENCE`
+    bounds, calibrated on the train part), refit the learned one on all measurements, save
+    it to ``workspace.latency_predictor`` and both predictors' calibration beside it."""
     if n < 5:
         raise ValueError(f"n_latency must be >= 5 (train and held-out parts), got {n}")
     archs, ms, n_new = collect_measurements(workspace, table, n, show_progress=show_progress,
@@ -113,11 +161,55 @@ def fit_latency_predictor(workspace: Workspace, table: LatencyTable, n: int, *,
     train, test = heldout_split(len(archs), holdout, seed)
     tr_a, te_a = [archs[i] for i in train], [archs[i] for i in test]
     learned = LearnedLatencyPredictor(table, "ridge", seed=seed).fit(tr_a, ms[train])
+    lut = LutLatencyPredictor(table)
     report: dict[str, Any] = {
         "n_measurements": len(archs), "n_measured_now": n_new, "n_train": len(train),
         "n_heldout": len(test),
         "learned": metrics.report(learned.predict(te_a), ms[test]),
-        "lut": metrics.report(LutLatencyPredictor(table).predict(te_a), ms[test])}
+        "lut": metrics.report(lut.predict(te_a), ms[test])}
+    # the bounds' held-out coverage: calibrated on the train part only
+    for name, model in (("learned", learned), ("lut", lut)):
+        intervals = calibrate(table, name, model, tr_a, ms[train], seed=seed)
+        report[name]["coverage"] = _coverage(intervals, model, te_a, ms[test])
     final = LearnedLatencyPredictor(table, "ridge", seed=seed).fit(archs, ms)
     report["path"] = str(final.save(workspace.latency_predictor(table.device_id)))
+    models = [calibrate(table, "learned", final, archs, ms, seed=seed),
+              calibrate(table, "lut", lut, archs, ms, seed=seed)]
+    report["calibration_path"] = str(save_calibration(workspace, table, models))
     return report
+
+
+def calibrate(table: LatencyTable, name: str, model: Predictor, archs: list[Arch],
+              ms: np.ndarray, *, seed: int = 0) -> IntervalModel:
+    """The interval model of ``model`` (fitted on ``archs`` when it learns: its scores are
+    then out-of-fold) from measured latencies ``ms``."""
+    if isinstance(model, LearnedLatencyPredictor):
+        learned = model
+        predicted = out_of_fold_predictions(
+            lambda: LearnedLatencyPredictor(table, learned.model, n_members=learned.n_members,
+                                            alpha=learned.alpha, seed=learned.seed),
+            archs, ms, seed=seed)
+        method = f"cross-conformal, {FOLDS}-fold out-of-fold log-ratio scores"
+    else:
+        predicted = model.predict(archs)
+        method = "split-conformal, log-ratio scores"
+    scores = log_scores(predicted, ms)
+    by_mode: dict[str, list[float]] = {}
+    for arch, score in zip(archs, scores, strict=True):
+        by_mode.setdefault(precision_mode(arch), []).append(float(score))
+    return IntervalModel(table.device_id, name, model.identity(), method,
+                         {m: tuple(v) for m, v in by_mode.items()})
+
+
+def _coverage(intervals: IntervalModel, model: Predictor, archs: list[Arch], ms: np.ndarray
+              ) -> dict[str, Any]:
+    """Held-out coverage of the default-confidence bound (``None`` with too few scores)."""
+    out: dict[str, Any] = {"confidence": DEFAULT_CONFIDENCE, "share_under_bound": None,
+                           "factor": None}
+    try:
+        factor = intervals.factor("fp32", DEFAULT_CONFIDENCE)
+    except CalibrationError:
+        return out
+    bound = model.predict(archs) * factor
+    out.update(share_under_bound=float(np.mean(ms <= bound)), factor=factor)
+    return out

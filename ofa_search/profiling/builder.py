@@ -244,7 +244,8 @@ def fit_overhead(table: LatencyTable, backend: Measurer, n: int = 10,
     random fp32 subnets (measured in ``rounds`` interleaved rounds), and likewise
     ``table.overhead_by_mode`` for each low-precision mode the table prices (archs whose
     stages are fp32 or that precision, measured as export emits them); the samples are kept
-    in ``table.meta["overhead"]``."""
+    in ``table.meta["overhead"]``, and the fp32 subnets with their times in
+    ``table.meta["reference"]`` (the drift check's reference subnets)."""
     start = time.perf_counter()
     profile = table.profile()
     meta: dict[str, Any] = {"seed": seed, "archs": n}
@@ -259,6 +260,10 @@ def fit_overhead(table: LatencyTable, backend: Measurer, n: int = 10,
         if mode == "fp32":
             table.overhead_ms = float(np.median(gaps))
             meta["gaps_ms"] = gaps
+            # the drift check's reference subnets (ofa_search.profiling.drift)
+            table.meta["reference"] = {"archs": [a.to_string() for a in archs],
+                                       "measured_ms": [float(s.median_ms) for s in measured],
+                                       "created": now_iso()}
         else:
             table.overhead_by_mode[mode] = float(np.median(gaps))
             meta[f"gaps_ms_{mode}"] = gaps

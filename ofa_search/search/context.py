@@ -11,10 +11,18 @@ from pathlib import Path
 from typing import Any
 
 from ofa_search.errors import OfaSearchError, UnsupportedPrecisionError
-from ofa_search.profiling.lut import find_table
+from ofa_search.profiling.drift import load_scale, scale_path
+from ofa_search.profiling.lut import LatencyTable, find_table
 from ofa_search.search.encoding import ArchEncoding, mode_precisions
 from ofa_search.search.evaluator import AccuracyModel, CachedEvaluator, LatencyModel
 from ofa_search.workspace import Workspace
+from predictors.calibration import (
+    DEFAULT_CONFIDENCE,
+    CalibrationError,
+    IntervalModel,
+    check_confidence,
+    load_interval_model,
+)
 
 DEFAULT_PRECISION = "fp32"
 
@@ -25,7 +33,11 @@ def file_identity(path: Path) -> str:
 
 
 def state_identity(model: Any) -> str:
-    """Identity of a predictor: a hash of its saved state when it has one."""
+    """Identity of a predictor: its own (:meth:`predictors.base.Predictor.identity`), else
+    a hash of its saved state when it has one."""
+    identity = getattr(model, "identity", None)
+    if callable(identity):
+        return str(identity())
     state = getattr(model, "state", None)
     if callable(state):
         text = json.dumps(state(), sort_keys=True, default=str)
@@ -71,6 +83,58 @@ class DeviceContext:
     checkpoint: dict[str, Any] | None
     _accuracy_loader: Callable[[], AccuracyModel] = field(repr=False)
     _accuracy: AccuracyModel | None = field(default=None, repr=False)
+    table: LatencyTable | None = field(default=None, repr=False)
+    intervals: IntervalModel | None = field(default=None, repr=False)
+    _scale: tuple[int | None, float] = field(default=(None, 1.0), repr=False)
+
+    def scale(self) -> float:
+        """The device's stored speed scale (``ofa-search check-device --rescale``; 1.0
+        without one), reread when its file changes."""
+        if self.table is None:
+            return 1.0
+        path = scale_path(self.workspace, self.device)
+        try:
+            mtime: int | None = path.stat().st_mtime_ns
+        except FileNotFoundError:
+            mtime = None
+        if mtime != self._scale[0]:
+            stored = load_scale(self.workspace, self.table) if mtime is not None else None
+            self._scale = (mtime, 1.0 if stored is None else stored.scale)
+        return self._scale[1]
+
+    def bound_factor(self, confidence: float | None) -> tuple[float | None, float, list[str]]:
+        """``(confidence, factor, warnings)``: the upper bound of a prediction is
+        ``point · factor`` at that confidence (the largest factor over the precision modes
+        an answer of this context can have). ``confidence=None`` asks for
+        :data:`~predictors.calibration.DEFAULT_CONFIDENCE` where the device is calibrated
+        and otherwise answers by the point estimate (``(None, 1.0, [why])``); an explicit
+        confidence without calibration is a :class:`CalibrationError`."""
+        explicit = confidence is not None
+        level = check_confidence(confidence) if confidence is not None else DEFAULT_CONFIDENCE
+        modes = ("fp32",) if self.precision == "fp32" else ("fp32", self.precision)
+        try:
+            if self.intervals is None:
+                raise CalibrationError(self._uncalibrated())
+            factor = max(self.intervals.factor(mode, level) for mode in modes)
+        except CalibrationError as exc:
+            if explicit:
+                raise
+            return None, 1.0, [f"{exc}; this answer fits the budget by its point estimate "
+                               "only"]
+        return level, factor, []
+
+    def answer_factor(self, arch_mode: str, confidence: float) -> float:
+        """The bound's factor for an answer of precision mode ``arch_mode``."""
+        assert self.intervals is not None
+        return self.intervals.factor(arch_mode, confidence)
+
+    def _uncalibrated(self) -> str:
+        if self.table is not None and self.table.profile() is None:
+            return (f"device {self.device!r} is an imported table: it cannot be measured from "
+                    "this host, so its latency has no calibrated bound")
+        return (f"device {self.device!r} has no calibration data for its {self.latency_name} "
+                f"latency predictor; measure it with `ofa-search fit-predictors --device "
+                f"{self.device} --skip-accuracy`")
 
     def accuracy(self) -> AccuracyModel:
         """The accuracy model, loaded on first use; checks that it prices this space."""
@@ -156,8 +220,11 @@ def load_context(workspace: Workspace, device: str, precision: str | None = None
     if ckpt.is_file():
         stat = ckpt.stat()
         checkpoint = {"path": str(ckpt), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    latency_identity = state_identity(latency)
+    intervals = load_interval_model(workspace, table, latency_name, latency_identity)
     return DeviceContext(workspace=workspace, device=device, precision=precision,
                          space=table.space, encoding=encoding, latency=latency,
-                         latency_name=latency_name, latency_identity=state_identity(latency),
+                         latency_name=latency_name, latency_identity=latency_identity,
                          accuracy_name=acc_name, accuracy_identity=acc_identity,
-                         checkpoint=checkpoint, _accuracy_loader=loader)
+                         checkpoint=checkpoint, _accuracy_loader=loader, table=table,
+                         intervals=intervals)

@@ -1,4 +1,6 @@
-"""``query``: the most accurate subnet whose predicted latency on a device fits a budget.
+"""``query``: the most accurate subnet whose latency on a device fits a budget — its
+calibrated upper bound at a confidence (:mod:`predictors.calibration`) where the device is
+calibrated, else its point estimate.
 
 With a precomputed front (``ofa-search search --front``) a query is a binary search over a
 few hundred points (microseconds) and, with ``refine``, a few hundred mutations of the
@@ -22,7 +24,7 @@ import numpy as np
 
 from ofa_search.arch import Arch
 from ofa_search.errors import InfeasibleBudgetError, OfaSearchError
-from ofa_search.profiling.lut import find_table
+from ofa_search.profiling.lut import find_table, precision_mode
 from ofa_search.search.context import DEFAULT_PRECISION, DeviceContext, load_context
 from ofa_search.search.encoding import ANY_PRECISION, PRECISION_MODES
 from ofa_search.search.engines import best_feasible, run_search
@@ -31,6 +33,7 @@ from ofa_search.search.front import Front
 from ofa_search.space import get_space
 from ofa_search.units import count_macs, count_params
 from ofa_search.workspace import Workspace
+from predictors.calibration import CalibrationError, check_confidence
 
 COLD_ENGINE = "evolution"
 COLD_TRIALS = 16_000
@@ -59,14 +62,21 @@ class QueryResult:
     source: str
     latency_predictor: str
     found_in_s: float
+    latency_upper_ms: float | None = None
+    confidence: float | None = None
+    latency_scale: float = 1.0
+    warnings: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return {"arch": self.arch.to_string(), "space": self.space, "device": self.device,
                 "precision": self.precision, "predicted_accuracy": self.predicted_accuracy,
                 "accuracy_std": self.accuracy_std,
-                "predicted_latency_ms": self.predicted_latency_ms, "macs_m": self.macs_m,
+                "predicted_latency_ms": self.predicted_latency_ms,
+                "latency_upper_ms": self.latency_upper_ms, "confidence": self.confidence,
+                "latency_scale": self.latency_scale, "macs_m": self.macs_m,
                 "params_m": self.params_m, "source": self.source,
-                "latency_predictor": self.latency_predictor, "found_in_s": self.found_in_s}
+                "latency_predictor": self.latency_predictor, "found_in_s": self.found_in_s,
+                "warnings": list(self.warnings)}
 
 
 class QueryEngine:
@@ -157,47 +167,70 @@ class QueryEngine:
 
     # -- the query -----------------------------------------------------------------------
     def query(self, device: str, latency_ms: float, precision: str | None = None, *,
-              refine: bool = False) -> QueryResult:
-        """The most accurate subnet predicted to run within ``latency_ms`` on ``device``.
+              refine: bool = False, confidence: float | None = None) -> QueryResult:
+        """The most accurate subnet whose latency on ``device`` fits ``latency_ms``.
+
+        "Fits" means its calibrated upper bound at ``confidence`` does (the default,
+        ``None``, is :data:`~predictors.calibration.DEFAULT_CONFIDENCE` on a calibrated
+        device and the point estimate, with a warning, on one without calibration data).
+        Predictions apply the device's stored speed scale, if any.
 
         Raises ``UnknownDeviceError`` (with ``.known``), :class:`InfeasibleBudgetError`
-        (with ``.min_latency_ms``) and :class:`OfaSearchError` for an unsupported precision
-        or a missing accuracy predictor.
+        (with ``.min_latency_ms``), :class:`~predictors.calibration.CalibrationError`
+        for a confidence outside (0, 1) or one the device cannot give, and
+        :class:`OfaSearchError` for an unsupported precision or a missing accuracy
+        predictor.
         """
-        if not np.isfinite(latency_ms) or latency_ms <= 0:
+        if isinstance(latency_ms, bool) or not np.isfinite(latency_ms) or latency_ms <= 0:
             raise OfaSearchError(f"latency budget must be a positive number of ms, got "
                                  f"{latency_ms!r}")
+        if confidence is not None:
+            check_confidence(confidence)
         if precision == ANY_PRECISION:
-            return self._query_any(device, latency_ms, refine)
+            return self._query_any(device, latency_ms, refine, confidence)
         ctx = self.context(device, precision)  # loaded once per engine, not timed
+        level, factor, warnings = ctx.bound_factor(confidence)
+        scale = ctx.scale()
+        budget = latency_ms / (factor * scale)  # what the point estimate may reach
         low = self.min_latency_ms(device, precision)
         start = time.perf_counter()
-        if latency_ms < low:
+        if budget < low:
+            what = ("predicted" if level is None
+                    else f"bounded at confidence {level:g}")
             raise InfeasibleBudgetError(
                 f"no subnet fits {latency_ms:g} ms on device {device!r}: the fastest one is "
-                f"predicted at {low:.4g} ms (minimum achievable latency)", min_latency_ms=low)
+                f"{what} at {low * factor * scale:.4g} ms (minimum achievable latency)",
+                min_latency_ms=low * factor * scale)
         front = self.front(device, precision)
-        index = front.best_under(latency_ms) if front is not None else None
+        index = front.best_under(budget) if front is not None else None
         if front is not None and index is not None:
             point = front.points[index]
             found = Evaluation(point.arch, point.predicted_accuracy, point.accuracy_std,
                                point.predicted_latency_ms)
             if refine:
                 with self._predict_lock:
-                    found = self._refine(ctx, front, index, latency_ms, found)
+                    found = self._refine(ctx, front, index, budget, found)
             source = "front"
         else:
             ctx.accuracy()  # loaded once per engine, not timed
             start = time.perf_counter()
             with self._predict_lock:
-                found = self._cold_search(ctx, latency_ms)
+                found = self._cold_search(ctx, budget)
             source = "search"
+        point_ms = found.latency_ms * scale
+        upper = (None if level is None
+                 else point_ms * ctx.answer_factor(precision_mode(found.arch), level))
+        if scale != 1.0:
+            warnings = [*warnings, f"predictions are scaled by {scale:.3f} (the speed ratio "
+                        f"stored by `ofa-search check-device --device {ctx.device} --rescale`)"]
         return QueryResult(
             arch=found.arch, space=ctx.space, device=ctx.device, precision=ctx.precision,
             predicted_accuracy=found.accuracy, accuracy_std=found.accuracy_std,
-            predicted_latency_ms=found.latency_ms, macs_m=count_macs(found.arch) / 1e6,
+            predicted_latency_ms=point_ms, macs_m=count_macs(found.arch) / 1e6,
             params_m=count_params(found.arch) / 1e6, source=source,
-            latency_predictor=ctx.latency_name, found_in_s=time.perf_counter() - start)
+            latency_predictor=ctx.latency_name, found_in_s=time.perf_counter() - start,
+            latency_upper_ms=upper, confidence=level, latency_scale=scale,
+            warnings=tuple(warnings))
 
     def modes(self, device: str) -> list[str]:
         """The precision modes whose units ``device``'s table holds (read once per
@@ -211,24 +244,33 @@ class QueryEngine:
                            for p in precs)]
             return list(self._modes[device])
 
-    def _query_any(self, device: str, latency_ms: float, refine: bool) -> QueryResult:
+    def _query_any(self, device: str, latency_ms: float, refine: bool,
+                   confidence: float | None) -> QueryResult:
         """The most accurate answer over every precision mode the device offers."""
         start = time.perf_counter()
         answers: list[QueryResult] = []
         lows: list[float] = []
+        unbounded: list[CalibrationError] = []
         for mode in self.modes(device):
             try:
-                answers.append(self.query(device, latency_ms, mode, refine=refine))
+                answers.append(self.query(device, latency_ms, mode, refine=refine,
+                                          confidence=confidence))
             except InfeasibleBudgetError as exc:
                 if exc.min_latency_ms is not None:
                     lows.append(exc.min_latency_ms)
+            except CalibrationError as exc:  # this mode cannot be bounded: the others can
+                unbounded.append(exc)
+        if not answers and unbounded:
+            raise unbounded[0]
         if not answers:
             low = min(lows, default=float("nan"))
             raise InfeasibleBudgetError(
                 f"no subnet fits {latency_ms:g} ms on device {device!r} at any precision: the "
-                f"fastest one is predicted at {low:.4g} ms", min_latency_ms=low)
+                f"fastest one needs {low:.4g} ms", min_latency_ms=low)
         best = max(answers, key=lambda r: r.predicted_accuracy)
-        return dataclasses.replace(best, found_in_s=time.perf_counter() - start)
+        skipped = tuple(f"{exc}; that precision was left out" for exc in unbounded)
+        return dataclasses.replace(best, found_in_s=time.perf_counter() - start,
+                                   warnings=best.warnings + skipped)
 
     def _cold_search(self, ctx: DeviceContext, budget_ms: float) -> Evaluation:
         evaluator = ctx.evaluator()
@@ -291,7 +333,7 @@ _ENGINES_LOCK = threading.Lock()
 
 def query(workspace: Workspace | str | os.PathLike[str], device: str, latency_ms: float,
           precision: str | None = None, *, refine: bool = False,
-          latency_kind: str | None = None) -> QueryResult:
+          latency_kind: str | None = None, confidence: float | None = None) -> QueryResult:
     """:meth:`QueryEngine.query` on a per-workspace engine kept between calls."""
     ws = workspace if isinstance(workspace, Workspace) else Workspace(workspace)
     key = f"{ws.root.resolve()}|{latency_kind}"
@@ -299,5 +341,5 @@ def query(workspace: Workspace | str | os.PathLike[str], device: str, latency_ms
         engine = _ENGINES.get(key)
         if engine is None:
             engine = _ENGINES[key] = QueryEngine(ws, latency_kind=latency_kind)
-    return engine.query(device, latency_ms, precision, refine=refine)
+    return engine.query(device, latency_ms, precision, refine=refine, confidence=confidence)
 

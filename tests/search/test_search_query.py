@@ -135,5 +135,9 @@ def test_query_function_answers_from_the_front(ws_with_front) -> None:
     assert query(ws_with_front.root, DEVICE, 0.3).arch == result.arch
     assert set(result.to_dict()) == {
         "arch", "space", "device", "precision", "predicted_accuracy", "accuracy_std",
-        "predicted_latency_ms", "macs_m", "params_m", "source", "latency_predictor",
-        "found_in_s"}
+        "predicted_latency_ms", "latency_upper_ms", "confidence", "latency_scale", "macs_m",
+        "params_m", "source", "latency_predictor", "found_in_s", "warnings"}
+    # the workspace never measured the device: the answer says it fits by its point estimate
+    assert result.confidence is None and result.latency_upper_ms is None
+    assert result.latency_scale == 1.0
+    assert any("fit-predictors --device cpu-ort-1t" in w for w in result.warnings)

@@ -1,0 +1,219 @@
+"""Is this host still as fast as when its table was profiled? The drift check.
+
+A measured table keeps the end-to-end times of a few *reference subnets* (the seeded fp32
+subnets that fitted its overhead, ``table.meta["reference"]`` written by
+:func:`~ofa_search.profiling.builder.fit_overhead`; older tables have them as
+``meta["overhead"]["gaps_ms"]`` plus the unit sums). :func:`check_drift` times them again
+in interleaved rounds and reports the host's speed ratio against the table (median of the
+per-subnet ratios, with their spread); beyond :data:`DRIFT_TOLERANCE` the host has drifted.
+
+A stored *scale* (:func:`save_scale`, ``ofa-search check-device --rescale``) is a ratio that
+the predictions of the device then apply (:func:`load_scale`); it lives in the workspace at
+``W/predictors/<device>-latency-scale.json`` and is recorded in every answer.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ofa_search.arch import Arch
+from ofa_search.atomic import atomic_write_json
+from ofa_search.errors import FileFormatError, OfaSearchError
+from ofa_search.profiling.builder import sample_archs
+from ofa_search.profiling.lut import LatencyTable, now_iso
+from ofa_search.workspace import Workspace
+
+DRIFT_TOLERANCE = 0.10
+"""A speed ratio further than this from 1 is reported as drift."""
+DRIFT_ROUNDS = 5
+"""Interleaved rounds of a drift check."""
+SCALE_FORMAT = "ofa-search-latency-scale"
+SCALE_VERSION = 1
+
+
+class NotMeasurableError(OfaSearchError, ValueError):
+    """A table that cannot be measured from this host (imported, or without references)."""
+
+
+@dataclass(frozen=True)
+class References:
+    """The table's reference subnets and their end-to-end times when it was profiled."""
+
+    archs: tuple[Arch, ...]
+    measured_ms: tuple[float, ...]
+    source: str  # "reference" or "overhead" (derived from an older table's overhead fit)
+
+
+def references(table: LatencyTable) -> References:
+    """The reference subnets of ``table``; :class:`NotMeasurableError` (naming the fix)
+    when it has none or cannot be measured here."""
+    if table.profile() is None:
+        raise NotMeasurableError(
+            f"device {table.device_id!r} is an imported table; it cannot be measured from "
+            "this host, so there is no drift to check")
+    ref = table.meta.get("reference")
+    if isinstance(ref, dict):
+        try:
+            archs = tuple(Arch.parse(s, table.space) for s in ref["archs"])
+            times = tuple(float(m) for m in ref["measured_ms"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise FileFormatError(f"table {table.device_id!r}: malformed reference subnets: "
+                                  f"{exc}") from exc
+        if archs and len(archs) == len(times):
+            return References(archs, times, "reference")
+    overhead = table.meta.get("overhead")
+    if isinstance(overhead, dict) and overhead.get("gaps_ms"):
+        gaps = [float(g) for g in overhead["gaps_ms"]]
+        archs = tuple(sample_archs(table.space, len(gaps), int(overhead["seed"]),
+                                   table.width_mult, table.resolutions))
+        times = tuple(g + table.unit_sum(a) for g, a in zip(gaps, archs, strict=True))
+        return References(archs, times, "overhead")
+    raise NotMeasurableError(
+        f"table {table.device_id!r} has no reference subnets (it was profiled with "
+        f"--overhead-archs 0); profile it again with `ofa-search profile --device "
+        f"{table.device_id} --overhead-archs 10`")
+
+
+@dataclass(frozen=True)
+class DriftReport:
+    """The host's speed against ``device``'s table: ``ratio`` > 1 means slower now."""
+
+    device: str
+    ratio: float
+    low: float  # smallest and largest per-subnet ratio
+    high: float
+    ratios: tuple[float, ...]
+    measured_ms: tuple[float, ...]
+    table_ms: tuple[float, ...]
+    rounds: int
+    tolerance: float
+    checked: str
+    source: str
+
+    @property
+    def drifted(self) -> bool:
+        return abs(self.ratio - 1.0) > self.tolerance
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"device": self.device, "ratio": self.ratio, "low": self.low, "high": self.high,
+                "drifted": self.drifted, "tolerance": self.tolerance, "rounds": self.rounds,
+                "n_subnets": len(self.ratios), "ratios": list(self.ratios),
+                "measured_ms": list(self.measured_ms), "table_ms": list(self.table_ms),
+                "checked": self.checked, "references": self.source}
+
+    def summary(self) -> str:
+        """One line: the ratio, its spread, and what it means."""
+        speed = (f"{self.ratio:.3f}x the table's latency ({len(self.ratios)} reference "
+                 f"subnets, {self.low:.3f}-{self.high:.3f}, {self.rounds} interleaved rounds)")
+        if not self.drifted:
+            return f"{self.device}: within ±{self.tolerance:.0%} of its table: {speed}"
+        return (f"warning: {self.device} has drifted: this host runs at {speed}; answers are "
+                f"off by {self.ratio - 1:+.0%} unless you store the ratio with "
+                f"`ofa-search check-device --device {self.device} --rescale`")
+
+
+def check_drift(table: LatencyTable, *, rounds: int = DRIFT_ROUNDS,
+                tolerance: float = DRIFT_TOLERANCE, backend: Any = None,
+                measure: Callable[[Sequence[Arch]], Sequence[float]] | None = None
+                ) -> DriftReport:
+    """Time ``table``'s reference subnets now (in ``rounds`` interleaved rounds) and
+    compare them with the table's times. ``measure`` replaces the timing (tests inject a
+    known speed); ``backend`` reuses an open backend of the table's profile."""
+    refs = references(table)
+    if measure is not None:
+        now = [float(m) for m in measure(refs.archs)]
+    else:
+        now = _measure(table, refs.archs, rounds, backend)
+    ratios = np.asarray(now) / np.asarray(refs.measured_ms)
+    return DriftReport(device=table.device_id, ratio=float(np.median(ratios)),
+                       low=float(ratios.min()), high=float(ratios.max()),
+                       ratios=tuple(float(r) for r in ratios), measured_ms=tuple(now),
+                       table_ms=refs.measured_ms, rounds=rounds, tolerance=tolerance,
+                       checked=now_iso(), source=refs.source)
+
+
+def _measure(table: LatencyTable, archs: Sequence[Arch], rounds: int, backend: Any
+             ) -> list[float]:
+    from ofa_search.profiling.backends import get_backend
+    from ofa_search.profiling.measure import FAST_TIMING, measure_archs
+    from ofa_search.profiling.timing import TimingConfig
+
+    profile = table.profile()
+    assert profile is not None  # references() refused imported tables
+    timing = table.meta.get("timing")
+    config = TimingConfig(**timing) if isinstance(timing, dict) else FAST_TIMING
+    if backend is not None:
+        stats = measure_archs(backend, archs, profile.batch_size, profile, rounds=rounds)
+    else:
+        with get_backend(profile, timing=config) as owned:
+            stats = measure_archs(owned, archs, profile.batch_size, profile, rounds=rounds)
+    return [float(s.median_ms) for s in stats]
+
+
+# -- stored scales --------------------------------------------------------------------------
+@dataclass(frozen=True)
+class LatencyScale:
+    """A stored speed ratio of a device: predictions are multiplied by :attr:`scale`."""
+
+    device: str
+    scale: float
+    checked: str
+    fingerprint: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"scale": self.scale, "checked": self.checked}
+
+
+def scale_path(workspace: Workspace, device: str) -> Path:
+    """``W/predictors/<device>-latency-scale.json``."""
+    return workspace.latency_predictor(device).with_name(f"{device}-latency-scale.json")
+
+
+def save_scale(workspace: Workspace, table: LatencyTable, report: DriftReport) -> Path:
+    """Store ``report.ratio`` as the device's scale (atomically)."""
+    return atomic_write_json(scale_path(workspace, table.device_id), {
+        "format": SCALE_FORMAT, "format_version": SCALE_VERSION, "device": table.device_id,
+        "fingerprint": table.fingerprint, "scale": report.ratio, "checked": report.checked,
+        "drift": report.to_dict()})
+
+
+def clear_scale(workspace: Workspace, device: str) -> bool:
+    """Remove a stored scale; whether there was one."""
+    path = scale_path(workspace, device)
+    if path.is_file():
+        path.unlink()
+        return True
+    return False
+
+
+def load_scale(workspace: Workspace, table: LatencyTable) -> LatencyScale | None:
+    """The device's stored scale, or ``None``; a file that is not one, or was stored for
+    another table of that id, is a :class:`FileFormatError`."""
+    path = scale_path(workspace, table.device_id)
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise FileFormatError(f"{path.name}: cannot read latency scale: {exc}") from exc
+    if not isinstance(data, dict) or data.get("format") != SCALE_FORMAT:
+        raise FileFormatError(f"{path.name} is not a latency-scale file")
+    if data.get("format_version") != SCALE_VERSION:
+        raise FileFormatError(f"{path.name}: unknown format_version "
+                              f"{data.get('format_version')!r}")
+    scale = data.get("scale")
+    if isinstance(scale, bool) or not isinstance(scale, int | float) or not (
+            0 < float(scale) < 1e3) or not np.isfinite(scale):
+        raise FileFormatError(f"{path.name}: scale must be a positive number, got {scale!r}")
+    if data.get("fingerprint") != table.fingerprint:
+        raise FileFormatError(f"{path.name} was stored for another table of device "
+                              f"{table.device_id!r}; run `ofa-search check-device --device "
+                              f"{table.device_id} --rescale` again")
+    return LatencyScale(table.device_id, float(scale), str(data.get("checked")),
+                        table.fingerprint)
