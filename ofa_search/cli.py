@@ -429,25 +429,55 @@ def latency_cmd(
     predictor: Annotated[str | None, typer.Option(
         "--predictor", help="lut or learned (default: learned when fitted, else lut)")] = None,
     measure: Annotated[bool, typer.Option("--measure", help="also measure it end to end")] = False,
+    confidence: Annotated[float | None, typer.Option(
+        "--confidence", help="also give the calibrated upper bound at this confidence "
+        "(default 0.9 where the device is calibrated)")] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Predicted latency of ARCH on DEVICE (and, with --measure, the measured one)."""
+    """Predicted latency of ARCH on DEVICE, its calibrated upper bound, and (with
+    --measure) the measured one."""
     from ofa_search.arch import parse_arch
-    from ofa_search.profiling.lut import find_table
+    from ofa_search.profiling.drift import load_scale
+    from ofa_search.profiling.lut import find_table, precision_mode
     from ofa_search.workspace import Workspace
+    from predictors.calibration import (
+        DEFAULT_CONFIDENCE,
+        CalibrationError,
+        check_confidence,
+        load_interval_model,
+    )
     from predictors.latency import LearnedLatencyPredictor
     from predictors.loading import LATENCY_KINDS, load_latency_predictor
 
     if predictor is not None and predictor not in LATENCY_KINDS:
         raise OfaSearchError(f"--predictor must be one of {', '.join(LATENCY_KINDS)}, got "
                              f"{predictor!r}")
+    if confidence is not None:
+        check_confidence(confidence)
+    ws = Workspace(workspace)
     table = find_table(device, workspace=workspace)
     parsed = parse_arch(arch, space or table.space)
-    model, kind = load_latency_predictor(Workspace(workspace), device, predictor)
+    model, kind = load_latency_predictor(ws, device, predictor)
+    stored = load_scale(ws, table)
+    scale = 1.0 if stored is None else stored.scale
     result: dict[str, Any] = {"device": device, "arch": parsed.to_string(), "predictor": kind,
-                              "predicted_ms": float(model.predict([parsed])[0])}
+                              "predicted_ms": scale * float(model.predict([parsed])[0])}
     if isinstance(model, LearnedLatencyPredictor):
-        result["predicted_std_ms"] = float(model.predict_std([parsed])[0])
+        result["predicted_std_ms"] = scale * float(model.predict_std([parsed])[0])
+    intervals = load_interval_model(ws, table, kind, model.identity())
+    try:
+        if intervals is None:
+            raise CalibrationError(f"device {device!r} has no calibration data for its {kind} "
+                                   f"latency predictor; measure it with `ofa-search "
+                                   f"fit-predictors --device {device} --skip-accuracy`")
+        level = DEFAULT_CONFIDENCE if confidence is None else confidence
+        factor = intervals.factor(precision_mode(parsed), level)
+        result.update(upper_ms=result["predicted_ms"] * factor, confidence=level)
+    except CalibrationError:
+        if confidence is not None:
+            raise
+    if scale != 1.0:
+        result["latency_scale"] = scale
     if measure:
         from ofa_search.profiling.backends import get_backend
         from ofa_search.profiling.measure import FAST_TIMING, measure_arch

@@ -2,8 +2,10 @@
 
 Train a small supernet on scikit-learn's digits (sandwich rule), profile this machine with
 ONNX Runtime (one thread) into a device table, fit the accuracy and latency predictors,
-build the device's Pareto front, answer three queries (tight, middle and loose budget),
-measure each answer (latency through ONNX Runtime, test accuracy after BN recalibration),
+build the device's Pareto front, check this host's speed against the table (drift), answer
+three queries (tight, middle and loose budget; each answer's calibrated latency bound fits
+it), measure each answer (latency through ONNX Runtime, said plainly when over its budget;
+test accuracy after BN recalibration),
 export the middle answer to ONNX with its model card, and draw the front. Every step
 resumes from the workspace, which afterwards serves ``ofa-search query`` and
 ``ofa-search serve`` as it is.
@@ -24,6 +26,7 @@ from ofa_search.export import export
 from ofa_search.profiling import DeviceProfile, TimingConfig
 from ofa_search.profiling.backends import get_backend
 from ofa_search.profiling.builder import build_table
+from ofa_search.profiling.drift import check_drift
 from ofa_search.profiling.measure import measure_archs
 from ofa_search.search.front import build_front
 from ofa_search.search.query import QueryEngine, QueryResult
@@ -75,10 +78,19 @@ def run_demo(workspace: Path, *, space: str = "mbv3_small28", seed: int = 0,
     lo, hi = front.min_latency_ms, front.points[-1].predicted_latency_ms
     echo(f"      {len(front.points)} points, {lo:.3f}–{hi:.3f} ms")
 
-    echo("[5/6] answering three queries and measuring the answers")
+    echo("[5/6] checking this host's speed, answering three queries, measuring the answers")
+    drift = check_drift(table)
+    echo(f"      {drift.summary()}")
     engine = QueryEngine(ws)
-    answers = [(name, lo + frac * (hi - lo)) for name, frac in BUDGET_POSITIONS]
+    ctx = engine.context(DEMO_DEVICE)
+    level, factor, _ = ctx.bound_factor(None)
+    # budgets as positions in the range of the front's bounds (its point range x factor)
+    answers = [(name, factor * ctx.scale() * (lo + frac * (hi - lo)))
+               for name, frac in BUDGET_POSITIONS]
     results = [(name, budget, engine.query(DEMO_DEVICE, budget)) for name, budget in answers]
+    if level is not None:
+        echo(f"      each answer's {level:g}-confidence bound fits its budget (bound = "
+             f"prediction x {factor:.3f}, calibrated on {n_latency} measured subnets)")
     rows = _measure(ws, results, seed=seed)
 
     middle = results[1][2]
@@ -90,11 +102,19 @@ def run_demo(workspace: Path, *, space: str = "mbv3_small28", seed: int = 0,
                       title=f"{space} on {DEMO_DEVICE} (digits)")
 
     echo("")
-    echo(f"{'budget':>8} {'pred ms':>8} {'meas ms':>8} {'pred acc':>8} {'meas acc':>8}  arch")
+    echo(f"{'budget':>8} {'pred ms':>8} {'bound ms':>8} {'meas ms':>8}  {'verdict':<16} "
+         f"{'pred acc':>8} {'meas acc':>8}  arch")
     for row in rows:
+        bound = row["latency_upper_ms"]
         echo(f"{row['budget_ms']:8.3f} {row['predicted_latency_ms']:8.3f} "
-             f"{row['measured_latency_ms']:8.3f} {row['predicted_accuracy']:8.3f} "
-             f"{row['measured_accuracy']:8.3f}  {row['arch']}")
+             f"{'-' if bound is None else f'{bound:.3f}':>8} {row['measured_latency_ms']:8.3f}  "
+             f"{_verdict(row['measured_latency_ms'], row['budget_ms']):<16} "
+             f"{row['predicted_accuracy']:8.3f} {row['measured_accuracy']:8.3f}  {row['arch']}")
+    over = [row for row in rows if row["measured_latency_ms"] > row["budget_ms"]]
+    if over:
+        echo(f"warning: {len(over)} of {len(rows)} answers measured over their budget "
+             f"(worst by {max(r['measured_latency_ms'] / r['budget_ms'] - 1 for r in over):.0%}"
+             "); this host's speed varies, see `ofa-search check-device`")
     card = exported.card
     echo(f"exported {exported.artefact} ({card['artefact']['bytes'] / 1e3:.0f} kB, "
          f"ONNX Runtime vs PyTorch {card['verification']['max_abs_diff']:.1e}); "
@@ -103,7 +123,7 @@ def run_demo(workspace: Path, *, space: str = "mbv3_small28", seed: int = 0,
     summary: dict[str, Any] = {
         "space": space, "seed": seed, "device": DEMO_DEVICE, "workspace": str(ws.root),
         "checkpoint": str(ws.checkpoint), "table": str(table_path), "quality": quality,
-        "front_points": len(front.points), "queries": rows,
+        "front_points": len(front.points), "drift": drift.to_dict(), "queries": rows,
         "export": exported.to_dict(), "plot": str(plot),
         "seconds": round(time.perf_counter() - start, 2),
     }
@@ -129,10 +149,19 @@ def _measure(ws: Workspace, results: list[tuple[str, float, QueryResult]], *, se
                 "query": name, "budget_ms": budget, "arch": result.arch.to_string(),
                 "source": result.source,
                 "predicted_latency_ms": result.predicted_latency_ms,
+                "latency_upper_ms": result.latency_upper_ms, "confidence": result.confidence,
                 "measured_latency_ms": latency.median_ms,
+                "within_budget": latency.median_ms <= budget,
                 "predicted_accuracy": result.predicted_accuracy,
                 "accuracy_std": result.accuracy_std,
                 "measured_accuracy": evaluate(net, data.split("test"), result.arch.resolution),
                 "macs_m": result.macs_m,
             })
     return rows
+
+
+def _verdict(measured_ms: float, budget_ms: float) -> str:
+    """``within budget`` or ``OVER by N %``."""
+    if measured_ms <= budget_ms:
+        return "within budget"
+    return f"OVER by {measured_ms / budget_ms - 1:.1%}"

@@ -366,6 +366,9 @@ def export(checkpoint: str | os.PathLike[str], arch: str | Arch, format: str,
     if latency is not None and measure:
         say(f"measuring latency on {device}")
         latency.update(_measure_latency(ws, latency["id"], parsed, final, fmt))
+        drift = latency.get("drift") or {}
+        if drift.get("drifted"):
+            say(str(drift["summary"]))
     elif latency is not None:
         latency.update(measured_latency_ms=None, not_measured_reason="not requested")
 
@@ -514,7 +517,8 @@ def _measure_latency(ws: Workspace, device: str, arch: Arch, artefact: Path,
     from ofa_search.profiling.lut import find_table
     from ofa_search.profiling.measure import FAST_TIMING, measure_arch, time_binary_package
 
-    profile = find_table(device, workspace=ws.root).profile()
+    table = find_table(device, workspace=ws.root)
+    profile = table.profile()
     if profile is None:
         return {"measured_latency_ms": None, "not_measured_reason":
                 "imported table: the device cannot be measured from this host"}
@@ -538,6 +542,7 @@ def _measure_latency(ws: Workspace, device: str, arch: Arch, artefact: Path,
                 f"{profile.batch_size}"}
     try:
         with get_backend(profile, timing=FAST_TIMING) as backend:
+            drift = _drift(table, backend)
             if own:
                 from ofa_search.onnx_export import INPUT_NAME
 
@@ -553,7 +558,20 @@ def _measure_latency(ws: Workspace, device: str, arch: Arch, artefact: Path,
                 "not_measured_reason": f"backend {profile.backend!r} unavailable: {exc}"}
     return {"measured_latency_ms": stats.median_ms, "measured_iqr_ms": stats.iqr_ms,
             "measured_runs": stats.count, "batch_size": profile.batch_size,
-            "not_measured_reason": None}
+            "not_measured_reason": None, "drift": drift}
+
+
+def _drift(table: Any, backend: Any) -> dict[str, Any]:
+    """The device's drift check on the open backend (its reference subnets re-timed), so
+    that a measured latency comes with this host's speed against the table."""
+    from ofa_search.profiling.drift import NotMeasurableError, check_drift
+
+    try:
+        report = check_drift(table, backend=backend)
+    except NotMeasurableError as exc:
+        return {"ratio": None, "reason": str(exc)}
+    return {"ratio": report.ratio, "low": report.low, "high": report.high,
+            "drifted": report.drifted, "summary": report.summary()}
 
 
 # formats defined elsewhere register themselves on import (they import this module)

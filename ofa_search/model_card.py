@@ -12,7 +12,8 @@ Fields (``MODEL_CARD_VERSION`` 1)::
     supernet {checkpoint, sha256, epoch, strategy}
     dataset {name, split, samples, accuracy, calib_batches, calib_seed}
     device {id, predicted_latency_ms, latency_predictor, measured_latency_ms,
-            measured_iqr_ms, measured_runs, not_measured_reason}          or null
+            measured_iqr_ms, measured_runs, not_measured_reason,
+            drift {ratio, low, high, drifted, summary}}                     or null
     artefact {format, file, bytes, sha256}
     verification {runtime, max_abs_diff, tolerance, samples, passed}
     versions {torch, onnx, onnxruntime, safetensors, ofa-search, python}
@@ -97,6 +98,10 @@ def render_markdown(card: Mapping[str, Any]) -> str:
         measured = _ms(device["measured_latency_ms"])
         if device["measured_latency_ms"] is None and device.get("not_measured_reason"):
             measured += f" ({device['not_measured_reason']})"
+        drift = device.get("drift") or {}
+        if drift.get("ratio") is not None:
+            measured += (f"; this host ran at {drift['ratio']:.3f}x the table's speed "
+                         f"(drift check: {drift['low']:.3f}-{drift['high']:.3f})")
         lines += [f"- Device `{device['id']}`: predicted {_ms(device['predicted_latency_ms'])}"
                   f" ({device['latency_predictor']}), measured {measured}"]
     lines += [

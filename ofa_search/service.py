@@ -272,7 +272,8 @@ def _add_routes(app: FastAPI) -> None:
         info = _device_summary(state, device_id)
         info.update(device=table.device, host=table.host, versions=table.versions,
                     overhead_ms=table.overhead_ms, fingerprint=table.fingerprint,
-                    min_latency_ms=_min_latency(state, device_id))
+                    min_latency_ms=_min_latency(state, device_id),
+                    **_calibration_summary(state, device_id))
         return info
 
     @app.post("/query", responses=_ERRORS)
@@ -345,6 +346,20 @@ def _device_summary(state: ServiceState, device: str) -> dict[str, Any]:
             "created": table.created, "measurable": table.fingerprint is not None,
             "latency_predictor": state.latency_predictors.get(device),
             "queryable": state.warm.get(device)}
+
+
+def _calibration_summary(state: ServiceState, device: str) -> dict[str, Any]:
+    """Whether the device's latency bound is calibrated, on how many measured subnets per
+    precision mode, and the stored speed scale."""
+    try:
+        ctx = state.engine.context(device)
+        scale = ctx.scale()
+    except (OfaSearchError, ValueError):
+        return {"calibrated": None, "latency_scale": None}
+    counts = ({} if ctx.intervals is None
+              else {mode: len(scores) for mode, scores in ctx.intervals.scores.items()})
+    return {"calibrated": ctx.intervals is not None, "calibration_measurements": counts,
+            "latency_scale": scale}
 
 
 def _min_latency(state: ServiceState, device: str) -> float | None:

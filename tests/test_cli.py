@@ -107,10 +107,15 @@ def test_demo_runs_and_leaves_a_workspace(tmp_path: Path) -> None:
         arch = Arch.parse(row["arch"], "mbv3_small28")
         assert arch.resolution == 28
         assert row["predicted_latency_ms"] <= row["budget_ms"]
+        # 10 measured subnets calibrate a 0.9 bound (9 are needed), which fits the budget
+        assert row["confidence"] == 0.9
+        assert row["predicted_latency_ms"] <= row["latency_upper_ms"] <= row["budget_ms"]
+        assert row["within_budget"] == (row["measured_latency_ms"] <= row["budget_ms"])
         assert row["measured_latency_ms"] > 0
         assert 0.0 <= row["measured_accuracy"] <= 1.0
         assert 0.0 <= row["predicted_accuracy"] <= 1.0
     assert rows[0]["predicted_accuracy"] <= rows[2]["predicted_accuracy"]
+    assert summary["drift"]["ratio"] > 0 and summary["drift"]["n_subnets"] == 10
     card = summary["export"]["card"]
     assert card["arch"]["string"] == rows[1]["arch"]
     assert card["verification"]["passed"] and card["verification"]["max_abs_diff"] <= 1e-4

@@ -51,6 +51,16 @@ def test_fit_predictors_writes_files_and_reports(fitted: tuple[Workspace, dict, 
     assert Path(lat["path"]) == ws.latency_predictor(DEVICE) and Path(lat["path"]).is_file()
     cache = json.loads((ws.predictors_dir / f"{DEVICE}-latency-measurements.json").read_text())
     assert len(cache["measured_ms"]) == 6 and all(v > 0 for v in cache["measured_ms"].values())
+    # the session's drift check: one speed ratio beside every measurement
+    assert cache["format_version"] == 2 and set(cache["ratio"]) == set(cache["measured_ms"])
+    assert len(set(cache["ratio"].values())) == 1 and next(iter(cache["ratio"].values())) > 0
+    # both predictors calibrated on all 6 measurements (too few for a held-out 0.9 bound)
+    calibration = json.loads(Path(lat["calibration_path"]).read_text())
+    learned = LearnedLatencyPredictor.load(ws.latency_predictor(DEVICE))
+    assert calibration["predictors"]["learned"]["identity"] == learned.identity()
+    for name in ("learned", "lut"):
+        assert len(calibration["predictors"][name]["scores"]["fp32"]) == 6
+        assert lat[name]["coverage"]["share_under_bound"] is None
     # the printed table
     assert "0 cached, 8 to evaluate" in text
     assert "accuracy predictors (6 train / 2 held-out archs" in text and "RMSE pts" in text

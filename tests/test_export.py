@@ -128,6 +128,10 @@ def test_export_writes_a_verified_artefact_and_card(checkpoint: Path, tmp_path: 
     if fmt == "onnx":
         assert 0.01 < device["measured_latency_ms"] < 50 and device["measured_runs"] >= 7
         assert device["not_measured_reason"] is None
+        # measured with a drift check of the device (its reference subnets re-timed)
+        drift = device["drift"]
+        assert drift["low"] <= drift["ratio"] <= drift["high"] and drift["ratio"] > 0
+        assert "the table's speed (drift check" in (out / CARD_MARKDOWN).read_text()
     else:
         assert device["measured_latency_ms"] is None
         assert device["not_measured_reason"] == "not requested"

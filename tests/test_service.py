@@ -163,6 +163,27 @@ def test_query_errors(client: TestClient, workspace: Workspace) -> None:
         assert res.status_code == 409 and "accuracy predictor" in res.json()["detail"]
 
 
+def test_query_confidence(client: TestClient, workspace: Workspace) -> None:
+    _, high = _front_budgets(workspace)
+    # the workspace never measured the device: by default the answer fits by its point
+    # estimate and says so; an explicit confidence is refused with how to calibrate
+    res = client.post("/query", json={"device": DEVICE, "latency_ms": high})
+    assert res.status_code == 200, res.text
+    body = res.json()
+    assert body["confidence"] is None and body["latency_upper_ms"] is None
+    assert body["latency_scale"] == 1.0
+    assert any(f"fit-predictors --device {DEVICE}" in w for w in body["warnings"])
+    asked = client.post("/query", json={"device": DEVICE, "latency_ms": high,
+                                        "confidence": 0.9})
+    assert asked.status_code == 422 and "no calibration data" in asked.json()["detail"]
+    for bad in (0, 1, 1.5, -0.1, "x"):
+        res = client.post("/query", json={"device": DEVICE, "latency_ms": high,
+                                          "confidence": bad})
+        assert res.status_code == 422, bad
+    info = client.get(f"/devices/{DEVICE}").json()
+    assert info["calibrated"] is False and info["latency_scale"] == 1.0
+
+
 def _wait_done(client: TestClient, export_id: str, timeout: float = 60) -> dict[str, object]:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -1,0 +1,135 @@
+"""The drift check: reference subnets of a table, re-timed here, and the speed ratio."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from table_helpers import write_synthetic_table
+from test_cli import cli
+
+from ofa_search.arch import Arch
+from ofa_search.errors import FileFormatError
+from ofa_search.profiling.builder import sample_archs
+from ofa_search.profiling.drift import (
+    NotMeasurableError,
+    check_drift,
+    load_scale,
+    references,
+    save_scale,
+    scale_path,
+)
+from ofa_search.profiling.lut import REPO_TABLE_DIR, LatencyTable, find_table
+from ofa_search.workspace import Workspace
+
+SPACE = "mbv3_small28"
+
+
+def table_with_references(ws: Workspace, times: list[float]) -> LatencyTable:
+    table = write_synthetic_table(ws, "drift-dev", SPACE, ["fp32"])
+    archs = sample_archs(SPACE, len(times), 7, 1.0, table.resolutions)
+    table.meta["reference"] = {"archs": [a.to_string() for a in archs],
+                               "measured_ms": times, "created": "now"}
+    table.save(ws.hw_profiles_dir / "drift-dev.json")
+    return table
+
+
+def test_injected_drift_of_20_percent_is_detected_and_named(tmp_path: Path) -> None:
+    table = table_with_references(Workspace(tmp_path), [0.2, 0.3, 0.4, 0.5])
+    refs = references(table)
+
+    def slower(archs):  # this host now runs every reference 20 % slower
+        return [1.2 * refs.measured_ms[refs.archs.index(a)] for a in archs]
+
+    report = check_drift(table, measure=slower)
+    assert report.ratio == pytest.approx(1.2) and report.drifted
+    assert "drifted" in report.summary() and "1.200x" in report.summary()
+    assert "--rescale" in report.summary()
+    steady = check_drift(table, measure=lambda archs: [1.05 * m for m in refs.measured_ms])
+    assert not steady.drifted and "within ±10%" in steady.summary()
+
+
+def test_real_timing_finds_a_table_that_claims_twice_the_speed(tmp_path: Path) -> None:
+    ws = Workspace(tmp_path)
+    table = table_with_references(ws, [1.0, 1.0, 1.0])
+    now = check_drift(table, rounds=3)  # the references' real times on this host
+    assert all(m > 0 for m in now.measured_ms) and now.rounds == 3
+    table.meta["reference"]["measured_ms"] = [m / 2 for m in now.measured_ms]
+    report = check_drift(table, rounds=3)
+    assert report.drifted and 1.4 < report.ratio < 3.0, report.to_dict()
+    assert report.low <= report.ratio <= report.high
+
+
+def test_older_tables_use_their_overhead_subnets() -> None:
+    table = LatencyTable.load(REPO_TABLE_DIR / "cpu-ort-1t.json")
+    assert "reference" not in table.meta
+    refs = references(table)
+    gaps = table.meta["overhead"]["gaps_ms"]
+    assert refs.source == "overhead" and len(refs.archs) == len(gaps)
+    # the times are the overhead fit's measurements: gap plus the unit sum
+    assert refs.measured_ms[0] == pytest.approx(gaps[0] + table.unit_sum(refs.archs[0]))
+
+
+def test_tables_that_cannot_be_checked(tmp_path: Path) -> None:
+    with pytest.raises(NotMeasurableError, match="imported table"):
+        references(find_table("note10-tflite"))
+    table = write_synthetic_table(Workspace(tmp_path), "bare", SPACE, ["fp32"])
+    with pytest.raises(NotMeasurableError, match="--overhead-archs 10"):
+        references(table)
+
+
+def test_scale_file_is_checked(tmp_path: Path) -> None:
+    ws = Workspace(tmp_path)
+    table = table_with_references(ws, [0.2, 0.3, 0.4])
+    assert load_scale(ws, table) is None
+    refs = references(table)
+    report = check_drift(table, measure=lambda archs: [1.3 * m for m in refs.measured_ms])
+    save_scale(ws, table, report)
+    assert load_scale(ws, table).scale == pytest.approx(1.3)
+    path = scale_path(ws, "drift-dev")
+    data = json.loads(path.read_text())
+    for bad, message in ((-1, "positive"), ("1.2", "positive"), (True, "positive")):
+        path.write_text(json.dumps({**data, "scale": bad}))
+        with pytest.raises(FileFormatError, match=message):
+            load_scale(ws, table)
+    path.write_text(json.dumps({**data, "fingerprint": "other"}))
+    with pytest.raises(FileFormatError, match="another table"):
+        load_scale(ws, table)
+
+
+def test_check_device_cli(tmp_path: Path) -> None:
+    ws = Workspace(tmp_path)
+    out = cli("check-device", "-w", str(ws.root), "-d", "cpu-ort-1t", "--rounds", "2",
+              "--rescale", "--json")
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    assert result["rescaled"] and result["n_subnets"] == 10 and result["ratio"] > 0
+    assert result["references"] == "overhead"
+    stored = json.loads(scale_path(ws, "cpu-ort-1t").read_text())
+    assert stored["scale"] == result["ratio"]
+    cleared = cli("check-device", "-w", str(ws.root), "-d", "cpu-ort-1t", "--clear")
+    assert cleared.returncode == 0 and "removed" in cleared.stdout
+    assert not scale_path(ws, "cpu-ort-1t").exists()
+    for args, message in ((("-d", "note10-tflite"), "imported table"),
+                          (("-d", "cpu-ort-1t", "--rescale", "--clear"), "not both"),
+                          (("-d", "no-such"), "no latency table")):
+        bad = cli("check-device", "-w", str(ws.root), *args)
+        assert bad.returncode == 2 and message in bad.stderr, bad.stderr
+        assert len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_profiling_records_reference_subnets(tmp_path: Path) -> None:
+    from ofa_search.profiling.builder import fit_overhead
+    from ofa_search.profiling.measure import FAST_TIMING
+
+    table = write_synthetic_table(Workspace(tmp_path), "ref-dev", SPACE, ["fp32"])
+    from ofa_search.profiling.backends import get_backend
+
+    profile = table.profile()
+    with get_backend(profile, timing=FAST_TIMING) as backend:
+        fit_overhead(table, backend, n=3, rounds=1)
+    refs = references(table)
+    assert refs.source == "reference" and len(refs.archs) == 3
+    assert all(isinstance(a, Arch) and m > 0 for a, m in zip(refs.archs, refs.measured_ms,
+                                                              strict=True))
