@@ -6,10 +6,12 @@ atomically after every batch; the archs are a seeded, prefix-stable sample, so a
 ``n`` measures only the missing ones. A cache measured under another device fingerprint
 is refused.
 
-A session that measures first times the table's reference subnets
-(:mod:`ofa_search.profiling.drift`) and records the host's speed ratio beside each arch it
-measures; predictors are fitted on measurements divided by that ratio, i.e. on the
-table's time base, so that the drift check's ratio is the one scale to apply later.
+Every batch of measurements is interleaved with a few of the table's reference subnets
+(:func:`ofa_search.profiling.drift.measure_with_references`), and the host's speed ratio of
+that batch is recorded beside each arch; predictors are fitted on measurements divided by
+it, i.e. on the table's time base, so that a burst of load during one batch does not
+enter the predictor or its calibration, and the drift check's ratio is the one scale to
+apply later.
 """
 
 from __future__ import annotations
@@ -25,7 +27,6 @@ from ofa_search.arch import Arch
 from ofa_search.atomic import atomic_write_json
 from ofa_search.errors import FileFormatError, OfaSearchError
 from ofa_search.profiling.lut import LatencyTable, precision_mode
-from ofa_search.profiling.timing import TimingStats
 from ofa_search.workspace import Workspace
 from predictors import metrics
 from predictors.accuracy_fit import heldout_split
@@ -76,15 +77,17 @@ def _read(path: Path, table: LatencyTable) -> tuple[dict[str, float], dict[str, 
 
 
 def collect_measurements(workspace: Workspace, table: LatencyTable, n: int, *,
-                         batch: int = 10, show_progress: bool = True,
+                         batch: int = 20, show_progress: bool = True,
                          log: Callable[[str], None] | None = None, time_base: bool = True
                          ) -> tuple[list[Arch], np.ndarray, int]:
     """``(archs, measured_ms, n_new)``: the first ``n`` sampled archs and their end-to-end
-    latencies, measuring only those the cache lacks; with ``time_base`` the latencies are
-    divided by the host's speed ratio of their session (the table's time base)."""
+    latencies, measuring only those the cache lacks, ``batch`` at a time beside the table's
+    reference subnets; with ``time_base`` the latencies are divided by the host's speed
+    ratio of their batch (the table's time base)."""
     from ofa_search.profiling.backends import get_backend
     from ofa_search.profiling.builder import sample_archs
-    from ofa_search.profiling.measure import FAST_TIMING, measure_archs
+    from ofa_search.profiling.drift import measure_with_references
+    from ofa_search.profiling.measure import FAST_TIMING
     from predictors.accuracy_data import progress_bar
 
     profile = table.profile()
@@ -108,43 +111,28 @@ def collect_measurements(workspace: Workspace, table: LatencyTable, n: int, *,
     if todo:
         with get_backend(profile, timing=FAST_TIMING) as backend, \
                 progress_bar(show_progress) as progress:
-            speed = _session_ratio(table, backend, log)
             task = progress.add_task(f"measuring on {table.device_id}", total=len(todo))
 
-            def done(arch: Arch, stats: TimingStats) -> None:
-                measured[arch.to_string()] = float(stats.median_ms)
-                ratio[arch.to_string()] = speed
-                progress.advance(task)
-                if len(measured) % batch == 0:
-                    save()
+            def done(chunk: list[tuple[Arch, float, float]]) -> None:
+                for arch, ms, speed in chunk:
+                    measured[arch.to_string()] = ms
+                    ratio[arch.to_string()] = speed
+                progress.advance(task, len(chunk))
+                save()
 
             try:
-                measure_archs(backend, todo, profile.batch_size, profile, chunk=batch,
-                              on_result=done)
+                measure_with_references(table, backend, todo, chunk=batch, on_chunk=done)
             finally:
                 save()
+        if log is not None:
+            speeds = [ratio[a.to_string()] for a in todo]
+            log(f"{table.device_id}: this host ran at {min(speeds):.3f}-{max(speeds):.3f}x "
+                "the table's speed (reference subnets timed with every chunk); measurements "
+                "are divided by it")
     ms = np.array([measured[a.to_string()] for a in archs])
     if time_base:
         ms = ms / np.array([ratio.get(a.to_string(), 1.0) for a in archs])
     return archs, ms, len(todo)
-
-
-def _session_ratio(table: LatencyTable, backend: Any, log: Callable[[str], None] | None
-                   ) -> float:
-    """The host's speed ratio against the table now (1.0 for a table without reference
-    subnets, which is said)."""
-    from ofa_search.profiling.drift import NotMeasurableError, check_drift
-
-    try:
-        report = check_drift(table, backend=backend)
-    except NotMeasurableError as exc:
-        if log is not None:
-            log(f"{table.device_id}: measurements kept as measured ({exc})")
-        return 1.0
-    if log is not None:
-        log(f"{table.device_id}: this session runs at {report.ratio:.3f}x the table's speed "
-            f"({report.low:.3f}-{report.high:.3f}); measurements are divided by it")
-    return report.ratio
 
 
 def fit_latency_predictor(workspace: Workspace, table: LatencyTable, n: int, *,

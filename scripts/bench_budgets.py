@@ -39,10 +39,15 @@ from ofa_search.arch import Arch
 from ofa_search.atomic import atomic_write_json
 from ofa_search.profiling.backends import get_backend
 from ofa_search.profiling.builder import sample_archs
-from ofa_search.profiling.drift import check_drift, references, save_scale, scale_path
+from ofa_search.profiling.drift import (
+    check_drift,
+    measure_with_references,
+    save_scale,
+    scale_path,
+)
 from ofa_search.profiling.host import host_info
 from ofa_search.profiling.lut import find_table, now_iso, precision_mode
-from ofa_search.profiling.measure import FAST_TIMING, measure_archs
+from ofa_search.profiling.measure import FAST_TIMING
 from ofa_search.search import QueryEngine
 from ofa_search.search.front import Front
 from ofa_search.units import count_macs
@@ -120,26 +125,18 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                                  *(a["point"]["arch"] for a in answers), *coverage]))
     order = np.random.default_rng(0).permutation(len(unique))  # answers and random mixed
     unique = [unique[i] for i in order]
-    refs = references(table)
-    ref_archs, ref_ms = refs.archs[:args.chunk_refs], np.array(refs.measured_ms[:args.chunk_refs])
     passes, ratios = [], []
     with get_backend(profile, timing=FAST_TIMING) as backend:
         for number in range(2):
-            measured: dict[Arch, float] = {}
-            ratio: dict[Arch, float] = {}
-            for start in range(0, len(unique), args.chunk):
-                group = unique[start:start + args.chunk]
-                items = [*group, *ref_archs]  # one interleaved drift check per chunk
-                stats = measure_archs(backend, items, profile.batch_size, profile,
-                                      rounds=args.rounds, chunk=len(items))
-                now = np.array([s.median_ms for s in stats[len(group):]])
-                chunk_ratio = float(np.median(now / ref_ms))
-                for arch, st in zip(group, stats, strict=False):
-                    measured[arch], ratio[arch] = st.median_ms, chunk_ratio
-                print(f"pass {number + 1}: {len(measured)}/{len(unique)} measured, host at "
-                      f"{chunk_ratio:.3f}x the table", flush=True)
-            passes.append(measured)
-            ratios.append(ratio)
+            def said(chunk: list[tuple[Arch, float, float]], number: int = number) -> None:
+                print(f"pass {number + 1}: {len(chunk)} measured, host at {chunk[0][2]:.3f}x "
+                      "the table", flush=True)
+
+            results = measure_with_references(table, backend, unique, chunk=args.chunk,
+                                              n_refs=args.chunk_refs, rounds=args.rounds,
+                                              on_chunk=said)
+            passes.append({a: ms for a, (ms, _) in zip(unique, results, strict=True)})
+            ratios.append({a: r for a, (_, r) in zip(unique, results, strict=True)})
     report = _report(args, table, drift, rescaled, answers, coverage, passes, ratios, ws)
     report.update(query_s=query_s, wall_s=time.perf_counter() - started)
     out = args.out or Path("results") / f"bench_budgets_{table.space}.json"

@@ -156,6 +156,44 @@ def _measure(table: LatencyTable, archs: Sequence[Arch], rounds: int, backend: A
     return [float(s.median_ms) for s in stats]
 
 
+CHUNK_REFERENCES = 5
+"""Reference subnets timed with every chunk of :func:`measure_with_references`."""
+
+
+def measure_with_references(table: LatencyTable, backend: Any, archs: Sequence[Arch], *,
+                            chunk: int = 20, n_refs: int = CHUNK_REFERENCES,
+                            rounds: int | None = None,
+                            on_chunk: Callable[[list[tuple[Arch, float, float]]], None]
+                            | None = None) -> list[tuple[float, float]]:
+    """``(median_ms, host_ratio)`` of each of ``archs``: measured chunk by chunk, each chunk
+    interleaved with ``n_refs`` of the table's reference subnets, whose ratio to the table
+    is that chunk's host speed (1.0 for a table without references). A burst of load
+    that slows a whole chunk slows its references too, so ``median_ms / host_ratio`` is on
+    the table's time base. ``on_chunk`` gets ``(arch, ms, ratio)`` after every chunk."""
+    from ofa_search.profiling.measure import MEASURE_ROUNDS, measure_archs
+
+    profile = table.profile()
+    assert profile is not None, "imported tables cannot be measured"
+    try:
+        refs = references(table)
+        ref_archs, ref_ms = list(refs.archs[:n_refs]), np.array(refs.measured_ms[:n_refs])
+    except NotMeasurableError:
+        ref_archs, ref_ms = [], np.zeros(0)
+    out: list[tuple[float, float]] = []
+    for start in range(0, len(archs), chunk):
+        group = list(archs[start:start + chunk])
+        items = [*group, *ref_archs]
+        stats = measure_archs(backend, items, profile.batch_size, profile,
+                              rounds=rounds or MEASURE_ROUNDS, chunk=len(items))
+        now = np.array([s.median_ms for s in stats[len(group):]])
+        ratio = float(np.median(now / ref_ms)) if ref_archs else 1.0
+        done = [(a, float(s.median_ms), ratio) for a, s in zip(group, stats, strict=False)]
+        out.extend((ms, r) for _, ms, r in done)
+        if on_chunk is not None:
+            on_chunk(done)
+    return out
+
+
 # -- stored scales --------------------------------------------------------------------------
 @dataclass(frozen=True)
 class LatencyScale:

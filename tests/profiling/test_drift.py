@@ -133,3 +133,26 @@ def test_profiling_records_reference_subnets(tmp_path: Path) -> None:
     assert refs.source == "reference" and len(refs.archs) == 3
     assert all(isinstance(a, Arch) and m > 0 for a, m in zip(refs.archs, refs.measured_ms,
                                                               strict=True))
+
+
+def test_measurements_come_with_their_chunk_speed(tmp_path: Path) -> None:
+    from ofa_search.profiling.backends import get_backend
+    from ofa_search.profiling.drift import measure_with_references
+    from ofa_search.profiling.measure import FAST_TIMING
+
+    ws = Workspace(tmp_path)
+    table = table_with_references(ws, [1.0, 1.0, 1.0])
+    now = check_drift(table, rounds=2)
+    # the table claims the references run 3x faster than here: every chunk says so
+    table.meta["reference"]["measured_ms"] = [m / 3 for m in now.measured_ms]
+    archs = sample_archs(SPACE, 5, 11, 1.0, table.resolutions)
+    chunks = []
+    with get_backend(table.profile(), timing=FAST_TIMING) as backend:
+        out = measure_with_references(table, backend, archs, chunk=3, n_refs=3, rounds=2,
+                                      on_chunk=chunks.append)
+    assert [len(c) for c in chunks] == [3, 2] and len(out) == 5
+    assert all(ms > 0 and 2.0 < ratio < 4.5 for ms, ratio in out), out
+    bare = write_synthetic_table(Workspace(tmp_path / "bare"), "bare", SPACE, ["fp32"])
+    with get_backend(bare.profile(), timing=FAST_TIMING) as backend:
+        plain = measure_with_references(bare, backend, archs[:2], rounds=1)
+    assert [ratio for _, ratio in plain] == [1.0, 1.0]
