@@ -1,7 +1,8 @@
 """Latency predictors built on a device latency table.
 
-* :class:`LutLatencyPredictor`: the table's own estimate, unit medians plus one overhead
-  (``fit`` refits the overhead as the median gap between measured and summed latency).
+* :class:`LutLatencyPredictor`: the table's own estimate, unit medians taken to their
+  in-network cost plus one overhead (``fit`` refits the overhead as the median gap between
+  measured and summed latency).
 * :class:`LearnedLatencyPredictor`: a bootstrap ensemble that learns the log-ratio
   ``log(measured / unit_sum)`` from features of the arch's units (table latencies by
   kind and kernel, MACs, parameters, tensor sizes, counts, resolution). The table is
@@ -105,7 +106,7 @@ class LutLatencyPredictor(Predictor):
         if len(archs) != y.size:
             raise ValueError(f"{len(archs)} archs but {y.size} targets")
         if y.size:
-            sums = np.array([self.table.unit_sum(a) for a in archs])
+            sums = np.array([self.table.network_sum(a) for a in archs])
             self.overhead_ms = float(np.median(y - sums))
         return self
 
@@ -113,8 +114,9 @@ class LutLatencyPredictor(Predictor):
         """Unit sum plus overhead, in ms (a low-precision mode's own overhead when the table
         has one, see :attr:`LatencyTable.overhead_by_mode`)."""
         by_mode = self.table.overhead_by_mode
-        return np.array([self.table.unit_sum(a) + by_mode.get(precision_mode(a), self.overhead_ms)
-                         for a in archs], dtype=float)
+        return np.array([self.table.network_sum(a)
+                         + by_mode.get(precision_mode(a), self.overhead_ms) for a in archs],
+                        dtype=float)
 
     def block_prices(self, resolutions: Sequence[int], width_mult: float, precision: str
                      ) -> tuple[np.ndarray, np.ndarray]:
@@ -127,7 +129,8 @@ class LutLatencyPredictor(Predictor):
         over its active blocks. Units the table lacks are ``inf``. Computed once per
         arguments and overhead (a search asks again for every run); treat as read-only.
         """
-        key = (tuple(resolutions), float(width_mult), precision, self.overhead_ms)
+        key = (tuple(resolutions), float(width_mult), precision, self.overhead_ms,
+               self.table.unit_scale, self.table.per_unit_ms)
         if key not in self._prices:
             self._prices[key] = self._block_prices(resolutions, width_mult, precision)
         return self._prices[key]
@@ -153,8 +156,10 @@ class LutLatencyPredictor(Predictor):
                             prices.append(np.inf)
                     overhead = self.table.overhead_by_mode.get(precision_mode(probe),
                                                                self.overhead_ms)
-                    base[ri] = prices[0] + prices[1] + prices[-1] + overhead
-                    block[ri, :, :, ki, ei] = np.reshape(prices[2:-1], (n, m))
+                    scale, per_unit = self.table.unit_scale, self.table.per_unit_ms
+                    base[ri] = (scale * (prices[0] + prices[1] + prices[-1]) + 3 * per_unit
+                                + overhead)
+                    block[ri, :, :, ki, ei] = scale * np.reshape(prices[2:-1], (n, m)) + per_unit
         return base, block
 
     def state(self) -> dict[str, Any]:

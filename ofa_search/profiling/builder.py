@@ -39,7 +39,7 @@ from ofa_search.profiling.measure import (
 )
 from ofa_search.profiling.timing import TimingConfig, TimingStats
 from ofa_search.space import SearchSpace, get_space
-from ofa_search.units import HeadUnit, MBConvUnit, StemUnit, Unit, conv_out_size
+from ofa_search.units import HeadUnit, MBConvUnit, StemUnit, Unit, arch_units, conv_out_size
 
 OVERHEAD_SEED = 1_000_003
 """Seed of the subnets that fit ``overhead_ms`` (validation uses another one)."""
@@ -237,10 +237,37 @@ def build_table(space: str | SearchSpace, profile: DeviceProfile,
                 close()
 
 
+UNIT_SCALE_RANGE = (0.5, 2.0)
+"""A fitted ``unit_scale`` outside this range is refused (the plain sum is kept)."""
+
+
+def fit_network_model(table: LatencyTable, archs: Sequence[Arch], measured_ms: Sequence[float]
+                      ) -> None:
+    """Fit ``table.unit_scale`` and ``table.per_unit_ms`` by least squares of the measured
+    latencies of ``archs`` on their unit sums and unit counts (with an intercept, which
+    :func:`fit_overhead` then sets as the overhead). Units timed alone each pay the
+    runtime's per-call cost and their own layout conversions, and run with their tensors
+    hot in cache; inside a network neither holds, by an amount that grows with the number
+    and the size of the units, which one constant overhead cannot follow. A degenerate fit
+    (fewer than 4 subnets, one unit count, a scale outside :data:`UNIT_SCALE_RANGE`)
+    keeps the plain sum."""
+    sums = np.array([table.unit_sum(a) for a in archs])
+    counts = np.array([len(arch_units(a)) for a in archs], dtype=float)
+    table.unit_scale, table.per_unit_ms = 1.0, 0.0
+    if len(archs) < 4 or np.ptp(counts) == 0:
+        return
+    design = np.c_[sums, counts, np.ones_like(sums)]
+    (scale, per_unit, _), *_ = np.linalg.lstsq(design, np.asarray(measured_ms, dtype=float),
+                                               rcond=None)
+    if UNIT_SCALE_RANGE[0] <= scale <= UNIT_SCALE_RANGE[1] and np.isfinite(per_unit):
+        table.unit_scale, table.per_unit_ms = float(scale), float(per_unit)
+
+
 def fit_overhead(table: LatencyTable, backend: Measurer, n: int = 10,
                  seed: int = OVERHEAD_SEED, batch_size: int = 1, *,
                  rounds: int = MEASURE_ROUNDS) -> float:
-    """Set ``table.overhead_ms`` to the median of (measured − unit sum) over ``n`` seeded
+    """Fit the in-network model of the units (:func:`fit_network_model`) and set
+    ``table.overhead_ms`` to the median of (measured − network sum) over ``n`` seeded
     random fp32 subnets (measured in ``rounds`` interleaved rounds), and likewise
     ``table.overhead_by_mode`` for each low-precision mode the table prices (archs whose
     stages are fp32 or that precision, measured as export emits them); the samples are kept
@@ -255,7 +282,11 @@ def fit_overhead(table: LatencyTable, backend: Measurer, n: int = 10,
                                          table.resolutions, precisions)
                  if mode == "fp32" or mode in a.precisions][:n]
         measured = measure_archs(backend, archs, batch_size, profile, rounds=rounds)
-        gaps = [stats.median_ms - table.unit_sum(arch)
+        if mode == "fp32":
+            fit_network_model(table, archs, [s.median_ms for s in measured])
+            meta["network_model"] = {"unit_scale": table.unit_scale,
+                                     "per_unit_ms": table.per_unit_ms}
+        gaps = [stats.median_ms - table.network_sum(arch)
                 for arch, stats in zip(archs, measured, strict=True)]
         if mode == "fp32":
             table.overhead_ms = float(np.median(gaps))

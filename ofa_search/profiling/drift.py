@@ -25,7 +25,7 @@ import numpy as np
 from ofa_search.arch import Arch
 from ofa_search.atomic import atomic_write_json
 from ofa_search.errors import FileFormatError, OfaSearchError
-from ofa_search.profiling.builder import sample_archs
+from ofa_search.profiling.builder import fit_network_model, sample_archs
 from ofa_search.profiling.lut import LatencyTable, now_iso
 from ofa_search.workspace import Workspace
 
@@ -72,12 +72,23 @@ def references(table: LatencyTable) -> References:
         gaps = [float(g) for g in overhead["gaps_ms"]]
         archs = tuple(sample_archs(table.space, len(gaps), int(overhead["seed"]),
                                    table.width_mult, table.resolutions))
-        times = tuple(g + table.unit_sum(a) for g, a in zip(gaps, archs, strict=True))
+        times = tuple(g + table.network_sum(a) for g, a in zip(gaps, archs, strict=True))
         return References(archs, times, "overhead")
     raise NotMeasurableError(
         f"table {table.device_id!r} has no reference subnets (it was profiled with "
         f"--overhead-archs 0); profile it again with `ofa-search profile --device "
         f"{table.device_id} --overhead-archs 10`")
+
+
+def refit_network_model(table: LatencyTable) -> None:
+    """Fit the table's in-network model and fp32 overhead again from its reference
+    subnets' recorded times (nothing is measured): how a table profiled before the model
+    existed gets it (:func:`~ofa_search.profiling.builder.fit_network_model`)."""
+    refs = references(table)
+    fit_network_model(table, refs.archs, refs.measured_ms)
+    table.overhead_ms = float(np.median([m - table.network_sum(a)
+                                         for a, m in zip(refs.archs, refs.measured_ms,
+                                                         strict=True)]))
 
 
 @dataclass(frozen=True)

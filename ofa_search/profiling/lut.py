@@ -1,8 +1,9 @@
 """Device latency tables: per-unit latencies of one search space on one device.
 
 A :class:`LatencyTable` prices an :class:`~ofa_search.arch.Arch` as the sum of the medians
-of its units (:func:`ofa_search.units.arch_units`, matched by :attr:`key`) plus a constant
-``overhead_ms`` fitted end to end. Tables are self-describing, versioned JSON: the device
+of its units (:func:`ofa_search.units.arch_units`, matched by :attr:`key`), taken to their
+in-network cost (:meth:`LatencyTable.network_sum`), plus a constant ``overhead_ms``; both
+fitted end to end. Tables are self-describing, versioned JSON: the device
 profile and its fingerprint, the host, the library versions, the date, the space, width
 and resolutions covered, and for every unit the median, spread and count of its samples.
 
@@ -63,6 +64,13 @@ class LatencyTable:
             int8 stages, ``binary``: some binary stages; see :func:`precision_mode`),
             which run as other artefacts (a QDQ model, a binary package) with their own
             graph-level costs; modes not listed use ``overhead_ms``.
+        unit_scale, per_unit_ms: how units timed alone add up inside a network (see
+            :meth:`network_sum`): a subnet costs ``unit_scale`` times the sum of its units
+            plus ``per_unit_ms`` per unit (negative: the per-call cost and the layout
+            conversions that every unit timed alone pays once and a network does not),
+            fitted end to end with ``overhead_ms`` on the reference subnets
+            (:func:`~ofa_search.profiling.builder.fit_overhead`); 1 and 0 in tables that
+            predate them, whose prediction is the plain sum.
         entries: unit key → ``{"median_ms", "iqr_ms", "count", ...}``; an optional
             ``by_resolution`` (``{"192": ms}``) overrides ``median_ms`` for subnets at that
             input resolution (imported tables priced one key per resolution).
@@ -82,6 +90,8 @@ class LatencyTable:
     fingerprint: str | None = None
     overhead_ms: float = 0.0
     overhead_by_mode: dict[str, float] = field(default_factory=dict)
+    unit_scale: float = 1.0
+    per_unit_ms: float = 0.0
     entries: dict[str, dict[str, Any]] = field(default_factory=dict)
     host: dict[str, Any] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=dict)
@@ -117,13 +127,21 @@ class LatencyTable:
         self._check_arch(arch)
         return sum(self.unit_price(unit, arch.resolution) for unit in arch_units(arch))
 
+    def network_sum(self, arch: Arch) -> float:
+        """``unit_scale · unit_sum + per_unit_ms · units``: the units' cost inside a
+        network (no overhead)."""
+        total = self.unit_sum(arch)
+        if self.unit_scale == 1.0 and self.per_unit_ms == 0.0:
+            return total
+        return self.unit_scale * total + self.per_unit_ms * len(arch_units(arch))
+
     def predict(self, arch: Arch) -> float:
         """Predicted latency of ``arch`` in ms: unit medians plus ``overhead_ms``.
 
         Raises :class:`LutMissError` naming the first missing unit key, or the space,
         width or resolution the table does not cover.
         """
-        return self.unit_sum(arch) + self.overhead_for(arch)
+        return self.network_sum(arch) + self.overhead_for(arch)
 
     def overhead_for(self, arch: Arch) -> float:
         """The constant added to ``arch``'s unit sum (by its :func:`precision_mode`)."""
@@ -174,6 +192,9 @@ class LatencyTable:
             "complete": self.complete,
             "overhead_ms": self.overhead_ms,
             "overhead_by_mode": dict(self.overhead_by_mode),
+            # written only when fitted, so that older tables keep their bytes and identity
+            **({"unit_scale": self.unit_scale, "per_unit_ms": self.per_unit_ms}
+               if (self.unit_scale, self.per_unit_ms) != (1.0, 0.0) else {}),
             "meta": self.meta,
             "entries": {key: self.entries[key] for key in sorted(self.entries)},
         }
@@ -206,6 +227,8 @@ class LatencyTable:
                 fingerprint=data.get("fingerprint"), overhead_ms=float(data["overhead_ms"]),
                 overhead_by_mode={str(k): float(v) for k, v in
                                   (data.get("overhead_by_mode") or {}).items()},
+                unit_scale=_positive(data.get("unit_scale", 1.0), "unit_scale"),
+                per_unit_ms=_finite(data.get("per_unit_ms", 0.0), "per_unit_ms"),
                 entries={str(k): dict(v) for k, v in entries.items()},
                 host=dict(data.get("host") or {}), versions=dict(data.get("versions") or {}),
                 created=str(data.get("created", "")), complete=bool(data.get("complete", True)),
@@ -242,6 +265,18 @@ def precision_mode(arch: Arch) -> str:
     if "binary" in arch.precisions:
         return "binary"
     return "int8" if "int8" in arch.precisions else "fp32"
+
+
+def _finite(value: Any, name: str) -> float:
+    if not _is_number(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    return float(value)
+
+
+def _positive(value: Any, name: str) -> float:
+    if _finite(value, name) <= 0:
+        raise ValueError(f"{name} must be positive, got {value!r}")
+    return float(value)
 
 
 def _is_number(value: Any) -> bool:

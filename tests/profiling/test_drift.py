@@ -156,3 +156,31 @@ def test_measurements_come_with_their_chunk_speed(tmp_path: Path) -> None:
     with get_backend(bare.profile(), timing=FAST_TIMING) as backend:
         plain = measure_with_references(bare, backend, archs[:2], rounds=1)
     assert [ratio for _, ratio in plain] == [1.0, 1.0]
+
+
+def test_network_model_is_fitted_from_the_references(tmp_path: Path) -> None:
+    from ofa_search.profiling.builder import fit_network_model
+    from ofa_search.profiling.drift import refit_network_model
+    from ofa_search.units import arch_units
+
+    ws = Workspace(tmp_path)
+    table = write_synthetic_table(ws, "net-dev", SPACE, ["fp32"])
+    archs = sample_archs(SPACE, 12, 5, 1.0, table.resolutions)
+    # in a network: 0.9 x the units' sum, 3 µs less per unit, 0.02 ms more in all
+    truth = [0.9 * table.unit_sum(a) - 0.003 * len(arch_units(a)) + 0.02 for a in archs]
+    table.meta["reference"] = {"archs": [a.to_string() for a in archs],
+                               "measured_ms": truth, "created": "now"}
+    refit_network_model(table)
+    assert table.unit_scale == pytest.approx(0.9) and table.per_unit_ms == pytest.approx(-0.003)
+    assert table.overhead_ms == pytest.approx(0.02)
+    assert [table.predict(a) for a in archs] == pytest.approx(truth)
+    saved = table.save(tmp_path / "t.json")
+    again = LatencyTable.load(saved)
+    assert (again.unit_scale, again.per_unit_ms) == (table.unit_scale, table.per_unit_ms)
+    # degenerate data keeps the plain sum; a file with a bad scale is refused
+    fit_network_model(table, archs[:3], truth[:3])
+    assert (table.unit_scale, table.per_unit_ms) == (1.0, 0.0)
+    data = json.loads(saved.read_text())
+    saved.write_text(json.dumps({**data, "unit_scale": -1}))
+    with pytest.raises(FileFormatError, match="unit_scale must be positive"):
+        LatencyTable.load(saved)

@@ -35,6 +35,21 @@ def test_table_prices_equal_the_predictor(device: str) -> None:
                                rtol=1e-12, atol=0)
 
 
+@pytest.mark.parametrize("device", ["cpu-ort-1t", "cpu-ort-1t-ofa"])
+def test_table_prices_follow_the_network_model(device: str) -> None:
+    codec, latency = _codec(device)
+    latency.table.unit_scale, latency.table.per_unit_ms = 1.15, -0.004  # type: ignore[attr-defined]
+    rng = np.random.default_rng(2)
+    prices = TablePrices.of(codec, latency, rng)
+    assert prices is not None
+    genomes = codec.sample(rng, 300)
+    archs = codec.to_archs(genomes)
+    table = latency.table  # type: ignore[attr-defined]
+    expected = [table.predict(a) for a in archs]
+    np.testing.assert_allclose(prices.latency(genomes), expected, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(latency.predict(archs), expected, rtol=1e-12, atol=0)  # type: ignore[attr-defined]
+
+
 def test_decoded_archs_are_valid_and_round_trip() -> None:
     codec, _ = _codec("cpu-ort-1t-ofa")
     rng = np.random.default_rng(1)

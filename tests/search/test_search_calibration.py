@@ -68,7 +68,7 @@ def test_confidence_outside_the_open_interval_is_refused(bad) -> None:
 
 def test_interval_model_names_what_is_missing() -> None:
     model = IntervalModel("dev", "learned", "x", "test", {"fp32": (0.1,) * 5})
-    with pytest.raises(CalibrationError, match="needs at least 9.*fit-predictors --device dev"):
+    with pytest.raises(CalibrationError, match=r"needs at least 9.*fit-predictors --device dev"):
         model.factor("fp32", 0.9)
     assert model.factor("fp32", 0.5) == pytest.approx(math.exp(0.1))
     with pytest.raises(CalibrationError, match="no calibration data for int8 subnets"):
@@ -121,7 +121,7 @@ def test_infeasible_budget_reports_the_bound(ws: Workspace) -> None:
     eng = engine(ws)
     low = eng.min_latency_ms(DEVICE)
     assert eng.query(DEVICE, low * 2.01).latency_upper_ms <= low * 2.01
-    with pytest.raises(InfeasibleBudgetError, match="bounded at confidence 0.9") as info:
+    with pytest.raises(InfeasibleBudgetError, match=r"bounded at confidence 0.9") as info:
         eng.query(DEVICE, low * 1.5)
     assert info.value.min_latency_ms == pytest.approx(2 * low)
 
@@ -135,7 +135,7 @@ def test_explicit_confidence_needs_calibration(ws: Workspace, tmp_path) -> None:
     answer = eng.query(DEVICE, budget)  # default: the point estimate, and it says so
     assert answer.confidence is None and answer.latency_upper_ms is None
     assert "fit-predictors --device cpu-ort-1t" in answer.warnings[0]
-    with pytest.raises(CalibrationError, match="no calibration data.*fit-predictors"):
+    with pytest.raises(CalibrationError, match=r"no calibration data.*fit-predictors"):
         eng.query(DEVICE, budget, confidence=0.9)
     with pytest.raises(CalibrationError, match="strictly between"):
         eng.query(DEVICE, budget, confidence=1.0)
@@ -148,7 +148,7 @@ def test_too_few_scores_for_the_confidence(ws: Workspace) -> None:
     calibrate_lut(ws, [0.1] * 10)
     eng = engine(ws)
     budget = eng.front(DEVICE).latencies[-1]
-    with pytest.raises(CalibrationError, match="cannot bound latency at confidence 0.95"):
+    with pytest.raises(CalibrationError, match=r"cannot bound latency at confidence 0.95"):
         eng.query(DEVICE, budget, confidence=0.95)
     assert eng.query(DEVICE, budget, confidence=0.9).confidence == 0.9
 
