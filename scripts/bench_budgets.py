@@ -193,7 +193,9 @@ def _report(args: argparse.Namespace, table: Any, drift: Any, rescaled: bool,
     query_scale = drift.ratio if rescaled else 1.0
     out: dict[str, Any] = {
         "benchmark": "bench_budgets", "created": now_iso(), "host": host_info(),
-        "command": "python scripts/bench_budgets.py " + " ".join(sys.argv[1:]),
+        # the workspace by its folder name (no machine path in the record)
+        "command": "python scripts/bench_budgets.py " + " ".join(
+            args.workspace.name if a == str(args.workspace) else a for a in sys.argv[1:]),
         "device": table.device_id, "space": table.space, "confidence": args.confidence,
         "accuracy": "macs-proxy" if args.proxy_accuracy else "workspace predictor",
         "drift": drift.to_dict(), "rescaled": rescaled, "n_answers": len(answers),

@@ -35,7 +35,10 @@ def test_query_json_fields(ws) -> None:
               "--latency-ms", "0.3", "--json")
     assert out.returncode == 0, out.stderr
     data = json.loads(out.stdout)
-    assert FIELDS <= set(data) <= FIELDS | {"latency_predictor", "found_in_s"}
+    assert FIELDS <= set(data) <= FIELDS | {"latency_predictor", "found_in_s",
+                                            "latency_upper_ms", "confidence", "latency_scale",
+                                            "warnings"}
+    assert data["confidence"] is None and data["warnings"]  # this workspace is uncalibrated
     assert data["source"] == "front" and data["device"] == "cpu-ort-1t"
     assert data["precision"] == "fp32" and data["space"] == "mbv3_small28"
     assert data["predicted_latency_ms"] <= 0.3
