@@ -181,7 +181,7 @@ def measure_with_references(table: LatencyTable, backend: Any, archs: Sequence[A
     is that chunk's host speed (1.0 for a table without references). A burst of load
     that slows a whole chunk slows its references too, so ``median_ms / host_ratio`` is on
     the table's time base. ``on_chunk`` gets ``(arch, ms, ratio)`` after every chunk."""
-    from ofa_search.profiling.measure import MEASURE_ROUNDS, measure_archs
+    from ofa_search.profiling.measure import MEASURE_ROUNDS, default_chunk, measure_archs
 
     profile = table.profile()
     assert profile is not None, "imported tables cannot be measured"
@@ -194,8 +194,10 @@ def measure_with_references(table: LatencyTable, backend: Any, archs: Sequence[A
     for start in range(0, len(archs), chunk):
         group = list(archs[start:start + chunk])
         items = [*group, *ref_archs]
+        # all prepared at once where the backend allows (an RPC device holds one model)
         stats = measure_archs(backend, items, profile.batch_size, profile,
-                              rounds=rounds or MEASURE_ROUNDS, chunk=len(items))
+                              rounds=rounds or MEASURE_ROUNDS,
+                              chunk=min(len(items), default_chunk(backend)))
         now = np.array([s.median_ms for s in stats[len(group):]])
         ratio = float(np.median(now / ref_ms)) if ref_archs else 1.0
         done = [(a, float(s.median_ms), ratio) for a, s in zip(group, stats, strict=False)]
