@@ -7,6 +7,8 @@ One object names every path, so the CLI, the service, the search and the demo ag
     W/predictors/accuracy.json          fitted accuracy predictor
     W/predictors/<device>-latency.json  fitted learned latency predictor of a device
     W/predictors/<device>-latency-measurements.json   its end-to-end measurements (resumable)
+    W/predictors/<device>-latency-calibration.json    conformal scores of its latency bounds
+    W/predictors/<device>-latency-scale.json          a stored speed ratio (check-device)
     W/predictors/quality.json           held-out quality of the fitted predictors
     W/hw_profiles/<device>.json         tables profiled by the user
     W/studies.log                       Optuna journal storage (searches, fronts' studies)
