@@ -30,7 +30,6 @@ File ``W/predictors/<device>-latency-calibration.json``::
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -42,6 +41,7 @@ import numpy as np
 from ofa_search.atomic import atomic_write_json
 from ofa_search.errors import FileFormatError, OfaSearchError
 from ofa_search.profiling.lut import LatencyTable, now_iso
+from ofa_search.versioning import read_format_json
 from ofa_search.workspace import Workspace
 
 CALIBRATION_FORMAT = "ofa-search-latency-calibration"
@@ -170,15 +170,8 @@ def load_interval_model(workspace: Workspace, table: LatencyTable, predictor: st
     path = calibration_path(workspace, table.device_id)
     if not path.is_file():
         return None
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise FileFormatError(f"{path.name}: cannot read latency calibration: {exc}") from exc
-    if not isinstance(data, dict) or data.get("format") != CALIBRATION_FORMAT:
-        raise FileFormatError(f"{path.name} is not a latency-calibration file")
-    if data.get("format_version") != CALIBRATION_VERSION:
-        raise FileFormatError(f"{path.name}: unknown format_version "
-                              f"{data.get('format_version')!r}")
+    data = read_format_json(path, fmt=CALIBRATION_FORMAT, version=CALIBRATION_VERSION,
+                            what="latency calibration")
     if data.get("fingerprint") != table.fingerprint:
         return None
     entry = (data.get("predictors") or {}).get(predictor)

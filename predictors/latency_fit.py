@@ -78,12 +78,12 @@ def _read(path: Path, table: LatencyTable) -> tuple[dict[str, float], dict[str, 
 
 def collect_measurements(workspace: Workspace, table: LatencyTable, n: int, *,
                          batch: int = 20, show_progress: bool = True,
-                         log: Callable[[str], None] | None = None, time_base: bool = True
+                         log: Callable[[str], None] | None = None
                          ) -> tuple[list[Arch], np.ndarray, int]:
     """``(archs, measured_ms, n_new)``: the first ``n`` sampled archs and their end-to-end
     latencies, measuring only those the cache lacks, ``batch`` at a time beside the table's
-    reference subnets; with ``time_base`` the latencies are divided by the host's speed
-    ratio of their batch (the table's time base)."""
+    reference subnets, divided by the host's speed ratio of their batch (the table's time
+    base)."""
     from ofa_search.profiling.backends import get_backend
     from ofa_search.profiling.builder import sample_archs
     from ofa_search.profiling.drift import measure_with_references
@@ -129,9 +129,7 @@ def collect_measurements(workspace: Workspace, table: LatencyTable, n: int, *,
             log(f"{table.device_id}: this host ran at {min(speeds):.3f}-{max(speeds):.3f}x "
                 "the table's speed (reference subnets timed with every chunk); measurements "
                 "are divided by it")
-    ms = np.array([measured[a.to_string()] for a in archs])
-    if time_base:
-        ms = ms / np.array([ratio.get(a.to_string(), 1.0) for a in archs])
+    ms = np.array([measured[a.to_string()] / ratio.get(a.to_string(), 1.0) for a in archs])
     return archs, ms, len(todo)
 
 

@@ -14,7 +14,6 @@ the predictions of the device then apply (:func:`load_scale`); it lives in the w
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +26,7 @@ from ofa_search.atomic import atomic_write_json
 from ofa_search.errors import FileFormatError, OfaSearchError
 from ofa_search.profiling.builder import fit_network_model, sample_archs
 from ofa_search.profiling.lut import LatencyTable, now_iso
+from ofa_search.versioning import read_format_json
 from ofa_search.workspace import Workspace
 
 DRIFT_TOLERANCE = 0.10
@@ -217,10 +217,6 @@ class LatencyScale:
     checked: str
     fingerprint: str | None
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"scale": self.scale, "checked": self.checked}
-
-
 def scale_path(workspace: Workspace, device: str) -> Path:
     """``W/predictors/<device>-latency-scale.json``."""
     return workspace.latency_predictor(device).with_name(f"{device}-latency-scale.json")
@@ -249,15 +245,8 @@ def load_scale(workspace: Workspace, table: LatencyTable) -> LatencyScale | None
     path = scale_path(workspace, table.device_id)
     if not path.is_file():
         return None
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise FileFormatError(f"{path.name}: cannot read latency scale: {exc}") from exc
-    if not isinstance(data, dict) or data.get("format") != SCALE_FORMAT:
-        raise FileFormatError(f"{path.name} is not a latency-scale file")
-    if data.get("format_version") != SCALE_VERSION:
-        raise FileFormatError(f"{path.name}: unknown format_version "
-                              f"{data.get('format_version')!r}")
+    data = read_format_json(path, fmt=SCALE_FORMAT, version=SCALE_VERSION,
+                            what="latency-scale")
     scale = data.get("scale")
     if isinstance(scale, bool) or not isinstance(scale, int | float) or not (
             0 < float(scale) < 1e3) or not np.isfinite(scale):
