@@ -8,16 +8,20 @@ is refused.
 
 Every batch of measurements is interleaved with a few of the table's reference subnets
 (:func:`ofa_search.profiling.drift.measure_with_references`), and the host's speed ratio of
-that batch is recorded beside each arch; predictors are fitted on measurements divided by
+that batch is recorded beside each arch. Predictors are fitted on measurements divided by
 it, i.e. on the table's time base, so that a burst of load during one batch does not
-enter the predictor or its calibration, and the drift check's ratio is the one scale to
-apply later.
+enter the point estimate, and the drift check's ratio is the one scale to apply later.
+Their calibration scores are taken on measurements divided by the *median* ratio of all
+batches instead: an answer is used on a host whose speed wanders around the one drift
+check that scaled it, and the bound must cover that wander (wide on a noisy host, tight on
+a quiet one).
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -76,14 +80,23 @@ def _read(path: Path, table: LatencyTable) -> tuple[dict[str, float], dict[str, 
     return measured, ratio
 
 
+@dataclass(frozen=True)
+class Measurements:
+    """End-to-end latencies of ``archs`` on the table's time base: ``ms`` divided by the
+    host's speed ratio of each arch's own batch (for fitting), ``session_ms`` by the median
+    ratio of all batches (for calibration: it keeps the host's wander between batches)."""
+
+    archs: list[Arch]
+    ms: np.ndarray
+    session_ms: np.ndarray
+    n_new: int
+
+
 def collect_measurements(workspace: Workspace, table: LatencyTable, n: int, *,
                          batch: int = 20, show_progress: bool = True,
-                         log: Callable[[str], None] | None = None
-                         ) -> tuple[list[Arch], np.ndarray, int]:
-    """``(archs, measured_ms, n_new)``: the first ``n`` sampled archs and their end-to-end
-    latencies, measuring only those the cache lacks, ``batch`` at a time beside the table's
-    reference subnets, divided by the host's speed ratio of their batch (the table's time
-    base)."""
+                         log: Callable[[str], None] | None = None) -> Measurements:
+    """The first ``n`` sampled archs and their end-to-end latencies, measuring only those
+    the cache lacks, ``batch`` at a time beside the table's reference subnets."""
     from ofa_search.profiling.backends import get_backend
     from ofa_search.profiling.builder import sample_archs
     from ofa_search.profiling.drift import measure_with_references
@@ -125,12 +138,13 @@ def collect_measurements(workspace: Workspace, table: LatencyTable, n: int, *,
             finally:
                 save()
         if log is not None:
-            speeds = [ratio[a.to_string()] for a in todo]
-            log(f"{table.device_id}: this host ran at {min(speeds):.3f}-{max(speeds):.3f}x "
-                "the table's speed (reference subnets timed with every chunk); measurements "
-                "are divided by it")
-    ms = np.array([measured[a.to_string()] / ratio.get(a.to_string(), 1.0) for a in archs])
-    return archs, ms, len(todo)
+            seen = [ratio[a.to_string()] for a in todo]
+            log(f"{table.device_id}: this host ran at {min(seen):.3f}-{max(seen):.3f}x "
+                "the table's speed (reference subnets timed with every chunk); the predictor "
+                "is fitted on each chunk's speed, its bound on the median speed")
+    raw = np.array([measured[a.to_string()] for a in archs])
+    speeds = np.array([ratio.get(a.to_string(), 1.0) for a in archs])
+    return Measurements(archs, raw / speeds, raw / float(np.median(speeds)), len(todo))
 
 
 def fit_latency_predictor(workspace: Workspace, table: LatencyTable, n: int, *,
@@ -142,33 +156,34 @@ def fit_latency_predictor(workspace: Workspace, table: LatencyTable, n: int, *,
     it to ``workspace.latency_predictor`` and both predictors' calibration beside it."""
     if n < 5:
         raise ValueError(f"n_latency must be >= 5 (train and held-out parts), got {n}")
-    archs, ms, n_new = collect_measurements(workspace, table, n, show_progress=show_progress,
-                                            log=log)
+    data = collect_measurements(workspace, table, n, show_progress=show_progress, log=log)
+    archs, ms, scored = data.archs, data.ms, data.session_ms
     train, test = heldout_split(len(archs), holdout, seed)
     tr_a, te_a = [archs[i] for i in train], [archs[i] for i in test]
     learned = LearnedLatencyPredictor(table, "ridge", seed=seed).fit(tr_a, ms[train])
     lut = LutLatencyPredictor(table)
     report: dict[str, Any] = {
-        "n_measurements": len(archs), "n_measured_now": n_new, "n_train": len(train),
+        "n_measurements": len(archs), "n_measured_now": data.n_new, "n_train": len(train),
         "n_heldout": len(test),
         "learned": metrics.report(learned.predict(te_a), ms[test]),
         "lut": metrics.report(lut.predict(te_a), ms[test])}
     # the bounds' held-out coverage: calibrated on the train part only
     for name, model in (("learned", learned), ("lut", lut)):
-        intervals = calibrate(table, name, model, tr_a, ms[train], seed=seed)
-        report[name]["coverage"] = _coverage(intervals, model, te_a, ms[test])
+        intervals = calibrate(table, name, model, tr_a, ms[train], scored[train], seed=seed)
+        report[name]["coverage"] = _coverage(intervals, model, te_a, scored[test])
     final = LearnedLatencyPredictor(table, "ridge", seed=seed).fit(archs, ms)
     report["path"] = str(final.save(workspace.latency_predictor(table.device_id)))
-    models = [calibrate(table, "learned", final, archs, ms, seed=seed),
-              calibrate(table, "lut", lut, archs, ms, seed=seed)]
+    models = [calibrate(table, "learned", final, archs, ms, scored, seed=seed),
+              calibrate(table, "lut", lut, archs, ms, scored, seed=seed)]
     report["calibration_path"] = str(save_calibration(workspace, table, models))
     return report
 
 
 def calibrate(table: LatencyTable, name: str, model: Predictor, archs: list[Arch],
-              ms: np.ndarray, *, seed: int = 0) -> IntervalModel:
-    """The interval model of ``model`` (fitted on ``archs`` when it learns: its scores are
-    then out-of-fold) from measured latencies ``ms``."""
+              ms: np.ndarray, scored: np.ndarray | None = None, *, seed: int = 0
+              ) -> IntervalModel:
+    """The interval model of ``model`` (fitted on ``archs`` and ``ms`` when it learns: its
+    scores are then out-of-fold), scored against ``scored`` (default ``ms``)."""
     if isinstance(model, LearnedLatencyPredictor):
         learned = model
         predicted = out_of_fold_predictions(
@@ -179,7 +194,7 @@ def calibrate(table: LatencyTable, name: str, model: Predictor, archs: list[Arch
     else:
         predicted = model.predict(archs)
         method = "split-conformal, log-ratio scores"
-    scores = log_scores(predicted, ms)
+    scores = log_scores(predicted, ms if scored is None else scored)
     by_mode: dict[str, list[float]] = {}
     for arch, score in zip(archs, scores, strict=True):
         by_mode.setdefault(precision_mode(arch), []).append(float(score))

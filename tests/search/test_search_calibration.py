@@ -193,3 +193,35 @@ def test_cli_confidence_errors_and_bound(ws: Workspace, tmp_path) -> None:
     result = json.loads(out.stdout)
     assert result["confidence"] == 0.9
     assert result["upper_ms"] == pytest.approx(1.1 * result["predicted_ms"])
+
+
+def test_bound_is_scored_on_the_session_median_speed(ws: Workspace) -> None:
+    """The point predictor is fitted on each batch's speed; the bound is scored against the
+    median speed, so it covers the host's wander between batches."""
+    from ofa_search.atomic import atomic_write_json
+    from ofa_search.profiling.builder import sample_archs
+    from predictors import latency_fit
+
+    table = find_table(DEVICE, workspace=ws.root)
+    if table.profile() is None:
+        pytest.skip("the shipped table cannot be measured here")
+    lut = LutLatencyPredictor(table)
+    archs = sample_archs(table.space, 40, latency_fit.SAMPLE_SEED, table.width_mult,
+                         table.resolutions)
+    speeds = [0.9 if i % 2 else 1.1 for i in range(len(archs))]  # median 1.0
+    truth = lut.predict(archs)
+    names = [a.to_string() for a in archs]
+    atomic_write_json(latency_fit.measurements_path(ws, DEVICE), {
+        "format": latency_fit.MEASUREMENTS_FORMAT,
+        "format_version": latency_fit.MEASUREMENTS_VERSION, "device": DEVICE,
+        "fingerprint": table.fingerprint, "space": table.space,
+        "measured_ms": {n: float(t * s) for n, t, s in zip(names, truth, speeds, strict=True)},
+        "ratio": dict(zip(names, speeds, strict=True))})
+    data = latency_fit.collect_measurements(ws, table, len(archs), show_progress=False)
+    assert data.n_new == 0
+    np.testing.assert_allclose(data.ms, truth)
+    np.testing.assert_allclose(data.session_ms, truth * np.array(speeds))
+    steady = latency_fit.calibrate(table, "lut", lut, data.archs, data.ms)
+    wander = latency_fit.calibrate(table, "lut", lut, data.archs, data.ms, data.session_ms)
+    assert steady.factor("fp32", 0.9) == pytest.approx(1.0)
+    assert wander.factor("fp32", 0.9) == pytest.approx(1.1)
