@@ -179,3 +179,33 @@ def register(app: typer.Typer) -> None:
         if front:
             typer.echo(f"front: {summary['front']['points']} points, fastest "
                        f"{summary['front']['min_latency_ms']:.4f} ms")
+
+    @app.command("calibrate")
+    def calibrate_cmd(
+        workspace: WorkspaceOpt,
+        device: DeviceOpt,
+        n: Annotated[int, typer.Option(
+            "--n", min=1, help="front members to measure (0.9 needs 9, 0.95 needs 19)")] = 40,
+        precision: PrecisionOpt = None,
+        latency_kind: LatencyKindOpt = None,
+        as_json: JsonOpt = False,
+    ) -> None:
+        """Measure members of the device's front end to end and calibrate the bounds of
+        query answers on them (after `fit-predictors` and `search`)."""
+        from ofa_search.search.calibrate import calibrate_answers
+
+        _check_latency_kind(latency_kind)
+        result = calibrate_answers(workspace, device, precision, n=n,
+                                   latency_kind=latency_kind,
+                                   log=None if as_json else typer.echo)
+        if as_json:
+            _emit_json(result.to_dict())
+            return
+        low, mid, high = result.host_speed
+        typer.echo(f"{device}: {result.n_measured} of {result.n_front} front members measured "
+                   f"(host at {mid:.3f}x the table, {low:.3f}-{high:.3f} by chunk)")
+        for mode, factors in result.factors.items():
+            def pct(f: float | None) -> str:
+                return "n/a" if f is None else f"+{100 * (f - 1):.1f} %"
+            typer.echo(f"  {mode}: 0.9 bound over the point: {pct(factors['answers'])} for "
+                       f"answers (random archs: {pct(factors['random'])})")

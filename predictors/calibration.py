@@ -16,6 +16,14 @@ in cross-conformal prediction); the table's own predictor learns nothing, so its
 are plain residuals. Scores are kept per precision mode (a Mondrian split: an int8 model's
 errors are not an fp32 model's).
 
+A query's answer is not a random arch: it is the most accurate arch a search found under
+the budget, and a search favours archs whose latency the predictor underestimates (the
+winner's curse). Scores of random archs then cover random archs but not answers. So a
+predictor can also carry *answer scores*: end-to-end measurements of archs that a search
+selected (members of the device's Pareto front, :func:`ofa_search.search.calibrate`),
+which answers are exchangeable with. Queries use them where they exist, the random-arch
+scores otherwise; ``latency --confidence`` on a given arch uses the random-arch ones.
+
 The bound multiplies the point estimate by one factor per (predictor, mode, confidence),
 so it keeps the order of the point estimates: a front sorted by predicted latency is
 sorted by bound too, and a query by bound is a query by point under
@@ -25,14 +33,15 @@ File ``W/predictors/<device>-latency-calibration.json``::
 
     {"format": "ofa-search-latency-calibration", "format_version": 1, "device",
      "fingerprint", "created", "predictors": {"learned": {"identity", "method",
-     "scores": {"fp32": [...]}}, "lut": {...}}}
+     "scores": {"fp32": [...]}, "answer_method": "...", "answer_scores": {"fp32": [...]}},
+     "lut": {...}}}
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -93,11 +102,18 @@ class IntervalModel:
     identity: str
     method: str
     scores: dict[str, tuple[float, ...]]
+    answer_scores: dict[str, tuple[float, ...]] = field(default_factory=dict)
+    answer_method: str | None = None
 
-    def factor(self, mode: str, confidence: float) -> float:
-        """``exp(q)``: the bound is ``point · factor``. A :class:`CalibrationError` when
-        this mode was not measured or too few of its archs were."""
+    def factor(self, mode: str, confidence: float, *, answers: bool = False) -> float:
+        """``exp(q)``: the bound is ``point · factor``. ``answers=True`` scores an answer
+        of a search: by the answer scores of ``mode`` when there are enough of them for
+        ``confidence``, otherwise by the random-arch ones. A :class:`CalibrationError`
+        when this mode was not measured or too few of its archs were."""
         confidence = check_confidence(confidence)
+        selected = self.answer_scores.get(mode, ()) if answers else ()
+        if len(selected) >= min_scores(confidence):
+            return math.exp(conformal_quantile(selected, confidence))
         scores = self.scores.get(mode, ())
         if not scores:
             raise CalibrationError(
@@ -119,8 +135,12 @@ class IntervalModel:
         return float(np.mean(np.asarray(measured, dtype=float) <= bound))
 
     def to_dict(self) -> dict[str, Any]:
-        return {"identity": self.identity, "method": self.method,
-                "scores": {m: list(v) for m, v in self.scores.items()}}
+        out: dict[str, Any] = {"identity": self.identity, "method": self.method,
+                               "scores": {m: list(v) for m, v in self.scores.items()}}
+        if self.answer_scores:
+            out["answer_method"] = self.answer_method
+            out["answer_scores"] = {m: list(v) for m, v in self.answer_scores.items()}
+        return out
 
 
 def log_scores(predicted: Sequence[float] | np.ndarray, measured: Sequence[float] | np.ndarray
@@ -177,12 +197,39 @@ def load_interval_model(workspace: Workspace, table: LatencyTable, predictor: st
     entry = (data.get("predictors") or {}).get(predictor)
     if not isinstance(entry, dict) or entry.get("identity") != identity:
         return None
+    scores = _read_scores(path, entry["scores"] if "scores" in entry else None)
+    answers = _read_scores(path, entry.get("answer_scores") or {})
+    method = entry.get("answer_method")
+    return IntervalModel(table.device_id, predictor, identity, str(entry.get("method")),
+                         scores, answers, None if method is None else str(method))
+
+
+def _read_scores(path: Path, raw: Any) -> dict[str, tuple[float, ...]]:
     try:
-        scores = {str(m): tuple(float(v) for v in values)
-                  for m, values in entry["scores"].items()}
-    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        scores = {str(m): tuple(float(v) for v in values) for m, values in raw.items()}
+    except (TypeError, ValueError, AttributeError) as exc:
         raise FileFormatError(f"{path.name}: malformed calibration scores: {exc}") from exc
     if not all(math.isfinite(v) for values in scores.values() for v in values):
         raise FileFormatError(f"{path.name}: calibration scores must be finite")
-    return IntervalModel(table.device_id, predictor, identity, str(entry.get("method")),
-                         scores)
+    return scores
+
+
+def save_answer_scores(workspace: Workspace, table: LatencyTable, model: IntervalModel,
+                       mode: str, scores: Sequence[float], method: str) -> IntervalModel:
+    """Store ``scores`` of searched answers of precision ``mode`` beside ``model``'s
+    random-arch scores (replacing that mode's earlier answer scores); returns the updated
+    model. The device's other predictors' entries are kept."""
+    updated = replace(model, answer_scores={**model.answer_scores,
+                                            mode: tuple(float(v) for v in scores)},
+                      answer_method=method)
+    path = calibration_path(workspace, table.device_id)
+    data = read_format_json(path, fmt=CALIBRATION_FORMAT, version=CALIBRATION_VERSION,
+                            what="latency calibration")
+    entries = data.get("predictors")
+    if not isinstance(entries, dict):
+        entries = {}
+    models = [m for name, entry in entries.items() if name != model.predictor
+              and isinstance(entry, dict) and (m := load_interval_model(
+                  workspace, table, name, str(entry.get("identity")))) is not None]
+    save_calibration(workspace, table, [*models, updated])
+    return updated

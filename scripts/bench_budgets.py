@@ -2,11 +2,16 @@
 
     python scripts/bench_budgets.py --workspace W --device D [--budgets 20] [--seeds 0,1,2]
         [--confidence 0.9] [--coverage-archs 100] [--rounds 5] [--proxy-accuracy]
-        [--no-rescale] [--out results/bench_budgets_<space>.json]
+        [--calibrate-answers 40] [--front-seed 99] [--no-rescale]
+        [--out results/bench_budgets_<space>.json]
 
 1. A fresh drift check of the device (``ofa-search check-device``); beyond ±10 % its ratio
    is stored as the device's scale (``--rescale``), as the product advises (the previous
    scale file is put back at the end).
+   With ``--calibrate-answers N`` (default 40; 0 skips it) the device's front is then built
+   with ``--front-seed`` (a seed no answer uses) and N of its members are measured as
+   ``ofa-search calibrate`` does: queries then bound answers by answer scores (this writes
+   the workspace's front and calibration file).
 2. ``--budgets`` budgets spread geometrically from just above the fastest subnet's bound
    to the largest subnet's, each answered cold (the query's own search, no front) once
    per seed, by bound at ``--confidence`` and by point estimate (the bound answer of a
@@ -48,7 +53,8 @@ from ofa_search.profiling.drift import (
 from ofa_search.profiling.host import host_info
 from ofa_search.profiling.lut import find_table, now_iso, precision_mode
 from ofa_search.profiling.measure import FAST_TIMING
-from ofa_search.search import QueryEngine
+from ofa_search.search import QueryEngine, build_front
+from ofa_search.search.calibrate import calibrate_answers
 from ofa_search.search.front import Front
 from ofa_search.units import count_macs
 from ofa_search.workspace import Workspace
@@ -89,6 +95,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--chunk-refs", type=int, default=5,
                     help="reference subnets timed with every chunk (its drift check)")
     ap.add_argument("--proxy-accuracy", action="store_true")
+    ap.add_argument("--calibrate-answers", type=int, default=40,
+                    help="front members to measure for the answers' bound (0: skip)")
+    ap.add_argument("--front-seed", type=int, default=99)
+    ap.add_argument("--front-trials", type=int, default=3000)
     ap.add_argument("--no-rescale", action="store_true")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
@@ -109,6 +119,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if rescaled:
         save_scale(ws, table, drift)
     try:
+        calibrated = _calibrate_answers(ws, args) if args.calibrate_answers > 0 else None
         answers = _answer(ws, args, seeds)
     finally:
         if rescaled:
@@ -138,7 +149,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             passes.append({a: ms for a, (ms, _) in zip(unique, results, strict=True)})
             ratios.append({a: r for a, (_, r) in zip(unique, results, strict=True)})
     report = _report(args, table, drift, rescaled, answers, coverage, passes, ratios, ws)
-    report.update(query_s=query_s, wall_s=time.perf_counter() - started)
+    report.update(query_s=query_s, wall_s=time.perf_counter() - started,
+                  answer_calibration=None if calibrated is None else calibrated.to_dict())
     out = args.out or Path("results") / f"bench_budgets_{table.space}.json"
     atomic_write_json(out, report)
     _print(report)
@@ -146,11 +158,25 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     return report
 
 
+def _options(args: argparse.Namespace) -> dict[str, Any]:
+    if args.proxy_accuracy:
+        return {"accuracy": MacsProxy(), "accuracy_name": "macs-proxy"}
+    return {}
+
+
+def _calibrate_answers(ws: Workspace, args: argparse.Namespace) -> Any:
+    """1b. a front with a seed no answer uses, and the answers' bound measured on it."""
+    build_front(ws, args.device, n_trials=args.front_trials, seed=args.front_seed,
+                **_options(args))
+    result = calibrate_answers(ws, args.device, n=args.calibrate_answers, chunk=args.chunk,
+                               log=print, **_options(args))
+    print(f"answer calibration: {result.factors}", flush=True)
+    return result
+
+
 def _answer(ws: Workspace, args: argparse.Namespace, seeds: list[int]) -> list[dict[str, Any]]:
     """2. the answers by bound and by point, per budget and seed."""
-    options: dict[str, Any] = {}
-    if args.proxy_accuracy:
-        options = {"accuracy": MacsProxy(), "accuracy_name": "macs-proxy"}
+    options = _options(args)
     first = ColdEngine(ws, seed=seeds[0], **options)
     ctx = first.context(args.device)
     _, factor, _ = ctx.bound_factor(args.confidence)
@@ -284,6 +310,11 @@ def _print(report: dict[str, Any]) -> None:
             print(f"{kind:<10} {label:<18} {honoured:>22} {over:>14} "
                   f"{100 * report[kind]['mean_predicted_accuracy']:>11.2f}")
     cov = report["coverage"]
+    if report.get("answer_calibration"):
+        cal = report["answer_calibration"]
+        factors = ", ".join(f"{m}: x{f['answers']:.3f} (random archs x{f['random']:.3f})"
+                            for m, f in cal["factors"].items() if f["answers"] is not None)
+        print(f"answers bounded by {cal['n_measured']} measured front members: {factors}")
     print(f"accuracy given up by the bound: {report['accuracy_given_up_points']:.3f} points")
     print(f"coverage of the bound on {cov['n_archs']} random subnets "
           f"({cov['latency_predictor']}, x{cov['factor']:.3f}): "

@@ -115,7 +115,7 @@ class DeviceContext:
         try:
             if self.intervals is None:
                 raise CalibrationError(self._uncalibrated())
-            factor = max(self.intervals.factor(mode, level) for mode in modes)
+            factor = max(self.intervals.factor(mode, level, answers=True) for mode in modes)
         except CalibrationError as exc:
             if explicit:
                 raise
@@ -124,9 +124,10 @@ class DeviceContext:
         return level, factor, []
 
     def answer_factor(self, arch_mode: str, confidence: float) -> float:
-        """The bound's factor for an answer of precision mode ``arch_mode``."""
+        """The bound's factor for an answer of precision mode ``arch_mode`` (by the answer
+        scores where the device has them)."""
         assert self.intervals is not None
-        return self.intervals.factor(arch_mode, confidence)
+        return self.intervals.factor(arch_mode, confidence, answers=True)
 
     def _uncalibrated(self) -> str:
         if self.table is not None and self.table.profile() is None:

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from search_objective import MacsProxy
 
-from ofa_search.errors import FileFormatError, InfeasibleBudgetError
+from ofa_search.errors import FileFormatError, InfeasibleBudgetError, OfaSearchError
 from ofa_search.profiling.drift import DriftReport, clear_scale, save_scale
 from ofa_search.profiling.lut import find_table
 from ofa_search.search import QueryEngine, build_front
@@ -225,3 +225,55 @@ def test_bound_is_scored_on_the_session_median_speed(ws: Workspace) -> None:
     wander = latency_fit.calibrate(table, "lut", lut, data.archs, data.ms, data.session_ms)
     assert steady.factor("fp32", 0.9) == pytest.approx(1.0)
     assert wander.factor("fp32", 0.9) == pytest.approx(1.1)
+
+
+def test_answer_scores_bound_answers_and_fall_back_when_few() -> None:
+    model = IntervalModel("dev", "lut", "id", "test", {"fp32": (0.0,) * 30},
+                          {"fp32": (math.log(1.2),) * 30})
+    assert model.factor("fp32", 0.9) == pytest.approx(1.0)  # a given arch: random scores
+    assert model.factor("fp32", 0.9, answers=True) == pytest.approx(1.2)
+    few = IntervalModel("dev", "lut", "id", "test", {"fp32": (0.0,) * 30},
+                        {"fp32": (math.log(1.2),) * 10})
+    assert few.factor("fp32", 0.9, answers=True) == pytest.approx(1.2)  # 10 >= 9
+    assert few.factor("fp32", 0.95, answers=True) == pytest.approx(1.0)  # 10 < 19
+
+
+def test_calibrate_answers_measures_the_front_and_queries_use_it(ws: Workspace) -> None:
+    from ofa_search.search.calibrate import calibrate_answers, spread
+
+    assert spread(5, 3) == [0, 2, 4] and spread(3, 10) == [0, 1, 2] and spread(0, 4) == []
+    table = find_table(DEVICE, workspace=ws.root)
+    if table.profile() is None:
+        pytest.skip("the shipped table cannot be measured here")
+    options = {"accuracy": MacsProxy(), "accuracy_name": "macs-proxy", "latency_kind": "lut"}
+    with pytest.raises(OfaSearchError, match="positive integer"):
+        calibrate_answers(ws, DEVICE, n=0, **options)
+    model = calibrate_lut(ws, [0.0] * 30)
+    other = IntervalModel(DEVICE, "learned", "kept", "test", {"fp32": (0.5,) * 10})
+    save_calibration(ws, table, [model, other])
+    result = calibrate_answers(ws, DEVICE, n=12, chunk=6, **options)
+    assert result.n_measured == 12 and result.precision == "fp32"
+    assert result.factors["fp32"]["random"] == pytest.approx(1.0)
+    assert result.factors["fp32"]["answers"] is not None
+    stored = load_interval_model(ws, table, "lut", model.identity)
+    assert stored is not None and len(stored.answer_scores["fp32"]) == 12
+    assert stored.scores == model.scores and "front" in str(stored.answer_method)
+    kept = load_interval_model(ws, table, "learned", "kept")  # the other entry survives
+    assert kept is not None and kept.scores == other.scores
+    eng = engine(ws)
+    budget = float(np.median(eng.front(DEVICE).latencies))
+    answer = eng.query(DEVICE, budget)
+    assert answer.latency_upper_ms == pytest.approx(
+        answer.predicted_latency_ms * stored.factor("fp32", 0.9, answers=True))
+    with pytest.raises(OfaSearchError, match=r"no saved front.*ofa-search search"):
+        calibrate_answers(ws, DEVICE, n=4, accuracy=MacsProxy(), accuracy_name="other",
+                          latency_kind="lut")
+
+
+def test_cli_calibrate_errors(tmp_path) -> None:
+    from test_cli import cli
+
+    for args, message in ((("--n", "0"), "--n"),
+                          ((), "fit-predictors --device cpu-ort-1t")):
+        out = cli("calibrate", "-w", str(tmp_path), "-d", DEVICE, *args)
+        assert out.returncode == 2 and message in out.stderr, out.stderr
