@@ -2,7 +2,8 @@
 
 Train a small supernet on scikit-learn's digits (sandwich rule), profile this machine with
 ONNX Runtime (one thread) into a device table, fit the accuracy and latency predictors,
-build the device's Pareto front, check this host's speed against the table (drift), answer
+build the device's Pareto front and measure some of its members end to end (the bound of
+query answers is calibrated on them), check this host's speed against the table (drift), answer
 three queries (tight, middle and loose budget; each answer's calibrated latency bound fits
 it), measure each answer (latency through ONNX Runtime, said plainly when over its budget;
 test accuracy after BN recalibration),
@@ -28,6 +29,7 @@ from ofa_search.profiling.backends import get_backend
 from ofa_search.profiling.builder import build_table
 from ofa_search.profiling.drift import check_drift
 from ofa_search.profiling.measure import measure_archs
+from ofa_search.search.calibrate import calibrate_answers
 from ofa_search.search.front import build_front
 from ofa_search.search.query import QueryEngine, QueryResult
 from ofa_search.train import TrainConfig, calibrated_subnet, evaluate, load_supernet, train
@@ -73,10 +75,16 @@ def run_demo(workspace: Path, *, space: str = "mbv3_small28", seed: int = 0,
     for line in format_quality_table(quality).splitlines():
         echo(f"      {line}")
 
-    echo("[4/6] building the Pareto front (NSGA-II, accuracy vs latency)")
+    echo(f"[4/6] building the Pareto front (NSGA-II, accuracy vs latency) and measuring "
+         f"{n_latency} of its members")
     front, _ = build_front(ws, DEMO_DEVICE, seed=seed)
     lo, hi = front.min_latency_ms, front.points[-1].predicted_latency_ms
     echo(f"      {len(front.points)} points, {lo:.3f}–{hi:.3f} ms")
+    answered = calibrate_answers(ws, DEMO_DEVICE, n=n_latency)
+    for mode, factors in answered.factors.items():
+        if factors["answers"] is not None and factors["random"] is not None:
+            echo(f"      {mode} answers' 0.9 bound: prediction x {factors['answers']:.3f} "
+                 f"(random subnets: x {factors['random']:.3f})")
 
     echo("[5/6] checking this host's speed, answering three queries, measuring the answers")
     drift = check_drift(table)
@@ -90,7 +98,8 @@ def run_demo(workspace: Path, *, space: str = "mbv3_small28", seed: int = 0,
     results = [(name, budget, engine.query(DEMO_DEVICE, budget)) for name, budget in answers]
     if level is not None:
         echo(f"      each answer's {level:g}-confidence bound fits its budget (bound = "
-             f"prediction x {factor:.3f}, calibrated on {n_latency} measured subnets)")
+             f"prediction x {factor:.3f}, calibrated on {answered.n_measured} measured "
+             "front members)")
     rows = _measure(ws, results, seed=seed)
 
     middle = results[1][2]
@@ -123,7 +132,8 @@ def run_demo(workspace: Path, *, space: str = "mbv3_small28", seed: int = 0,
     summary: dict[str, Any] = {
         "space": space, "seed": seed, "device": DEMO_DEVICE, "workspace": str(ws.root),
         "checkpoint": str(ws.checkpoint), "table": str(table_path), "quality": quality,
-        "front_points": len(front.points), "drift": drift.to_dict(), "queries": rows,
+        "front_points": len(front.points), "answer_calibration": answered.to_dict(),
+        "drift": drift.to_dict(), "queries": rows,
         "export": exported.to_dict(), "plot": str(plot),
         "seconds": round(time.perf_counter() - start, 2),
     }

@@ -12,11 +12,13 @@
    with ``--front-seed`` (a seed no answer uses) and N of its members are measured as
    ``ofa-search calibrate`` does: queries then bound answers by answer scores (this writes
    the workspace's front and calibration file).
-2. ``--budgets`` budgets spread geometrically from just above the fastest subnet's bound
-   to the largest subnet's, each answered cold (the query's own search, no front) once
-   per seed, by bound at ``--confidence`` and by point estimate (the bound answer of a
-   budget ``B`` is the point answer of ``B / factor``, so the point answer of ``B`` is the
-   bound answer of ``B · factor``).
+2. ``--budgets`` budgets spread geometrically over the range of bounds, each answered
+   once per seed, by bound at ``--confidence`` and by point estimate (the bound answer of
+   a budget ``B`` is the point answer of ``B / factor``, so the point answer of ``B`` is
+   the bound answer of ``B · factor``). ``--answers front`` (the default, what queries do
+   in production) builds a front per seed and answers from it, budgets spanning the
+   first seed's front; ``--answers cold`` answers each query by its own search (no front),
+   budgets reaching the largest subnet.
 3. Every answer, plus ``--coverage-archs`` random subnets drawn with a seed that no
    calibration used, is measured end to end as export emits it (the static subnet's ONNX
    / QDQ / binary package, randomly initialised: the same graph as the exported model), in
@@ -98,6 +100,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--calibrate-answers", type=int, default=40,
                     help="front members to measure for the answers' bound (0: skip)")
     ap.add_argument("--front-seed", type=int, default=99)
+    ap.add_argument("--answers", choices=("front", "cold"), default="front")
     ap.add_argument("--front-trials", type=int, default=3000)
     ap.add_argument("--no-rescale", action="store_true")
     ap.add_argument("--out", type=Path, default=None)
@@ -177,18 +180,28 @@ def _calibrate_answers(ws: Workspace, args: argparse.Namespace) -> Any:
 def _answer(ws: Workspace, args: argparse.Namespace, seeds: list[int]) -> list[dict[str, Any]]:
     """2. the answers by bound and by point, per budget and seed."""
     options = _options(args)
-    first = ColdEngine(ws, seed=seeds[0], **options)
+    def engine_for(seed: int) -> QueryEngine:
+        if args.answers == "cold":
+            return ColdEngine(ws, seed=seed, **options)
+        build_front(ws, args.device, n_trials=args.front_trials, seed=seed, **options)
+        return QueryEngine(ws, seed=seed, **options)
+
+    first = engine_for(seeds[0])
     ctx = first.context(args.device)
     _, factor, _ = ctx.bound_factor(args.confidence)
     scale = ctx.scale()
     low = first.min_latency_ms(args.device) * factor * scale
-    largest = Arch.largest(ctx.space, width_mult=ctx.encoding.width_mults[0]).replace(
-        resolution=max(ctx.encoding.resolutions))
-    high = float(ctx.latency.predict([largest])[0]) * factor * scale
+    front = first.front(args.device)
+    if front is not None:
+        high = front.latencies[-1] * factor * scale
+    else:
+        largest = Arch.largest(ctx.space, width_mult=ctx.encoding.width_mults[0]).replace(
+            resolution=max(ctx.encoding.resolutions))
+        high = float(ctx.latency.predict([largest])[0]) * factor * scale
     budgets = np.geomspace(low * 1.05, high, args.budgets)
     answers = []
     for seed in seeds:
-        engine = ColdEngine(ws, seed=seed, **options)
+        engine = first if seed == seeds[0] else engine_for(seed)
         for budget in budgets:
             bound = engine.query(args.device, float(budget), confidence=args.confidence)
             point = engine.query(args.device, float(budget) * factor,
@@ -225,8 +238,8 @@ def _report(args: argparse.Namespace, table: Any, drift: Any, rescaled: bool,
         "device": table.device_id, "space": table.space, "confidence": args.confidence,
         "accuracy": "macs-proxy" if args.proxy_accuracy else "workspace predictor",
         "drift": drift.to_dict(), "rescaled": rescaled, "n_answers": len(answers),
-        "seeds": args.seeds, "rounds": args.rounds, "chunk": args.chunk,
-        "chunk_refs": args.chunk_refs,
+        "seeds": args.seeds, "answers_from": args.answers, "rounds": args.rounds,
+        "chunk": args.chunk, "chunk_refs": args.chunk_refs,
         "chunk_ratios": [sorted(set(r.values())) for r in ratios]}
 
     def adjusted(arch: Arch, p: int) -> float:

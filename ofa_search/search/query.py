@@ -17,6 +17,7 @@ import dataclasses
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -93,12 +94,16 @@ class QueryEngine:
             are priced as arrays; :data:`COLD_TRIALS_PREDICTOR` on a learned latency
             predictor, which prices arch by arch).
         seed: seed of cold searches and refinements (the same query gives the same answer).
+        cold_guard: called with the device's context before a query runs a search (no
+            front, or none under the budget); it may raise to refuse (the HTTP service
+            keeps searches off its request threads this way).
     """
 
     def __init__(self, workspace: Workspace | str | os.PathLike[str], *,
                  accuracy: AccuracyModel | None = None, accuracy_name: str | None = None,
                  latency_kind: str | None = None, cold_trials: int | None = None,
-                 cold_engine: str = COLD_ENGINE, seed: int = 0) -> None:
+                 cold_engine: str = COLD_ENGINE, seed: int = 0,
+                 cold_guard: Callable[[DeviceContext], None] | None = None) -> None:
         self.workspace = workspace if isinstance(workspace, Workspace) else Workspace(workspace)
         self._accuracy = accuracy
         self._accuracy_name = accuracy_name
@@ -106,6 +111,7 @@ class QueryEngine:
         self.cold_trials = cold_trials
         self.cold_engine = cold_engine
         self.seed = seed
+        self.cold_guard = cold_guard
         self._contexts: dict[tuple[str, str], DeviceContext] = {}
         self._fronts: dict[tuple[str, str], tuple[int, Front | None]] = {}
         self._fastest: dict[tuple[str, str], tuple[Arch, float]] = {}
@@ -273,6 +279,8 @@ class QueryEngine:
                                    warnings=best.warnings + skipped)
 
     def _cold_search(self, ctx: DeviceContext, budget_ms: float) -> Evaluation:
+        if self.cold_guard is not None:
+            self.cold_guard(ctx)
         evaluator = ctx.evaluator()
         table = callable(getattr(ctx.latency, "block_prices", None))
         trials = self.cold_trials or (COLD_TRIALS if table else COLD_TRIALS_PREDICTOR)
