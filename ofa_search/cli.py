@@ -7,6 +7,7 @@ exit code 2 and one line on stderr, never a traceback.
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -15,7 +16,12 @@ import typer
 
 from ofa_search.cli_profile import target_json
 from ofa_search.errors import OfaSearchError
-from ofa_search.workspace import default_workspace_dir
+from ofa_search.workspace import (
+    check_device_id,
+    check_workspace,
+    default_workspace_dir,
+    explicit_workspace,
+)
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Hardware-aware NAS: once-for-all supernets, device tables, search.")
@@ -48,6 +54,40 @@ WorkspaceOpt = Annotated[Path, typer.Option(
 
 def _emit_json(data: Any) -> None:
     typer.echo(json.dumps(data, indent=1))
+
+
+TRAIN_STRATEGIES = ("ps", "sandwich", "spos", "precision")
+"""The strategies ``train --strategy`` offers (``standalone`` is the library's only: it
+needs an arch)."""
+
+_DEVICE_SLUG = "lower-case letters, digits, '.', '_' and '-', starting with a letter or " \
+    "digit, at most 64 characters"
+
+
+def check_new_device_id(device: str, option: str = "--device") -> str:
+    """The id of a table about to be written: a slug (what :class:`DeviceProfile` needs),
+    refused before any work otherwise."""
+    from ofa_search.profiling.device import _ID_RE
+
+    if not _ID_RE.fullmatch(device) or len(device) > 64:
+        raise OfaSearchError(f"{option} {device!r} is not a valid device id: use {_DEVICE_SLUG}, "
+                             "e.g. my-cpu")
+    return device
+
+
+def check_finite(value: float | None, option: str, *, positive: bool = True) -> None:
+    """Refuse NaN, infinities and (with ``positive``) values <= 0 of a float option."""
+    if value is None:
+        return
+    if not math.isfinite(value) or (positive and not value > 0):
+        raise OfaSearchError(f"{option} must be a finite number{' > 0' if positive else ''}, "
+                             f"got {value!r}")
+
+
+def _given(ctx: typer.Context, name: str) -> bool:
+    """Whether option ``name`` was given on the command line (not defaulted)."""
+    source = ctx.get_parameter_source(name)
+    return source is not None and source.name == "COMMANDLINE"
 
 
 # -- space -------------------------------------------------------------------------------
@@ -84,7 +124,7 @@ def space_show(name: Annotated[str, typer.Argument(help="preset name")],
 # -- arch --------------------------------------------------------------------------------
 @arch_app.command("sample")
 def arch_sample(space: SpaceOpt, n: Annotated[int, typer.Option("--n", min=1)] = 1,
-                seed: Annotated[int, typer.Option("--seed")] = 0) -> None:
+                seed: Annotated[int, typer.Option("--seed", min=0, max=2**32 - 1)] = 0) -> None:
     """N seeded random archs, one compact string per line."""
     import numpy as np
 
@@ -124,15 +164,17 @@ def arch_info(arch: ArchArg, space: SpaceOpt, as_json: JsonOpt = False,
 @arch_app.command("export")
 def arch_export(arch: ArchArg, space: SpaceOpt,
                 out: Annotated[Path, typer.Option("--out", "-o", help="FILE.onnx")],
-                seed: Annotated[int, typer.Option("--seed")] = 0) -> None:
+                seed: Annotated[int, typer.Option("--seed", min=0, max=2**32 - 1)] = 0) -> None:
     """Export a randomly initialised static subnet to ONNX (for latency work)."""
     import torch
 
     from ofa_search.arch import parse_arch
+    from ofa_search.atomic import check_writable_file
     from ofa_search.nn import build_static
     from ofa_search.onnx_export import export_onnx, save_onnx
 
     parsed = parse_arch(arch, space)
+    check_writable_file(out, "--out")
     net = build_static(parsed, torch.Generator().manual_seed(seed))
     model = export_onnx(net, net.input_shape())
     save_onnx(model, out)
@@ -142,7 +184,7 @@ def arch_export(arch: ArchArg, space: SpaceOpt,
 @app.command("demo")
 def demo(workspace: WorkspaceOpt,
          space: Annotated[str, typer.Option("--space", "-s")] = "mbv3_small28",
-         seed: Annotated[int, typer.Option("--seed")] = 0,
+         seed: Annotated[int, typer.Option("--seed", min=0, max=2**32 - 1)] = 0,
          epochs: Annotated[int, typer.Option("--epochs", min=1)] = 6,
          n_archs: Annotated[int, typer.Option(
              "--n-archs", min=10, help="subnets evaluated for the accuracy predictor")] = 150,
@@ -155,6 +197,7 @@ def demo(workspace: WorkspaceOpt,
     """The main job on digits: train, profile, fit, front, three queries, export, plot."""
     from ofa_search.demo import run_demo
 
+    check_workspace(workspace, must_exist=False, writable=True)
     run_demo(workspace, space=space, seed=seed, epochs=epochs, n_archs=n_archs,
              n_latency=n_latency, resolutions=resolutions, echo=typer.echo,
              progress=not quiet)
@@ -176,18 +219,36 @@ def train_cmd(
     lr: Annotated[float, typer.Option("--lr")] = 0.05,
     warmup_epochs: Annotated[int, typer.Option("--warmup-epochs", min=0)] = 0,
     data_dir: Annotated[Path | None, typer.Option("--data-dir")] = None,
-    seed: Annotated[int, typer.Option("--seed")] = 0,
-    threads: Annotated[int | None, typer.Option("--threads", min=1,
+    seed: Annotated[int, typer.Option("--seed", min=0, max=2**32 - 1)] = 0,
+    threads: Annotated[int | None, typer.Option("--threads", min=1, max=1024,
                                                 help="torch intra-op threads")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="continue OUT/checkpoint.pt")] = False,
     init: Annotated[Path | None, typer.Option(
         "--init", help="start from this checkpoint's weights (e.g. an fp32 supernet of the "
         "same structure for --strategy precision)")] = None,
+    steps_per_epoch: Annotated[int | None, typer.Option(
+        "--steps-per-epoch", min=1, help="cap on optimizer steps per epoch (default: one "
+        "pass over the train split)")] = None,
+    resolutions: Annotated[list[int] | None, typer.Option(
+        "--resolutions", "-r", help="sample only these resolutions (repeat for several; "
+        "default: all of the space's)")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
 ) -> None:
     """Train a supernet (under torchrun for several processes); writes OUT/checkpoint.pt."""
     from ofa_search.train import TrainConfig, train
 
+    if strategy not in TRAIN_STRATEGIES:
+        raise OfaSearchError(f"--strategy must be one of {', '.join(TRAIN_STRATEGIES)}, got "
+                             f"{strategy!r}")
+    check_finite(lr, "--lr")
+    if resolutions:
+        from ofa_search.space import get_space
+
+        offered = get_space(space).resolutions
+        bad = sorted({r for r in resolutions if r not in offered})
+        if bad:
+            raise OfaSearchError(f"--resolutions: space {space!r} has resolutions "
+                                 f"{list(offered)}, not {bad}")
     if threads is not None:
         import torch
 
@@ -196,7 +257,9 @@ def train_cmd(
                          else str(data_dir), strategy=strategy, epochs=epochs,
                          batch_size=batch_size, lr=lr, warmup_epochs=warmup_epochs, seed=seed,
                          out_dir=str(out), resume=resume, quiet=quiet,
-                         init_checkpoint=None if init is None else str(init))
+                         init_checkpoint=None if init is None else str(init),
+                         steps_per_epoch=steps_per_epoch,
+                         resolutions=tuple(dict.fromkeys(resolutions)) if resolutions else None)
     path = train(config)
     if not quiet:
         typer.echo(f"wrote {path}")
@@ -224,6 +287,8 @@ def eval_cmd(
     from ofa_search.data import is_streamed_dataset, load_dataset, open_image_stream
     from ofa_search.train import evaluate_arch, evaluate_arch_stream, load_supernet
 
+    if split not in ("val", "test"):
+        raise OfaSearchError(f"--split must be val or test, got {split!r}")
     net, meta = load_supernet(checkpoint)
     parsed = parse_arch(arch, meta["space"])
     config = meta.get("config") or {}
@@ -264,7 +329,7 @@ def profile_cmd(
         "--device", "-d", help="device id, e.g. cpu-ort-1t")] = None,
     space: SpaceOpt = DEFAULT_SPACE,
     backend: Annotated[str, typer.Option("--backend", help="onnxruntime or tvm")] = "onnxruntime",
-    threads: Annotated[int, typer.Option("--threads", min=1)] = 1,
+    threads: Annotated[int, typer.Option("--threads", min=1, max=1024)] = 1,
     resolutions: Annotated[list[int] | None, typer.Option(
         "--resolutions", "-r", help="repeat for several (default: all of the space's)")] = None,
     width_mult: Annotated[float | None, typer.Option("--width")] = None,
@@ -304,26 +369,55 @@ def profile_cmd(
     if device is None:
         raise typer.BadParameter("a device id is required, e.g. --device my-cpu",
                                  param_hint="--device")
+    check_new_device_id(device)
+    spec = get_space(space)
+    _check_profile_options(spec, resolutions, width_mult, time_cap)
     profile = _profile_for(device, backend, threads, tuning_trials, tuning_db, rpc_tracker,
                            rpc_key, target, provider)
-    offered = get_space(space).precisions
-    chosen = tuple(precisions) if precisions else offered
+    offered = spec.precisions
+    chosen = tuple(dict.fromkeys(precisions)) if precisions else offered
     unknown = [p for p in chosen if p not in offered]
     if unknown:
         raise typer.BadParameter(f"space {space!r} offers precisions {list(offered)}, not "
                                  f"{unknown}", param_hint="--precision")
     profile = dataclasses.replace(profile, precisions=chosen, batch_size=batch_size)
     timing = TimingConfig(warmup=3, min_runs=7, max_runs=200, time_cap_s=time_cap)
+    check_workspace(workspace, must_exist=False, writable=True)
     out = workspace / "hw_profiles" / f"{device}.json"
     table = build_table(space, profile, resolutions, out, width_mult=width_mult,
                         timing=timing, overhead_archs=overhead_archs, rounds=rounds)
     typer.echo(f"wrote {out}: {len(table.entries)} units, overhead {table.overhead_ms:.4f} ms")
 
 
+def _check_profile_options(spec: Any, resolutions: list[int] | None,
+                           width_mult: float | None, time_cap: float) -> None:
+    """``profile``'s options against the space, before any work."""
+    bad = sorted({r for r in resolutions or () if r not in spec.resolutions})
+    if bad:
+        raise OfaSearchError(f"--resolutions: space {spec.name!r} has resolutions "
+                             f"{list(spec.resolutions)}, not {bad}")
+    if width_mult is not None and width_mult not in spec.width_mults:
+        raise OfaSearchError(f"--width: space {spec.name!r} has widths {list(spec.width_mults)}, "
+                             f"not {width_mult!r}")
+    check_finite(time_cap, "--time-cap")
+
+
 def _profile_for(device: str, backend: str, threads: int, tuning_trials: int,
                  tuning_db: Path | None, rpc_tracker: str | None, rpc_key: str | None,
                  target: str | None, provider: str | None = None) -> Any:
     """The :class:`DeviceProfile` that ``profile``'s options describe."""
+    try:
+        return _make_profile(device, backend, threads, tuning_trials, tuning_db, rpc_tracker,
+                             rpc_key, target, provider)
+    except OfaSearchError:
+        raise
+    except ValueError as exc:  # DeviceProfile's own validation of the options
+        raise OfaSearchError(f"invalid profile options: {exc}") from None
+
+
+def _make_profile(device: str, backend: str, threads: int, tuning_trials: int,
+                  tuning_db: Path | None, rpc_tracker: str | None, rpc_key: str | None,
+                  target: str | None, provider: str | None) -> Any:
     from ofa_search.profiling import DeviceProfile
 
     tvm_only = {"--tuning-trials": tuning_trials or None, "--tuning-db": tuning_db,
@@ -360,10 +454,11 @@ def _profile_for(device: str, backend: str, threads: int, tuning_trials: int,
 
 
 @app.command("devices")
-def devices_cmd(workspace: WorkspaceOpt, as_json: JsonOpt = False) -> None:
+def devices_cmd(ctx: typer.Context, workspace: WorkspaceOpt, as_json: JsonOpt = False) -> None:
     """Device latency tables visible from the workspace and the repository."""
     from ofa_search.profiling.lut import list_tables
 
+    check_workspace(workspace, must_exist=explicit_workspace(_given(ctx, "workspace")))
     infos = list_tables(workspace=workspace)
     if as_json:
         _emit_json([info.to_dict() for info in infos])
@@ -398,6 +493,8 @@ def check_device_cmd(
 
     if rescale and clear:
         raise OfaSearchError("give --rescale or --clear, not both")
+    check_device_id(device)
+    check_workspace(workspace, must_exist=False, writable=rescale or clear)
     ws = Workspace(workspace)
     table = find_table(device, workspace=workspace)
     if clear:
@@ -454,6 +551,8 @@ def latency_cmd(
                              f"{predictor!r}")
     if confidence is not None:
         check_confidence(confidence)
+    check_device_id(device)
+    check_workspace(workspace, must_exist=False)
     ws = Workspace(workspace)
     table = find_table(device, workspace=workspace)
     parsed = parse_arch(arch, space or table.space)

@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 
 from ofa_search.errors import OfaSearchError
-from ofa_search.workspace import Workspace, default_workspace_dir
+from ofa_search.workspace import Workspace, check_workspace, default_workspace_dir
 
 # the same options as ofa_search.cli's (not imported from there: cli imports this module)
 WorkspaceOpt = Annotated[Path, typer.Option(
@@ -38,6 +38,7 @@ def import_supernet_cmd(
     workspace's supernet."""
     from ofa_search.interop import import_ofa_supernet
 
+    check_workspace(workspace, must_exist=False, writable=True)
     ws = Workspace(workspace)
     report = import_ofa_supernet(file, ws.checkpoint, width_mult=width, overwrite=force,
                                  log=None if as_json else typer.echo)
@@ -62,6 +63,7 @@ def import_predictor_cmd(
     """Import once-for-all's accuracy predictor as the workspace's accuracy predictor."""
     from predictors.accuracy_ofa import load_ofa_accuracy_predictor
 
+    check_workspace(workspace, must_exist=False, writable=True)
     ws = Workspace(workspace)
     target = ws.accuracy_predictor
     if target.exists() and not force:
@@ -94,8 +96,10 @@ def export_supernet_cmd(
 ) -> None:
     """Write the workspace's ofa_mbv3 supernet as once-for-all saves its own (its code
     loads it with OFAMobileNetV3.load_state_dict)."""
+    from ofa_search.atomic import check_writable_file
     from ofa_search.interop import export_ofa_supernet
 
+    check_writable_file(out, "OUT")
     path = export_ofa_supernet(checkpoint or Workspace(workspace).checkpoint, out)
     typer.echo(f"wrote {path}")
 

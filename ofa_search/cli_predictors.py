@@ -9,7 +9,14 @@ from typing import Annotated
 
 import typer
 
-from ofa_search.workspace import Workspace, default_workspace_dir
+from ofa_search.atomic import remove_stale_temps
+from ofa_search.errors import OfaSearchError
+from ofa_search.workspace import (
+    Workspace,
+    check_device_id,
+    check_workspace,
+    default_workspace_dir,
+)
 
 # the same options as ofa_search.cli's (not imported from there: cli imports this module)
 WorkspaceOpt = Annotated[Path, typer.Option(
@@ -33,8 +40,8 @@ def fit_predictors_cmd(
         "--max-eval-images", min=1, help="cap on val images per subnet (default: all)")] = None,
     skip_accuracy: Annotated[bool, typer.Option(
         "--skip-accuracy", help="fit latency predictors only")] = False,
-    seed: Annotated[int, typer.Option("--seed")] = 0,
-    threads: Annotated[int | None, typer.Option("--threads", min=1,
+    seed: Annotated[int, typer.Option("--seed", min=0, max=2**32 - 1)] = 0,
+    threads: Annotated[int | None, typer.Option("--threads", min=1, max=1024,
                                                 help="torch intra-op threads")] = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -42,12 +49,21 @@ def fit_predictors_cmd(
     held-out quality (resumable: cached evaluations and measurements are reused)."""
     from predictors.fit import fit_predictors, format_quality_table
 
+    for name in device or []:
+        check_device_id(name)
+    check_workspace(workspace, must_exist=False, writable=True)
+    if checkpoint is not None and not checkpoint.is_file():
+        raise OfaSearchError(f"--checkpoint {checkpoint} is not a file")
     if threads is not None:
         import torch
 
         torch.set_num_threads(threads)
+    ws = Workspace(workspace)
+    # temporary files of a run killed mid-write (its caches are resumed, not rewritten)
+    for folder in (ws.predictors_dir, (checkpoint or ws.checkpoint).parent):
+        remove_stale_temps(folder)
     log = None if as_json else typer.echo
-    report = fit_predictors(Workspace(workspace), checkpoint, device or [], n_archs=n_archs,
+    report = fit_predictors(ws, checkpoint, device or [], n_archs=n_archs,
                             n_latency=n_latency, accuracy=not skip_accuracy,
                             max_eval_images=max_eval_images, seed=seed,
                             show_progress=not as_json, log=log)

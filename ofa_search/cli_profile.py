@@ -11,7 +11,7 @@ from typing import Annotated, Any
 import typer
 
 from ofa_search.errors import OfaSearchError
-from ofa_search.workspace import default_workspace_dir
+from ofa_search.workspace import check_device_id, check_workspace, default_workspace_dir
 
 # the same options as ofa_search.cli's (not imported from there: cli imports this module)
 WorkspaceOpt = Annotated[Path, typer.Option(
@@ -45,7 +45,7 @@ def tune_cmd(
     resolutions: Annotated[list[int] | None, typer.Option(
         "--resolutions", "-r", help="repeat for several (default: all of the space's)")] = None,
     width_mult: Annotated[float | None, typer.Option("--width")] = None,
-    threads: Annotated[int, typer.Option("--threads", min=1)] = 1,
+    threads: Annotated[int, typer.Option("--threads", min=1, max=1024)] = 1,
     shard: Annotated[str, typer.Option(
         "--shard", help="INDEX/COUNT: tune only this shard of the workloads")] = "1/1",
     target: Annotated[str | None, typer.Option(
@@ -57,6 +57,7 @@ def tune_cmd(
     """Tune the TVM workloads of a space's fp32 units ahead of profiling, one shard per
     process or host; join the shards with `profile merge-db`, then profile with the joined
     database (nothing left to tune)."""
+    from ofa_search.atomic import check_writable_dir
     from ofa_search.profiling import DeviceProfile
     from ofa_search.profiling.tvm_space import Shard, tune_space
 
@@ -64,6 +65,7 @@ def tune_cmd(
         part = Shard.parse(shard)
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--shard") from exc
+    check_writable_dir(tuning_db, "--tuning-db")
     profile = DeviceProfile.local_tvm(threads, tuning_trials=tuning_trials,
                                       tuning_db=tuning_db, id="tuning")
     if target is not None:
@@ -81,8 +83,10 @@ def merge_db_cmd(
     as_json: JsonOpt = False,
 ) -> None:
     """Join tuning databases: the best record of every workload, in a new folder."""
+    from ofa_search.atomic import check_writable_dir
     from ofa_search.profiling.tvm_db import merge_databases
 
+    check_writable_dir(out, "--out")
     result = merge_databases(sources, out)
     _echo(result, as_json, f"wrote {out}: {result['workloads']} workloads (best of "
           f"{result['records']} records)")
@@ -99,6 +103,8 @@ def pack_db_cmd(
     from ofa_search.profiling.lut import find_table
     from ofa_search.profiling.tvm_db import pack_table_database
 
+    check_device_id(device)
+    check_workspace(workspace, must_exist=False)
     table = find_table(device, workspace=workspace)
     result = pack_table_database(table)
     _echo(result, as_json, f"wrote {result['archive']}: {result['workloads']} workloads, "
@@ -116,8 +122,11 @@ def import_ofa_cmd(
 ) -> None:
     """Import once-for-all's published Note10 latency tables as a device table of the
     ofa_mbv3 space (WORKSPACE/hw_profiles/DEVICE.json)."""
+    from ofa_search.cli import check_new_device_id
     from ofa_search.profiling.ofa_import import import_note10
 
+    check_new_device_id(device)
+    check_workspace(workspace, must_exist=False, writable=True)
     if not source.is_file():
         raise OfaSearchError(f"no such file: {source}")
     table = import_note10(source, width_mult=width_mult, device_id=device)

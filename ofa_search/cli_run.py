@@ -29,7 +29,7 @@ def register(app: typer.Typer) -> None:
         backend: Annotated[str, typer.Option(
             "--backend", help="binary kernels: auto (TVM when installed), tvm or numpy")
         ] = "auto",
-        threads: Annotated[int, typer.Option("--threads", min=1,
+        threads: Annotated[int, typer.Option("--threads", min=1, max=1024,
                                              help="ONNX Runtime and TVM threads")] = 1,
         as_json: JsonOpt = False,
     ) -> None:
@@ -52,7 +52,12 @@ def register(app: typer.Typer) -> None:
                        f"on the {data} test split")
             return
         assert input_file is not None
-        logits = predict(model, load_npy(input_file))
+        try:
+            x = load_npy(input_file)
+        except EOFError:  # numpy's reader on an empty file (click would make it "aborted")
+            raise OfaSearchError(f"cannot read {input_file} as a .npy array: the file is "
+                                 "empty") from None
+        logits = predict(model, x)
         predictions = logits.argmax(axis=1)
         if as_json:
             _emit_json({**info, "predictions": predictions.tolist(),

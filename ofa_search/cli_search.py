@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
@@ -11,7 +12,7 @@ from typing import Annotated, Any
 import typer
 
 from ofa_search.errors import OfaSearchError
-from ofa_search.workspace import default_workspace_dir
+from ofa_search.workspace import check_device_id, check_workspace, default_workspace_dir
 
 # the same options as ofa_search.cli's (not imported from there: cli imports this module)
 WorkspaceOpt = Annotated[Path, typer.Option(
@@ -33,9 +34,9 @@ def _parse_budgets(text: str | None) -> list[float]:
     except ValueError:
         raise OfaSearchError(f"--budgets must be comma-separated ms, e.g. 0.2,0.3; got "
                              f"{text!r}") from None
-    bad = [b for b in budgets if not b > 0]
+    bad = [b for b in budgets if not (b > 0 and math.isfinite(b))]
     if bad:
-        raise OfaSearchError(f"--budgets must be positive, got {bad}")
+        raise OfaSearchError(f"--budgets must be positive finite numbers, got {bad}")
     return budgets
 
 
@@ -76,6 +77,8 @@ def register(app: typer.Typer) -> None:
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         _check_latency_kind(latency_kind)
+        check_device_id(device)
+        check_workspace(workspace)
         result = QueryEngine(workspace, latency_kind=latency_kind).query(
             device, latency_ms, precision, refine=refine, confidence=confidence)
         if as_json:
@@ -117,7 +120,7 @@ def register(app: typer.Typer) -> None:
         front_trials: Annotated[int, typer.Option("--front-trials", min=1)] = 3000,
         precision: PrecisionOpt = None,
         latency_kind: LatencyKindOpt = None,
-        seed: Annotated[int, typer.Option("--seed")] = 0,
+        seed: Annotated[int, typer.Option("--seed", min=0, max=2**32 - 1)] = 0,
         as_json: JsonOpt = False,
     ) -> None:
         """Run and store constrained searches (one per budget) and the device's front."""
@@ -137,6 +140,12 @@ def register(app: typer.Typer) -> None:
         budget_list = _parse_budgets(budgets)
         if not budget_list and not front:
             raise OfaSearchError("nothing to do: give --budgets and/or --front")
+        check_device_id(device)
+        check_workspace(workspace, must_exist=False, writable=True)
+        if storage is not None and "://" not in storage:  # a journal file: written to
+            from ofa_search.atomic import check_writable_file
+
+            check_writable_file(Path(storage), "--storage")
         ctx = load_context(Workspace(workspace), device, precision, latency_kind=latency_kind)
         ctx.accuracy()  # a missing predictor fails here, before any work
         summary: dict[str, Any] = {"device": device, "precision": ctx.precision,

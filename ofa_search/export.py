@@ -43,7 +43,12 @@ import numpy as np
 import torch
 
 from ofa_search.arch import Arch, parse_arch
-from ofa_search.atomic import atomic_write_bytes
+from ofa_search.atomic import (
+    atomic_write_bytes,
+    check_writable_dir,
+    host_tag,
+    remove_stale_temps,
+)
 from ofa_search.data import (
     DEFAULT_EVAL_IMAGES,
     OFA_CALIB_IMAGES,
@@ -61,7 +66,7 @@ from ofa_search.model_card import write_card
 from ofa_search.nn import StaticSubnet, Supernet, build_static
 from ofa_search.ort_options import exact_int8
 from ofa_search.space import PRECISIONS
-from ofa_search.workspace import Workspace
+from ofa_search.workspace import Workspace, check_device_id, check_workspace
 
 ARTEFACT_STEM = "model"
 STREAM_QUANT_IMAGES = 256
@@ -311,6 +316,12 @@ def export(checkpoint: str | os.PathLike[str], arch: str | Arch, format: str,
                          f"max_eval_images >= 1, got {verify_samples=}, {calib_batches=}, "
                          f"{calib_images=}, {max_eval_images=}")
     ws = workspace if isinstance(workspace, Workspace) else Workspace(workspace)
+    # the outputs are checked before any work (extraction and verification take a while)
+    check_workspace(ws.root, must_exist=False)
+    if device is not None:
+        check_device_id(device)
+    folder = check_writable_dir(out_dir, "export folder")
+    remove_stale_temps(folder)  # what an export killed mid-write left there
     say(f"loading {checkpoint}")
     supernet, meta = load_supernet(checkpoint)
     parsed = arch if isinstance(arch, Arch) else parse_arch(arch, meta["space"])
@@ -344,10 +355,11 @@ def export(checkpoint: str | os.PathLike[str], arch: str | Arch, format: str,
                                           verify_samples=verify_samples, seed=seed, say=say)
     net, x = calibrated.net, calibrated.verify_x
 
-    folder = Path(out_dir)
     folder.mkdir(parents=True, exist_ok=True)
     final = folder / f"{ARTEFACT_STEM}{fmt.suffix}"
-    pending = folder / f".{final.name}.unverified"
+    # named as an atomic write's temporary file (writer pid and host), so that one left by
+    # a killed export is recognised as stale and removed by the next export into the folder
+    pending = folder / f".{final.name}.{os.getpid()}-{host_tag()}.unverified.tmp"
     say(f"writing {fmt.name} artefact and verifying it with {fmt.runtime}")
     try:
         if fmt.calibrated_write is not None:
@@ -384,10 +396,11 @@ def export(checkpoint: str | os.PathLike[str], arch: str | Arch, format: str,
         "input": {"shape": list(net.input_shape(1)), "dtype": "float32", "layout": "NCHW",
                   "mean": list(calibrated.mean), "std": list(calibrated.std),
                   "value_range": [0.0, 1.0], **calibrated.preprocessing},
-        "supernet": {"checkpoint": str(checkpoint), "sha256": sha256_file(checkpoint),
+        "supernet": {"checkpoint": card_path(checkpoint, ws), "sha256": sha256_file(checkpoint),
                      "epoch": meta.get("epoch"),
                      "strategy": (meta.get("strategy") or {}).get("name")},
-        "dataset": calibrated.dataset,
+        "dataset": {k: card_path(v, ws) if k == "data_dir" else v
+                    for k, v in calibrated.dataset.items()},
         "device": latency,
         "artefact": {"format": fmt.name, "file": final.name, "bytes": final.stat().st_size,
                      "sha256": sha256_file(final), "description": fmt.description},
@@ -399,6 +412,17 @@ def export(checkpoint: str | os.PathLike[str], arch: str | Arch, format: str,
     card_json, card_md = write_card(folder, card)
     say(f"wrote {final} and {card_json.name}")
     return ExportResult(folder, final, card_json, card_md, card)
+
+
+def card_path(path: str | os.PathLike[str], workspace: Workspace) -> str:
+    """How a card names a file it refers to: relative to the workspace when inside it,
+    else by its name only (a card is served over HTTP: no absolute path of the host goes
+    in it; the checkpoint's sha256 identifies it)."""
+    target = Path(path).resolve()
+    try:
+        return target.relative_to(workspace.root.resolve()).as_posix()
+    except ValueError:
+        return target.name
 
 
 @dataclass(frozen=True)

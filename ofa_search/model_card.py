@@ -9,7 +9,8 @@ Fields (``MODEL_CARD_VERSION`` 1)::
     format, format_version, created
     arch {string, space, resolution, width_mult, dict}, macs_m, params_m
     input {shape, dtype, layout, mean, std, value_range}   preprocessing the model expects
-    supernet {checkpoint, sha256, epoch, strategy}
+    supernet {checkpoint, sha256, epoch, strategy}   checkpoint: its path relative to the
+                                                    workspace, or its file name when outside
     dataset {name, split, samples, accuracy, calib_batches, calib_seed}
     device {id, predicted_latency_ms, latency_predictor, measured_latency_ms,
             measured_iqr_ms, measured_runs, not_measured_reason,

@@ -6,7 +6,9 @@ Every job has a random 32-hex-digit id and its own folder ``exports/<id>/`` hold
 so no request can name a file outside the exports folder. At most ``workers`` exports run
 at once and at most ``max_pending`` wait; beyond that :meth:`ExportJobs.submit` raises
 :class:`QueueFullError`. A job left queued or running by a previous server process is
-reported as failed (interrupted).
+reported as failed (interrupted). A ``job.json`` or model card that is not what this code
+writes (not JSON, not an object, fields of the wrong type) is reported as
+:class:`CorruptExportError` naming the file relative to the workspace; it is never rewritten.
 """
 
 from __future__ import annotations
@@ -21,12 +23,15 @@ from pathlib import Path
 from typing import Any
 
 from ofa_search.atomic import atomic_write_json
-from ofa_search.errors import OfaSearchError
+from ofa_search.errors import FileFormatError, OfaSearchError
 from ofa_search.model_card import CARD_JSON, read_card
 from ofa_search.profiling.lut import now_iso
 
 _ID_RE = re.compile(r"[0-9a-f]{32}")
 JOB_FILE = "job.json"
+STATUSES = ("queued", "running", "done", "failed")
+# fields of job.json that the service reads, each a string or null
+_TEXT_FIELDS = ("arch", "format", "device", "created", "finished", "error", "artefact")
 
 
 class QueueFullError(OfaSearchError):
@@ -35,6 +40,13 @@ class QueueFullError(OfaSearchError):
 
 class UnknownExportError(OfaSearchError, KeyError):
     """No export with that id."""
+
+    def __str__(self) -> str:  # KeyError's own __str__ would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class CorruptExportError(OfaSearchError):
+    """An export's ``job.json`` or model card is unreadable or not what the service wrote."""
 
 
 def valid_export_id(export_id: str) -> bool:
@@ -95,25 +107,76 @@ class ExportJobs:
         if data is None:
             data = self._from_disk(folder, export_id)
         if data["status"] == "done":
-            data["card"] = read_card(folder / CARD_JSON)
+            data["card"] = self._card(folder / CARD_JSON)
         return data
+
+    def _relative(self, path: Path) -> str:
+        """``path`` as the service may show it: relative to the workspace."""
+        return f"{self.root.name}/{path.relative_to(self.root).as_posix()}"
+
+    def _card(self, path: Path) -> dict[str, Any]:
+        """The model card at ``path``, checked for the fields the service reads."""
+        where = self._relative(path)
+        try:
+            card = read_card(path)
+            artefact = card["artefact"]
+            if not (isinstance(card["arch"], dict) and isinstance(card["arch"]["string"], str)
+                    and isinstance(artefact, dict) and isinstance(artefact["file"], str)
+                    and isinstance(artefact["format"], str)
+                    and isinstance(card["created"], str)
+                    and isinstance(card.get("device") or {}, dict)):
+                raise TypeError("fields of the wrong type")
+        except FileFormatError as exc:
+            # read_card's message names the full path: the client gets the relative one
+            reason = str(exc).replace(str(path), where).replace(str(path.parent), where)
+            raise CorruptExportError(f"the model card {where} is unreadable: "
+                                     f"{_one_line(reason)}") from None
+        except (KeyError, TypeError) as exc:
+            raise CorruptExportError(f"the model card {where} is malformed "
+                                     f"({type(exc).__name__}: {_one_line(str(exc))})") from None
+        return card
 
     def _from_disk(self, folder: Path, export_id: str) -> dict[str, Any]:
         job_file, card_file = folder / JOB_FILE, folder / CARD_JSON
         if job_file.is_file():
-            data: dict[str, Any] = json.loads(job_file.read_text(encoding="utf-8"))
-            if data.get("status") in ("queued", "running"):
+            data = self._read_job(job_file, export_id)
+            if data["status"] in ("queued", "running"):
                 data.update(status="failed", error="interrupted: the server stopped before "
                             "this export finished")
             return data
         if card_file.is_file():  # written by `ofa-search export` into the workspace
-            card = read_card(card_file)
+            card = self._card(card_file)
             return {"id": export_id, "status": "done", "arch": card["arch"]["string"],
                     "format": card["artefact"]["format"],
-                    "device": (card.get("device") or {}).get("id"),
+                    "device": _text_or_none((card.get("device") or {}).get("id")),
                     "created": card["created"], "finished": card["created"],
                     "artefact": card["artefact"]["file"]}
         raise UnknownExportError(f"no export with id {export_id!r}")
+
+    def _read_job(self, job_file: Path, export_id: str) -> dict[str, Any]:
+        """``job.json``, checked: an object with a known status and text fields (it is
+        only read here, never rewritten)."""
+        where = self._relative(job_file)
+        try:
+            data = json.loads(job_file.read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise CorruptExportError(f"export {export_id}: cannot read {where} "
+                                     f"({exc.strerror or type(exc).__name__})") from None
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise CorruptExportError(f"export {export_id}: {where} is not valid JSON "
+                                     f"({_one_line(str(exc))})") from None
+        if not isinstance(data, dict):
+            raise CorruptExportError(f"export {export_id}: {where} holds a JSON "
+                                     f"{type(data).__name__}, not an object")
+        if data.get("status") not in STATUSES:
+            raise CorruptExportError(f"export {export_id}: {where} has no valid 'status' "
+                                     f"(one of {', '.join(STATUSES)})")
+        wrong = [key for key in _TEXT_FIELDS
+                 if data.get(key) is not None and not isinstance(data[key], str)]
+        if wrong:
+            raise CorruptExportError(f"export {export_id}: {where} has non-text "
+                                     f"{', '.join(wrong)}")
+        return {key: data[key] for key in ("status", *_TEXT_FIELDS) if key in data}
 
     def artefact(self, export_id: str) -> Path:
         """Path of a finished export's artefact (inside its folder)."""
@@ -174,3 +237,12 @@ class ExportJobs:
 
 class ExportNotReadyError(OfaSearchError):
     """The export exists but has no artefact yet (queued, running or failed)."""
+
+
+def _one_line(text: str, limit: int = 300) -> str:
+    line = " ".join(text.split())
+    return line if len(line) <= limit else line[:limit - 1] + "…"
+
+
+def _text_or_none(value: Any) -> str | None:
+    return value if isinstance(value, str) else None

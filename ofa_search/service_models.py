@@ -1,38 +1,40 @@
-"""Request and response bodies of the HTTP service (pydantic models, in the OpenAPI schema)."""
+"""Request and response bodies of the HTTP service (pydantic models, in the OpenAPI schema).
+
+Request bodies are strict: a budget must be a JSON number (``"0.15"`` and ``true`` are
+refused; an integer is a number), finite (``NaN``, ``Infinity`` and ``1e309`` are refused),
+and unknown keys are refused.
+"""
 
 from __future__ import annotations
 
-import math
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 DEVICE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 PRECISION_PATTERN = r"^[a-z0-9_]{1,32}$"
 EXPORT_ID_PATTERN = r"^[0-9a-f]{32}$"
+QUERY_JOB_ID_PATTERN = EXPORT_ID_PATTERN
 ExportStatus = Literal["queued", "running", "done", "failed"]
-
-
-def _finite(value: float | None) -> float | None:
-    if value is not None and not math.isfinite(value):
-        raise ValueError("must be a finite number")
-    return value
+JobStatus = Literal["queued", "running", "done", "failed"]
+# strict: no numbers from strings or booleans, no coercion of any kind
+_STRICT = ConfigDict(extra="forbid", strict=True)
 
 
 class QueryRequest(BaseModel):
     """``POST /query``: the most accurate subnet predicted to fit ``latency_ms``."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = _STRICT
 
     device: str = Field(pattern=DEVICE_ID_PATTERN, description="device id, e.g. cpu-ort-1t")
-    latency_ms: float = Field(gt=0, description="latency budget in milliseconds")
+    latency_ms: float = Field(gt=0, allow_inf_nan=False,
+                              description="latency budget in milliseconds (a finite number)")
     precision: str | None = Field(default=None, pattern=PRECISION_PATTERN,
                                   description="fp32 (default), int8, binary, …")
     confidence: float | None = Field(
-        default=None, gt=0, lt=1, description="the answer's calibrated latency bound at this "
-        "confidence must fit the budget (default 0.9 on a calibrated device)")
-
-    _check_finite = field_validator("latency_ms", "confidence")(_finite)
+        default=None, gt=0, lt=1, allow_inf_nan=False, description="the answer's calibrated "
+        "latency bound at this confidence must fit the budget (default 0.9 on a calibrated "
+        "device)")
 
 
 class QueryResponse(BaseModel):
@@ -64,17 +66,15 @@ class ExportRequest(BaseModel):
 
     With ``arch`` and ``device`` the model card also holds the device's latency."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = _STRICT
 
     format: str = Field(default="auto", pattern=r"^[a-z0-9_]{1,32}$",
                         description="onnx, torchscript or state_dict")
     arch: str | None = Field(default=None, min_length=1, max_length=4096,
                              description="compact arch string or JSON")
     device: str | None = Field(default=None, pattern=DEVICE_ID_PATTERN)
-    latency_ms: float | None = Field(default=None, gt=0)
+    latency_ms: float | None = Field(default=None, gt=0, allow_inf_nan=False)
     precision: str | None = Field(default=None, pattern=PRECISION_PATTERN)
-
-    _check_finite = field_validator("latency_ms")(_finite)
 
     @model_validator(mode="after")
     def _arch_or_budget(self) -> ExportRequest:
@@ -111,9 +111,48 @@ class ExportState(BaseModel):
     artefact_url: str | None = None
 
 
-class ErrorBody(BaseModel):
-    """Every 4xx answer: ``detail`` says what is wrong; some add context."""
+class QueryJobAccepted(BaseModel):
+    """Answer (202) to a ``POST /query`` that needs a search, on a server started with
+    ``--cold-queries queue``: poll ``url``."""
 
-    detail: Any
+    id: str
+    status: JobStatus
+    url: str
+
+
+class QueryJobState(BaseModel):
+    """``GET /queries/{id}``: a queued cold query; ``result`` once done, ``error`` (with the
+    status code the query would have answered) once failed."""
+
+    id: str
+    status: JobStatus
+    device: str
+    latency_ms: float
+    precision: str | None = None
+    confidence: float | None = None
+    created: str
+    finished: str | None = None
+    result: QueryResponse | None = None
+    error: ErrorBody | None = None
+    error_status: int | None = None
+
+
+class ValidationIssue(BaseModel):
+    """One reason a request was refused (422): where, what, and pydantic's error type."""
+
+    loc: list[str | int]
+    msg: str
+    type: str
+
+
+class ErrorBody(BaseModel):
+    """Every error answer: ``detail`` says what is wrong in one line; some add context
+    (``known`` device ids, ``min_latency_ms``, the validation ``errors``)."""
+
+    detail: str
     known: list[str] | None = None
     min_latency_ms: float | None = None
+    errors: list[ValidationIssue] | None = None
+
+
+QueryJobState.model_rebuild()

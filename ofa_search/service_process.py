@@ -21,10 +21,13 @@ def free_port() -> int:
 
 
 def start_server(workspace: str | os.PathLike[str], port: int, *extra: str,
-                 timeout_s: float = 120.0) -> subprocess.Popen[bytes]:
+                 timeout_s: float = 120.0, api_key: str | None = None
+                 ) -> subprocess.Popen[bytes]:
     """``ofa-search serve`` on 127.0.0.1:``port`` (``extra``: more CLI options), returned
-    once ``/healthz`` answers. Raises ``RuntimeError`` with the server's stderr if it exits
+    once ``/healthz`` answers (sent with ``api_key`` as a bearer token, for a server started
+    with ``--api-key-all``). Raises ``RuntimeError`` with the server's stderr if it exits
     first, or when it does not answer within ``timeout_s``."""
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     proc = subprocess.Popen(
         [sys.executable, "-m", "ofa_search.cli", "serve", "--workspace", os.fspath(workspace),
          "--host", "127.0.0.1", "--port", str(port), *extra],
@@ -35,7 +38,8 @@ def start_server(workspace: str | os.PathLike[str], port: int, *extra: str,
             err = proc.stderr.read().decode() if proc.stderr else ""
             raise RuntimeError(f"server exited: {err}")
         try:
-            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+            if httpx.get(f"http://127.0.0.1:{port}/healthz", headers=headers,
+                         timeout=1).status_code == 200:
                 return proc
         except httpx.TransportError:
             time.sleep(0.2)
@@ -56,10 +60,11 @@ def stop_server(proc: subprocess.Popen[bytes]) -> None:
 
 
 @contextmanager
-def served(workspace: str | os.PathLike[str], *extra: str) -> Iterator[str]:
+def served(workspace: str | os.PathLike[str], *extra: str,
+           api_key: str | None = None) -> Iterator[str]:
     """A running server for the block; yields its base URL."""
     port = free_port()
-    proc = start_server(workspace, port, *extra)
+    proc = start_server(workspace, port, *extra, api_key=api_key)
     try:
         yield f"http://127.0.0.1:{port}"
     finally:

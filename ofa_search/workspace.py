@@ -22,6 +22,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from ofa_search.errors import OfaSearchError
+
 ENV_VAR = "OFA_SEARCH_WORKSPACE"
 DEFAULT_DIR = "ofa-workspace"
 
@@ -87,8 +89,56 @@ class Workspace:
         return self.root / "exports"
 
 
+class InvalidNameError(OfaSearchError, ValueError):
+    """A device id or other name that cannot be a file name inside its folder."""
+
+
+class WorkspaceError(OfaSearchError, ValueError):
+    """A workspace path that is not a usable folder."""
+
+
 def _safe(name: str) -> str:
     """Refuse names that would leave their folder (device ids come from users)."""
     if not name or "/" in name or "\\" in name or name in {".", ".."} or "\0" in name:
-        raise ValueError(f"invalid name {name!r} (no path separators allowed)")
+        raise InvalidNameError(f"invalid name {name!r} (no path separators allowed)")
     return name
+
+
+def check_device_id(device: str, option: str = "--device") -> str:
+    """Refuse (:class:`InvalidNameError`, naming ``option``) a device id that cannot name a
+    file of the workspace: empty, ``.``/``..``, or holding a path separator or a NUL."""
+    try:
+        return _safe(device)
+    except InvalidNameError:
+        raise InvalidNameError(f"{option} {device!r} is not a device id (no path separators, "
+                               "'.' or '..'; e.g. cpu-ort-1t)") from None
+
+
+def explicit_workspace(given_on_command_line: bool) -> bool:
+    """Whether the user chose the workspace: on the command line or in
+    ``$OFA_SEARCH_WORKSPACE`` (not the implicit ``./ofa-workspace``)."""
+    return given_on_command_line or bool(os.environ.get(ENV_VAR))
+
+
+def check_workspace(path: str | os.PathLike[str], *, must_exist: bool = True,
+                    writable: bool = False) -> Path:
+    """Refuse (:class:`WorkspaceError`, one line naming the path) a workspace that is a
+    file, lies under a file, does not exist (with ``must_exist``), or (with ``writable``)
+    cannot be created or written. Creates nothing; returns the path."""
+    from ofa_search.atomic import unwritable_reason
+
+    root = Path(path)
+    try:
+        exists, is_dir = root.exists(), root.is_dir()
+    except OSError as exc:
+        raise WorkspaceError(f"workspace {root} cannot be used "
+                             f"({exc.strerror or type(exc).__name__})") from None
+    if exists and not is_dir:
+        raise WorkspaceError(f"workspace {root} is a file, not a folder")
+    if not exists and must_exist:
+        raise WorkspaceError(f"workspace {root} does not exist (create it, or give "
+                             "--workspace the folder of your runs)")
+    reason = unwritable_reason(root)
+    if reason is not None and (writable or "writable" not in reason):
+        raise WorkspaceError(f"workspace {root} {reason}")
+    return root

@@ -104,12 +104,20 @@ class IntervalModel:
     scores: dict[str, tuple[float, ...]]
     answer_scores: dict[str, tuple[float, ...]] = field(default_factory=dict)
     answer_method: str | None = None
+    _factors: dict[tuple[str, float, bool], float] = field(
+        default_factory=dict, init=False, repr=False, compare=False)
 
     def factor(self, mode: str, confidence: float, *, answers: bool = False) -> float:
         """``exp(q)``: the bound is ``point · factor``. ``answers=True`` scores an answer
         of a search: by the answer scores of ``mode`` when there are enough of them for
         ``confidence``, otherwise by the random-arch ones. A :class:`CalibrationError`
         when this mode was not measured or too few of its archs were."""
+        key = (mode, confidence, answers)
+        if key not in self._factors:  # a query asks for the same few factors again and again
+            self._factors[key] = self._factor(mode, confidence, answers)
+        return self._factors[key]
+
+    def _factor(self, mode: str, confidence: float, answers: bool) -> float:
         confidence = check_confidence(confidence)
         selected = self.answer_scores.get(mode, ()) if answers else ()
         if len(selected) >= min_scores(confidence):

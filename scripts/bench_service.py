@@ -1,26 +1,41 @@
-"""Throughput and latency of ``POST /query`` over loopback HTTP at several concurrencies.
+"""Load benchmark of the HTTP service on loopback: ``POST /query`` from a saved front at 8
+and 32 concurrent clients, with a storm of cold queries and a ``/healthz`` poller beside
+them.
 
-    python scripts/bench_service.py WORKSPACE --device cpu-ort-1t [--clients 1 8 32]
-        [--requests 400] [--out bench_service.json] [--server-threads 1]
+    python scripts/bench_service.py WORKSPACE [--device cpu-ort-1t] [--clients 8 32]
+        [--seconds 25] [--cold-clients 4] [--cold-device ID] [--healthz-interval 0.05]
+        [--server-threads 1] [--server-option=--cold-queries --server-option=refuse …]
+        [--out results/bench_service.json]
 
-Starts ``ofa-search serve --workspace WORKSPACE`` on a free 127.0.0.1 port in a subprocess,
-waits for ``/healthz``, then for each client count runs that many threads, each with its
-own keep-alive ``httpx.Client``, sending ``--requests`` queries in total with budgets
-spread over the device's front (so every answer comes from the front; without a front the
-budgets span the table's range and queries may need a cold search). Per-request latency is
-client-side wall time. Prints one row per client count (throughput, p50, p90, p99, max,
-errors) and writes all of it as JSON (atomically). Target: p99 <= 50 ms at 8 clients.
+Starts ``ofa-search serve --workspace WORKSPACE --rate-limit off`` (every client shares
+127.0.0.1, so a per-client limit would throttle the benchmark) on a free port in a
+subprocess and waits for ``/healthz``. Then, for each client count, for ``--seconds``:
+
+- that many threads, each with its own keep-alive ``httpx.Client``, send ``POST /query``
+  back to back with budgets spread over the device's front (every answer from the front);
+- ``--cold-clients`` threads send queries that no saved front answers (a device without a
+  front, ``--cold-device`` or the first one ``/healthz`` lists as "no front", at twice
+  its fastest subnet's latency). The service refuses them at once (409, the default
+  ``--cold-queries refuse``) instead of searching in the request;
+- one thread polls ``GET /healthz`` every ``--healthz-interval`` seconds.
+
+Latency is client-side wall time per request. Prints one row per route and client count
+(requests, req/s, p50, p99, max, errors; a cold query's expected answer is 409, or 202 on
+a server started with ``--cold-queries queue``) against the targets (``/query`` p99 ≤ 50
+ms at 8 clients and ≤ 150 ms at 32, ``/healthz`` p99 ≤ 50 ms), and writes everything with
+the host's description as JSON (atomically). The default run takes about a minute: two
+client counts of 25 s plus the server's start.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-import platform
+import functools
 import sys
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,99 +43,221 @@ import httpx
 import numpy as np
 
 from ofa_search.atomic import atomic_write_json
+from ofa_search.profiling.host import host_info
 from ofa_search.profiling.lut import now_iso
 from ofa_search.service_process import served
 from ofa_search.workspace import Workspace
 
+TARGETS_P99_MS = {("query", 8): 50.0, ("query", 32): 150.0, ("healthz", None): 50.0}
+ROUTES = ("query", "cold", "healthz")
+EXPECTED = {"query": {200}, "cold": {409, 202}, "healthz": {200}}
+
 
 def budgets_for(ws: Workspace, device: str, n: int = 50) -> tuple[list[float], str]:
-    """Budgets spread over the device's front (or, without one, the table's range)."""
+    """Budgets spread over the device's front as queries bound it (its point range times
+    the default bound's factor and the stored scale), or without one the table's range."""
     from ofa_search.search.front import Front
+    from ofa_search.search.query import QueryEngine
 
     path = ws.front(device)
     if path.is_file():
         front = Front.load(path)
-        return np.linspace(front.min_latency_ms, front.latencies[-1], n).tolist(), "front"
-    from ofa_search.search.query import QueryEngine
-
+        ctx = QueryEngine(ws).context(device)
+        factor = ctx.bound_factor(None)[1] * ctx.scale()
+        return (factor * np.linspace(front.min_latency_ms * 1.001, front.latencies[-1],
+                                     n)).tolist(), "front"
     low = QueryEngine(ws).min_latency_ms(device)
     return np.linspace(low * 1.05, low * 4, n).tolist(), "no front"
 
 
-def run_level(url: str, device: str, budgets: list[float], clients: int,
-              requests: int) -> dict[str, Any]:
-    """``requests`` queries from ``clients`` threads; client-side latencies in ms."""
-    per_client = max(1, requests // clients)
-    latencies: list[float] = []
-    errors: list[str] = []
-    sources: dict[str, int] = {}
-    lock = threading.Lock()
-    start_gate = threading.Barrier(clients)
+def cold_target(ws: Workspace, url: str, device: str, wanted: str | None
+                ) -> tuple[str, float] | None:
+    """A (device, budget) that no saved front answers: ``wanted`` or the first device the
+    server lists as "no front", at twice its fastest subnet's predicted latency; ``None``
+    when every device has a front."""
+    from ofa_search.search.query import QueryEngine
 
-    def client(index: int) -> None:
-        local, bad, src = [], [], {}
-        with httpx.Client(base_url=url, timeout=30) as http:
-            http.get("/healthz")  # open the connection before the clock starts
-            start_gate.wait()
-            for j in range(per_client):
-                body = {"device": device, "latency_ms": budgets[(index * 13 + j) % len(budgets)]}
-                t0 = time.perf_counter()
-                res = http.post("/query", json=body)
-                local.append((time.perf_counter() - t0) * 1e3)
-                if res.status_code != 200:
-                    bad.append(f"{res.status_code}: {res.text[:120]}")
-                else:
-                    source = res.json()["source"]
-                    src[source] = src.get(source, 0) + 1
-        with lock:
-            latencies.extend(local)
-            errors.extend(bad)
-            for key, count in src.items():
-                sources[key] = sources.get(key, 0) + count
+    if wanted is None:
+        queryable = httpx.get(f"{url}/healthz", timeout=30).json()["queryable"]
+        candidates = [d for d, state in sorted(queryable.items())
+                      if state == "no front" and d != device]
+        if not candidates:
+            return None
+        wanted = candidates[0]
+    return wanted, 2.0 * QueryEngine(ws).min_latency_ms(wanted)
 
-    t0 = time.perf_counter()
-    with ThreadPoolExecutor(clients) as pool:
-        list(pool.map(client, range(clients)))
-    wall = time.perf_counter() - t0
-    lat = np.asarray(latencies)
-    return {"clients": clients, "requests": int(lat.size), "wall_s": wall,
-            "throughput_rps": lat.size / wall, "p50_ms": float(np.percentile(lat, 50)),
-            "p90_ms": float(np.percentile(lat, 90)), "p99_ms": float(np.percentile(lat, 99)),
-            "max_ms": float(lat.max()), "errors": len(errors), "error_samples": errors[:3],
-            "sources": sources}
+
+@dataclass
+class Record:
+    """What one route's threads saw: per request latency (ms) and status (0: transport
+    error)."""
+
+    latencies: list[float] = field(default_factory=list)
+    statuses: list[int] = field(default_factory=list)
+    samples: list[str] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def add(self, ms: float, status: int, text: str, expected: set[int]) -> None:
+        with self.lock:
+            self.latencies.append(ms)
+            self.statuses.append(status)
+            if status not in expected and len(self.samples) < 3:
+                self.samples.append(f"{status}: {text[:160]}")
+
+    def summary(self, expected: set[int], seconds: float) -> dict[str, Any]:
+        lat = np.asarray(self.latencies, dtype=float)
+        codes: dict[str, int] = {}
+        for status in self.statuses:
+            codes[str(status)] = codes.get(str(status), 0) + 1
+
+        def stat(q: float) -> float | None:
+            return float(np.percentile(lat, q)) if lat.size else None
+
+        return {"requests": int(lat.size), "rps": lat.size / seconds, "p50_ms": stat(50),
+                "p99_ms": stat(99), "max_ms": float(lat.max()) if lat.size else None,
+                "errors": sum(1 for s in self.statuses if s not in expected),
+                "statuses": codes, "error_samples": self.samples}
+
+
+def _loop(url: str, clock: list[float], start: threading.Barrier, record: Record,
+          expected: set[int], send: Callable[[httpx.Client, int], httpx.Response],
+          pause_s: float = 0.0) -> None:
+    """Send until the deadline, which the barrier's action sets in ``clock[1]`` once every
+    thread has opened its connection."""
+    with httpx.Client(base_url=url, timeout=30) as http:
+        http.get("/healthz")  # open the connection before the clock starts
+        start.wait()
+        deadline, i = clock[1], 0
+        while time.monotonic() < deadline:
+            t0 = time.perf_counter()
+            try:
+                res = send(http, i)
+                status, text = res.status_code, res.text
+            except httpx.HTTPError as exc:
+                status, text = 0, f"{type(exc).__name__}: {exc}"
+            record.add((time.perf_counter() - t0) * 1e3, status, text, expected)
+            i += 1
+            if pause_s:
+                time.sleep(pause_s)
+
+
+def run_level(url: str, device: str, budgets: list[float], clients: int, seconds: float,
+              cold: tuple[str, float] | None, cold_clients: int,
+              healthz_interval: float) -> dict[str, Any]:
+    """``clients`` query threads, the cold storm and the poller, for ``seconds``."""
+    records = {route: Record() for route in ROUTES}
+    storm = cold_clients if cold is not None else 0
+    clock: list[float] = []  # [start, deadline], set when every thread is connected
+
+    def set_clock() -> None:
+        now = time.monotonic()
+        clock.extend([now, now + seconds])
+
+    start = threading.Barrier(clients + storm + 1, action=set_clock)
+
+    def query(http: httpx.Client, i: int, offset: int) -> httpx.Response:
+        budget = budgets[(offset * 13 + i) % len(budgets)]
+        return http.post("/query", json={"device": device, "latency_ms": budget})
+
+    def cold_query(http: httpx.Client, i: int) -> httpx.Response:
+        assert cold is not None
+        return http.post("/query", json={"device": cold[0], "latency_ms": cold[1]})
+
+    def healthz(http: httpx.Client, i: int) -> httpx.Response:
+        return http.get("/healthz")
+
+    threads: list[threading.Thread] = []
+
+    def spawn(route: str, send: Callable[[httpx.Client, int], httpx.Response],
+              pause_s: float = 0.0) -> None:
+        threads.append(threading.Thread(target=_loop, args=(
+            url, clock, start, records[route], EXPECTED[route], send, pause_s), daemon=True))
+
+    for index in range(clients):
+        spawn("query", functools.partial(query, offset=index))
+    for _ in range(storm):
+        spawn("cold", cold_query)
+    spawn("healthz", healthz, healthz_interval)
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    wall = time.monotonic() - clock[0]
+    return {"clients": clients, "cold_clients": storm, "seconds": wall,
+            "routes": {route: records[route].summary(EXPECTED[route], wall)
+                       for route in ROUTES}}
+
+
+def _fmt(value: float | None, digits: int = 2) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def print_table(levels: list[dict[str, Any]]) -> None:
+    print(f"{'clients':>7} {'route':<8} {'requests':>8} {'req/s':>7} {'p50 ms':>7} "
+          f"{'p99 ms':>7} {'max ms':>7} {'errors':>6}  target p99")
+    for level in levels:
+        for route in ROUTES:
+            row = level["routes"][route]
+            target = TARGETS_P99_MS.get((route, level["clients"]),
+                                        TARGETS_P99_MS.get((route, None)))
+            verdict = ""
+            if target is not None and row["p99_ms"] is not None:
+                verdict = f"<= {target:g} ms: {'met' if row['p99_ms'] <= target else 'MISSED'}"
+            print(f"{level['clients']:>7} {route:<8} {row['requests']:>8} "
+                  f"{row['rps']:>7.0f} {_fmt(row['p50_ms']):>7} {_fmt(row['p99_ms']):>7} "
+                  f"{_fmt(row['max_ms']):>7} {row['errors']:>6}  {verdict}")
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("workspace", type=Path)
     parser.add_argument("--device", default="cpu-ort-1t")
-    parser.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32])
-    parser.add_argument("--requests", type=int, default=400, help="queries per client count")
-    parser.add_argument("--warmup", type=int, default=50)
+    parser.add_argument("--clients", type=int, nargs="+", default=[8, 32])
+    parser.add_argument("--seconds", type=float, default=25.0,
+                        help="load time per client count")
+    parser.add_argument("--cold-clients", type=int, default=4,
+                        help="threads sending cold queries (0: no storm)")
+    parser.add_argument("--cold-device", default=None,
+                        help="device of the cold queries (default: one without a front)")
+    parser.add_argument("--healthz-interval", type=float, default=0.05)
     parser.add_argument("--server-threads", type=int, default=1,
                         help="torch threads of the server")
-    parser.add_argument("--out", type=Path, default=Path("bench_service.json"))
+    parser.add_argument("--server-option", action="append", default=[],
+                        help="another `ofa-search serve` option (repeatable; write "
+                        "--server-option=--flag)")
+    parser.add_argument("--out", type=Path, default=Path("results") / "bench_service.json")
     args = parser.parse_args(argv)
+    if args.seconds <= 0 or min(args.clients) < 1 or args.cold_clients < 0:
+        parser.error("--seconds must be > 0, --clients >= 1, --cold-clients >= 0")
 
     ws = Workspace(args.workspace)
     budgets, basis = budgets_for(ws, args.device)
-    with served(ws.root, "--threads", str(args.server_threads)) as url:
-        run_level(url, args.device, budgets, 1, args.warmup)
-        rows = [run_level(url, args.device, budgets, c, args.requests) for c in args.clients]
+    extra = ["--threads", str(args.server_threads), "--rate-limit", "off",
+             *args.server_option]
+    with served(ws.root, *extra) as url:
+        cold = cold_target(ws, url, args.device, args.cold_device)
+        run_level(url, args.device, budgets, 1, min(2.0, args.seconds), None, 0,
+                  args.healthz_interval)  # warm-up, not reported
+        levels = [run_level(url, args.device, budgets, clients, args.seconds, cold,
+                            args.cold_clients, args.healthz_interval)
+                  for clients in args.clients]
+    storm = ("no cold storm (every device has a front)" if cold is None else
+             f"cold storm: {args.cold_clients} clients on {cold[0]} at {cold[1]:.4g} ms")
     print(f"POST /query on {args.device} ({basis}; {len(budgets)} budgets), loopback, "
-          f"server torch threads {args.server_threads}")
-    print(f"{'clients':>7} {'requests':>8} {'req/s':>8} {'p50 ms':>7} {'p90 ms':>7} "
-          f"{'p99 ms':>7} {'max ms':>7} {'errors':>6}  sources")
-    for r in rows:
-        print(f"{r['clients']:>7} {r['requests']:>8} {r['throughput_rps']:>8.0f} "
-              f"{r['p50_ms']:>7.2f} {r['p90_ms']:>7.2f} {r['p99_ms']:>7.2f} "
-              f"{r['max_ms']:>7.2f} {r['errors']:>6}  {r['sources']}")
-    atomic_write_json(args.out, {"created": now_iso(), "device": args.device,
-                                 "budget_basis": basis, "budgets": budgets,
-                                 "cpu_count": os.cpu_count(),
-                                 "python": platform.python_version(), "levels": rows,
-                                 "command": " ".join(["scripts/bench_service.py",
-                                                      *(argv or sys.argv[1:])])})
+          f"server torch threads {args.server_threads}; {storm}; /healthz every "
+          f"{args.healthz_interval:g} s")
+    print_table(levels)
+    atomic_write_json(args.out, {
+        "benchmark": "bench_service", "created": now_iso(), "host": host_info(),
+        "command": " ".join(["scripts/bench_service.py", *(argv or sys.argv[1:])]),
+        "workspace": ws.root.name, "device": args.device, "budget_basis": basis,
+        "budgets": budgets, "server_options": extra,
+        "cold": None if cold is None else {"device": cold[0], "latency_ms": cold[1],
+                                           "clients": args.cold_clients},
+        "healthz_interval_s": args.healthz_interval,
+        "targets_p99_ms": {f"{route}@{clients or 'any'}": ms
+                           for (route, clients), ms in TARGETS_P99_MS.items()},
+        "levels": levels})
     print(f"wrote {args.out}")
 
 

@@ -102,6 +102,7 @@ def test_export_writes_a_verified_artefact_and_card(checkpoint: Path, tmp_path: 
     assert art["format"] == fmt and art["bytes"] == result.artefact.stat().st_size
     assert art["sha256"] == hashlib.sha256(result.artefact.read_bytes()).hexdigest()
     assert card["supernet"]["sha256"] == hashlib.sha256(checkpoint.read_bytes()).hexdigest()
+    assert card["supernet"]["checkpoint"] == checkpoint.name  # outside the workspace
     ver = card["verification"]
     assert ver["passed"] and 0 <= ver["max_abs_diff"] <= ver["tolerance"] <= 1e-4
     assert ver["samples"] == 16
@@ -204,3 +205,34 @@ def test_verification_failure_leaves_no_artefact(checkpoint: Path, tmp_path: Pat
     with pytest.raises(VerificationError, match=r"differs from the PyTorch subnet by 0\.01"):
         export(checkpoint, ARCH, perturbed_format, out)
     assert list(out.iterdir()) == []
+
+
+def test_card_holds_no_absolute_path(checkpoint: Path, tmp_path: Path) -> None:
+    """The card is served by ``GET /exports/<id>``: the checkpoint is named relative to the
+    workspace, never by this host's absolute path (issue 20)."""
+    import shutil
+
+    ws = Workspace(tmp_path / "ws")
+    ws.supernet_dir.mkdir(parents=True)
+    shutil.copyfile(checkpoint, ws.checkpoint)
+    result = export(ws.checkpoint.resolve(), ARCH, "state_dict", ws.exports_dir / "e1",
+                    workspace=ws.root.resolve(), measure=False)
+    assert result.card["supernet"]["checkpoint"] == "supernet/checkpoint.pt"
+    text = (ws.exports_dir / "e1" / CARD_JSON).read_text()
+    assert str(tmp_path) not in text and str(tmp_path.resolve()) not in text
+    assert str(tmp_path.resolve()) not in (ws.exports_dir / "e1" / CARD_MARKDOWN).read_text()
+
+
+@pytest.mark.parametrize("where", ["file", "under_file"])
+def test_unwritable_output_is_refused_before_any_work(checkpoint: Path, tmp_path: Path,
+                                                      where: str) -> None:
+    from ofa_search.atomic import OutputPathError
+
+    blocker = tmp_path / "afile"
+    blocker.write_text("keep me")
+    out = blocker if where == "file" else blocker / "sub" / "out"
+    lines: list[str] = []
+    with pytest.raises(OutputPathError, match=r"export folder .*(is a file|lies under)"):
+        export(checkpoint, ARCH, "onnx", out, echo=lines.append)
+    assert lines == []  # refused before loading the checkpoint (nothing extracted)
+    assert blocker.read_text() == "keep me"

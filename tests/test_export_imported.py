@@ -96,7 +96,10 @@ def test_export_of_an_imported_subnet_streams_imagenet(checkpoint: Path, tree: P
     assert (data["name"], data["split"], data["samples"], data["available_samples"]) == (
         "imagenet", "val", 5, 6)
     assert (data["calib_images"], data["calib_batches"], data["layout"]) == (8, 1, "imagenet")
-    assert 0.0 <= data["accuracy"] <= 1.0 and data["data_dir"] == str(tree)
+    assert 0.0 <= data["accuracy"] <= 1.0
+    # no absolute path of this host in a card (it is served over HTTP): folders outside
+    # the workspace by their name only
+    assert data["data_dir"] == tree.name and card["supernet"]["checkpoint"] == checkpoint.name
     assert card["input"]["mean"] == list(IMAGENET_MEAN)
     assert card["input"]["std"] == list(IMAGENET_STD)
     assert card["input"]["shape"] == [1, 3, 128, 128]

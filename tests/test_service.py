@@ -5,6 +5,10 @@ table and learned latency predictor, and a Pareto front computed by NSGA-II. The
 accuracies come from :class:`MacsAccuracy` (a deterministic stand-in for a fitted accuracy
 predictor), so the workspace has no accuracy predictor file: queries answered from the
 front work, those that would need a cold search get the "fit a predictor first" 409.
+
+Every TestClient here (and in the other ``test_service_*`` modules) comes from
+:func:`checked_client`, which checks every JSON answer for the workspace's absolute path
+and ``/tmp``: no answer may carry a path of the server.
 """
 
 from __future__ import annotations
@@ -12,7 +16,9 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
+import httpx
 import numpy as np
 import pytest
 import torch
@@ -66,6 +72,35 @@ def build_workspace(root: Path, *, front_trials: int = 300) -> Workspace:
     return ws
 
 
+CHECKED_RESPONSES: list[str] = []  # "METHOD path status" of every JSON answer checked
+
+
+def server_paths(workspace: Workspace) -> set[str]:
+    """What no answer may contain: the workspace's absolute path (as given and resolved)
+    and ``/tmp`` (where the test workspaces live)."""
+    return {str(workspace.root.absolute()), str(workspace.root.resolve()), "/tmp"}
+
+
+def checked_client(app: Any, workspace: Workspace, **kwargs: Any) -> TestClient:
+    """A TestClient of ``app`` that fails the request whose JSON answer carries a server
+    path (see :func:`server_paths`)."""
+    forbidden = server_paths(workspace)
+
+    def check(response: httpx.Response) -> None:
+        response.read()
+        if not response.headers.get("content-type", "").startswith("application/json"):
+            return
+        leaked = sorted(path for path in forbidden if path in response.text)
+        request = response.request
+        assert not leaked, (f"{request.method} {request.url.path} answered a server path "
+                            f"{leaked}: {response.text[:500]}")
+        CHECKED_RESPONSES.append(f"{request.method} {request.url.path} {response.status_code}")
+
+    test_client = TestClient(app, **kwargs)
+    test_client.event_hooks = {"request": [], "response": [check]}
+    return test_client
+
+
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
     return build_workspace(tmp_path_factory.mktemp("ws"))
@@ -77,7 +112,7 @@ def client(workspace: Workspace) -> Iterator[TestClient]:
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    with TestClient(create_app(workspace, api_key=API_KEY)) as test_client:
+    with checked_client(create_app(workspace, api_key=API_KEY), workspace) as test_client:
         yield test_client
     torch.set_num_threads(threads)
 
@@ -184,12 +219,12 @@ def test_query_confidence(client: TestClient, workspace: Workspace) -> None:
     assert info["calibrated"] is False and info["latency_scale"] == 1.0
 
 
-def _wait_done(client: TestClient, export_id: str, timeout: float = 60) -> dict[str, object]:
+def _wait_done(client: TestClient, export_id: str, timeout: float = 60) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         state = client.get(f"/exports/{export_id}").json()
         if state["status"] in ("done", "failed"):
-            return state  # type: ignore[no-any-return]
+            return dict(state)
         time.sleep(0.1)
     raise AssertionError(f"export {export_id} did not finish in {timeout} s")
 
@@ -211,7 +246,12 @@ def test_export_by_budget_then_download(client: TestClient, workspace: Workspace
     assert isinstance(card, dict)
     assert card["arch"]["string"] == accepted["arch"] and card["device"]["id"] == DEVICE
     assert card["device"]["measured_latency_ms"] > 0 and card["verification"]["passed"]
-    assert card == read_card(workspace.exports_dir / accepted["id"])
+    # the card as written, but no absolute server path: the checkpoint is relative
+    on_disk = read_card(workspace.exports_dir / accepted["id"])
+    assert card["supernet"]["checkpoint"] == "supernet/checkpoint.pt"
+    assert {**card, "supernet": None} == {**on_disk, "supernet": None}
+    assert {k: v for k, v in card["supernet"].items() if k != "checkpoint"} == {
+        k: v for k, v in on_disk["supernet"].items() if k != "checkpoint"}
     blob = client.get(f"/exports/{accepted['id']}/artefact")
     assert blob.status_code == 200 and len(blob.content) == card["artefact"]["bytes"]
     assert hashlib.sha256(blob.content).hexdigest() == card["artefact"]["sha256"]
@@ -259,7 +299,7 @@ def test_failed_export_reports_its_error(workspace: Workspace) -> None:
     broken = Workspace(workspace.root.parent / "broken")
     broken.supernet_dir.mkdir(parents=True)
     shutil.copy(workspace.checkpoint, broken.checkpoint)
-    with TestClient(create_app(broken)) as local:
+    with checked_client(create_app(broken), broken) as local:
         broken.checkpoint.write_bytes(b"garbage")
         res = local.post("/exports", json={"arch": Arch.smallest(SPACE).to_string()})
         assert res.status_code == 202
@@ -268,7 +308,7 @@ def test_failed_export_reports_its_error(workspace: Workspace) -> None:
         assert local.get(f"/exports/{res.json()['id']}/artefact").status_code == 409
         # no checkpoint at all: 409 at submission
     broken.checkpoint.unlink()
-    with TestClient(create_app(broken)) as local:
+    with checked_client(create_app(broken), broken) as local:
         res = local.post("/exports", json={"arch": Arch.smallest(SPACE).to_string()})
         assert res.status_code == 409 and "checkpoint" in res.json()["detail"]
 
@@ -277,7 +317,7 @@ def test_queue_full_is_429(workspace: Workspace) -> None:
     from ofa_search.service import create_app
 
     arch = Arch.smallest(SPACE).to_string()
-    with TestClient(create_app(workspace, max_pending_exports=0)) as local:
+    with checked_client(create_app(workspace, max_pending_exports=0), workspace) as local:
         codes = [local.post("/exports", json={"arch": arch, "format": "state_dict"})
                  for _ in range(3)]
         assert codes[0].status_code == 202
@@ -285,3 +325,18 @@ def test_queue_full_is_429(workspace: Workspace) -> None:
         full = next(r for r in codes if r.status_code == 429)
         assert full.headers["retry-after"] == "5" and "retry later" in full.json()["detail"]
         _wait_done(local, codes[0].json()["id"])
+
+
+def test_no_answer_carried_a_server_path(client: TestClient) -> None:
+    """Every JSON answer of this module goes through :func:`checked_client`'s check, which
+    fails the request that leaks a path; here the answers most likely to (errors naming
+    files and tables) are asked for once more, and the check must have seen them."""
+    before = len(CHECKED_RESPONSES)
+    asks = [client.post("/query", json={"device": "no-such-device", "latency_ms": 1}),
+            client.get("/devices/no-such-device"),
+            client.post("/query", json={"device": "cpu-ort-2t", "latency_ms": 5}),
+            client.get("/healthz"), client.get("/devices"), client.get(f"/devices/{DEVICE}"),
+            client.get("/exports/" + "0" * 32), client.get("/openapi.json")]
+    assert [r.status_code for r in asks] == [404, 404, 409, 200, 200, 200, 404, 200]
+    assert "hw_profiles" not in asks[0].text and "WORKSPACE" in asks[2].text
+    assert len(CHECKED_RESPONSES) == before + len(asks)

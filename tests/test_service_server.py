@@ -1,5 +1,7 @@
 """The real server: ``ofa-search serve`` in a subprocess on 127.0.0.1, queried over HTTP by
-8 concurrent clients; every answer equals the library's and the CLI's."""
+8 concurrent clients; every answer equals the library's and the CLI's. Also over HTTP:
+non-finite numbers (422), cold queries (409 at once, /healthz still answering), and a
+server started with ``--api-key-all`` and a small ``--rate-limit``."""
 
 from __future__ import annotations
 
@@ -30,7 +32,10 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Workspace
     ws = build_workspace(tmp_path_factory.mktemp("ws"))
     key_file = ws.root / "api-key.txt"
     key_file.write_text(KEY + "\n")
-    with served_on_loopback(ws.root, "--api-key-file", str(key_file)) as url:
+    key_file.chmod(0o600)
+    # 8 clients on one address: far over the default per-client rate limit
+    with served_on_loopback(ws.root, "--api-key-file", str(key_file), "--rate-limit",
+                            "off") as url:
         yield ws, url
 
 
@@ -92,3 +97,38 @@ def test_errors_and_export_over_http(served: tuple[Workspace, str]) -> None:
         assert hashlib.sha256(blob.content).hexdigest() == state["card"]["artefact"]["sha256"]
         assert state["card"]["device"]["measured_latency_ms"] > 0
         assert (ws.exports_dir / export_id / "model.onnx").read_bytes() == blob.content
+
+
+def test_hostile_input_over_http(served: tuple[Workspace, str]) -> None:
+    ws, url = served
+    headers = {"content-type": "application/json"}
+    with httpx.Client(base_url=url, timeout=30) as http:
+        for number in ("NaN", "Infinity", "-Infinity", "1e309"):
+            raw = f'{{"device": "{DEVICE}", "latency_ms": {number}}}'
+            res = http.post("/query", content=raw, headers=headers)
+            assert res.status_code == 422 and "finite" in res.json()["detail"], res.text
+        assert http.post("/query", json={"device": DEVICE, "latency_ms": "0.15"}
+                         ).status_code == 422
+        # a device without a front needs a search: answered at once (409), never run
+        with ThreadPoolExecutor(8) as pool:
+            cold = list(pool.map(lambda _: http.post("/query", json={
+                "device": "cpu-ort-2t", "latency_ms": 5}), range(16)))
+        assert {r.status_code for r in cold} == {409}
+        assert http.get("/healthz").status_code == 200
+        unknown = http.post("/query", json={"device": "nope", "latency_ms": 1})
+        assert str(ws.root) not in unknown.text and "/tmp" not in unknown.text
+
+
+def test_api_key_all_and_rate_limit_over_http(served: tuple[Workspace, str]) -> None:
+    ws, _ = served
+    key_file = ws.root / "api-key.txt"
+    auth = {"Authorization": f"Bearer {KEY}"}
+    with served_on_loopback(ws.root, "--api-key-file", str(key_file), "--api-key-all",
+                            "--rate-limit", "4/minute", api_key=KEY) as url, \
+            httpx.Client(base_url=url, timeout=30) as http:
+        assert http.get("/healthz").status_code == 401  # exempt from the limit, not the key
+        codes = [http.get("/devices", headers=auth).status_code for _ in range(4)]
+        assert codes == [200] * 4
+        over = http.get("/devices", headers=auth)
+        assert over.status_code == 429 and int(over.headers["retry-after"]) >= 1
+        assert http.get("/healthz", headers=auth).status_code == 200

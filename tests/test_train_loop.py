@@ -133,10 +133,13 @@ def test_global_rng_is_untouched(tmp_path: Path) -> None:
 
 
 def test_config_validation() -> None:
-    with pytest.raises(TrainingError, match="strategy must be one of sandwich, spos, ps"):
+    with pytest.raises(TrainingError, match=r"strategy must be one of sandwich, spos, ps.*, "
+                                            r"got 'random'$"):
         TrainConfig(strategy="random")
-    with pytest.raises(TrainingError, match=r"epochs must be >= 1, got self\.epochs=0"):
+    with pytest.raises(TrainingError, match=r"epochs must be >= 1, got 0$"):
         TrainConfig(epochs=0)
+    with pytest.raises(TrainingError, match=r"lr must be a finite number > 0, got inf$"):
+        TrainConfig(lr=float("inf"))
 
 
 def test_custom_progressive_shrinking_phases(tmp_path: Path) -> None:

@@ -24,6 +24,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ofa_search.arch import Arch
+from ofa_search.atomic import check_writable_file, remove_stale_temps
 from ofa_search.errors import OfaSearchError
 from ofa_search.profiling.device import DeviceProfile
 from ofa_search.profiling.host import host_info
@@ -47,6 +48,29 @@ OVERHEAD_SEED = 1_000_003
 
 class ProfileMismatchError(OfaSearchError, ValueError):
     """An existing table was measured under a different device profile."""
+
+
+class ProfileOptionError(OfaSearchError, ValueError):
+    """Options of a table build that the space or the timing cannot honour."""
+
+
+def check_build_options(spec: SearchSpace, width: float, resolutions: Sequence[int], *,
+                        overhead_archs: int = 0, rounds: int = 1) -> None:
+    """Refuse, before anything is measured or written, resolutions or a width that ``spec``
+    does not have (a table of them could never be completed), and counts below their
+    minimum. (Precisions that the space lacks are left out of the table, as documented.)"""
+    if not resolutions:
+        raise ProfileOptionError("no resolution to profile")
+    bad = sorted({int(r) for r in resolutions if r not in spec.resolutions})
+    if bad:
+        raise ProfileOptionError(f"space {spec.name!r} has resolutions "
+                                 f"{list(spec.resolutions)}, not {bad}")
+    if width not in spec.width_mults:
+        raise ProfileOptionError(f"space {spec.name!r} has widths {list(spec.width_mults)}, "
+                                 f"not {width!r}")
+    if overhead_archs < 0 or rounds < 1:
+        raise ProfileOptionError(f"need overhead_archs >= 0 and rounds >= 1, got "
+                                 f"{overhead_archs} and {rounds}")
 
 
 def enumerate_units(space: str | SearchSpace, width_mult: float | None = None,
@@ -118,20 +142,29 @@ def sample_archs(space: str | SearchSpace, n: int, seed: int, width_mult: float,
     return out
 
 
+def _existing_table(spec: SearchSpace, profile: DeviceProfile, width: float,
+                    out_path: Path) -> LatencyTable | None:
+    """The table at ``out_path`` to resume (checked against the profile, space and width),
+    or ``None`` when there is none."""
+    if not out_path.exists():
+        return None
+    table = LatencyTable.load(out_path)
+    if table.fingerprint != profile.fingerprint():
+        raise ProfileMismatchError(
+            f"{out_path} was measured under profile fingerprint {table.fingerprint!r} "
+            f"({table.device}); the requested profile {profile.id!r} has fingerprint "
+            f"{profile.fingerprint()!r}. Use another output file or delete that one.")
+    if table.space != spec.name or table.width_mult != width:
+        raise ProfileMismatchError(
+            f"{out_path} prices space {table.space!r} at width {table.width_mult}, not "
+            f"{spec.name!r} at width {width}")
+    return table
+
+
 def _start_table(spec: SearchSpace, profile: DeviceProfile, width: float,
                  resolutions: Sequence[int], out_path: Path, backend: Measurer,
-                 timing: TimingConfig) -> LatencyTable:
-    if out_path.exists():
-        table = LatencyTable.load(out_path)
-        if table.fingerprint != profile.fingerprint():
-            raise ProfileMismatchError(
-                f"{out_path} was measured under profile fingerprint {table.fingerprint!r} "
-                f"({table.device}); the requested profile {profile.id!r} has fingerprint "
-                f"{profile.fingerprint()!r}. Use another output file or delete that one.")
-        if table.space != spec.name or table.width_mult != width:
-            raise ProfileMismatchError(
-                f"{out_path} prices space {table.space!r} at width {table.width_mult}, not "
-                f"{spec.name!r} at width {width}")
+                 timing: TimingConfig, table: LatencyTable | None) -> LatencyTable:
+    if table is not None:
         table.resolutions = tuple(sorted(set(table.resolutions) | set(resolutions)))
         extra = [p for p in profile.precisions if p not in table.precisions]
         table.device = {**table.device, "precisions": [*table.precisions, *extra]}
@@ -169,14 +202,22 @@ def build_table(space: str | SearchSpace, profile: DeviceProfile,
             saved after each chunk. Default: the backend's ``max_prepared``, else 25.
         on_unit: called after each unit is measured.
 
-    Returns the table (also written to ``out_path``). Raises :class:`ProfileMismatchError`
-    when ``out_path`` holds a table of another profile, space or width.
+    Returns the table (also written to ``out_path``). Raises, before anything is measured:
+    :class:`ProfileMismatchError` when ``out_path`` holds a table of another profile, space
+    or width; :class:`ProfileOptionError` for resolutions or a width that the space lacks;
+    :class:`~ofa_search.atomic.OutputPathError` when ``out_path`` cannot be written. Stale
+    temporary files of ``out_path`` (a build killed mid-save) are removed.
     """
     spec = get_space(space)
     width = spec.width_mults[0] if width_mult is None else width_mult
     res = tuple(spec.resolutions if resolutions is None else resolutions)
     timing = timing or FAST_TIMING
     path = Path(out_path)
+    # everything that can be refused is refused before the backend starts or a file changes
+    check_build_options(spec, width, res, overhead_archs=overhead_archs, rounds=rounds)
+    check_writable_file(path, "table")
+    existing = _existing_table(spec, profile, width, path)
+    remove_stale_temps(path.parent, path.name)  # left by a build killed mid-save
     owned = backend is None
     if backend is None:
         from ofa_search.profiling.backends import get_backend
@@ -184,7 +225,7 @@ def build_table(space: str | SearchSpace, profile: DeviceProfile,
         backend = get_backend(profile, timing=timing)
     measurer = backend
     try:
-        table = _start_table(spec, profile, width, res, path, backend, timing)
+        table = _start_table(spec, profile, width, res, path, backend, timing, existing)
         table.meta["rounds"] = rounds
         units = table_units(spec, width, res, profile.precisions)
         todo = [u for u in units if u.key not in table.entries]

@@ -14,6 +14,7 @@ so a service answers repeated queries without reloading; :func:`query` is a thin
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import threading
 import time
@@ -132,6 +133,11 @@ class QueryEngine:
                 self._contexts[key] = ctx
             return ctx
 
+    def loaded(self, device: str, precision: str | None = None) -> bool:
+        """Whether the device's context at ``precision`` is loaded (``"any"``: never, it
+        spans several)."""
+        return (device, precision or DEFAULT_PRECISION) in self._contexts
+
     def front(self, device: str, precision: str | None = None) -> Front | None:
         """The device's front if one was computed with the current predictors (reloaded
         when its file changes); ``None`` otherwise."""
@@ -232,8 +238,8 @@ class QueryEngine:
         return QueryResult(
             arch=found.arch, space=ctx.space, device=ctx.device, precision=ctx.precision,
             predicted_accuracy=found.accuracy, accuracy_std=found.accuracy_std,
-            predicted_latency_ms=point_ms, macs_m=count_macs(found.arch) / 1e6,
-            params_m=count_params(found.arch) / 1e6, source=source,
+            predicted_latency_ms=point_ms, macs_m=_macs(found.arch) / 1e6,
+            params_m=_params(found.arch) / 1e6, source=source,
             latency_predictor=ctx.latency_name, found_in_s=time.perf_counter() - start,
             latency_upper_ms=upper, confidence=level, latency_scale=scale,
             warnings=tuple(warnings))
@@ -305,6 +311,11 @@ class QueryEngine:
             rng, REFINE_MUTATE_PROB), rng) for i in range(REFINE_CANDIDATES)]
         best = best_feasible([found, *ctx.evaluator().evaluate(candidates)], budget_ms)
         return best if best is not None and best.accuracy > found.accuracy else found
+
+
+# answers repeat (a front has a few hundred points): count each arch once
+_macs = functools.lru_cache(maxsize=4096)(count_macs)
+_params = functools.lru_cache(maxsize=4096)(count_params)
 
 
 def _descend_latency(ctx: DeviceContext, max_steps: int = 30) -> tuple[Arch, float]:

@@ -95,7 +95,7 @@ def _train_run(config: SupernetBenchConfig, out: Path, strategy: str, *, seed: i
                       strategy=strategy, epochs=epochs, batch_size=config.batch_size,
                       lr=config.lr, warmup_epochs=min(config.warmup_epochs, epochs - 1),
                       steps_per_epoch=config.steps_per_epoch, seed=seed, out_dir=str(out),
-                      resume=True, quiet=quiet,
+                      resume=(out / "checkpoint.pt").is_file(), quiet=quiet,
                       arch=None if arch is None else arch.to_string())
     return train(run)
 

@@ -29,6 +29,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from ofa_search.arch import Arch, parse_arch
+from ofa_search.atomic import (
+    OutputPathError,
+    atomic_write_text,
+    check_writable_dir,
+    remove_stale_temps,
+)
 from ofa_search.data import DatasetSplits, iterate_batches, load_dataset
 from ofa_search.errors import OfaSearchError
 from ofa_search.nn import Supernet
@@ -132,25 +138,27 @@ class TrainConfig:
 
         get_space(self.space)
         check(self.strategy in STRATEGIES,
-              f"strategy must be one of {', '.join(STRATEGIES)}, got {self.strategy=}")
-        check(self.epochs >= 1, f"epochs must be >= 1, got {self.epochs=}")
-        check(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size=}")
-        check(self.lr > 0, f"lr must be > 0, got {self.lr=}")
-        check(0 <= self.momentum < 1, f"momentum must be in [0, 1), got {self.momentum=}")
-        check(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay=}")
-        check(self.warmup_epochs >= 0, f"warmup_epochs must be >= 0, got {self.warmup_epochs=}")
+              f"strategy must be one of {', '.join(STRATEGIES)}, got {self.strategy!r}")
+        check(self.epochs >= 1, f"epochs must be >= 1, got {self.epochs!r}")
+        check(0 <= self.seed < 2**32, f"seed must be in [0, 2**32), got {self.seed!r}")
+        check(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size!r}")
+        check(math.isfinite(self.lr) and self.lr > 0,
+              f"lr must be a finite number > 0, got {self.lr!r}")
+        check(0 <= self.momentum < 1, f"momentum must be in [0, 1), got {self.momentum!r}")
+        check(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay!r}")
+        check(self.warmup_epochs >= 0, f"warmup_epochs must be >= 0, got {self.warmup_epochs!r}")
         check(0 <= self.label_smoothing < 1,
-              f"label_smoothing must be in [0, 1), got {self.label_smoothing=}")
-        check(self.kd_ratio >= 0, f"kd_ratio must be >= 0, got {self.kd_ratio=}")
+              f"label_smoothing must be in [0, 1), got {self.label_smoothing!r}")
+        check(self.kd_ratio >= 0, f"kd_ratio must be >= 0, got {self.kd_ratio!r}")
         check(self.grad_clip is None or self.grad_clip > 0,
-              f"grad_clip must be > 0 or None, got {self.grad_clip=}")
+              f"grad_clip must be > 0 or None, got {self.grad_clip!r}")
         check(self.steps_per_epoch is None or self.steps_per_epoch >= 1,
-              f"steps_per_epoch must be >= 1, got {self.steps_per_epoch=}")
+              f"steps_per_epoch must be >= 1, got {self.steps_per_epoch!r}")
         check(self.stop_after_epochs is None or self.stop_after_epochs >= 1,
-              f"stop_after_epochs must be >= 1, got {self.stop_after_epochs=}")
+              f"stop_after_epochs must be >= 1, got {self.stop_after_epochs!r}")
         check((self.strategy == "standalone") == (self.arch is not None),
               "strategy 'standalone' needs an arch, and only it takes one "
-              f"(got {self.strategy=}, {self.arch=})")
+              f"(got strategy {self.strategy!r}, arch {self.arch!r})")
         if self.resolutions is not None:
             object.__setattr__(self, "resolutions", tuple(self.resolutions))
         if self.ps_phases is not None:
@@ -224,6 +232,18 @@ def _dist_env() -> tuple[int, int]:
 
 
 def _strategy_for(config: TrainConfig) -> TrainingStrategy:
+    """The run's arch sampler; options it cannot honour (e.g. strategy ``precision`` on a
+    space without low precisions, resolutions outside the space) raise
+    :class:`TrainingError`."""
+    try:
+        return _make_strategy(config)
+    except OfaSearchError:
+        raise
+    except ValueError as exc:  # the strategies' own validation of their options
+        raise TrainingError(f"strategy {config.strategy!r}: {exc}") from None
+
+
+def _make_strategy(config: TrainConfig) -> TrainingStrategy:
     options: dict[str, Any] = {}
     if config.strategy in ("sandwich", "precision"):
         options["n_random"] = config.n_random
@@ -302,12 +322,20 @@ def run_training(config: TrainConfig) -> TrainResult:
     the model is wrapped in ``DistributedDataParallel``; every rank samples the same archs,
     reads its own shard of each batch order, and rank 0 writes the files.
 
+    On start (rank 0), what a run killed mid-epoch left is put right: metrics rows of
+    steps beyond the checkpoint's (appended before a checkpoint that was never written) are
+    dropped, and temporary files of killed atomic writes are removed (see
+    :mod:`ofa_search.atomic`).
+
     Raises:
-        TrainingError: a checkpoint exists but ``resume`` is off, or it belongs to another
-            space, width or strategy.
+        TrainingError: before any work: an output folder that is a file, lies under one or
+            cannot be written; ``resume`` without a checkpoint in it; an ``init_checkpoint``
+            that is not a file. Later: a checkpoint exists but ``resume`` is off, or it
+            belongs to another space, width or strategy.
         FileFormatError: an unreadable checkpoint.
     """
     rank, world = _dist_env()
+    _check_run_folder(config)
     own_group = False
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("gloo")  # the loop runs on CPU (no device placement yet)
@@ -343,6 +371,11 @@ def _run(config: TrainConfig, rank: int, world: int) -> TrainResult:
             ckpt_path, config, strategy, net, optimizer, data_gen)
     elif config.init_checkpoint is not None:
         load_init_weights(net, config.init_checkpoint)
+    if rank == 0:
+        # what a run killed mid-epoch or mid-write left: temporary files of dead writers,
+        # and metrics rows of steps that no checkpoint holds (they are trained again)
+        remove_stale_temps(out)
+        _drop_metrics_after(metrics_path, step)
 
     segments = strategy.segments(config.epochs, config.lr)
     total_epochs = sum(s.epochs for s in segments)
@@ -420,6 +453,49 @@ def _run(config: TrainConfig, rank: int, world: int) -> TrainResult:
     if rank == 0 and epoch >= total_epochs and not ckpt_path.exists():
         save_checkpoint(ckpt_path, state())
     return TrainResult(ckpt_path, net.eval(), epoch, step)
+
+
+def _check_run_folder(config: TrainConfig) -> None:
+    """Refuse, before any work, an output folder that cannot be written, ``resume`` without
+    a checkpoint to resume, and an ``init_checkpoint`` that is not a file."""
+    out = Path(config.out_dir)
+    try:
+        check_writable_dir(out, "output folder")
+    except OutputPathError as exc:
+        raise TrainingError(str(exc)) from None
+    if config.resume and not (out / CHECKPOINT_NAME).is_file():
+        what = ("does not exist" if not out.is_dir() else "is empty"
+                if not any(out.iterdir()) else f"has no {CHECKPOINT_NAME}")
+        raise TrainingError(f"cannot resume: output folder {out} {what}; start a new run "
+                            "there without --resume")
+    if config.init_checkpoint is not None and not config.resume \
+            and not Path(config.init_checkpoint).is_file():
+        raise TrainingError(f"init checkpoint {config.init_checkpoint} is not a file")
+
+
+def _drop_metrics_after(path: Path, step: int) -> None:
+    """Keep only the metrics rows of the first ``step`` optimizer steps (and their epoch
+    ends): a run killed between appending an epoch's rows and writing its checkpoint trains
+    that epoch again on resume, and must not list it twice; a torn last line goes too.
+    The file is rewritten atomically, and only when something is dropped."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        return
+    kept = []
+    for line in lines:
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(row, dict) and isinstance(row.get("step"), int) and row["step"] <= step:
+            kept.append(line)
+    if len(kept) == len(lines):
+        return
+    if kept:
+        atomic_write_text(path, "".join(f"{line}\n" for line in kept))
+    else:
+        path.unlink(missing_ok=True)
 
 
 def _train_epoch(batches: Iterator[tuple[torch.Tensor, torch.Tensor]], step: int,
