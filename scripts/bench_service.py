@@ -17,7 +17,7 @@ subprocess and waits for ``/healthz``. Then, for each client count, for ``--seco
   front, ``--cold-device`` or the first one ``/healthz`` lists as "no front", at twice
   its fastest subnet's latency). The service refuses them at once (409, the default
   ``--cold-queries refuse``) instead of searching in the request;
-- one thread polls ``GET /healthz`` every ``--healthz-interval`` seconds.
+- one process of its own polls ``GET /healthz`` every ``--healthz-interval`` seconds.
 
 Latency is client-side wall time per request. Prints one row per route and client count
 (requests, req/s, p50, p99, max, errors; a cold query's expected answer is 409, or 202 on
@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import multiprocessing
 import sys
 import threading
 import time
@@ -119,6 +120,27 @@ class Record:
                 "statuses": codes, "error_samples": self.samples}
 
 
+def _poll_healthz(url: str, go: Any, seconds: float, interval: float, out: Any) -> None:
+    """The ``/healthz`` poller, in its own process (the query threads' scheduling in this
+    one would otherwise add to its times): from ``go`` for ``seconds``, every
+    ``interval``; puts ``[(ms, status, text)]`` on ``out``."""
+    got: list[tuple[float, int, str]] = []
+    with httpx.Client(base_url=url, timeout=30) as http:
+        http.get("/healthz")  # open the connection before the clock starts
+        go.wait()
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            t0 = time.perf_counter()
+            try:
+                res = http.get("/healthz")
+                status, text = res.status_code, res.text[:160]
+            except httpx.HTTPError as exc:
+                status, text = 0, f"{type(exc).__name__}: {exc}"
+            got.append(((time.perf_counter() - t0) * 1e3, status, text))
+            time.sleep(interval)
+    out.put(got)
+
+
 def _loop(url: str, clock: list[float], start: threading.Barrier, record: Record,
           expected: set[int], send: Callable[[httpx.Client, int], httpx.Response],
           pause_s: float = 0.0) -> None:
@@ -153,7 +175,17 @@ def run_level(url: str, device: str, budgets: list[float], clients: int, seconds
         now = time.monotonic()
         clock.extend([now, now + seconds])
 
-    start = threading.Barrier(clients + storm + 1, action=set_clock)
+    go = multiprocessing.get_context("fork").Event()
+    results = multiprocessing.get_context("fork").Queue()
+    poller = multiprocessing.get_context("fork").Process(
+        target=_poll_healthz, args=(url, go, seconds, healthz_interval, results), daemon=True)
+    poller.start()
+
+    def start_all() -> None:
+        set_clock()
+        go.set()
+
+    start = threading.Barrier(clients + storm, action=start_all)
 
     def query(http: httpx.Client, i: int, offset: int) -> httpx.Response:
         budget = budgets[(offset * 13 + i) % len(budgets)]
@@ -162,9 +194,6 @@ def run_level(url: str, device: str, budgets: list[float], clients: int, seconds
     def cold_query(http: httpx.Client, i: int) -> httpx.Response:
         assert cold is not None
         return http.post("/query", json={"device": cold[0], "latency_ms": cold[1]})
-
-    def healthz(http: httpx.Client, i: int) -> httpx.Response:
-        return http.get("/healthz")
 
     threads: list[threading.Thread] = []
 
@@ -177,11 +206,13 @@ def run_level(url: str, device: str, budgets: list[float], clients: int, seconds
         spawn("query", functools.partial(query, offset=index))
     for _ in range(storm):
         spawn("cold", cold_query)
-    spawn("healthz", healthz, healthz_interval)
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
+    for ms, status, text in results.get(timeout=seconds + 60):
+        records["healthz"].add(ms, status, text, EXPECTED["healthz"])
+    poller.join(timeout=10)
     wall = time.monotonic() - clock[0]
     return {"clients": clients, "cold_clients": storm, "seconds": wall,
             "routes": {route: records[route].summary(EXPECTED[route], wall)
