@@ -637,7 +637,8 @@ def _add_routes(app: FastAPI, response: type[JSONResponse]) -> None:
             accepted = QueryJobAccepted(id=job.id, status=job.status, url=url)  # type: ignore[arg-type]
             return response(status_code=202, content=accepted.model_dump(mode="json"),
                             headers={"Location": url})
-        return QueryResponse(**result.to_dict())
+        # validated once here; a Response skips FastAPI's second pass over response_model
+        return response(content=QueryResponse(**result.to_dict()).model_dump(mode="json"))
 
     @app.get("/queries/{job_id}", responses=_ERRORS, name="query_job")
     def query_job(job_id: QueryJobId, state: StateDep) -> QueryJobState:
