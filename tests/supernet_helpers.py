@@ -41,3 +41,19 @@ def save_untrained_checkpoint(space: str, path: Path, seed: int = 2) -> Path:
                                   "strategy": {"name": "untrained"}, "epoch": 0, "step": 0,
                                   "model": net.state_dict(), "optimizer": {},
                                   "scheduler": {}, "rng": {}, "config": {"dataset": "digits"}})
+
+
+def save_proxy_accuracy_predictor(space: str, path: Path, n: int = 64) -> Path:
+    """A small MLP accuracy predictor fitted on a MACs proxy of ``n`` seeded archs, saved
+    to ``path`` (workspaces whose predictor only has to exist and rank by size)."""
+    import numpy as np
+
+    from ofa_search.units import count_macs
+    from predictors.accuracy import MlpAccuracyPredictor
+
+    rng = np.random.default_rng(0)
+    archs = [Arch.sample(space, rng) for _ in range(n)]
+    proxy = np.array([0.6 + 0.1 * np.log(count_macs(a) / 1e6) for a in archs])
+    MlpAccuracyPredictor(space, hidden=(16,), epochs=3, min_steps=30).fit(
+        archs, proxy).save(path)
+    return path

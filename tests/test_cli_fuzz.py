@@ -32,7 +32,7 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from supernet_helpers import save_untrained_checkpoint
+from supernet_helpers import save_proxy_accuracy_predictor, save_untrained_checkpoint
 from table_helpers import write_synthetic_table
 from typer.testing import CliRunner
 
@@ -115,8 +115,6 @@ class Tree:
 def tree(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tree]:
     from ofa_search.search.front import build_front
     from ofa_search.train import TrainConfig, run_training
-    from ofa_search.units import count_macs
-    from predictors.accuracy import MlpAccuracyPredictor
 
     root = tmp_path_factory.mktemp("fuzz")
     threads = torch.get_num_threads()
@@ -126,11 +124,7 @@ def tree(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tree]:
     try:
         ws = Workspace(root / "ws")
         save_untrained_checkpoint(SPACE, ws.checkpoint)
-        rng = np.random.default_rng(0)
-        archs = [Arch.sample(SPACE, rng) for _ in range(64)]
-        proxy = np.array([0.6 + 0.1 * np.log(count_macs(a) / 1e6) for a in archs])
-        MlpAccuracyPredictor(SPACE, hidden=(16,), epochs=3, min_steps=30).fit(
-            archs, proxy).save(ws.accuracy_predictor)
+        save_proxy_accuracy_predictor(SPACE, ws.accuracy_predictor)
         build_front(ws, DEVICE, n_trials=60)
         table = write_synthetic_table(ws, TABLE_DEVICE, SPACE, ["fp32"], resolutions=(16, 20))
         table.meta["overhead"] = {"archs": 0}  # fitted: resuming the table measures nothing

@@ -29,10 +29,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from supernet_helpers import save_untrained_checkpoint
+from supernet_helpers import save_proxy_accuracy_predictor, save_untrained_checkpoint
 
 from ofa_search.arch import Arch
 from ofa_search.atomic import (
@@ -325,19 +324,13 @@ def test_profile_killed_resumes_to_a_complete_table(tmp_path: Path) -> None:
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
     """An untrained supernet and a small MLP accuracy predictor."""
-    from ofa_search.units import count_macs
-    from predictors.accuracy import MlpAccuracyPredictor
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         ws = Workspace(tmp_path_factory.mktemp("faults") / "ws")
         save_untrained_checkpoint(SPACE, ws.checkpoint)
-        rng = np.random.default_rng(0)
-        archs = [Arch.sample(SPACE, rng) for _ in range(64)]
-        proxy = np.array([0.6 + 0.1 * np.log(count_macs(a) / 1e6) for a in archs])
-        MlpAccuracyPredictor(SPACE, hidden=(16,), epochs=3, min_steps=30).fit(
-            archs, proxy).save(ws.accuracy_predictor)
+        save_proxy_accuracy_predictor(SPACE, ws.accuracy_predictor)
     finally:
         torch.set_num_threads(threads)
     return ws
