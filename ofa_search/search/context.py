@@ -105,7 +105,10 @@ class DeviceContext:
     def bound_factor(self, confidence: float | None) -> tuple[float | None, float, list[str]]:
         """``(confidence, factor, warnings)``: the upper bound of a prediction is
         ``point · factor`` at that confidence (the largest factor over the precision modes
-        an answer of this context can have). ``confidence=None`` asks for
+        an answer of this context can have), never under 1: where the calibration finds
+        that answers measure faster than predicted, the bound stays at the point estimate
+        rather than spend that margin, so an answer's point estimate fits its budget too.
+        ``confidence=None`` asks for
         :data:`~predictors.calibration.DEFAULT_CONFIDENCE` where the device is calibrated
         and otherwise answers by the point estimate (``(None, 1.0, [why])``); an explicit
         confidence without calibration is a :class:`CalibrationError`."""
@@ -115,7 +118,7 @@ class DeviceContext:
         try:
             if self.intervals is None:
                 raise CalibrationError(self._uncalibrated())
-            factor = max(self.intervals.factor(mode, level, answers=True) for mode in modes)
+            factor = max(self.answer_factor(mode, level) for mode in modes)
         except CalibrationError as exc:
             if explicit:
                 raise
@@ -125,9 +128,9 @@ class DeviceContext:
 
     def answer_factor(self, arch_mode: str, confidence: float) -> float:
         """The bound's factor for an answer of precision mode ``arch_mode`` (by the answer
-        scores where the device has them)."""
+        scores where the device has them), at least 1 (see :meth:`bound_factor`)."""
         assert self.intervals is not None
-        return self.intervals.factor(arch_mode, confidence, answers=True)
+        return max(1.0, self.intervals.factor(arch_mode, confidence, answers=True))
 
     def _uncalibrated(self) -> str:
         if self.table is not None and self.table.profile() is None:

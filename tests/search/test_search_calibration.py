@@ -264,10 +264,26 @@ def test_calibrate_answers_measures_the_front_and_queries_use_it(ws: Workspace) 
     budget = float(np.median(eng.front(DEVICE).latencies))
     answer = eng.query(DEVICE, budget)
     assert answer.latency_upper_ms == pytest.approx(
-        answer.predicted_latency_ms * stored.factor("fp32", 0.9, answers=True))
+        answer.predicted_latency_ms * max(1.0, stored.factor("fp32", 0.9, answers=True)))
     with pytest.raises(OfaSearchError, match=r"no saved front.*ofa-search search"):
         calibrate_answers(ws, DEVICE, n=4, accuracy=MacsProxy(), accuracy_name="other",
                           latency_kind="lut")
+
+
+def test_answers_measured_faster_than_predicted_keep_the_point_estimate_as_bound(
+        ws: Workspace) -> None:
+    table = find_table(DEVICE, workspace=ws.root)
+    model = calibrate_lut(ws, [0.0] * 30)
+    fast = IntervalModel(DEVICE, "lut", model.identity, "test", model.scores,
+                         {"fp32": (math.log(0.8),) * 30})
+    save_calibration(ws, table, [fast])
+    eng = engine(ws)
+    budget = float(np.median(eng.front(DEVICE).latencies))
+    answer = eng.query(DEVICE, budget)
+    assert answer.confidence == 0.9
+    # the calibrated factor is 0.8; the bound is not put under the point estimate
+    assert answer.latency_upper_ms == pytest.approx(answer.predicted_latency_ms)
+    assert answer.predicted_latency_ms <= budget
 
 
 def test_cli_calibrate_errors(tmp_path) -> None:
