@@ -203,6 +203,10 @@ def register(app: typer.Typer) -> None:
         max_pending_cold: Annotated[int, typer.Option(
             "--max-pending-cold", min=0, help="cold queries waiting beyond those (429 "
             "beyond)")] = 4,
+        health_port: Annotated[int | None, typer.Option(
+            "--health-port", min=0, max=65535, help="also answer GET /healthz on this port, "
+            "from a thread that does not wait behind queries (503 when the event loop "
+            "stalls); for liveness probes under load")] = None,
     ) -> None:
         """Serve query and export over HTTP (OpenAPI docs at /docs)."""
         import torch
@@ -226,6 +230,20 @@ def register(app: typer.Typer) -> None:
             raise OfaSearchError("--api-key-all needs an API key (--api-key-file, "
                                  "--api-key-env or $OFA_SEARCH_API_KEY)")
         limit = parse_rate_limit(rate_limit)
+        health = None
+        if health_port is not None:
+            from ofa_search.service_health import HealthListener
+
+            if health_port == port and port != 0:
+                raise OfaSearchError(f"--health-port {health_port} is the service's --port; "
+                                     "give it a port of its own")
+            try:
+                health = HealthListener(host, health_port,
+                                        api_key=key if api_key_all else None)
+            except OSError as exc:
+                raise OfaSearchError(f"--health-port {health_port}: cannot listen on "
+                                     f"{host}:{health_port} ({exc.strerror or exc})") from None
+            typer.echo(f"health listener on http://{host}:{health.port}/healthz", err=True)
         guarded = "every route" if api_key_all else "POST /exports"
         typer.echo(f"serving {workspace} on http://{host}:{port} (API key "
                    f"{f'required for {guarded}' if key else 'not set'}; rate limit "
@@ -235,5 +253,6 @@ def register(app: typer.Typer) -> None:
                                api_key_all=api_key_all, rate_limit=limit,
                                request_timeout_s=request_timeout or None,
                                cold_queries=cold_queries,  # type: ignore[arg-type]
-                               cold_workers=cold_workers, max_pending_cold=max_pending_cold),
+                               cold_workers=cold_workers, max_pending_cold=max_pending_cold,
+                               health=health),
                     host=host, port=port, log_level=log_level)

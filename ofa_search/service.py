@@ -40,7 +40,9 @@ State: device tables, latency predictors and the :class:`QueryEngine` (fronts, a
 predictor) are loaded once at start-up and shared read-only by all requests; tables added
 to the workspace later need a restart, fronts are reloaded when their file changes. Query
 routes are plain ``def`` endpoints, run in the server's thread pool, so they never block
-the event loop; ``/healthz`` answers from the event loop without touching the pool.
+the event loop; ``/healthz`` answers from the event loop without touching the pool, and
+from a thread of its own on a second port with ``health`` (``serve --health-port``, see
+:mod:`ofa_search.service_health`).
 """
 
 from __future__ import annotations
@@ -85,6 +87,7 @@ from ofa_search.service_exports import (
     QueueFullError,
     UnknownExportError,
 )
+from ofa_search.service_health import BEAT_S, HealthListener
 from ofa_search.service_models import (
     EXPORT_ID_PATTERN,
     QUERY_JOB_ID_PATTERN,
@@ -482,7 +485,7 @@ def create_app(workspace: Workspace | str | os.PathLike[str], *, api_key: str | 
                rate_limit: str | None = DEFAULT_RATE_LIMIT,
                request_timeout_s: float | None = DEFAULT_REQUEST_TIMEOUT_S,
                cold_queries: ColdPolicy = "refuse", cold_workers: int = 1,
-               max_pending_cold: int = 4) -> FastAPI:
+               max_pending_cold: int = 4, health: HealthListener | None = None) -> FastAPI:
     """The service of ``workspace``.
 
     Args:
@@ -496,6 +499,9 @@ def create_app(workspace: Workspace | str | os.PathLike[str], *, api_key: str | 
         cold_queries: ``"refuse"`` (409) or ``"queue"`` (202 and a job; ``cold_workers``
             run at once, ``max_pending_cold`` wait, more get 429) for queries that need a
             search.
+        health: a bound :class:`~ofa_search.service_health.HealthListener` (``serve
+            --health-port``): started with the service, its heartbeat beaten by the event
+            loop, stopped with the service.
     """
     ws = workspace if isinstance(workspace, Workspace) else Workspace(workspace)
     if api_key is not None and not api_key:
@@ -521,9 +527,18 @@ def create_app(workspace: Workspace | str | os.PathLike[str], *, api_key: str | 
         # of the collector's sight, so that full collections stay short under load
         gc.collect()
         gc.freeze()
+        beating = None
+        if health is not None:
+            state = app.state.ofa
+            health.start(lambda: _health_body(state))
+            beating = asyncio.create_task(_heartbeat(health))
         try:
             yield
         finally:
+            if beating is not None:
+                beating.cancel()
+                assert health is not None
+                health.stop()
             app.state.ofa.jobs.shutdown()
             if app.state.ofa.cold_jobs is not None:
                 app.state.ofa.cold_jobs.shutdown()
@@ -548,6 +563,21 @@ def create_app(workspace: Workspace | str | os.PathLike[str], *, api_key: str | 
         app.add_middleware(RequestTimeoutMiddleware, seconds=request_timeout_s,
                            response=response)
     return app
+
+
+async def _heartbeat(health: HealthListener) -> None:
+    """Tell the health listener every :data:`~ofa_search.service_health.BEAT_S` seconds
+    that the event loop runs."""
+    while True:
+        health.beat()
+        await asyncio.sleep(BEAT_S)
+
+
+def _health_body(state: ServiceState) -> dict[str, Any]:
+    """What ``/healthz`` answers: liveness and what the service loaded at start-up."""
+    return {"status": "ok", "version": _version(), "devices": list(state.known()),
+            "queryable": state.warm, "checkpoint": state.checkpoint_space is not None,
+            "auth": state.api_key is not None}
 
 
 @functools.cache
@@ -587,10 +617,10 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 def _add_routes(app: FastAPI, response: type[JSONResponse]) -> None:
     @app.get("/healthz", responses=_ERRORS)
     async def healthz(state: StateDep) -> dict[str, Any]:
-        """Liveness, and what the service loaded at start-up (answered on the event loop)."""
-        return {"status": "ok", "version": _version(), "devices": list(state.known()),
-                "queryable": state.warm, "checkpoint": state.checkpoint_space is not None,
-                "auth": state.api_key is not None}
+        """Liveness, and what the service loaded at start-up (answered on the event loop;
+        ``serve --health-port`` answers the same from a thread that does not wait behind
+        queries)."""
+        return _health_body(state)
 
     @app.get("/devices", responses=_ERRORS)
     def devices(state: StateDep) -> list[dict[str, Any]]:

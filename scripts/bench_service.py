@@ -4,12 +4,14 @@ them.
 
     python scripts/bench_service.py WORKSPACE [--device cpu-ort-1t] [--clients 8 32]
         [--seconds 25] [--cold-clients 4] [--cold-device ID] [--healthz-interval 0.05]
-        [--server-threads 1] [--server-option=--cold-queries --server-option=refuse …]
+        [--no-health-port] [--server-threads 1]
+        [--server-option=--cold-queries --server-option=refuse …]
         [--out results/bench_service.json]
 
 Starts ``ofa-search serve --workspace WORKSPACE --rate-limit off`` (every client shares
 127.0.0.1, so a per-client limit would throttle the benchmark) on a free port in a
-subprocess and waits for ``/healthz``. Then, for each client count, for ``--seconds``:
+subprocess, with ``--health-port`` on another free port unless ``--no-health-port``, and
+waits for ``/healthz``. Then, for each client count, for ``--seconds``:
 
 - that many threads, each with its own keep-alive ``httpx.Client``, send ``POST /query``
   back to back with budgets spread over the device's front (every answer from the front);
@@ -17,14 +19,16 @@ subprocess and waits for ``/healthz``. Then, for each client count, for ``--seco
   front, ``--cold-device`` or the first one ``/healthz`` lists as "no front", at twice
   its fastest subnet's latency). The service refuses them at once (409, the default
   ``--cold-queries refuse``) instead of searching in the request;
-- one process of its own polls ``GET /healthz`` every ``--healthz-interval`` seconds.
+- one process of its own polls ``GET /healthz`` every ``--healthz-interval`` seconds, on
+  the service's port (route ``healthz``: answered by the event loop, behind the queries)
+  and on the health port (route ``health-port``: answered by a thread of its own).
 
 Latency is client-side wall time per request. Prints one row per route and client count
 (requests, req/s, p50, p99, max, errors; a cold query's expected answer is 409, or 202 on
 a server started with ``--cold-queries queue``) against the targets (``/query`` p99 ≤ 50
-ms at 8 clients and ≤ 150 ms at 32, ``/healthz`` p99 ≤ 50 ms), and writes everything with
-the host's description as JSON (atomically). The default run takes about a minute: two
-client counts of 25 s plus the server's start.
+ms at 8 clients and ≤ 150 ms at 32, ``/healthz`` p99 ≤ 50 ms on either port), and writes
+everything with the host's description as JSON (atomically). The default run takes about
+a minute: two client counts of 25 s plus the server's start.
 """
 
 from __future__ import annotations
@@ -46,12 +50,13 @@ import numpy as np
 from ofa_search.atomic import atomic_write_json
 from ofa_search.profiling.host import host_info
 from ofa_search.profiling.lut import now_iso
-from ofa_search.service_process import served
+from ofa_search.service_process import free_port, served
 from ofa_search.workspace import Workspace
 
-TARGETS_P99_MS = {("query", 8): 50.0, ("query", 32): 150.0, ("healthz", None): 50.0}
-ROUTES = ("query", "cold", "healthz")
-EXPECTED = {"query": {200}, "cold": {409, 202}, "healthz": {200}}
+TARGETS_P99_MS = {("query", 8): 50.0, ("query", 32): 150.0, ("healthz", None): 50.0,
+                  ("health-port", None): 50.0}
+ROUTES = ("query", "cold", "healthz", "health-port")
+EXPECTED = {"query": {200}, "cold": {409, 202}, "healthz": {200}, "health-port": {200}}
 
 
 def budgets_for(ws: Workspace, device: str, n: int = 50) -> tuple[list[float], str]:
@@ -120,24 +125,32 @@ class Record:
                 "statuses": codes, "error_samples": self.samples}
 
 
-def _poll_healthz(url: str, go: Any, seconds: float, interval: float, out: Any) -> None:
+def _poll_healthz(urls: dict[str, str], go: Any, seconds: float, interval: float,
+                  out: Any) -> None:
     """The ``/healthz`` poller, in its own process (the query threads' scheduling in this
     one would otherwise add to its times): from ``go`` for ``seconds``, every
-    ``interval``; puts ``[(ms, status, text)]`` on ``out``."""
-    got: list[tuple[float, int, str]] = []
-    with httpx.Client(base_url=url, timeout=30) as http:
-        http.get("/healthz")  # open the connection before the clock starts
+    ``interval``, a GET of each of ``urls`` (route name → base URL) in turn; puts
+    ``[(route, ms, status, text)]`` on ``out``."""
+    got: list[tuple[str, float, int, str]] = []
+    clients = {route: httpx.Client(base_url=url, timeout=30) for route, url in urls.items()}
+    try:
+        for http in clients.values():
+            http.get("/healthz")  # open the connections before the clock starts
         go.wait()
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
-            t0 = time.perf_counter()
-            try:
-                res = http.get("/healthz")
-                status, text = res.status_code, res.text[:160]
-            except httpx.HTTPError as exc:
-                status, text = 0, f"{type(exc).__name__}: {exc}"
-            got.append(((time.perf_counter() - t0) * 1e3, status, text))
+            for route, http in clients.items():
+                t0 = time.perf_counter()
+                try:
+                    res = http.get("/healthz")
+                    status, text = res.status_code, res.text[:160]
+                except httpx.HTTPError as exc:
+                    status, text = 0, f"{type(exc).__name__}: {exc}"
+                got.append((route, (time.perf_counter() - t0) * 1e3, status, text))
             time.sleep(interval)
+    finally:
+        for http in clients.values():
+            http.close()
     out.put(got)
 
 
@@ -165,8 +178,9 @@ def _loop(url: str, clock: list[float], start: threading.Barrier, record: Record
 
 def run_level(url: str, device: str, budgets: list[float], clients: int, seconds: float,
               cold: tuple[str, float] | None, cold_clients: int,
-              healthz_interval: float) -> dict[str, Any]:
-    """``clients`` query threads, the cold storm and the poller, for ``seconds``."""
+              healthz_interval: float, health_url: str | None = None) -> dict[str, Any]:
+    """``clients`` query threads, the cold storm and the poller (of ``url`` and of
+    ``health_url``, the health listener, when given), for ``seconds``."""
     records = {route: Record() for route in ROUTES}
     storm = cold_clients if cold is not None else 0
     clock: list[float] = []  # [start, deadline], set when every thread is connected
@@ -177,8 +191,10 @@ def run_level(url: str, device: str, budgets: list[float], clients: int, seconds
 
     go = multiprocessing.get_context("fork").Event()
     results = multiprocessing.get_context("fork").Queue()
+    polled = {"healthz": url, **({"health-port": health_url} if health_url else {})}
     poller = multiprocessing.get_context("fork").Process(
-        target=_poll_healthz, args=(url, go, seconds, healthz_interval, results), daemon=True)
+        target=_poll_healthz, args=(polled, go, seconds, healthz_interval, results),
+        daemon=True)
     poller.start()
 
     def start_all() -> None:
@@ -210,13 +226,13 @@ def run_level(url: str, device: str, budgets: list[float], clients: int, seconds
         thread.start()
     for thread in threads:
         thread.join()
-    for ms, status, text in results.get(timeout=seconds + 60):
-        records["healthz"].add(ms, status, text, EXPECTED["healthz"])
+    for route, ms, status, text in results.get(timeout=seconds + 60):
+        records[route].add(ms, status, text, EXPECTED[route])
     poller.join(timeout=10)
     wall = time.monotonic() - clock[0]
     return {"clients": clients, "cold_clients": storm, "seconds": wall,
             "routes": {route: records[route].summary(EXPECTED[route], wall)
-                       for route in ROUTES}}
+                       for route in ROUTES if route != "health-port" or health_url}}
 
 
 def _fmt(value: float | None, digits: int = 2) -> str:
@@ -224,17 +240,16 @@ def _fmt(value: float | None, digits: int = 2) -> str:
 
 
 def print_table(levels: list[dict[str, Any]]) -> None:
-    print(f"{'clients':>7} {'route':<8} {'requests':>8} {'req/s':>7} {'p50 ms':>7} "
+    print(f"{'clients':>7} {'route':<11} {'requests':>8} {'req/s':>7} {'p50 ms':>7} "
           f"{'p99 ms':>7} {'max ms':>7} {'errors':>6}  target p99")
     for level in levels:
-        for route in ROUTES:
-            row = level["routes"][route]
+        for route, row in level["routes"].items():
             target = TARGETS_P99_MS.get((route, level["clients"]),
                                         TARGETS_P99_MS.get((route, None)))
             verdict = ""
             if target is not None and row["p99_ms"] is not None:
                 verdict = f"<= {target:g} ms: {'met' if row['p99_ms'] <= target else 'MISSED'}"
-            print(f"{level['clients']:>7} {route:<8} {row['requests']:>8} "
+            print(f"{level['clients']:>7} {route:<11} {row['requests']:>8} "
                   f"{row['rps']:>7.0f} {_fmt(row['p50_ms']):>7} {_fmt(row['p99_ms']):>7} "
                   f"{_fmt(row['max_ms']):>7} {row['errors']:>6}  {verdict}")
 
@@ -251,6 +266,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--cold-device", default=None,
                         help="device of the cold queries (default: one without a front)")
     parser.add_argument("--healthz-interval", type=float, default=0.05)
+    parser.add_argument("--no-health-port", action="store_true",
+                        help="start the server without --health-port")
     parser.add_argument("--server-threads", type=int, default=1,
                         help="torch threads of the server")
     parser.add_argument("--server-option", action="append", default=[],
@@ -265,12 +282,17 @@ def main(argv: list[str] | None = None) -> None:
     budgets, basis = budgets_for(ws, args.device)
     extra = ["--threads", str(args.server_threads), "--rate-limit", "off",
              *args.server_option]
+    health_url = None
+    if not args.no_health_port:
+        health_port = free_port()
+        extra += ["--health-port", str(health_port)]
+        health_url = f"http://127.0.0.1:{health_port}"
     with served(ws.root, *extra) as url:
         cold = cold_target(ws, url, args.device, args.cold_device)
         run_level(url, args.device, budgets, 1, min(2.0, args.seconds), None, 0,
-                  args.healthz_interval)  # warm-up, not reported
+                  args.healthz_interval, health_url)  # warm-up, not reported
         levels = [run_level(url, args.device, budgets, clients, args.seconds, cold,
-                            args.cold_clients, args.healthz_interval)
+                            args.cold_clients, args.healthz_interval, health_url)
                   for clients in args.clients]
     storm = ("no cold storm (every device has a front)" if cold is None else
              f"cold storm: {args.cold_clients} clients on {cold[0]} at {cold[1]:.4g} ms")

@@ -396,3 +396,62 @@ def test_modes_of_the_key_file_are_not_touched(tmp_path: Path) -> None:
     assert warn_if_world_readable(key_file) is True
     assert os.stat(key_file).st_mode & 0o777 == 0o604
     assert warn_if_world_readable(tmp_path / "missing") is False
+
+
+# -- 8. a health listener that does not wait behind queries ---------------------------------
+def test_health_listener_in_process(workspace: Workspace) -> None:
+    import httpx
+
+    from ofa_search.service import create_app
+    from ofa_search.service_health import HealthListener
+
+    health = HealthListener("127.0.0.1", 0)
+    url = f"http://127.0.0.1:{health.port}/healthz"
+    with TestClient(create_app(workspace, rate_limit=None, health=health)) as client:
+        body = httpx.get(url, timeout=30).json()
+        assert body.pop("event_loop_heartbeat_age_s") >= 0
+        assert body == client.get("/healthz").json()
+    with pytest.raises(httpx.TransportError):  # stopped with the service
+        httpx.get(url, timeout=5)
+
+
+def test_health_listener_fails_when_the_event_loop_stalls() -> None:
+    from ofa_search.service_health import HealthListener
+
+    health = HealthListener("127.0.0.1", 0, stale_after_s=0.2, api_key="k")
+    try:
+        assert health.answer("/healthz", None)[0] == 401
+        assert health.answer("/healthz", "Bearer x")[0] == 403
+        assert health.answer("/devices", "Bearer k")[0] == 404
+        health.beat()
+        assert health.answer("/healthz", "Bearer k")[0] == 200
+        time.sleep(0.3)  # no heartbeat: the loop is blocked or dead
+        status, body = health.answer("/healthz", "Bearer k")
+        assert status == 503 and body["status"] == "stalled" and "event loop" in body["detail"]
+        health.beat()
+        assert health.answer("/healthz?verbose=1", "Bearer k")[0] == 200
+    finally:
+        health.stop()
+    with pytest.raises(ValueError, match="stale_after_s"):
+        HealthListener("127.0.0.1", 0, stale_after_s=0)
+
+
+def test_serve_refuses_a_health_port_it_cannot_use(workspace: Workspace,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    import socket
+
+    from ofa_search.cli import main
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        for args, message in ((["--port", str(port), "--health-port", str(port)],
+                               "is the service's --port"),
+                              (["--port", "0", "--health-port", str(port)],
+                               f"cannot listen on 127.0.0.1:{port}")):
+            with pytest.raises(SystemExit) as stop:
+                main(["serve", "--workspace", str(workspace.root), *args])
+            assert stop.value.code == 2, args
+            err = capsys.readouterr().err
+            assert message in err and len(err.strip().splitlines()) == 1, err

@@ -20,6 +20,7 @@ from test_service import DEVICE, build_workspace
 
 from ofa_search.search.front import Front
 from ofa_search.search.query import QueryEngine
+from ofa_search.service_process import free_port
 from ofa_search.service_process import served as served_on_loopback
 from ofa_search.workspace import Workspace
 
@@ -28,14 +29,20 @@ KEY = "server-test-key"
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Workspace, str]]:
+def health_port() -> int:
+    return free_port()
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory, health_port: int
+           ) -> Iterator[tuple[Workspace, str]]:
     ws = build_workspace(tmp_path_factory.mktemp("ws"))
     key_file = ws.root / "api-key.txt"
     key_file.write_text(KEY + "\n")
     key_file.chmod(0o600)
     # 8 clients on one address: far over the default per-client rate limit
     with served_on_loopback(ws.root, "--api-key-file", str(key_file), "--rate-limit",
-                            "off") as url:
+                            "off", "--health-port", str(health_port)) as url:
         yield ws, url
 
 
@@ -99,7 +106,22 @@ def test_errors_and_export_over_http(served: tuple[Workspace, str]) -> None:
         assert (ws.exports_dir / export_id / "model.onnx").read_bytes() == blob.content
 
 
-def test_hostile_input_over_http(served: tuple[Workspace, str]) -> None:
+def test_health_port_answers_like_healthz(served: tuple[Workspace, str],
+                                          health_port: int) -> None:
+    _, url = served
+    main = httpx.get(f"{url}/healthz", timeout=30).json()
+    with httpx.Client(base_url=f"http://127.0.0.1:{health_port}", timeout=30) as http:
+        res = http.get("/healthz")
+        assert res.status_code == 200, res.text
+        body = res.json()
+        assert 0 <= body.pop("event_loop_heartbeat_age_s") < 10
+        assert body == main
+        other = http.get("/query")
+        assert other.status_code == 404 and "only GET /healthz" in other.json()["detail"]
+        assert http.post("/healthz").status_code == 405
+
+
+def test_hostile_input_over_http(served: tuple[Workspace, str], health_port: int) -> None:
     ws, url = served
     headers = {"content-type": "application/json"}
     with httpx.Client(base_url=url, timeout=30) as http:
@@ -115,6 +137,8 @@ def test_hostile_input_over_http(served: tuple[Workspace, str]) -> None:
                 "device": "cpu-ort-2t", "latency_ms": 5}), range(16)))
         assert {r.status_code for r in cold} == {409}
         assert http.get("/healthz").status_code == 200
+        health = httpx.get(f"http://127.0.0.1:{health_port}/healthz", timeout=30)
+        assert health.status_code == 200 and health.json()["status"] == "ok"
         unknown = http.post("/query", json={"device": "nope", "latency_ms": 1})
         assert str(ws.root) not in unknown.text and "/tmp" not in unknown.text
 
@@ -123,9 +147,17 @@ def test_api_key_all_and_rate_limit_over_http(served: tuple[Workspace, str]) -> 
     ws, _ = served
     key_file = ws.root / "api-key.txt"
     auth = {"Authorization": f"Bearer {KEY}"}
+    port = free_port()
+    health = f"http://127.0.0.1:{port}/healthz"
     with served_on_loopback(ws.root, "--api-key-file", str(key_file), "--api-key-all",
-                            "--rate-limit", "4/minute", api_key=KEY) as url, \
+                            "--rate-limit", "4/minute", "--health-port", str(port),
+                            api_key=KEY) as url, \
             httpx.Client(base_url=url, timeout=30) as http:
+        # the health port asks for the key too
+        assert httpx.get(health, timeout=30).status_code == 401
+        assert httpx.get(health, headers={"Authorization": "Bearer nope"},
+                         timeout=30).status_code == 403
+        assert httpx.get(health, headers=auth, timeout=30).status_code == 200
         assert http.get("/healthz").status_code == 401  # exempt from the limit, not the key
         codes = [http.get("/devices", headers=auth).status_code for _ in range(4)]
         assert codes == [200] * 4
