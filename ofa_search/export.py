@@ -7,11 +7,9 @@ own runtime and its outputs on real test images are compared with the PyTorch su
 within the format's stated tolerance. A model card (:mod:`ofa_search.model_card`) goes
 beside it, with the device's predicted and measured latency when a device is given.
 
-Formats (:func:`list_formats`; more register with :func:`register_format`)::
-
-    onnx         fp32 ONNX (opset 17), batch 1   verified with ONNX Runtime (CPU)  atol 1e-4
-    torchscript  torch.jit.trace'd module        verified with torch.jit.load      atol 1e-5
-    state_dict   safetensors of the static net   reloaded into a fresh build_static atol 1e-6
+Formats: :mod:`ofa_search.formats` (``onnx``, ``torchscript``, ``state_dict``), int8
+(``onnx_int8``, ``onnx_int8_ptq``) and ``binary``; more register with
+:func:`~ofa_search.formats.register_format`.
 
 Layout of ``out_dir``: ``model.<suffix>``, ``model_card.json``, ``model_card.md``. The
 artefact is written to a temporary name, verified from that file, then renamed; the card
@@ -27,12 +25,10 @@ each step used and which preprocessing the model expects.
 from __future__ import annotations
 
 import hashlib
-import io
 import itertools
 import math
 import os
 import platform
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib import metadata
@@ -42,11 +38,11 @@ from typing import Any
 import numpy as np
 import torch
 
+import ofa_search.binary.formats  # registers the binary format
+import ofa_search.quant.formats  # noqa: F401 (registers the int8 formats)
 from ofa_search.arch import Arch, parse_arch
 from ofa_search.atomic import (
-    atomic_write_bytes,
     check_writable_dir,
-    host_tag,
     remove_stale_temps,
 )
 from ofa_search.data import (
@@ -62,175 +58,28 @@ from ofa_search.data import (
     stream_loader,
 )
 from ofa_search.errors import InvalidArchError, OfaSearchError, UnsupportedPrecisionError
+from ofa_search.formats import (  # noqa: F401 (part of this module's interface)
+    ARTEFACT_STEM,
+    AUTO_FORMAT,
+    ArtefactFormat,
+    UnknownFormatError,
+    VerificationError,
+    default_format,
+    formats_holding,
+    get_format,
+    list_formats,
+    load_state_dict_artefact,
+    register_format,
+    write_verified,
+)
 from ofa_search.model_card import write_card
-from ofa_search.nn import StaticSubnet, Supernet, build_static
-from ofa_search.ort_options import exact_int8
-from ofa_search.space import PRECISIONS
+from ofa_search.nn import StaticSubnet, Supernet
 from ofa_search.workspace import Workspace, check_device_id, check_workspace
 
-ARTEFACT_STEM = "model"
 STREAM_QUANT_IMAGES = 256
 """Training images handed to an int8 format's ``calibrated_write`` when the data is
 streamed (the first ones of the BN recalibration set; full-size images do not all fit in
 memory)."""
-
-
-class UnknownFormatError(OfaSearchError, ValueError):
-    """An export format that is not registered."""
-
-
-class VerificationError(OfaSearchError):
-    """An artefact whose reloaded outputs differ from the PyTorch subnet's beyond tolerance."""
-
-
-@dataclass(frozen=True)
-class ArtefactFormat:
-    """One way to write a static subnet, and to check the written file.
-
-    ``write(net, path)`` writes ``net`` (in eval mode) to ``path`` atomically;
-    ``verify(path, net, x)`` reloads ``path`` with ``runtime`` and returns the largest
-    absolute difference between its outputs and ``net(x)`` on the real inputs ``x`` (or
-    the format's documented measure of it, e.g. relative to the logit range for int8).
-    Formats that need training images to write (int8 quantisation) set
-    ``calibrated_write(net, path, batches)``: :func:`export` calls it instead of ``write``,
-    with the un-augmented training batches of the BN recalibration (``[N, C, r, r]``
-    float32 arrays). ``precisions``: the stage precisions an artefact can hold.
-    """
-
-    name: str
-    suffix: str
-    runtime: str
-    tolerance: float
-    description: str
-    write: Callable[[StaticSubnet, Path], None]
-    verify: Callable[[Path, StaticSubnet, torch.Tensor], float]
-    calibrated_write: Callable[[StaticSubnet, Path, Sequence[np.ndarray]], None] | None = None
-    precisions: tuple[str, ...] = ("fp32",)
-
-
-_FORMATS: dict[str, ArtefactFormat] = {}
-
-
-def register_format(fmt: ArtefactFormat, *, replace: bool = False) -> None:
-    """Add ``fmt`` to the registry (``replace=True`` to override an existing name)."""
-    if fmt.name in _FORMATS and not replace:
-        raise ValueError(f"export format {fmt.name!r} is already registered")
-    _FORMATS[fmt.name] = fmt
-
-
-AUTO_FORMAT = "auto"
-
-
-def default_format(arch: Arch) -> str:
-    """The artefact format an arch exports to by default (``--format auto``): ``binary`` when
-    it has binary stages, ``onnx_int8`` when it has int8 stages, else ``onnx``."""
-    if "binary" in arch.precisions:
-        return "binary"
-    if "int8" in arch.precisions:
-        return "onnx_int8"
-    return "onnx"
-
-
-def list_formats() -> list[str]:
-    """Names of the registered export formats."""
-    return sorted(_FORMATS)
-
-
-def get_format(name: str) -> ArtefactFormat:
-    """The registered format ``name``; :class:`UnknownFormatError` lists the known ones."""
-    try:
-        return _FORMATS[name]
-    except KeyError:
-        raise UnknownFormatError(f"unknown export format {name!r}; known formats: "
-                                 f"{', '.join(list_formats())}") from None
-
-
-def _reference(net: StaticSubnet, x: torch.Tensor) -> np.ndarray:
-    net.eval()
-    with torch.no_grad():
-        return net(x).numpy()
-
-
-# -- onnx ----------------------------------------------------------------------------------
-def _write_onnx(net: StaticSubnet, path: Path) -> None:
-    from ofa_search.onnx_export import export_onnx, save_onnx
-
-    save_onnx(export_onnx(net, net.input_shape(1)), path)
-
-
-def _verify_onnx(path: Path, net: StaticSubnet, x: torch.Tensor) -> float:
-    import onnxruntime as ort
-
-    options = exact_int8(ort.SessionOptions())
-    options.intra_op_num_threads = 1
-    options.inter_op_num_threads = 1
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    name = session.get_inputs()[0].name
-    got = np.concatenate([np.asarray(session.run(None, {name: x[i:i + 1].numpy()})[0])
-                          for i in range(x.shape[0])])  # the graph's batch is fixed at 1
-    return float(np.max(np.abs(got - _reference(net, x))))
-
-
-# -- torchscript ---------------------------------------------------------------------------
-def _write_torchscript(net: StaticSubnet, path: Path) -> None:
-    net.eval()
-    buffer = io.BytesIO()
-    with warnings.catch_warnings():  # TorchScript is deprecated, and still what runtimes load
-        warnings.simplefilter("ignore", category=DeprecationWarning)
-        traced = torch.jit.trace(net, torch.zeros(net.input_shape(1)), check_trace=False)
-        torch.jit.save(traced, buffer)
-    atomic_write_bytes(path, buffer.getvalue())
-
-
-def _verify_torchscript(path: Path, net: StaticSubnet, x: torch.Tensor) -> float:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", category=DeprecationWarning)
-        loaded = torch.jit.load(str(path), map_location="cpu")
-    loaded.eval()
-    with torch.no_grad():
-        got = loaded(x).numpy()
-    return float(np.max(np.abs(got - _reference(net, x))))
-
-
-# -- state_dict (safetensors) --------------------------------------------------------------
-def _write_state_dict(net: StaticSubnet, path: Path) -> None:
-    from safetensors.torch import save
-
-    tensors = {k: v.detach().contiguous().clone() for k, v in net.state_dict().items()}
-    meta = {"arch": net.arch.to_string(), "space": net.arch.space, "format": "ofa-search"}
-    atomic_write_bytes(path, save(tensors, metadata=meta))
-
-
-def load_state_dict_artefact(path: str | os.PathLike[str]) -> StaticSubnet:
-    """Rebuild the static subnet of a ``state_dict`` artefact (its arch is in the file's
-    metadata), in eval mode."""
-    from safetensors import safe_open
-    from safetensors.torch import load_file
-
-    with safe_open(str(path), framework="pt") as handle:
-        meta = handle.metadata() or {}
-    if "arch" not in meta or "space" not in meta:
-        raise InvalidArchError(f"{path}: safetensors file has no ofa-search arch metadata")
-    net = build_static(parse_arch(meta["arch"], meta["space"]))
-    net.load_state_dict(load_file(str(path)), strict=True)
-    return net.eval()
-
-
-def _verify_state_dict(path: Path, net: StaticSubnet, x: torch.Tensor) -> float:
-    loaded = load_state_dict_artefact(path)
-    with torch.no_grad():
-        got = loaded(x).numpy()
-    return float(np.max(np.abs(got - _reference(net, x))))
-
-
-register_format(ArtefactFormat("onnx", ".onnx", "onnxruntime", 1e-4,
-                               "fp32 ONNX, opset 17, batch 1", _write_onnx, _verify_onnx))
-register_format(ArtefactFormat("torchscript", ".pt", "torch.jit", 1e-5,
-                               "TorchScript (traced)", _write_torchscript, _verify_torchscript,
-                               precisions=PRECISIONS))
-register_format(ArtefactFormat("state_dict", ".safetensors", "safetensors+torch", 1e-6,
-                               "weights of the static subnet (safetensors)",
-                               _write_state_dict, _verify_state_dict, precisions=PRECISIONS))
 
 
 # -- the export ----------------------------------------------------------------------------
@@ -332,7 +181,7 @@ def export(checkpoint: str | os.PathLike[str], arch: str | Arch, format: str,
     fmt = get_format(default_format(parsed) if format == AUTO_FORMAT else format)
     unfit = sorted(set(parsed.precisions) - set(fmt.precisions))
     if unfit:
-        able = [f.name for f in _FORMATS.values() if set(parsed.precisions) <= set(f.precisions)]
+        able = formats_holding(parsed.precisions)
         raise UnsupportedPrecisionError(
             f"format {fmt.name!r} cannot hold {', '.join(unfit)} stages (it holds "
             f"{', '.join(fmt.precisions)}); formats for this arch: {', '.join(able)}")
@@ -355,25 +204,10 @@ def export(checkpoint: str | os.PathLike[str], arch: str | Arch, format: str,
                                           verify_samples=verify_samples, seed=seed, say=say)
     net, x = calibrated.net, calibrated.verify_x
 
-    folder.mkdir(parents=True, exist_ok=True)
-    final = folder / f"{ARTEFACT_STEM}{fmt.suffix}"
-    # named as an atomic write's temporary file (writer pid and host), so that one left by
-    # a killed export is recognised as stale and removed by the next export into the folder
-    pending = folder / f".{final.name}.{os.getpid()}-{host_tag()}.unverified.tmp"
     say(f"writing {fmt.name} artefact and verifying it with {fmt.runtime}")
-    try:
-        if fmt.calibrated_write is not None:
-            fmt.calibrated_write(net, pending, calibrated.quant_batches())
-        else:
-            fmt.write(net, pending)
-        diff = fmt.verify(pending, net, x)
-        if not diff <= fmt.tolerance:  # also catches NaN
-            raise VerificationError(f"{fmt.name} artefact of {parsed.to_string()} differs from "
-                                    f"the PyTorch subnet by {diff:.3g} > tolerance "
-                                    f"{fmt.tolerance:.0e}")
-        os.replace(pending, final)
-    finally:
-        pending.unlink(missing_ok=True)
+    final, diff = write_verified(
+        fmt, net, folder, x, what="subnet", label=f" of {parsed.to_string()}",
+        batches=calibrated.quant_batches() if fmt.calibrated_write is not None else None)
 
     if latency is not None and measure:
         say(f"measuring latency on {device}")
@@ -598,6 +432,3 @@ def _drift(table: Any, backend: Any) -> dict[str, Any]:
             "drifted": report.drifted, "summary": report.summary()}
 
 
-# formats defined elsewhere register themselves on import (they import this module)
-import ofa_search.binary.formats  # noqa: E402
-import ofa_search.quant.formats  # noqa: E402, F401

@@ -114,4 +114,7 @@ def render_markdown(card: Mapping[str, Any]) -> str:
         f"- Created: {card['created']}",
         "",
     ]
+    summary = (card.get("compression") or {}).get("summary") or []
+    if summary:  # a compressed network (ofa_search.compress): what was done
+        lines += ["## Compression", "", *(f"- {line}" for line in summary), ""]
     return "\n".join(lines)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import io
 import os
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -30,9 +31,11 @@ OUTPUT_NAME = "output"
 
 
 def export_onnx(module: nn.Module, input_shape: tuple[int, ...], *, opset: int = 17,
-                exporter: Exporter = "auto") -> onnx.ModelProto:
+                exporter: Exporter = "auto", output_names: Sequence[str] = (OUTPUT_NAME,)
+                ) -> onnx.ModelProto:
     """Export ``module`` (put in eval mode) for a fixed input shape; checked by
-    ``onnx.checker``. The graph has one input ``input`` and one output ``output``."""
+    ``onnx.checker``. The graph has one input ``input`` and the outputs ``output_names``
+    (one ``output`` by default; a module that returns a tuple names each)."""
     if exporter not in ("auto", "torchscript", "dynamo"):
         raise ValueError(f"unknown exporter {exporter!r}; choose auto, torchscript or dynamo")
     was_training = module.training
@@ -41,34 +44,36 @@ def export_onnx(module: nn.Module, input_shape: tuple[int, ...], *, opset: int =
     try:
         if exporter in ("auto", "torchscript"):
             try:
-                model = _export_torchscript(module, example, opset)
+                model = _export_torchscript(module, example, opset, output_names)
             except (TypeError, NotImplementedError, AttributeError):
                 if exporter == "torchscript":
                     raise
-                model = _export_dynamo(module, example, opset)
+                model = _export_dynamo(module, example, opset, output_names)
         else:
-            model = _export_dynamo(module, example, opset)
+            model = _export_dynamo(module, example, opset, output_names)
     finally:
         module.train(was_training)
     onnx.checker.check_model(model)
     return model
 
 
-def _export_torchscript(module: nn.Module, example: torch.Tensor, opset: int) -> onnx.ModelProto:
+def _export_torchscript(module: nn.Module, example: torch.Tensor, opset: int,
+                        output_names: Sequence[str]) -> onnx.ModelProto:
     buffer = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", category=DeprecationWarning)
         torch.onnx.export(module, (example,), buffer,  # type: ignore[arg-type]
                           dynamo=False, opset_version=opset,
-                          input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                          input_names=[INPUT_NAME], output_names=list(output_names),
                           do_constant_folding=True)
     return onnx.load_from_string(buffer.getvalue())
 
 
-def _export_dynamo(module: nn.Module, example: torch.Tensor, opset: int) -> onnx.ModelProto:
+def _export_dynamo(module: nn.Module, example: torch.Tensor, opset: int,
+                   output_names: Sequence[str]) -> onnx.ModelProto:
     program = torch.onnx.export(module, (example,), dynamo=True, external_data=False,
                                 opset_version=max(opset, 18), input_names=[INPUT_NAME],
-                                output_names=[OUTPUT_NAME], verbose=False)
+                                output_names=list(output_names), verbose=False)
     assert program is not None
     return program.model_proto
 

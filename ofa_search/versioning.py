@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -33,3 +34,8 @@ def read_format_json(path: Path, *, fmt: str, version: int, what: str) -> dict[s
     require_version(data, key="format_version", expected=version, what=what,
                     source=path.name)
     return data
+
+
+def now_iso() -> str:
+    """The current UTC time, ISO 8601, to the second (the timestamp of every record)."""
+    return datetime.now(UTC).replace(microsecond=0).isoformat()

@@ -11,23 +11,19 @@
   comparison; slower to predict on big batches).
 
 Prediction is vectorised: :func:`~predictors.accuracy_features.encode_batch` plus one
-numpy matmul per layer. :func:`load_accuracy_predictor` reads any of them.
+numpy matmul per layer. :func:`predictors.loading.load_accuracy_predictor` reads any of them.
 """
 
 from __future__ import annotations
 
-import json
-import os
 from abc import abstractmethod
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
 from ofa_search.arch import Arch
-from ofa_search.errors import FileFormatError
 from ofa_search.space import get_space
 from predictors.accuracy_features import encode_batch, n_features
 from predictors.accuracy_mlp import Layers, layers_from_state, layers_to_state, mlp_forward
@@ -263,38 +259,3 @@ class EnsembleAccuracyPredictor(AccuracyPredictor):
         pred.members = [layers_from_state(m, n_features(pred.space)) for m in members]
         pred.y_mean, pred.y_scale = float(state["y_mean"]), float(state["y_scale"])
         return pred
-
-
-def accuracy_predictor_classes() -> dict[str, type[AccuracyPredictor]]:
-    """Every accuracy predictor class by its file ``kind``."""
-    from predictors.accuracy_gp import GpAccuracyPredictor
-    from predictors.accuracy_ofa import OfaAccuracyPredictor
-
-    classes: list[type[AccuracyPredictor]] = [MlpAccuracyPredictor, EnsembleAccuracyPredictor,
-                                               GpAccuracyPredictor, OfaAccuracyPredictor]
-    return {c.kind: c for c in classes}
-
-
-def load_accuracy_predictor(path: str | os.PathLike[str], space: str | None = None
-                            ) -> AccuracyPredictor:
-    """Load any accuracy predictor file (dispatch on its ``kind``).
-
-    Raises :class:`FileFormatError` for an unreadable file, an unknown kind or version, a
-    malformed state, or (when ``space`` is given) a predictor fitted on another space.
-    """
-    try:
-        data = json.loads(Path(path).read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise FileFormatError(f"{path}: cannot read predictor file: {exc}") from exc
-    kind = data.get("kind") if isinstance(data, dict) else None
-    classes = accuracy_predictor_classes()
-    if kind not in classes:
-        raise FileFormatError(f"{path}: holds a {kind!r} predictor, not an accuracy "
-                              f"predictor (known: {sorted(classes)})")
-    pred = classes[kind].load(path)
-    if not isinstance(pred, AccuracyPredictor):  # pragma: no cover - classes are ours
-        raise FileFormatError(f"{path}: not an accuracy predictor")
-    if space is not None and pred.space != get_space(space).name:
-        raise FileFormatError(f"{path}: accuracy predictor was fitted on space "
-                              f"{pred.space!r}, not {get_space(space).name!r}")
-    return pred

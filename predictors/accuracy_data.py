@@ -23,12 +23,11 @@ import json
 import os
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from ofa_search.arch import Arch
 from ofa_search.atomic import atomic_write_text
@@ -227,38 +226,21 @@ def _start(path: Path, header: dict[str, Any]) -> AccuracyDataset:
 Evaluator = Callable[[Arch], float]
 
 
-def supernet_evaluator(checkpoint: str | os.PathLike[str], settings: EvalSettings
-                       ) -> tuple[Evaluator, dict[str, Any]]:
-    """``(evaluate(arch) -> accuracy, checkpoint meta)`` for a trained supernet: BN
-    recalibrated on ``train`` batches, scored on ``settings.split`` (capped, seeded)."""
-    from ofa_search.data import load_dataset
-    from ofa_search.train import calibrated_subnet, evaluate, load_supernet
-
-    net, meta = load_supernet(checkpoint)
-    config = meta["config"]
-    data = load_dataset(config["dataset"], data_dir=config.get("data_dir"),
-                        seed=config.get("seed", 0), in_channels=net.space.in_channels)
-    split = data.split(settings.split)
-    if settings.max_eval_images is not None and settings.max_eval_images < len(split):
-        gen = torch.Generator().manual_seed(settings.seed)
-        keep = torch.randperm(len(split), generator=gen)[: settings.max_eval_images]
-        keep = keep.sort().values
-        split = replace(split, images=split.images[keep], labels=split.labels[keep])
-
-    def evaluate_one(arch: Arch) -> float:
-        sub = calibrated_subnet(net, arch, data, calib_batches=settings.calib_batches,
-                                batch_size=settings.batch_size, seed=settings.seed)
-        return evaluate(sub, split, arch.resolution, settings.batch_size)
-
-    return evaluate_one, meta
+EvaluatorFactory = Callable[[str | os.PathLike[str], EvalSettings],
+                            tuple[Evaluator, dict[str, Any]]]
+"""``(checkpoint, settings) -> (evaluate(arch) -> accuracy, checkpoint meta)``: how the
+subnets of a trained supernet are scored
+(:func:`ofa_search.train.supernet_evaluator`; this layer never imports the trainer)."""
 
 
 def build_accuracy_dataset(checkpoint: str | os.PathLike[str], n_archs: int, *,
                            settings: EvalSettings | None = None, seed: int = 0,
                            path: str | os.PathLike[str] | None = None,
                            show_progress: bool = True,
-                           log: Callable[[str], None] | None = None) -> AccuracyDataset:
-    """Evaluate the first ``n_archs`` of :func:`dataset_archs` that the cache lacks.
+                           log: Callable[[str], None] | None = None,
+                           evaluator_for: EvaluatorFactory) -> AccuracyDataset:
+    """Evaluate the first ``n_archs`` of :func:`dataset_archs` that the cache lacks, each
+    by the evaluator that ``evaluator_for(checkpoint, settings)`` makes.
 
     Returns every record of the cache file (those of earlier runs included), with
     ``n_evaluated`` set. ``path`` defaults to ``Workspace.accuracy_dataset_for(checkpoint)``.
@@ -267,7 +249,7 @@ def build_accuracy_dataset(checkpoint: str | os.PathLike[str], n_archs: int, *,
         raise ValueError(f"n_archs must be >= 1, got {n_archs=}")
     settings = settings or EvalSettings()
     target = Path(path) if path is not None else Workspace.accuracy_dataset_for(checkpoint)
-    evaluate_one, meta = supernet_evaluator(checkpoint, settings)
+    evaluate_one, meta = evaluator_for(checkpoint, settings)
     header = {"format": DATASET_FORMAT, "format_version": DATASET_VERSION,
               "space": meta["space"], "width_mult": meta["width_mult"],
               "checkpoint": checkpoint_identity(checkpoint, meta.get("epoch")),

@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from ofa_search import metrics
 from ofa_search.arch import Arch
-from predictors import metrics
 from predictors.accuracy import (
     AccuracyPredictor,
     EnsembleAccuracyPredictor,
@@ -55,7 +55,7 @@ def make_candidate(name: str, space: str, seed: int = 0,
 
 def score_accuracy(pred: AccuracyPredictor, archs: Sequence[Arch], accuracy: np.ndarray
                    ) -> dict[str, float]:
-    """:func:`predictors.metrics.report` in accuracy points (``rmse`` is in points), plus
+    """:func:`ofa_search.metrics.report` in accuracy points (``rmse`` is in points), plus
     ``mean_std_points`` (the predictor's own uncertainty) and ``max_abs_err_points``."""
     p = pred.predict(archs) * 100.0
     t = np.asarray(accuracy, dtype=float) * 100.0

@@ -22,7 +22,7 @@ from typing import Any
 from ofa_search.atomic import atomic_write_json
 from ofa_search.profiling.lut import find_table
 from ofa_search.workspace import Workspace
-from predictors.accuracy_data import EvalSettings, build_accuracy_dataset
+from predictors.accuracy_data import EvalSettings, EvaluatorFactory, build_accuracy_dataset
 from predictors.accuracy_fit import DEFAULT_CANDIDATES, select_accuracy_predictor
 from predictors.latency_fit import fit_latency_predictor
 
@@ -33,8 +33,8 @@ def fit_predictors(workspace: Workspace | str | os.PathLike[str],
                    accuracy: bool = True, max_eval_images: int | None = None, seed: int = 0,
                    holdout: float = 0.2, candidates: Sequence[str] = DEFAULT_CANDIDATES,
                    candidate_options: Mapping[str, Mapping[str, Any]] | None = None,
-                   show_progress: bool = True, log: Callable[[str], None] | None = None
-                   ) -> dict[str, Any]:
+                   show_progress: bool = True, log: Callable[[str], None] | None = None,
+                   evaluator_for: EvaluatorFactory | None = None) -> dict[str, Any]:
     """Fit the workspace's predictors and return their held-out quality report.
 
     Args:
@@ -48,6 +48,8 @@ def fit_predictors(workspace: Workspace | str | os.PathLike[str],
         seed, holdout: arch sampling / split seed, share held out for the report.
         candidates, candidate_options: accuracy predictors to compare, and their
             constructor options by name.
+        evaluator_for: scores the supernet's subnets for the accuracy dataset (needed
+            with ``accuracy``): :func:`ofa_search.train.supernet_evaluator`.
     """
     ws = workspace if isinstance(workspace, Workspace) else Workspace(workspace)
     report: dict[str, Any] = {"workspace": str(ws.root), "accuracy": None, "latency": {}}
@@ -57,9 +59,13 @@ def fit_predictors(workspace: Workspace | str | os.PathLike[str],
     if accuracy:
         ckpt = Path(checkpoint) if checkpoint is not None else ws.checkpoint
         started = time.perf_counter()
+        if evaluator_for is None:
+            raise ValueError("fitting the accuracy predictor needs evaluator_for (e.g. "
+                             "ofa_search.train.supernet_evaluator)")
         data = build_accuracy_dataset(ckpt, n_archs,
                                       settings=EvalSettings(max_eval_images=max_eval_images),
-                                      seed=seed, show_progress=show_progress, log=log)
+                                      seed=seed, show_progress=show_progress, log=log,
+                                      evaluator_for=evaluator_for)
         build_s = time.perf_counter() - started
         pred, acc = select_accuracy_predictor(
             data.archs(), data.accuracies(), space=data.space, candidates=candidates,

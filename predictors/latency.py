@@ -24,6 +24,7 @@ import numpy as np
 
 from ofa_search.arch import Arch
 from ofa_search.errors import LutMissError
+from ofa_search.extras import require
 from ofa_search.profiling.lut import LatencyTable, precision_mode
 from ofa_search.space import get_space
 from ofa_search.units import MBConvUnit, arch_units
@@ -233,16 +234,14 @@ class LearnedLatencyPredictor(Predictor):
 
     def _fit_member(self, x: np.ndarray, y: np.ndarray, seed: int) -> dict[str, Any]:
         if self.model == "ridge":
-            mean = x.mean(axis=0)
-            scale = x.std(axis=0)
-            scale[scale < 1e-12] = 1.0
-            z = (x - mean) / scale
-            y_mean = float(y.mean())
-            gram = z.T @ z + self.alpha * np.eye(z.shape[1])
-            coef = np.linalg.solve(gram, z.T @ (y - y_mean))
-            return {"mean": mean.tolist(), "scale": scale.tolist(), "coef": coef.tolist(),
-                    "intercept": y_mean}
-        import xgboost as xgb
+            from sklearn.linear_model import Ridge
+            from sklearn.preprocessing import StandardScaler
+
+            scaler = StandardScaler().fit(x)  # features of unit variance (constant ones: 1)
+            ridge = Ridge(alpha=self.alpha).fit(scaler.transform(x), y)
+            return {"mean": scaler.mean_.tolist(), "scale": scaler.scale_.tolist(),
+                    "coef": ridge.coef_.tolist(), "intercept": float(ridge.intercept_)}
+        xgb = require("xgboost", "xgboost", "the xgboost latency predictor")
 
         params = dict(self.xgb_params, seed=seed, nthread=1)
         booster = xgb.train(params, xgb.DMatrix(x, label=y), num_boost_round=self.num_rounds)
@@ -265,7 +264,7 @@ class LearnedLatencyPredictor(Predictor):
     def _booster(self, i: int) -> Any:
         cache = self._boosters
         if i not in cache:
-            import xgboost as xgb
+            xgb = require("xgboost", "xgboost", "the xgboost latency predictor")
 
             booster = xgb.Booster()
             booster.load_model(bytearray(json.dumps(self.members[i]["booster"]).encode()))
@@ -314,6 +313,6 @@ class LearnedLatencyPredictor(Predictor):
 
 
 def _dmatrix(x: np.ndarray) -> Any:
-    import xgboost as xgb
+    xgb = require("xgboost", "xgboost", "the xgboost latency predictor")
 
     return xgb.DMatrix(x)

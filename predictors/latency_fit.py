@@ -27,12 +27,12 @@ from typing import Any
 
 import numpy as np
 
+from ofa_search import metrics
 from ofa_search.arch import Arch
 from ofa_search.atomic import atomic_write_json
-from ofa_search.errors import FileFormatError, OfaSearchError
+from ofa_search.errors import FileFormatError
 from ofa_search.profiling.lut import LatencyTable, precision_mode
 from ofa_search.workspace import Workspace
-from predictors import metrics
 from predictors.accuracy_fit import heldout_split
 from predictors.base import Predictor
 from predictors.calibration import (
@@ -103,10 +103,7 @@ def collect_measurements(workspace: Workspace, table: LatencyTable, n: int, *,
     from ofa_search.profiling.measure import FAST_TIMING
     from predictors.accuracy_data import progress_bar
 
-    profile = table.profile()
-    if profile is None:
-        raise OfaSearchError(f"device {table.device_id!r} is an imported table; it cannot be "
-                             "measured from this host")
+    profile = table.measurable_profile()
     path = measurements_path(workspace, table.device_id)
     measured, ratio = _read(path, table) if path.exists() else ({}, {})
     archs = sample_archs(table.space, n, SAMPLE_SEED, table.width_mult, table.resolutions)

@@ -1,5 +1,5 @@
-"""Pick and load the latency predictor of a device: the learned one when fitted, else the
-table sum.
+"""Load predictors: the accuracy predictor of a file (any kind), and the latency predictor
+of a device (the learned one when fitted, else the table sum).
 
 Lookup order for the learned predictor: the workspace's ``predictors/<device>-latency.json``
 (written by ``ofa-search fit-predictors``), then the repository's shipped
@@ -8,10 +8,21 @@ Lookup order for the learned predictor: the workspace's ``predictors/<device>-la
 
 from __future__ import annotations
 
+import json
+import os
 from pathlib import Path
 
+from ofa_search.errors import FileFormatError
 from ofa_search.profiling.lut import REPO_TABLE_DIR, find_table
+from ofa_search.space import get_space
 from ofa_search.workspace import Workspace
+from predictors.accuracy import (
+    AccuracyPredictor,
+    EnsembleAccuracyPredictor,
+    MlpAccuracyPredictor,
+)
+from predictors.accuracy_gp import GpAccuracyPredictor
+from predictors.accuracy_ofa import OfaAccuracyPredictor
 from predictors.base import Predictor
 from predictors.latency import LearnedLatencyPredictor, LutLatencyPredictor
 
@@ -47,3 +58,35 @@ def load_latency_predictor(workspace: Workspace, device: str, kind: str | None =
             raise OfaSearchError(f"no learned latency predictor for device {device!r}; run "
                                  f"`ofa-search fit-predictors --device {device}` first")
     return LutLatencyPredictor(table), "lut"
+
+
+def accuracy_predictor_classes() -> dict[str, type[AccuracyPredictor]]:
+    """Every accuracy predictor class by its file ``kind``."""
+    classes: list[type[AccuracyPredictor]] = [MlpAccuracyPredictor, EnsembleAccuracyPredictor,
+                                               GpAccuracyPredictor, OfaAccuracyPredictor]
+    return {c.kind: c for c in classes}
+
+
+def load_accuracy_predictor(path: str | os.PathLike[str], space: str | None = None
+                            ) -> AccuracyPredictor:
+    """Load any accuracy predictor file (dispatch on its ``kind``).
+
+    Raises :class:`FileFormatError` for an unreadable file, an unknown kind or version, a
+    malformed state, or (when ``space`` is given) a predictor fitted on another space.
+    """
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise FileFormatError(f"{path}: cannot read predictor file: {exc}") from exc
+    kind = data.get("kind") if isinstance(data, dict) else None
+    classes = accuracy_predictor_classes()
+    if kind not in classes:
+        raise FileFormatError(f"{path}: holds a {kind!r} predictor, not an accuracy "
+                              f"predictor (known: {sorted(classes)})")
+    pred = classes[kind].load(path)
+    if not isinstance(pred, AccuracyPredictor):  # pragma: no cover - classes are ours
+        raise FileFormatError(f"{path}: not an accuracy predictor")
+    if space is not None and pred.space != get_space(space).name:
+        raise FileFormatError(f"{path}: accuracy predictor was fitted on space "
+                              f"{pred.space!r}, not {get_space(space).name!r}")
+    return pred

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from ofa_search.atomic import atomic_write_json
+from ofa_search.train import supernet_evaluator
 from ofa_search.workspace import Workspace
 from predictors.accuracy_bench import BENCH_SIZES, format_bench, run_accuracy_bench
 from predictors.accuracy_data import (
@@ -40,7 +41,7 @@ def main() -> None:
     if args.n_archs is not None:
         data = build_accuracy_dataset(args.checkpoint, args.n_archs, seed=args.seed,
                                       settings=EvalSettings(max_eval_images=args.max_eval_images),
-                                      log=print)
+                                      log=print, evaluator_for=supernet_evaluator)
     else:
         data = read_accuracy_dataset(Workspace.accuracy_dataset_for(args.checkpoint))
     result = run_accuracy_bench(data, sizes=args.sizes, candidates=args.candidates,

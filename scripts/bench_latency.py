@@ -5,7 +5,7 @@
         [--provider CUDAExecutionProvider] [--batch-size 64] [--tables-dir DIR]
 
 Profiles with ONNX Runtime on this host (any execution provider it has) into
-``--tables-dir`` (default: the repository's ``hw_profiles/``), then writes
+``--tables-dir`` (default: the shipped tables, ``ofa_search/hw_profiles/``), then writes
 ``RESULTS_DIR/latency_validation_<device>.json`` atomically and prints a summary.
 """
 

@@ -25,6 +25,7 @@ import numpy as np
 
 from ofa_search.arch import Arch
 from ofa_search.atomic import atomic_write_json
+from ofa_search.metrics import report
 from ofa_search.profiling.builder import sample_archs
 from ofa_search.profiling.lut import LatencyTable, find_table, now_iso
 from ofa_search.profiling.measure import measure_many, prepare_arch
@@ -32,7 +33,6 @@ from ofa_search.profiling.timing import TimingConfig, TimingStats
 from ofa_search.profiling.validate import VALIDATION_SEED
 from predictors.base import Predictor
 from predictors.latency import LearnedLatencyPredictor, LutLatencyPredictor
-from predictors.metrics import report
 
 TRAIN_SEED = 3_000_017
 """Seed of the training subnets (distinct from validation's and the overhead fit's)."""

@@ -8,7 +8,7 @@ Pareto fronts of fp32-only vs any precision.
 ``--kernels``: the binary conv (TVM and NumPy) and int8 ORT vs ONNX Runtime fp32 on the
 same shapes (:mod:`ofa_search.binary.benchmark`, :mod:`ofa_search.quant.benchmark`).
 ``--models``: three archs of the workspace's mixed-precision supernet as fp32 ONNX, int8
-QAT and PTQ QDQ ONNX and a binary package (:mod:`ofa_search.precision_benchmark`).
+QAT and PTQ QDQ ONNX and a binary package (:mod:`ofa_search.precision.benchmark`).
 ``--fronts``: each precision mode's front on ``--device`` (built if missing), the
 any-precision front (their Pareto union) and a plot ``precision_fronts.png`` beside the
 JSON; also what the device's table says of int8 and binary units against their fp32
@@ -47,7 +47,7 @@ def kernels(threads: int) -> dict[str, Any]:
 
 def models(ws: Workspace, fp32_checkpoint: str, n_eval: int, threads: int) -> list[dict]:
     from ofa_search.data import load_dataset
-    from ofa_search.precision_benchmark import model_rows
+    from ofa_search.precision.benchmark import model_rows
     from ofa_search.train import load_supernet
 
     _, meta = load_supernet(ws.checkpoint)
@@ -144,7 +144,7 @@ def _plot(points: dict[str, list[dict]], path: Path, device: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from ofa_search.demo_plot import save_png
+    from ofa_search.demo.plot import save_png
 
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
     styles = {"fp32": ("0.3", "-"), "int8": ("tab:blue", ":"), "binary": ("tab:red", ":"),

@@ -50,7 +50,7 @@ import numpy as np
 from ofa_search.atomic import atomic_write_json
 from ofa_search.profiling.host import host_info
 from ofa_search.profiling.lut import now_iso
-from ofa_search.service_process import free_port, served
+from ofa_search.service.process import free_port, served
 from ofa_search.workspace import Workspace
 
 TARGETS_P99_MS = {("query", 8): 50.0, ("query", 32): 150.0, ("healthz", None): 50.0,

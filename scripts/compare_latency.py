@@ -3,12 +3,13 @@ end-to-end measurement files arch by arch (the noise floor of a predictor's targ
 
     python scripts/compare_latency.py A.json B.json [--group heldout] [--json OUT]
 
-A table (``hw_profiles/<device>.json``) is compared on the units both price; a measurement
-file (``latency_measurements_<device>.json`` of ``scripts/bench_latency_predictor.py``) on
-the archs of ``--group`` both hold; a validation report (``latency_validation_<device>.json``
-of ``scripts/bench_latency.py``) on its measured archs. Prints the quantiles of B / A and,
+A table (``ofa_search/hw_profiles/<device>.json`` or a workspace's ``hw_profiles/``) is
+compared on the units both price; a measurement file (``latency_measurements_<device>.json``
+of ``scripts/bench_latency_predictor.py``) on the archs of ``--group`` both hold; a
+validation report (``latency_validation_<device>.json`` of ``scripts/bench_latency.py``) on
+its measured archs. Prints the quantiles of B / A and,
 taking A as the reference, the share within ±2 %, ±5 % and ±10 %, Kendall τ
-(``predictors.metrics``) and the share where B is faster (by unit kind for tables).
+(``ofa_search.metrics``) and the share where B is faster (by unit kind for tables).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from ofa_search.atomic import atomic_write_json
-from predictors.metrics import report
+from ofa_search.metrics import report
 
 QUANTILES = (5, 25, 50, 75, 95)
 

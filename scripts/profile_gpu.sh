@@ -5,7 +5,7 @@
 #
 #   bash scripts/profile_gpu.sh OUT_DIR
 #
-# Writes OUT_DIR/<device>.json (the tables, ready for hw_profiles/) and
+# Writes OUT_DIR/<device>.json (the tables, ready for a workspace's hw_profiles/) and
 # OUT_DIR/latency_validation_<device>.json for each batch size, where <device> is
 # $PREFIX-ort-cuda-b<batch>. Settings, from the environment:
 #   PREFIX (h200), PROVIDER (CUDAExecutionProvider), BATCHES ("1 64"),

@@ -15,5 +15,11 @@ echo "[test] ruff"
 "$py" -m ruff check ofa_search predictors tests scripts
 echo "[test] mypy"
 "$py" -m mypy
+echo "[test] import layers (import-linter)"
+.venv/bin/lint-imports
+echo "[test] docs (mkdocs --strict)"
+site="$(mktemp -d)"
+NO_MKDOCS_2_WARNING=1 "$py" -m mkdocs build --strict --quiet --site-dir "$site"
+rm -rf "$site"
 echo "[test] pytest"
 "$py" -m pytest -q "$@"

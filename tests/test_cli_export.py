@@ -49,7 +49,7 @@ def test_export_by_budget_queries_first(workspace: Workspace, tmp_path: Path) ->
 def test_export_by_arch_into_the_workspace_then_served(workspace: Workspace) -> None:
     from fastapi.testclient import TestClient
 
-    from ofa_search.service import create_app
+    from ofa_search.service.app import create_app
 
     arch = Arch.smallest(SPACE).to_string()
     res = cli("export", "--workspace", str(workspace.root), "--arch", arch, "--format",

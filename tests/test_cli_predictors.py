@@ -13,8 +13,8 @@ from test_predictors_accuracy_data import tiny_checkpoint
 from ofa_search.arch import Arch
 from ofa_search.profiling.lut import REPO_TABLE_DIR, LatencyTable
 from ofa_search.workspace import Workspace
-from predictors.accuracy import load_accuracy_predictor
 from predictors.latency import LearnedLatencyPredictor
+from predictors.loading import load_accuracy_predictor
 
 DEVICE = "cpu-ort-1t"
 

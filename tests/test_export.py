@@ -181,7 +181,7 @@ def test_bad_inputs(checkpoint: Path, tmp_path: Path) -> None:
 def perturbed_format() -> Iterator[str]:
     """A format whose writer stores slightly wrong weights (a buggy converter); verified
     with the real state_dict check."""
-    from ofa_search.export import _FORMATS, ArtefactFormat
+    from ofa_search.formats import ArtefactFormat, unregister_format
 
     real = get_format("state_dict")
 
@@ -196,7 +196,7 @@ def perturbed_format() -> Iterator[str]:
     register_format(ArtefactFormat("perturbed_test", ".safetensors", real.runtime,
                                    real.tolerance, "a buggy writer", write, real.verify))
     yield "perturbed_test"
-    del _FORMATS["perturbed_test"]
+    unregister_format("perturbed_test")
 
 
 def test_verification_failure_leaves_no_artefact(checkpoint: Path, tmp_path: Path,

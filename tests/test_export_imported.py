@@ -154,7 +154,7 @@ def test_service_exports_an_imported_subnet_with_its_data_dir(
 
     from fastapi.testclient import TestClient
 
-    from ofa_search.service import create_app
+    from ofa_search.service.app import create_app
     from ofa_search.workspace import Workspace
 
     ws = Workspace(tmp_path / "ws")

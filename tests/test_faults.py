@@ -409,8 +409,8 @@ FIT_ARGS = ("fit-predictors", "--n-archs", "6", "--n-latency", "5", "--max-eval-
 @heavy
 def test_fit_predictors_killed_reruns_to_the_same_accuracy_dataset(workspace: Workspace,
                                                                    tmp_path: Path) -> None:
-    from predictors.accuracy import load_accuracy_predictor
     from predictors.latency import LearnedLatencyPredictor
+    from predictors.loading import load_accuracy_predictor
 
     def fresh(name: str) -> Workspace:
         ws = copy_workspace(workspace, tmp_path / name)

@@ -28,8 +28,8 @@ from ofa_search.search import QueryEngine, build_front
 from ofa_search.train import load_checkpoint, load_supernet
 from ofa_search.units import count_macs
 from ofa_search.workspace import Workspace
-from predictors.accuracy import load_accuracy_predictor
 from predictors.accuracy_ofa import OfaAccuracyPredictor, load_ofa_accuracy_predictor
+from predictors.loading import load_accuracy_predictor
 
 RESOLUTIONS = (128, 144, 160, 176, 192, 208, 224)
 
@@ -309,7 +309,7 @@ def test_query_search_front_and_service_on_ofa_tables(
     engine = QueryEngine(ws)
     result = engine.query("cpu-ort-1t-ofa", 30.0)
     assert result.source == "front" and result.predicted_latency_ms <= 30.0
-    from ofa_search.service import create_app
+    from ofa_search.service.app import create_app
 
     with TestClient(create_app(ws)) as client:
         response = client.post("/query", json={"device": "cpu-ort-1t-ofa", "latency_ms": 30.0})

@@ -10,7 +10,7 @@ from supernet_helpers import save_untrained_checkpoint
 
 from ofa_search.arch import Arch
 from ofa_search.data import load_dataset
-from ofa_search.precision_benchmark import VARIANTS, model_rows
+from ofa_search.precision.benchmark import VARIANTS, model_rows
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from ofa_search.arch import Arch
 from ofa_search.cli import app
-from ofa_search.precision_summary import precision_summary
+from ofa_search.precision.summary import precision_summary
 from ofa_search.units import count_macs, count_params
 
 MP = "mbv3_small28_mp"

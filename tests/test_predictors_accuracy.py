@@ -9,18 +9,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from ofa_search import metrics
 from ofa_search.arch import Arch
 from ofa_search.errors import FileFormatError, InvalidArchError
-from predictors import metrics
 from predictors.accuracy import (
     AccuracyPredictor,
     EnsembleAccuracyPredictor,
     MlpAccuracyPredictor,
-    load_accuracy_predictor,
 )
 from predictors.accuracy_features import encode_batch, n_features
 from predictors.accuracy_fit import heldout_split, make_candidate, select_accuracy_predictor
 from predictors.accuracy_gp import GpAccuracyPredictor
+from predictors.loading import load_accuracy_predictor
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 SPACE = "mbv3_small28"

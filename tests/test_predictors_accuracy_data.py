@@ -6,18 +6,25 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
 from ofa_search.errors import FileFormatError
 from ofa_search.space import get_space
-from ofa_search.train import TrainConfig, load_checkpoint, save_checkpoint, train
+from ofa_search.train import (
+    TrainConfig,
+    load_checkpoint,
+    save_checkpoint,
+    supernet_evaluator,
+    train,
+)
 from ofa_search.units import count_macs
 from ofa_search.workspace import Workspace
 from predictors.accuracy_data import (
+    AccuracyDataset,
     EvalSettings,
-    build_accuracy_dataset,
     dataset_archs,
     read_accuracy_dataset,
 )
@@ -25,6 +32,13 @@ from predictors.accuracy_data import (
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 SPACE = "mbv3_small28"
 FAST = EvalSettings(max_eval_images=40, calib_batches=1, batch_size=32)
+
+
+def build_accuracy_dataset(*args: Any, **options: Any) -> AccuracyDataset:
+    """The library's, scoring subnets with the trainer's evaluator."""
+    from predictors.accuracy_data import build_accuracy_dataset as build
+
+    return build(*args, evaluator_for=supernet_evaluator, **options)
 
 
 def tiny_checkpoint(out_dir: Path) -> Path:

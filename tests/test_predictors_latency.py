@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from ofa_search import metrics
 from ofa_search.errors import FileFormatError
 from ofa_search.profiling.builder import sample_archs
 from ofa_search.profiling.lut import REPO_TABLE_DIR, LatencyTable
-from predictors import metrics
 from predictors.latency import (
     FEATURE_NAMES,
     LearnedLatencyPredictor,

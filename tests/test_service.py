@@ -108,7 +108,7 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
 
 @pytest.fixture(scope="module")
 def client(workspace: Workspace) -> Iterator[TestClient]:
-    from ofa_search.service import create_app
+    from ofa_search.service.app import create_app
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -294,7 +294,7 @@ def test_failed_export_reports_its_error(workspace: Workspace) -> None:
     (on the job, not as a 500)."""
     import shutil
 
-    from ofa_search.service import create_app
+    from ofa_search.service.app import create_app
 
     broken = Workspace(workspace.root.parent / "broken")
     broken.supernet_dir.mkdir(parents=True)
@@ -314,7 +314,7 @@ def test_failed_export_reports_its_error(workspace: Workspace) -> None:
 
 
 def test_queue_full_is_429(workspace: Workspace) -> None:
-    from ofa_search.service import create_app
+    from ofa_search.service.app import create_app
 
     arch = Arch.smallest(SPACE).to_string()
     with checked_client(create_app(workspace, max_pending_exports=0), workspace) as local:

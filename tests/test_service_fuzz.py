@@ -58,7 +58,7 @@ def fuzzed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, set[
     contain."""
     from schemathesis.python.asgi import shutdown_lifespans
 
-    from ofa_search.service import create_app
+    from ofa_search.service.app import create_app
 
     workspace = build_workspace(tmp_path_factory.mktemp("ws"), front_trials=150)
     threads = torch.get_num_threads()

@@ -45,7 +45,7 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
 
 @pytest.fixture(scope="module")
 def client(workspace: Workspace) -> Iterator[TestClient]:
-    from ofa_search.service import create_app
+    from ofa_search.service.app import create_app
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -136,7 +136,7 @@ def test_integer_budget_is_a_number(client: TestClient, workspace: Workspace) ->
 
 def test_world_readable_api_key_file_warns(tmp_path: Path,
                                            capsys: pytest.CaptureFixture[str]) -> None:
-    from ofa_search.cli_service import read_api_key
+    from ofa_search.cli.serve import read_api_key
 
     key_file = tmp_path / "key"
     key_file.write_text("s3cret\n")
@@ -207,7 +207,7 @@ def test_unknown_device_lists_ids_not_folders(client: TestClient, workspace: Wor
 
 
 def test_path_redactor() -> None:
-    from ofa_search.service import PathRedactor
+    from ofa_search.service.app import PathRedactor
 
     root = Path("/tmp/some-ws")
     redact = PathRedactor(root)
@@ -244,7 +244,7 @@ def test_export_card_and_errors_carry_no_server_path(client: TestClient,
 # -- 5. cold queries: 409 with how to build the front, or queued ---------------------------
 def test_cold_query_is_refused_with_the_command(cold_workspace: Workspace) -> None:
     from ofa_search.search.query import QueryEngine
-    from ofa_search.service import create_app
+    from ofa_search.service.app import create_app
 
     low = QueryEngine(cold_workspace).min_latency_ms(DEVICE)
     with checked_client(create_app(cold_workspace, rate_limit=None),
@@ -260,7 +260,7 @@ def test_cold_query_is_refused_with_the_command(cold_workspace: Workspace) -> No
 
 def test_cold_query_queued_off_the_request_path(cold_workspace: Workspace) -> None:
     from ofa_search.search.query import QueryEngine
-    from ofa_search.service import create_app
+    from ofa_search.service.app import create_app
 
     low = QueryEngine(cold_workspace).min_latency_ms(DEVICE)
     body = {"device": DEVICE, "latency_ms": low * 2}
@@ -290,7 +290,7 @@ def test_cold_query_queued_off_the_request_path(cold_workspace: Workspace) -> No
 
 
 def test_no_accuracy_predictor_is_409_before_any_queueing(workspace: Workspace) -> None:
-    from ofa_search.service import create_app
+    from ofa_search.service.app import create_app
 
     with checked_client(create_app(workspace, rate_limit=None, cold_queries="queue"),
                         workspace) as local:
@@ -300,7 +300,7 @@ def test_no_accuracy_predictor_is_409_before_any_queueing(workspace: Workspace) 
 
 # -- 6. API key on every route, rate limit, request time limit -----------------------------
 def test_api_key_on_every_route(workspace: Workspace) -> None:
-    from ofa_search.service import create_app
+    from ofa_search.service.app import create_app
 
     app = create_app(workspace, api_key=API_KEY, api_key_all=True, rate_limit=None)
     routes = ["/healthz", "/devices", f"/devices/{DEVICE}", "/exports/" + "0" * 32,
@@ -323,7 +323,7 @@ def test_api_key_on_every_route(workspace: Workspace) -> None:
 
 
 def test_rate_limit_per_client(workspace: Workspace) -> None:
-    from ofa_search.service import create_app
+    from ofa_search.service.app import create_app
 
     with checked_client(create_app(workspace, rate_limit="3/minute"), workspace) as local:
         codes = [local.get("/devices").status_code for _ in range(3)]
@@ -343,7 +343,7 @@ def test_request_time_limit_is_503(workspace: Workspace) -> None:
     """A time limit no handler can meet: every request that reaches a ``def`` handler
     (a thread) is answered 503 at once; its late answer is dropped. (``POST /query`` from
     a loaded front answers on the event loop in microseconds, before any limit.)"""
-    from ofa_search.service import create_app
+    from ofa_search.service.app import create_app
 
     body = {"device": DEVICE, "latency_ms": _front_high(workspace)}
     with checked_client(create_app(workspace, rate_limit=None, request_timeout_s=1e-9),
@@ -388,7 +388,7 @@ def test_messages_have_no_doubled_quotes(client: TestClient) -> None:
 
 def test_modes_of_the_key_file_are_not_touched(tmp_path: Path) -> None:
     """The warning only reads the mode."""
-    from ofa_search.cli_service import warn_if_world_readable
+    from ofa_search.cli.serve import warn_if_world_readable
 
     key_file = tmp_path / "key"
     key_file.write_text("k\n")
@@ -402,8 +402,8 @@ def test_modes_of_the_key_file_are_not_touched(tmp_path: Path) -> None:
 def test_health_listener_in_process(workspace: Workspace) -> None:
     import httpx
 
-    from ofa_search.service import create_app
-    from ofa_search.service_health import HealthListener
+    from ofa_search.service.app import create_app
+    from ofa_search.service.health import HealthListener
 
     health = HealthListener("127.0.0.1", 0)
     url = f"http://127.0.0.1:{health.port}/healthz"
@@ -416,7 +416,7 @@ def test_health_listener_in_process(workspace: Workspace) -> None:
 
 
 def test_health_listener_fails_when_the_event_loop_stalls() -> None:
-    from ofa_search.service_health import HealthListener
+    from ofa_search.service.health import HealthListener
 
     health = HealthListener("127.0.0.1", 0, stale_after_s=0.2, api_key="k")
     try:

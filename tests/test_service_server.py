@@ -20,8 +20,8 @@ from test_service import DEVICE, build_workspace
 
 from ofa_search.search.front import Front
 from ofa_search.search.query import QueryEngine
-from ofa_search.service_process import free_port
-from ofa_search.service_process import served as served_on_loopback
+from ofa_search.service.process import free_port
+from ofa_search.service.process import served as served_on_loopback
 from ofa_search.workspace import Workspace
 
 CLIENTS, QUERIES = 8, 50

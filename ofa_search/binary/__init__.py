@@ -16,6 +16,7 @@
 Importing this package imports neither TVM nor ONNX Runtime.
 """
 
+import ofa_search.binary.timing  # noqa: F401 (registers binary timing with profiling)
 from ofa_search.binary._tvm import TvmUnavailableError, tvm_available
 from ofa_search.binary.archive import FORMAT_VERSION, SUFFIX
 from ofa_search.binary.kernels import binary_conv2d

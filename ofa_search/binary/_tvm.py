@@ -15,7 +15,7 @@ import numpy as np
 
 from ofa_search.errors import OfaSearchError
 
-_PIP = "apache-tvm==0.27.0.post1 apache-tvm-ffi==0.1.14.post1"
+_PIP = "'ofa-search[tvm]'"  # the extra (ofa_search/extras.py)
 _ALIGNMENT = 64  # bytes; TVM refuses to wrap less aligned memory
 _AFFINITY_BIG_CORES = 1  # TVM's ThreadGroup::AffinityMode::kBig
 

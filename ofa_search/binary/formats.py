@@ -1,6 +1,6 @@
 """The ``binary`` export format: a bit-packed binary package (:mod:`ofa_search.binary`).
 
-Importing this module registers it with :func:`ofa_search.export.register_format`. The
+Importing this module registers it with :func:`ofa_search.formats.register_format`. The
 package is written with :func:`~ofa_search.binary.package.write_binary_package` and
 verified by running it with :class:`~ofa_search.binary.runtime.BinaryPackage` (TVM kernels
 when TVM is importable, NumPy otherwise) against the PyTorch subnet.
@@ -15,7 +15,7 @@ import torch
 
 from ofa_search.binary.package import write_binary_package
 from ofa_search.binary.runtime import BinaryPackage
-from ofa_search.export import ArtefactFormat, register_format
+from ofa_search.formats import ArtefactFormat, register_format
 from ofa_search.nn.static import StaticSubnet
 
 BINARY_TOLERANCE = 1e-3

@@ -30,7 +30,7 @@ from ofa_search.data._idx import parse_idx, read_idx
 from ofa_search.data._loader import ShardSampler, iterate_batches, shard_indices
 from ofa_search.data._registry import available_datasets, load_dataset
 from ofa_search.data._sources import FASHION_MNIST_DIR, FASHION_MNIST_FILES
-from ofa_search.data._split import stratified_split
+from ofa_search.data._split import derive_seed, stratified_split
 from ofa_search.data._splits import DatasetSplits, ImageSplit
 from ofa_search.data._stream import (
     DEFAULT_EVAL_IMAGES,
@@ -79,6 +79,7 @@ __all__ = [
     "augment_batch",
     "available_datasets",
     "default_num_workers",
+    "derive_seed",
     "eval_transform",
     "is_streamed_dataset",
     "iterate_batches",

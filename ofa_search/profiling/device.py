@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
-from ofa_search.errors import FileFormatError
+from ofa_search.errors import FileFormatError, OfaSearchError
 from ofa_search.profiling.host import llvm_cpu_name, read_cpuinfo
 from ofa_search.space import PRECISIONS
 from ofa_search.versioning import require_version
@@ -28,6 +28,19 @@ BACKENDS: tuple[str, ...] = ("onnxruntime", "tvm")
 GRAPH_OPTIMIZATION_LEVELS: tuple[str, ...] = ("all", "extended", "basic", "disabled")
 
 _ID_RE = re.compile(r"[a-z0-9][a-z0-9._-]*")
+DEVICE_ID_RULE = ("lower-case letters, digits, '.', '_' and '-', starting with a letter or "
+                  "digit, at most 64 characters")
+
+
+def check_new_device_id(device: str, option: str = "--device") -> str:
+    """The id of a table about to be written: a slug (what :class:`DeviceProfile` needs),
+    refused (:class:`~ofa_search.errors.OfaSearchError`, naming ``option``) otherwise."""
+    if not _ID_RE.fullmatch(device) or len(device) > 64:
+        raise OfaSearchError(f"{option} {device!r} is not a valid device id: use "
+                             f"{DEVICE_ID_RULE}, e.g. my-cpu")
+    return device
+
+
 _COMMON_KEYS = ("id", "backend", "batch_size", "precisions")
 _BACKEND_KEYS: dict[str, tuple[str, ...]] = {
     "onnxruntime": ("execution_provider", "intra_op_threads", "graph_optimization_level"),

@@ -23,9 +23,9 @@ import numpy as np
 
 from ofa_search.arch import Arch
 from ofa_search.atomic import atomic_write_json
-from ofa_search.errors import FileFormatError, OfaSearchError
+from ofa_search.errors import FileFormatError
 from ofa_search.profiling.builder import fit_network_model, sample_archs
-from ofa_search.profiling.lut import LatencyTable, now_iso
+from ofa_search.profiling.lut import LatencyTable, NotMeasurableError, now_iso
 from ofa_search.versioning import read_format_json
 from ofa_search.workspace import Workspace
 
@@ -35,10 +35,6 @@ DRIFT_ROUNDS = 5
 """Interleaved rounds of a drift check."""
 SCALE_FORMAT = "ofa-search-latency-scale"
 SCALE_VERSION = 1
-
-
-class NotMeasurableError(OfaSearchError, ValueError):
-    """A table that cannot be measured from this host (imported, or without references)."""
 
 
 @dataclass(frozen=True)
@@ -53,10 +49,7 @@ class References:
 def references(table: LatencyTable) -> References:
     """The reference subnets of ``table``; :class:`NotMeasurableError` (naming the fix)
     when it has none or cannot be measured here."""
-    if table.profile() is None:
-        raise NotMeasurableError(
-            f"device {table.device_id!r} is an imported table; it cannot be measured from "
-            "this host, so there is no drift to check")
+    table.measurable_profile(", so there is no drift to check")
     ref = table.meta.get("reference")
     if isinstance(ref, dict):
         try:
@@ -183,8 +176,7 @@ def measure_with_references(table: LatencyTable, backend: Any, archs: Sequence[A
     the table's time base. ``on_chunk`` gets ``(arch, ms, ratio)`` after every chunk."""
     from ofa_search.profiling.measure import MEASURE_ROUNDS, default_chunk, measure_archs
 
-    profile = table.profile()
-    assert profile is not None, "imported tables cannot be measured"
+    profile = table.measurable_profile()
     try:
         refs = references(table)
         ref_archs, ref_ms = list(refs.archs[:n_refs]), np.array(refs.measured_ms[:n_refs])

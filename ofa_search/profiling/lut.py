@@ -7,7 +7,7 @@ fitted end to end. Tables are self-describing, versioned JSON: the device
 profile and its fingerprint, the host, the library versions, the date, the space, width
 and resolutions covered, and for every unit the median, spread and count of its samples.
 
-Tables live in ``hw_profiles/<device-id>.json`` — the ones shipped with the repository
+Tables live in ``hw_profiles/<device-id>.json`` — the ones shipped in the package
 and the ones a user profiles into a workspace's ``hw_profiles/`` — and are found by device
 id with :func:`find_table` / :func:`list_tables`.
 """
@@ -19,32 +19,32 @@ import math
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from ofa_search.arch import Arch
 from ofa_search.atomic import atomic_write_json
-from ofa_search.errors import FileFormatError, LutMissError, UnknownDeviceError
+from ofa_search.errors import FileFormatError, LutMissError, OfaSearchError, UnknownDeviceError
 from ofa_search.profiling.device import DeviceProfile
 from ofa_search.units import Unit, arch_units
-from ofa_search.versioning import require_version
+from ofa_search.versioning import now_iso, require_version
 
 LUT_SCHEMA_VERSION = 1
 """Version of the table file format this code reads and writes."""
 
 FORMAT_NAME = "ofa-search-latency-table"
-REPO_TABLE_DIR = Path(__file__).resolve().parents[2] / "hw_profiles"
+
+
+class NotMeasurableError(OfaSearchError, ValueError):
+    """A table that cannot be measured from this host (imported, or without references)."""
+
+
+REPO_TABLE_DIR = Path(__file__).resolve().parents[1] / "hw_profiles"
 """The tables shipped with the repository."""
 
 _REQUIRED = ("format", "schema_version", "device_id", "device", "space", "width_mult",
              "resolutions", "overhead_ms", "entries")
 _ENTRY_REQUIRED = ("median_ms", "iqr_ms", "count")
-
-
-def now_iso() -> str:
-    """The current UTC time, ISO 8601, to the second."""
-    return datetime.now(UTC).replace(microsecond=0).isoformat()
 
 
 @dataclass
@@ -159,6 +159,16 @@ class LatencyTable:
         except LutMissError:
             return False
         return True
+
+    def measurable_profile(self, purpose: str = "") -> DeviceProfile:
+        """The measuring :class:`DeviceProfile` (see :meth:`profile`); an imported table
+        raises :class:`NotMeasurableError` (``purpose``: what the measurement was for,
+        appended to the message)."""
+        profile = self.profile()
+        if profile is None:
+            raise NotMeasurableError(f"device {self.device_id!r} is an imported table: it "
+                                     f"cannot be measured from this host{purpose}")
+        return profile
 
     def profile(self) -> DeviceProfile | None:
         """The measuring :class:`DeviceProfile`, or ``None`` for an imported table.
@@ -286,7 +296,7 @@ def _is_number(value: Any) -> bool:
 # -- registry ---------------------------------------------------------------------------
 def table_dirs(workspace: str | os.PathLike[str] | None = None) -> list[Path]:
     """Where tables are looked up: the workspace's ``hw_profiles/`` (if given) first, then
-    the repository's ``hw_profiles/``."""
+    the package's ``ofa_search/hw_profiles/``."""
     dirs = []
     if workspace is not None:
         dirs.append(Path(workspace) / "hw_profiles")

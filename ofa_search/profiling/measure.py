@@ -19,7 +19,8 @@ import onnx
 import torch
 
 from ofa_search.arch import Arch
-from ofa_search.nn.static import StaticSubnet, build_static, build_unit, init_weights
+from ofa_search.errors import UnsupportedPrecisionError
+from ofa_search.nn.static import build_static, build_unit, init_weights
 from ofa_search.onnx_export import INPUT_NAME, export_onnx
 from ofa_search.profiling.device import DeviceProfile
 from ofa_search.profiling.timing import (
@@ -29,7 +30,7 @@ from ofa_search.profiling.timing import (
     combine_rounds,
     time_sampler,
 )
-from ofa_search.units import MBConvUnit, Unit
+from ofa_search.units import Unit
 
 FAST_TIMING = TimingConfig(warmup=3, min_runs=7, max_runs=200, time_cap_s=0.5)
 """A cheap timing budget per unit, for tables of hundreds of units on a slow host."""
@@ -104,54 +105,58 @@ def time_binary_package(package: Any, batch_size: int = 1) -> TimingStats:
     return prepare_package(package, batch_size).measure()
 
 
+@dataclass(frozen=True)
+class PrecisionTiming:
+    """How units and subnets with stages of one low precision are prepared for timing, as
+    export emits them. The packages of those precisions register theirs on import
+    (:mod:`ofa_search.quant` for ``int8``, :mod:`ofa_search.binary` for ``binary``): the
+    profiling layer sits below them and never imports them."""
+
+    precision: str
+    unit: Callable[[Measurer, Unit, DeviceProfile], Prepared]
+    arch: Callable[[Measurer, Arch, int, DeviceProfile | None], Prepared]
+
+
+_PRECISION_TIMINGS: dict[str, PrecisionTiming] = {}
+_REGISTERING_PACKAGE = {"int8": "ofa_search.quant", "binary": "ofa_search.binary"}
+
+
+def register_precision_timing(timing: PrecisionTiming) -> None:
+    """Add (or replace) how ``timing.precision`` units and subnets are timed."""
+    _PRECISION_TIMINGS[timing.precision] = timing
+
+
+def precision_timing(precision: str) -> PrecisionTiming:
+    """The registered timing of ``precision`` (an :class:`UnsupportedPrecisionError`
+    naming the package to import when none is)."""
+    try:
+        return _PRECISION_TIMINGS[precision]
+    except KeyError:
+        package = _REGISTERING_PACKAGE.get(precision)
+        hint = f"; `import {package}` registers it" if package else ""
+        raise UnsupportedPrecisionError(
+            f"no timing is registered for {precision} units{hint}") from None
+
+
 def prepare_unit(backend: Measurer, unit: Unit, profile: DeviceProfile) -> Prepared:
-    """``unit`` as export emits it: fp32 ONNX on ``backend``; ``int8`` the QDQ model of
-    :mod:`ofa_search.quant` on ``backend`` (ONNX Runtime's int8 kernels); ``binary`` the
-    bit-packed block of :mod:`ofa_search.binary` on this host."""
-    if unit.precision == "binary":
-        if profile.backend != "onnxruntime":
-            raise ValueError(f"binary units run on this host's bit-packed runtime; profile "
-                             f"{profile.id!r} ({profile.backend}) cannot price them")
-        from ofa_search.binary.measure import unit_package
-
-        assert isinstance(unit, MBConvUnit)
-        return prepare_package(unit_package(unit, threads=profile.intra_op_threads or 1),
-                               profile.batch_size)
-    if unit.precision == "int8":
-        from ofa_search.quant.units import int8_unit_onnx
-
-        return prepare_onnx(backend, *int8_unit_onnx(unit, profile.batch_size))
+    """``unit`` as export emits it: fp32 ONNX on ``backend``; a low precision by its
+    registered :class:`PrecisionTiming` (``int8``: the QDQ model of :mod:`ofa_search.quant`
+    on ``backend``; ``binary``: the bit-packed block of :mod:`ofa_search.binary` on this
+    host)."""
+    if unit.precision != "fp32":
+        return precision_timing(unit.precision).unit(backend, unit, profile)
     return prepare_onnx(backend, *unit_onnx(unit, profile.batch_size))
 
 
 def prepare_arch(backend: Measurer, arch: Arch, batch_size: int = 1,
                  profile: DeviceProfile | None = None) -> Prepared:
     """``arch``'s static subnet (randomly initialised) as export emits it: fp32 ONNX on
-    ``backend``; with int8 stages the QDQ model of :mod:`ofa_search.quant` on ``backend``;
-    with binary stages the bit-packed package on this host (at ``profile``'s threads)."""
-    if "binary" in arch.precisions:
-        if profile is not None and profile.backend != "onnxruntime":
-            raise ValueError(f"binary subnets run on this host's bit-packed runtime; profile "
-                             f"{profile.id!r} ({profile.backend}) cannot time them")
-        return _prepare_binary_net(build_static(arch, torch.Generator().manual_seed(0)),
-                                   1 if profile is None else profile.intra_op_threads,
-                                   batch_size)
-    if "int8" in arch.precisions:
-        from ofa_search.quant.units import seeded_input, seeded_int8_onnx
-
-        net = build_static(arch)
-        shape = net.input_shape(batch_size)
-        return prepare_onnx(backend, seeded_int8_onnx(net, shape),
-                            {INPUT_NAME: seeded_input(shape)})
+    ``backend``; with binary stages (else with int8 stages) by that precision's registered
+    :class:`PrecisionTiming`."""
+    for precision in ("binary", "int8"):
+        if precision in arch.precisions:
+            return precision_timing(precision).arch(backend, arch, batch_size, profile)
     return prepare_onnx(backend, *arch_onnx(arch, batch_size))
-
-
-def _prepare_binary_net(net: StaticSubnet, threads: int, batch_size: int) -> Prepared:
-    from ofa_search.binary.package import subnet_program
-    from ofa_search.binary.runtime import BinaryPackage
-
-    return prepare_package(BinaryPackage(subnet_program(net.eval()), threads=threads),
-                           batch_size)
 
 
 def _once(prepared: Prepared) -> TimingStats:

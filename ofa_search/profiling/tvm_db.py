@@ -23,15 +23,12 @@ import tempfile
 import zlib
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ofa_search.atomic import atomic_write_bytes
 from ofa_search.errors import FileFormatError
 from ofa_search.profiling.backends.tvm_tuning import workload_digest
 from ofa_search.profiling.device import DeviceProfile
-
-if TYPE_CHECKING:
-    from ofa_search.profiling.lut import LatencyTable
 
 ARCHIVE_SUFFIX = ".tar.gz"
 FILES = ("database_workload.json", "database_tuning_record.json")
@@ -233,32 +230,3 @@ def database_stats(folder: str | os.PathLike[str]) -> dict[str, Any]:
     _require_database(path)
     return {"workloads": _count_lines(path / FILES[0]),
             "records": _count_lines(path / FILES[1])}
-
-
-def pack_table_database(table: LatencyTable, progress: bool = True) -> dict[str, Any]:
-    """Pack the tuning database of the tuned TVM ``table`` (loaded from a file) into
-    ``tvm_db/<device id>.tar.gz`` beside it and point the table at that archive (saved
-    atomically). Refuses, changing nothing, when the database lacks a workload of one of
-    the table's units."""
-    from ofa_search.profiling.lut import now_iso
-    from ofa_search.profiling.tvm_space import untuned_units
-
-    if table.path is None:
-        raise ValueError(f"table {table.device_id!r} was not loaded from a file")
-    profile = table.profile()
-    if profile is None or profile.backend != "tvm" or profile.tuning_db is None:
-        raise FileFormatError(f"device {table.device_id!r} is not a tuned TVM table (backend "
-                              f"{table.device.get('backend')!r}, tuning_db "
-                              f"{table.device.get('tuning_db')!r}); nothing to pack")
-    missing = untuned_units(table, progress=progress)
-    if missing:
-        raise FileFormatError(f"the tuning database {profile.tuning_db} of device "
-                              f"{table.device_id!r} lacks workloads of {len(missing)} units, "
-                              f"e.g. {missing[:3]}; profile them first")
-    relative = f"tvm_db/{table.device_id}{ARCHIVE_SUFFIX}"
-    archive = table.path.parent / relative
-    counts = pack_database(profile.tuning_db, archive)
-    table.device = {**table.device, "tuning_db": relative}
-    table.meta["tuning_db"] = {**counts, "packed": now_iso()}
-    table.save(table.path)
-    return {**counts, "archive": str(archive), "table": str(table.path)}

@@ -20,12 +20,15 @@ from typing import Any
 
 from tqdm import tqdm
 
+from ofa_search.errors import FileFormatError
 from ofa_search.profiling.builder import enumerate_units, table_units
 from ofa_search.profiling.device import DeviceProfile
 from ofa_search.profiling.lut import LatencyTable
 from ofa_search.profiling.measure import unit_onnx
+from ofa_search.profiling.tvm_db import ARCHIVE_SUFFIX, pack_database
 from ofa_search.space import get_space
 from ofa_search.units import Unit
+from ofa_search.versioning import now_iso
 
 _SHARD_RE = re.compile(r"(\d+)/(\d+)")
 
@@ -156,3 +159,29 @@ def untuned_units(table: LatencyTable, progress: bool = False) -> list[str]:
     with target:
         return [key for key, tasks in unit_workloads(backend, units, progress).items()
                 if not all(is_tuned(database, task, target) for task in tasks.values())]
+
+
+def pack_table_database(table: LatencyTable, progress: bool = True) -> dict[str, Any]:
+    """Pack the tuning database of the tuned TVM ``table`` (loaded from a file) into
+    ``tvm_db/<device id>.tar.gz`` beside it and point the table at that archive (saved
+    atomically). Refuses, changing nothing, when the database lacks a workload of one of
+    the table's units."""
+    if table.path is None:
+        raise ValueError(f"table {table.device_id!r} was not loaded from a file")
+    profile = table.profile()
+    if profile is None or profile.backend != "tvm" or profile.tuning_db is None:
+        raise FileFormatError(f"device {table.device_id!r} is not a tuned TVM table (backend "
+                              f"{table.device.get('backend')!r}, tuning_db "
+                              f"{table.device.get('tuning_db')!r}); nothing to pack")
+    missing = untuned_units(table, progress=progress)
+    if missing:
+        raise FileFormatError(f"the tuning database {profile.tuning_db} of device "
+                              f"{table.device_id!r} lacks workloads of {len(missing)} units, "
+                              f"e.g. {missing[:3]}; profile them first")
+    relative = f"tvm_db/{table.device_id}{ARCHIVE_SUFFIX}"
+    archive = table.path.parent / relative
+    counts = pack_database(profile.tuning_db, archive)
+    table.device = {**table.device, "tuning_db": relative}
+    table.meta["tuning_db"] = {**counts, "packed": now_iso()}
+    table.save(table.path)
+    return {**counts, "archive": str(archive), "table": str(table.path)}

@@ -18,11 +18,11 @@ import numpy as np
 
 from ofa_search.atomic import atomic_write_json
 from ofa_search.errors import OfaSearchError
+from ofa_search.metrics import report
 from ofa_search.profiling.builder import sample_archs
 from ofa_search.profiling.lut import LatencyTable, now_iso
 from ofa_search.profiling.measure import FAST_TIMING, MEASURE_ROUNDS, Measurer, measure_archs
 from ofa_search.profiling.timing import TimingConfig
-from predictors.metrics import report
 
 VALIDATION_SEED = 2_000_003
 """Seed of the held-out subnets (distinct from :data:`~.builder.OVERHEAD_SEED`)."""

@@ -9,6 +9,7 @@ its int8 kernels (QLinearConv).
   (importing it registers them with :mod:`ofa_search.export`).
 """
 
+import ofa_search.quant.timing  # noqa: F401 (registers int8 timing with profiling)
 from ofa_search.quant.fold import FoldedConv, FoldedNetwork, UncalibratedQuantError, fold_network
 from ofa_search.quant.graph import KernelCounts, find_conv_nodes, ort_kernel_counts
 from ofa_search.quant.ptq import export_int8_ptq

@@ -1,6 +1,6 @@
 """Export formats ``onnx_int8`` (learned QAT scales) and ``onnx_int8_ptq`` (post-training).
 
-Importing this module registers both with :func:`ofa_search.export.register_format`. They
+Importing this module registers both with :func:`ofa_search.formats.register_format`. They
 write from the calibration batches that :func:`ofa_search.export.export` passes to a
 format's ``calibrated_write`` (the training batches of the BN recalibration).
 
@@ -27,7 +27,7 @@ import onnx
 import torch
 
 from ofa_search.errors import OfaSearchError
-from ofa_search.export import ArtefactFormat, VerificationError, register_format
+from ofa_search.formats import ArtefactFormat, VerificationError, register_format
 from ofa_search.nn.quant import QConv2d
 from ofa_search.nn.static import StaticSubnet
 from ofa_search.onnx_export import save_onnx

@@ -17,6 +17,7 @@ import onnx
 import torch
 from torch import nn
 
+from ofa_search.nn.bn import recalibrate_bn
 from ofa_search.nn.static import build_unit, init_weights
 from ofa_search.onnx_export import INPUT_NAME, export_onnx
 from ofa_search.quant.fold import fold_network
@@ -55,8 +56,6 @@ def seeded_int8_onnx(module: nn.Module, shape: tuple[int, ...]) -> onnx.ModelPro
     """``module`` (with int8 fake-quant convs, modified in place) initialised with seed 0,
     its BN statistics and activation ranges observed on seeded random batches, exported as
     QDQ int8 ONNX for the fixed input ``shape`` by the whole-subnet path."""
-    from ofa_search.train.bn_calibration import recalibrate_bn
-
     init_weights(module, torch.Generator().manual_seed(0))
     gen = torch.Generator().manual_seed(1)
     batches = [torch.randn((max(shape[0], 8), *shape[1:]), generator=gen)

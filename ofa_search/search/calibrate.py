@@ -22,6 +22,8 @@ from typing import Any
 
 import numpy as np
 
+import ofa_search.binary  # registers how binary units are timed
+import ofa_search.quant  # noqa: F401 (registers how int8 units are timed)
 from ofa_search.errors import OfaSearchError
 from ofa_search.profiling.lut import precision_mode
 from ofa_search.search.evaluator import AccuracyModel
@@ -92,10 +94,7 @@ def calibrate_answers(workspace: Workspace | str | os.PathLike[str], device: str
     ctx = engine.context(device, precision)
     table = ctx.table
     assert table is not None
-    profile = table.profile()
-    if profile is None:
-        raise OfaSearchError(f"device {device!r} is an imported table: it cannot be measured "
-                             "from this host")
+    profile = table.measurable_profile()
     if ctx.intervals is None:
         raise CalibrationError(
             f"device {device!r} has no calibration of its {ctx.latency_name} latency "

@@ -51,7 +51,7 @@ def load_workspace_accuracy(workspace: Workspace) -> AccuracyModel:
     if not path.is_file():
         raise OfaSearchError(f"no accuracy predictor at {path}; run `ofa-search fit-predictors "
                              f"--workspace {workspace.root}` first")
-    from predictors.accuracy import load_accuracy_predictor
+    from predictors.loading import load_accuracy_predictor
 
     model: AccuracyModel = load_accuracy_predictor(path)
     return model

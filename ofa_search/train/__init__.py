@@ -32,6 +32,7 @@ from ofa_search.train.checkpoint import (
     load_supernet,
     save_checkpoint,
 )
+from ofa_search.train.evaluator import supernet_evaluator
 from ofa_search.train.loop import (
     TrainConfig,
     TrainingError,
@@ -42,6 +43,7 @@ from ofa_search.train.loop import (
 )
 from ofa_search.train.strategies import (
     STRATEGIES,
+    SUPERNET_STRATEGIES,
     Choices,
     Phase,
     ProgressiveShrinking,
@@ -57,6 +59,7 @@ __all__ = [
     "CHECKPOINT_FORMAT",
     "CHECKPOINT_VERSION",
     "STRATEGIES",
+    "SUPERNET_STRATEGIES",
     "Choices",
     "Phase",
     "ProgressiveShrinking",
@@ -83,5 +86,6 @@ __all__ = [
     "recalibrate_bn",
     "run_training",
     "save_checkpoint",
+    "supernet_evaluator",
     "train",
 ]

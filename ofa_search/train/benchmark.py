@@ -34,13 +34,13 @@ import numpy as np
 from ofa_search.arch import Arch
 from ofa_search.atomic import atomic_write_json
 from ofa_search.data import DatasetSplits, load_dataset
+from ofa_search.metrics import kendall_tau
 from ofa_search.space import get_space
 from ofa_search.train.bn_calibration import evaluate_arch
 from ofa_search.train.checkpoint import load_supernet
 from ofa_search.train.loop import TrainConfig, train
 from ofa_search.train.strategies import default_phases
 from ofa_search.units import count_macs
-from predictors.metrics import kendall_tau
 
 SUBNETS_PER_STEP = {"sandwich": 4, "spos": 1}  # sandwich with the default n_random = 2
 

@@ -441,6 +441,9 @@ STRATEGIES: dict[str, type[TrainingStrategy]] = {
     cls.name: cls for cls in (SandwichStrategy, SinglePathStrategy, ProgressiveShrinking,
                               StandaloneStrategy, PrecisionStrategy)
 }
+SUPERNET_STRATEGIES: tuple[str, ...] = ("ps", "sandwich", "spos", "precision")
+"""The strategies that train a whole supernet from a config alone (``train --strategy``);
+``standalone`` trains one given arch."""
 
 
 def make_strategy(name: str, space: str | SearchSpace, width_mult: float | None = None, *,

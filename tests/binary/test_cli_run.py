@@ -13,8 +13,8 @@ import typer
 from binary_helpers import binary_arch, eval_net
 from typer.testing import CliRunner
 
-from ofa_search import cli_run
 from ofa_search.binary import write_binary_package
+from ofa_search.cli import run as cli_run
 from ofa_search.errors import FileFormatError, OfaSearchError
 from ofa_search.onnx_export import export_onnx, save_onnx
 
@@ -27,7 +27,7 @@ def app() -> typer.Typer:
     def main() -> None:
         """Test app."""
 
-    cli_run.register(application)
+    application.add_typer(cli_run.app)
     return application
 
 

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from ofa_search.arch import Arch
+from ofa_search.metrics import report as metrics
 from ofa_search.profiling import DeviceProfile, TimingConfig, TimingStats
 from ofa_search.profiling.backends import get_backend
 from ofa_search.profiling.builder import (
@@ -19,7 +20,6 @@ from ofa_search.profiling.builder import (
 from ofa_search.profiling.lut import LatencyTable
 from ofa_search.profiling.validate import validate_table
 from ofa_search.units import arch_units
-from predictors.metrics import report as metrics
 
 pytest.importorskip("onnxruntime")
 

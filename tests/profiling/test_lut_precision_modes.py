@@ -9,12 +9,12 @@ import pytest
 from table_helpers import write_synthetic_table
 
 from ofa_search.arch import Arch
-from ofa_search.profiling.lut import LatencyTable, precision_mode
+from ofa_search.profiling.lut import REPO_TABLE_DIR, LatencyTable, precision_mode
 from ofa_search.workspace import Workspace
 from predictors.latency import LutLatencyPredictor
 
 MP = "mbv3_small28_mp"
-REPO_TABLE = Path(__file__).resolve().parents[2] / "hw_profiles" / "cpu-ort-1t.json"
+REPO_TABLE = REPO_TABLE_DIR / "cpu-ort-1t.json"
 
 
 def test_precision_mode_names_the_artefact_kind() -> None:

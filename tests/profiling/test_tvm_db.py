@@ -19,6 +19,7 @@ import pytest
 from ofa_search.errors import FileFormatError
 from ofa_search.profiling import DeviceProfile, LatencyTable
 from ofa_search.profiling.builder import build_table, enumerate_units
+from ofa_search.profiling.lut import REPO_TABLE_DIR
 from ofa_search.profiling.measure import FAST_TIMING
 from ofa_search.profiling.timing import TimingConfig
 from ofa_search.space import SearchSpace, StageSpec, register_space
@@ -30,11 +31,15 @@ from ofa_search.profiling.tvm_db import (
     database_stats,
     merge_databases,
     pack_database,
-    pack_table_database,
     resolve_tuning_db,
     unpack_database,
 )
-from ofa_search.profiling.tvm_space import Shard, tune_space, untuned_units
+from ofa_search.profiling.tvm_space import (
+    Shard,
+    pack_table_database,
+    tune_space,
+    untuned_units,
+)
 
 # registered by the ``shards`` fixture, once tests are collected: tests that parametrize
 # over every registered space (test_space.py) must not see this one-arch space
@@ -223,7 +228,6 @@ def test_pack_refuses_a_database_that_misses_workloads(shards: dict[str, Any],
         pack_table_database(table, progress=False)
     assert not (tmp_path / "tvm_db").exists()
     assert json.loads((tmp_path / "half.json").read_text()) == data
-    ort = LatencyTable.load(Path(__file__).resolve().parents[2] / "hw_profiles" /
-                            "cpu-ort-1t.json")
+    ort = LatencyTable.load(REPO_TABLE_DIR / "cpu-ort-1t.json")
     with pytest.raises(FileFormatError, match="is not a tuned TVM table"):
         pack_table_database(ort, progress=False)

@@ -35,7 +35,7 @@ _ISA_FEATURES = {"avx2": "avx2", "fma": "fma", "avx512f": "avx512f", "avx512bw":
                  "avx512vl": "avx512vl", "avx512vnni": "avx512_vnni",
                  "avx512vpopcntdq": "avx512_vpopcntdq"}
 """LLVM feature name → /proc/cpuinfo flag, for the instruction sets tuned kernels use."""
-_PIP = "apache-tvm==0.27.0.post1 apache-tvm-ffi==0.1.14.post1"
+_PIP = "'ofa-search[tvm]'"  # the extra (ofa_search/extras.py)
 _AFFINITY_BIG_CORES = 1  # TVM's ThreadGroup::AffinityMode::kBig
 
 

@@ -1,0 +1,158 @@
+"""``ofa-search demo``, ``train`` and ``eval``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ofa_search.cli.options import (
+    DEFAULT_SPACE,
+    CalibImagesOpt,
+    JsonOpt,
+    MaxEvalImagesOpt,
+    SeedOpt,
+    SpaceOpt,
+    WorkspaceOpt,
+    check_finite,
+    emit_json,
+)
+from ofa_search.errors import OfaSearchError
+from ofa_search.workspace import check_workspace
+
+app = typer.Typer()
+
+
+@app.command("demo")
+def demo(workspace: WorkspaceOpt,
+         space: Annotated[str, typer.Option("--space", "-s")] = "mbv3_small28",
+         seed: SeedOpt = 0,
+         epochs: Annotated[int, typer.Option("--epochs", min=1)] = 6,
+         n_archs: Annotated[int, typer.Option(
+             "--n-archs", min=10, help="subnets evaluated for the accuracy predictor")] = 150,
+         n_latency: Annotated[int, typer.Option(
+             "--n-latency", min=5, help="end-to-end latency measurements")] = 40,
+         resolutions: Annotated[list[int] | None, typer.Option(
+             "--resolutions", "-r", help="profile only these (default: all)")] = None,
+         quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars")] = False,
+         ) -> None:
+    """The main job on digits: train, profile, fit, front, three queries, export, plot."""
+    from ofa_search.demo.run import run_demo
+
+    check_workspace(workspace, must_exist=False, writable=True)
+    run_demo(workspace, space=space, seed=seed, epochs=epochs, n_archs=n_archs,
+             n_latency=n_latency, resolutions=resolutions, echo=typer.echo,
+             progress=not quiet)
+
+
+# -- train / eval ------------------------------------------------------------------------
+@app.command("train")
+def train_cmd(
+    space: SpaceOpt = DEFAULT_SPACE,
+    data: Annotated[str, typer.Option("--data", "-d", help="dataset name")] = "digits",
+    strategy: Annotated[str, typer.Option(
+        "--strategy", help="ps, sandwich, spos, or precision (int8/binary fine-tuning of a "
+        "trained supernet given by --init)")] = "sandwich",
+    epochs: Annotated[int, typer.Option("--epochs", min=1,
+                                        help="epochs (ps, precision: per phase)")] = 5,
+    out: Annotated[Path, typer.Option("--out", "-o", help="run folder")] = Path(
+        "ofa-workspace/supernet"),
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 64,
+    lr: Annotated[float, typer.Option("--lr")] = 0.05,
+    warmup_epochs: Annotated[int, typer.Option("--warmup-epochs", min=0)] = 0,
+    data_dir: Annotated[Path | None, typer.Option("--data-dir")] = None,
+    seed: SeedOpt = 0,
+    threads: Annotated[int | None, typer.Option("--threads", min=1, max=1024,
+                                                help="torch intra-op threads")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="continue OUT/checkpoint.pt")] = False,
+    init: Annotated[Path | None, typer.Option(
+        "--init", help="start from this checkpoint's weights (e.g. an fp32 supernet of the "
+        "same structure for --strategy precision)")] = None,
+    steps_per_epoch: Annotated[int | None, typer.Option(
+        "--steps-per-epoch", min=1, help="cap on optimizer steps per epoch (default: one "
+        "pass over the train split)")] = None,
+    resolutions: Annotated[list[int] | None, typer.Option(
+        "--resolutions", "-r", help="sample only these resolutions (repeat for several; "
+        "default: all of the space's)")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
+) -> None:
+    """Train a supernet (under torchrun for several processes); writes OUT/checkpoint.pt."""
+    from ofa_search.train import SUPERNET_STRATEGIES, TrainConfig, train
+
+    if strategy not in SUPERNET_STRATEGIES:
+        raise OfaSearchError(f"--strategy must be one of {', '.join(SUPERNET_STRATEGIES)}, got "
+                             f"{strategy!r}")
+    check_finite(lr, "--lr")
+    if resolutions:
+        from ofa_search.space import get_space
+
+        offered = get_space(space).resolutions
+        bad = sorted({r for r in resolutions if r not in offered})
+        if bad:
+            raise OfaSearchError(f"--resolutions: space {space!r} has resolutions "
+                                 f"{list(offered)}, not {bad}")
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
+    config = TrainConfig(space=space, dataset=data, data_dir=None if data_dir is None
+                         else str(data_dir), strategy=strategy, epochs=epochs,
+                         batch_size=batch_size, lr=lr, warmup_epochs=warmup_epochs, seed=seed,
+                         out_dir=str(out), resume=resume, quiet=quiet,
+                         init_checkpoint=None if init is None else str(init),
+                         steps_per_epoch=steps_per_epoch,
+                         resolutions=tuple(dict.fromkeys(resolutions)) if resolutions else None)
+    path = train(config)
+    if not quiet:
+        typer.echo(f"wrote {path}")
+
+
+@app.command("eval")
+def eval_cmd(
+    checkpoint: Annotated[Path, typer.Option("--checkpoint", "-c", help="checkpoint.pt")],
+    arch: Annotated[str, typer.Option("--arch", help="arch string or JSON (its space is the "
+                                      "checkpoint's)")],
+    data: Annotated[str | None, typer.Option("--data", "-d",
+                                             help="dataset (default: the training one)")] = None,
+    data_dir: Annotated[Path | None, typer.Option(
+        "--data-dir", help="the dataset's folder; ImageNet supernets (imported from "
+        "once-for-all) need an ImageNet-layout folder DIR/train/<wnid>/…, "
+        "DIR/val/<wnid>/…")] = None,
+    split: Annotated[str, typer.Option("--split", help="val or test (ImageNet: its val/ "
+                                       "folder either way)")] = "test",
+    calib_images: CalibImagesOpt = 2000,
+    max_eval_images: MaxEvalImagesOpt = 10_000,
+    as_json: JsonOpt = False,
+) -> None:
+    """Accuracy of one subnet of a trained supernet, after BN recalibration."""
+    from ofa_search.arch import parse_arch
+    from ofa_search.data import is_streamed_dataset, load_dataset, open_image_stream
+    from ofa_search.train import evaluate_arch, evaluate_arch_stream, load_supernet
+
+    if split not in ("val", "test"):
+        raise OfaSearchError(f"--split must be val or test, got {split!r}")
+    net, meta = load_supernet(checkpoint)
+    parsed = parse_arch(arch, meta["space"])
+    config = meta.get("config") or {}
+    name = data or config["dataset"]
+    samples: int | None = None
+    if is_streamed_dataset(name):
+        folder = data_dir if data_dir is not None else config.get("data_dir")
+        scored = evaluate_arch_stream(
+            net, parsed, open_image_stream(folder, parsed.resolution, name=name),
+            calib_images=calib_images, max_eval_images=max_eval_images, progress=True)
+        accuracy, samples, split = scored.accuracy, scored.eval_images, "val"
+    else:
+        dataset = load_dataset(name, data_dir=data_dir, in_channels=net.space.in_channels,
+                               resolution=parsed.resolution)
+        accuracy = evaluate_arch(net, parsed, dataset, split=split)
+    result = {"arch": parsed.to_string(), "dataset": name, "split": split,
+              "accuracy": accuracy, "checkpoint": str(checkpoint), "epoch": meta["epoch"]}
+    if samples is not None:
+        result["samples"] = samples
+    if as_json:
+        emit_json(result)
+    else:
+        typer.echo(f"{parsed.to_string()}: {split} accuracy {accuracy:.4f} on {name}"
+                   + ("" if samples is None else f" ({samples} images)"))

@@ -1,0 +1,192 @@
+"""The main job on the embedded default: the whole product in one run, in minutes.
+
+Train a small supernet on scikit-learn's digits (sandwich rule), profile this machine with
+ONNX Runtime (one thread) into a device table, fit the accuracy and latency predictors,
+build the device's Pareto front and measure some of its members end to end (the bound of
+query answers is calibrated on them), check this host's speed against the table (drift), answer
+three queries (tight, middle and loose budget; each answer's calibrated latency bound fits
+it), measure each answer (latency through ONNX Runtime, said plainly when over its budget;
+test accuracy after BN recalibration),
+export the middle answer to ONNX with its model card, and draw the front. Every step
+resumes from the workspace, which afterwards serves ``ofa-search query`` and
+``ofa-search serve`` as it is.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from ofa_search.atomic import atomic_write_json
+from ofa_search.data import load_dataset
+from ofa_search.demo.plot import plot_front
+from ofa_search.export import export
+from ofa_search.extras import MissingExtraError
+from ofa_search.profiling import DeviceProfile, TimingConfig
+from ofa_search.profiling.backends import get_backend
+from ofa_search.profiling.builder import build_table
+from ofa_search.profiling.drift import check_drift
+from ofa_search.profiling.measure import measure_archs
+from ofa_search.search.calibrate import calibrate_answers
+from ofa_search.search.front import build_front
+from ofa_search.search.query import QueryEngine, QueryResult
+from ofa_search.train import (
+    TrainConfig,
+    calibrated_subnet,
+    evaluate,
+    load_supernet,
+    supernet_evaluator,
+    train,
+)
+from ofa_search.workspace import Workspace
+from predictors.fit import fit_predictors, format_quality_table
+
+DEMO_DEVICE = "local-cpu-ort-1t"
+"""The table the demo profiles (ONNX Runtime, 1 thread, this host) into the workspace."""
+BUDGET_POSITIONS = (("tight", 0.1), ("middle", 0.5), ("loose", 0.9))
+"""Budgets as positions in the front's predicted latency range."""
+MEASURE_TIMING = TimingConfig(warmup=5, min_runs=20, max_runs=400, time_cap_s=1.0)
+PROFILE_TIMING = TimingConfig(warmup=3, min_runs=7, max_runs=200, time_cap_s=0.3)
+
+
+def run_demo(workspace: Path, *, space: str = "mbv3_small28", seed: int = 0,
+             epochs: int = 6, n_archs: int = 150, n_latency: int = 40,
+             resolutions: Sequence[int] | None = None,
+             echo: Callable[[str], None] = print, progress: bool = True) -> dict[str, Any]:
+    """Run the demo into ``workspace``; returns a summary (also written as
+    ``demo_summary.json`` there). Rerunning on the same workspace reuses every finished
+    step (checkpoint, table, datasets, measurements). ``resolutions`` restricts the
+    profiled table (and so the searched subnets) to some of the space's resolutions."""
+    start = time.perf_counter()
+    ws = Workspace(workspace)
+    ws.root.mkdir(parents=True, exist_ok=True)
+
+    echo(f"[1/6] training a supernet of {space!r} on digits (sandwich rule, {epochs} epochs)")
+    train(TrainConfig(space=space, dataset="digits", strategy="sandwich", epochs=epochs,
+                      batch_size=64, lr=0.1, warmup_epochs=1, seed=seed,
+                      out_dir=str(ws.supernet_dir), resume=ws.checkpoint.exists(),
+                      quiet=not progress))
+
+    echo(f"[2/6] profiling this machine: ONNX Runtime, 1 thread -> device {DEMO_DEVICE!r}")
+    table_path = ws.hw_profiles_dir / f"{DEMO_DEVICE}.json"
+    table = build_table(space, DeviceProfile.local_onnxruntime(1, id=DEMO_DEVICE),
+                        resolutions, table_path, timing=PROFILE_TIMING, progress=progress)
+    echo(f"      {len(table.entries)} units priced; wrote {table_path}")
+
+    echo(f"[3/6] fitting predictors ({n_archs} subnets evaluated on val, "
+         f"{n_latency} measured end to end)")
+    quality = fit_predictors(ws, ws.checkpoint, [DEMO_DEVICE], n_archs=n_archs,
+                             evaluator_for=supernet_evaluator,
+                             n_latency=n_latency, seed=seed, show_progress=progress)
+    for line in format_quality_table(quality).splitlines():
+        echo(f"      {line}")
+
+    echo(f"[4/6] building the Pareto front (NSGA-II, accuracy vs latency) and measuring "
+         f"{n_latency} of its members")
+    front, _ = build_front(ws, DEMO_DEVICE, seed=seed)
+    lo, hi = front.min_latency_ms, front.points[-1].predicted_latency_ms
+    echo(f"      {len(front.points)} points, {lo:.3f}–{hi:.3f} ms")
+    answered = calibrate_answers(ws, DEMO_DEVICE, n=n_latency)
+    for mode, factors in answered.factors.items():
+        if factors["answers"] is not None and factors["random"] is not None:
+            echo(f"      {mode} answers' 0.9 bound: prediction x {factors['answers']:.3f} "
+                 f"(random subnets: x {factors['random']:.3f})")
+
+    echo("[5/6] checking this host's speed, answering three queries, measuring the answers")
+    drift = check_drift(table)
+    echo(f"      {drift.summary()}")
+    engine = QueryEngine(ws)
+    ctx = engine.context(DEMO_DEVICE)
+    level, factor, _ = ctx.bound_factor(None)
+    # budgets as positions in the range of the front's bounds (its point range x factor)
+    answers = [(name, factor * ctx.scale() * (lo + frac * (hi - lo)))
+               for name, frac in BUDGET_POSITIONS]
+    results = [(name, budget, engine.query(DEMO_DEVICE, budget)) for name, budget in answers]
+    if level is not None:
+        echo(f"      each answer's {level:g}-confidence bound fits its budget (bound = "
+             f"prediction x {factor:.3f}, calibrated on {answered.n_measured} measured "
+             "front members)")
+    rows = _measure(ws, results, seed=seed)
+
+    middle = results[1][2]
+    export_id = hashlib.sha256(middle.arch.to_string().encode()).hexdigest()[:32]
+    echo("[6/6] exporting the middle answer to ONNX with its model card")
+    exported = export(ws.checkpoint, middle.arch, "onnx", ws.exports_dir / export_id,
+                      device=DEMO_DEVICE, workspace=ws, seed=seed)
+    try:
+        plot: Path | None = plot_front(front, [(b, r) for _, b, r in results],
+                                       ws.root / "front.png",
+                                       title=f"{space} on {DEMO_DEVICE} (digits)")
+    except MissingExtraError as exc:
+        echo(f"      no front plot: {exc}")
+        plot = None
+
+    echo("")
+    echo(f"{'budget':>8} {'pred ms':>8} {'bound ms':>8} {'meas ms':>8}  {'verdict':<16} "
+         f"{'pred acc':>8} {'meas acc':>8}  arch")
+    for row in rows:
+        bound = row["latency_upper_ms"]
+        echo(f"{row['budget_ms']:8.3f} {row['predicted_latency_ms']:8.3f} "
+             f"{'-' if bound is None else f'{bound:.3f}':>8} {row['measured_latency_ms']:8.3f}  "
+             f"{_verdict(row['measured_latency_ms'], row['budget_ms']):<16} "
+             f"{row['predicted_accuracy']:8.3f} {row['measured_accuracy']:8.3f}  {row['arch']}")
+    over = [row for row in rows if row["measured_latency_ms"] > row["budget_ms"]]
+    if over:
+        echo(f"warning: {len(over)} of {len(rows)} answers measured over their budget "
+             f"(worst by {max(r['measured_latency_ms'] / r['budget_ms'] - 1 for r in over):.0%}"
+             "); this host's speed varies, see `ofa-search check-device`")
+    card = exported.card
+    echo(f"exported {exported.artefact} ({card['artefact']['bytes'] / 1e3:.0f} kB, "
+         f"ONNX Runtime vs PyTorch {card['verification']['max_abs_diff']:.1e}); "
+         f"card {exported.card_markdown}")
+    if plot is not None:
+        echo(f"front plot {plot}")
+    summary: dict[str, Any] = {
+        "space": space, "seed": seed, "device": DEMO_DEVICE, "workspace": str(ws.root),
+        "checkpoint": str(ws.checkpoint), "table": str(table_path), "quality": quality,
+        "front_points": len(front.points), "answer_calibration": answered.to_dict(),
+        "drift": drift.to_dict(), "queries": rows,
+        "export": exported.to_dict(), "plot": None if plot is None else str(plot),
+        "seconds": round(time.perf_counter() - start, 2),
+    }
+    atomic_write_json(ws.root / "demo_summary.json", summary)
+    echo(f"done in {summary['seconds']:.0f} s; next: ofa-search query --workspace {ws.root} "
+         f"--device {DEMO_DEVICE} --latency-ms {answers[1][1]:.3f}")
+    return summary
+
+
+def _measure(ws: Workspace, results: list[tuple[str, float, QueryResult]], *, seed: int
+             ) -> list[dict[str, Any]]:
+    """Measured latency (ONNX Runtime, this host) and test accuracy of each answer."""
+    supernet, meta = load_supernet(ws.checkpoint)
+    data = load_dataset("digits", seed=meta["config"]["seed"],
+                        in_channels=supernet.space.in_channels)
+    profile = DeviceProfile.local_onnxruntime(1, id=DEMO_DEVICE)
+    rows = []
+    with get_backend(profile, timing=MEASURE_TIMING) as backend:
+        latencies = measure_archs(backend, [result.arch for _, _, result in results])
+        for (name, budget, result), latency in zip(results, latencies, strict=True):
+            net = calibrated_subnet(supernet, result.arch, data, seed=seed)
+            rows.append({
+                "query": name, "budget_ms": budget, "arch": result.arch.to_string(),
+                "source": result.source,
+                "predicted_latency_ms": result.predicted_latency_ms,
+                "latency_upper_ms": result.latency_upper_ms, "confidence": result.confidence,
+                "measured_latency_ms": latency.median_ms,
+                "within_budget": latency.median_ms <= budget,
+                "predicted_accuracy": result.predicted_accuracy,
+                "accuracy_std": result.accuracy_std,
+                "measured_accuracy": evaluate(net, data.split("test"), result.arch.resolution),
+                "macs_m": result.macs_m,
+            })
+    return rows
+
+
+def _verdict(measured_ms: float, budget_ms: float) -> str:
+    """``within budget`` or ``OVER by N %``."""
+    if measured_ms <= budget_ms:
+        return "within budget"
+    return f"OVER by {measured_ms / budget_ms - 1:.1%}"
