@@ -3,7 +3,7 @@
     python scripts/bench_search.py --workspace W --device cpu-ort-1t
         [--objective predictor|macs-proxy] [--trials 2000] [--seeds 0,1,2]
         [--oracle-n 100000] [--engines evolution,nsga2,random] [--measure]
-        [--latency-predictor lut|learned] [--out FILE.json]
+        [--latency-predictor lut|learned] [--record-trials] [--out FILE.json]
 
 ``--objective predictor`` (default) optimises the workspace's fitted accuracy predictor.
 ``--objective macs-proxy`` stands in for it when none is fitted yet: "accuracy" =
@@ -11,6 +11,8 @@
 network; the output says which objective was used. ``--measure`` exports the archs found
 at each budget and measures their latency on the device's backend and their test accuracy
 on the workspace's supernet (needs a measurable device and a checkpoint).
+``--record-trials`` runs every search as a stored search does, keeping its Optuna trials
+(the evolution engine asks and tells its sampler's trials instead of drafting arrays).
 """
 
 from __future__ import annotations
@@ -67,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--engines", default="evolution,nsga2,random")
     parser.add_argument("--oracle-n", type=int, default=100_000)
     parser.add_argument("--measure", action="store_true")
+    parser.add_argument("--record-trials", action="store_true")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
     import torch
@@ -90,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"oracle: best of {args.oracle_n} random archs per budget ...", flush=True)
     oracle = random_oracle(ctx, budgets, n=args.oracle_n)
     runs = compare_engines(ctx, budgets, oracle, engines=engines, n_trials=args.trials,
-                           seeds=seeds)
+                           seeds=seeds, record_trials=args.record_trials)
     rows: list[dict[str, Any]] = []
     print(f"\n{'budget':>8} {'oracle':>7} " + " ".join(
         f"{e + ' (gap,s)':>24}" for e in engines))
@@ -148,9 +151,12 @@ def main(argv: list[str] | None = None) -> int:
                   f", measured {item['measured_ms']:.4f} ms; predicted acc "
                   f"{run.predicted_accuracy:.4f}, test acc {item['test_accuracy']:.4f}  "
                   f"{item['arch']}")
-    result = {"created": now_iso(), "objective": objective, "device": ctx.device,
+    result = {"created": now_iso(),
+              "command": " ".join(["scripts/bench_search.py", *(argv or sys.argv[1:])]),
+              "objective": objective, "device": ctx.device,
               "space": ctx.space, "latency_predictor": ctx.latency_name,
               "trials": args.trials, "seeds": seeds, "oracle_n": args.oracle_n,
+              "record_trials": args.record_trials,
               "budgets": budgets, "rows": rows, "summary": summary, "timing": timing,
               "storage": storage, "runs": [r.__dict__ for r in runs], "measured": measured}
     out = args.out or ws.root / f"bench_search_{ctx.device}.json"

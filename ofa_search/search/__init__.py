@@ -4,6 +4,7 @@ fronts and ``query`` ("the best subnet for device X under N ms").
 Modules: :mod:`~ofa_search.search.encoding` (an arch as Optuna parameters),
 :mod:`~ofa_search.search.evaluator` (predictor protocols, priced-once cache),
 :mod:`~ofa_search.search.engines` (NSGA-II, random, once-for-all evolution),
+:mod:`~ofa_search.search.evolution_sampler` (once-for-all's evolution as an Optuna sampler),
 :mod:`~ofa_search.search.storage` / :mod:`~ofa_search.search.jobs` (persisted studies),
 :mod:`~ofa_search.search.front` (Pareto fronts), :mod:`~ofa_search.search.query`.
 """
@@ -14,6 +15,7 @@ from ofa_search.search.context import DeviceContext, load_context
 from ofa_search.search.encoding import ArchEncoding
 from ofa_search.search.engines import DEFAULT_ENGINE, ENGINES, SearchResult, run_search
 from ofa_search.search.evaluator import AccuracyModel, CachedEvaluator, Evaluation, LatencyModel
+from ofa_search.search.evolution_sampler import OFAEvolutionSampler
 from ofa_search.search.front import (
     Front,
     FrontPoint,
@@ -36,6 +38,7 @@ __all__ = [
     "Front",
     "FrontPoint",
     "LatencyModel",
+    "OFAEvolutionSampler",
     "QueryEngine",
     "QueryResult",
     "SearchResult",

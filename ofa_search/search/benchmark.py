@@ -74,9 +74,12 @@ def random_oracle(ctx: DeviceContext, budgets: Sequence[float], n: int = 100_000
 
 def compare_engines(ctx: DeviceContext, budgets: Sequence[float], oracle: dict[float, Any], *,
                     engines: Sequence[str] = ENGINES, n_trials: int = 2000,
-                    seeds: Sequence[int] = (0,),
+                    seeds: Sequence[int] = (0,), record_trials: bool = False,
                     progress: Callable[[int], None] | None = None) -> list[EngineRun]:
-    """Every engine at every budget and seed, ``n_trials`` trials each."""
+    """Every engine at every budget and seed, ``n_trials`` trials each — throw-away
+    searches, or with ``record_trials`` searches that keep their Optuna trials as a
+    stored search does (the evolution engine then asks and tells its sampler's trials
+    instead of drafting arrays: the same archs, at Optuna's cost per trial)."""
     runs = []
     for budget in budgets:
         target = oracle[budget].accuracy - 0.001 if oracle.get(budget) is not None else None
@@ -84,7 +87,7 @@ def compare_engines(ctx: DeviceContext, budgets: Sequence[float], oracle: dict[f
             for seed in seeds:
                 result = run_search(ctx.encoding, ctx.evaluator(), budget_ms=budget,
                                     engine=engine, n_trials=n_trials, seed=seed,
-                                    record_trials=False)
+                                    record_trials=record_trials)
                 first = None
                 if target is not None:
                     for i, ev in enumerate(result.evaluations):

@@ -1,7 +1,7 @@
 """The search loop: ask a generation, price it as one batch, tell it — in memory.
 
-Engines (all seeded, all recorded as trials of an Optuna study, so Optuna's tools and
-storages work the same for every one):
+Engines (all seeded Optuna samplers, all recorded as trials of an Optuna study, so Optuna's
+tools and storages work the same for every one):
 
 * ``nsga2`` — Optuna's :class:`~optuna.samplers.NSGAIISampler`. The latency budget is a
   constraint set with ``trial.set_constraint("latency", ms - budget)`` (feasible when
@@ -10,20 +10,25 @@ storages work the same for every one):
   Without a budget the study is multi-objective (accuracy up, latency down).
 * ``random`` — Optuna's :class:`~optuna.samplers.RandomSampler` on the same parameters
   (uniform depth, uniform choice per block): the baseline.
-* ``evolution`` — once-for-all's evolutionary finder (population 100, top 25 % parents,
-  half the children by mutation with probability 0.1 per gene, half by uniform
-  crossover), run on whole generations of :class:`~ofa_search.search.genomes.Genomes`
-  (arrays of choice indices) whose children are recorded into the study with
-  :func:`optuna.trial.create_trial`. As in once-for-all, a child (and a member of the
-  first population) over the budget is redrawn — up to 30 times, priced by latency alone
-  (for a table: by gathering its block prices, exact and ~10× cheaper than building the
-  archs; else through the latency predictor, counted apart in ``latency_calls``) — so the
-  accuracy predictor sees mostly feasible archs; one still over budget after that is
-  priced and ranked last (by excess latency).
+* ``evolution`` — once-for-all's evolutionary finder as a sampler,
+  :class:`~ofa_search.search.evolution_sampler.OFAEvolutionSampler` (population 100, top
+  25 % parents, half the children by mutation with probability 0.1 per gene, half by
+  uniform crossover; archs over the budget redrawn up to 30 times, priced by latency
+  alone — for a table by gathering its block prices, exact and ~10× cheaper than
+  building the archs; else through the evaluator's cached latency, counted apart in
+  ``latency_calls``). Its parents are the best complete trials of the study, ranked by
+  the same ``latency`` constraint.
 
-A generation of ``population_size`` trials is asked before any is told: NSGA-II fixes a
-trial's generation when it is asked (from the completed trials), so a whole batch lands
-in one generation, and the predictors see one batch per generation.
+A generation is asked before any of it is told: NSGA-II fixes a trial's generation when
+it is asked (from the completed trials), and the evolution sampler drafts a generation at
+once (:meth:`~ofa_search.search.evolution_sampler.OFAEvolutionSampler.next_batch_size`),
+so a whole batch lands in one generation, and the predictors see one batch per generation.
+
+A throw-away evolution search (``record_trials=False``, no ``on_generation``: a cold query,
+the benchmark) keeps no trials: it drives the same sampler's generations as arrays
+(:func:`_run_drafts`), which proposes the same archs for a seed as asking and telling
+them, without Optuna's ~2 ms of bookkeeping per trial (~10× the search's own cost on a
+table).
 """
 
 from __future__ import annotations
@@ -31,7 +36,6 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 import optuna
@@ -41,37 +45,15 @@ from optuna.trial import FrozenTrial, TrialState
 
 from ofa_search.arch import Arch
 from ofa_search.search.encoding import ArchEncoding
-from ofa_search.search.evaluator import CachedEvaluator, Evaluation
-from ofa_search.search.genomes import GenomeCodec, Genomes, TablePrices
+from ofa_search.search.evaluator import CachedEvaluator, Evaluation, LatencyModel
+from ofa_search.search.evolution_sampler import OFAEvolutionSampler, rank_order
+from ofa_search.search.genomes import Genomes
 
 ENGINES: tuple[str, ...] = ("nsga2", "evolution", "random")
 DEFAULT_ENGINE = "evolution"
 CONSTRAINT_KEY = "latency"
-_CONSTRAINTS_PREFIX = "constraints:"
-"""Where ``Trial.set_constraint(key, v)`` keeps ``v``: system attribute ``constraints:key``."""
 
 GenerationHook = Callable[[list[FrozenTrial]], None]
-
-
-@dataclass(frozen=True)
-class EvolutionConfig:
-    """once-for-all's evolution settings (``evolution_finder.py``)."""
-
-    population_size: int = 100
-    parent_ratio: float = 0.25
-    mutation_ratio: float = 0.5
-    mutate_prob: float = 0.1
-    max_redraws: int = 30
-
-    def __post_init__(self) -> None:
-        if self.max_redraws < 0:
-            raise ValueError(f"max_redraws must be >= 0, got {self.max_redraws=}")
-        if self.population_size < 2:
-            raise ValueError(f"population_size must be >= 2, got {self.population_size=}")
-        for name in ("parent_ratio", "mutation_ratio", "mutate_prob"):
-            value = getattr(self, name)
-            if not 0.0 < value <= 1.0:
-                raise ValueError(f"{name} must be in (0, 1], got {value}")
 
 
 @dataclass
@@ -100,15 +82,28 @@ def study_directions(budget_ms: float | None) -> list[str]:
 
 
 def make_study(budget_ms: float | None, engine: str, seed: int,
-               population_size: int = 100) -> optuna.Study:
-    """An in-memory study with the engine's sampler and the right directions."""
+               population_size: int = 100, *, encoding: ArchEncoding | None = None,
+               latency: LatencyModel | None = None,
+               storage: str | optuna.storages.BaseStorage | None = None,
+               study_name: str | None = None) -> optuna.Study:
+    """A study (in memory unless ``storage``) with the engine's sampler and the right
+    directions. ``evolution`` needs a budget, the ``encoding`` and the ``latency`` model
+    its redraws price archs with."""
     sampler: optuna.samplers.BaseSampler
     if engine == "nsga2":
         sampler = optuna.samplers.NSGAIISampler(population_size=population_size, seed=seed)
-    else:
+    elif engine == "evolution":
+        if budget_ms is None or encoding is None or latency is None:
+            raise ValueError("the evolution engine needs budget_ms, encoding and latency")
+        sampler = OFAEvolutionSampler(encoding, latency, budget_ms=budget_ms,
+                                      population_size=population_size, seed=seed)
+    elif engine == "random":
         sampler = optuna.samplers.RandomSampler(seed=seed)
+    else:
+        raise ValueError(f"unknown engine {engine!r}; choose one of {ENGINES}")
     directions = [StudyDirection[d.upper()] for d in study_directions(budget_ms)]
-    return optuna.create_study(directions=directions, sampler=sampler)
+    return optuna.create_study(directions=directions, sampler=sampler, storage=storage,
+                               study_name=study_name)
 
 
 def trial_arch(encoding: ArchEncoding, trial: FrozenTrial) -> Arch:
@@ -125,30 +120,30 @@ def _user_attrs(ev: Evaluation) -> dict[str, object]:
             "latency_ms": ev.latency_ms}
 
 
-def _frozen_trial(encoding: ArchEncoding, distributions: dict[str, Any], ev: Evaluation,
-                  budget_ms: float | None) -> FrozenTrial:
-    """A complete trial recording ``ev`` (constraint as ``trial.set_constraint`` stores it)."""
-    system_attrs: dict[str, Any] = {}
-    if budget_ms is not None:
-        system_attrs[f"{_CONSTRAINTS_PREFIX}{CONSTRAINT_KEY}"] = ev.latency_ms - budget_ms
-    return optuna.trial.create_trial(
-        state=TrialState.COMPLETE, values=_record_values(ev, budget_ms),
-        params=encoding.encode(ev.arch), distributions=distributions,
-        user_attrs=_user_attrs(ev), system_attrs=system_attrs)
-
-
-def _rank_key(ev: Evaluation, budget_ms: float | None) -> tuple[float, float]:
-    """Sort key, smaller is better: feasible by accuracy, then infeasible by excess."""
-    excess = 0.0 if budget_ms is None else max(0.0, ev.latency_ms - budget_ms)
-    return (excess, -ev.accuracy)
-
-
 def best_feasible(evaluations: Sequence[Evaluation], budget_ms: float) -> Evaluation | None:
     """The most accurate evaluation within the budget (ties: the faster one)."""
     feasible = [e for e in evaluations if e.latency_ms <= budget_ms]
     if not feasible:
         return None
     return max(feasible, key=lambda e: (e.accuracy, -e.latency_ms))
+
+
+class _CachedLatency:
+    """An evaluator's latency model read through its cache (the evolution's redraws are
+    counted in ``latency_calls``)."""
+
+    def __init__(self, evaluator: CachedEvaluator) -> None:
+        self._evaluator = evaluator
+
+    def predict(self, archs: Sequence[Arch]) -> np.ndarray:
+        return self._evaluator.latency_only(archs)
+
+
+def _redraw_latency(evaluator: CachedEvaluator) -> LatencyModel:
+    """What the evolution sampler prices redraws with: a table as it is (its block prices
+    are gathered), any other model through the evaluator's cache."""
+    model = evaluator.latency
+    return model if callable(getattr(model, "block_prices", None)) else _CachedLatency(evaluator)
 
 
 def run_search(encoding: ArchEncoding, evaluator: CachedEvaluator, *,
@@ -165,14 +160,16 @@ def run_search(encoding: ArchEncoding, evaluator: CachedEvaluator, *,
             (multi-objective: accuracy and latency).
         resume_from: complete trials of an earlier run (e.g. from a persisted study) that
             count towards ``n_trials`` and seed the population.
-        record_trials: build Optuna trials for the evolution engine's children (the
-            sampler engines always have them); off for a throw-away search.
-        on_generation: called with each generation's new trials (e.g. to persist them).
+        record_trials: keep the trials (with the ``arch``, ``accuracy_std`` and
+            ``latency_ms`` user attributes) in ``SearchResult.new_trials``; off for a
+            throw-away search.
+        on_generation: called with each generation's new trials (e.g. to persist them;
+            implies ``record_trials``).
         progress: called with the number of trials added after each generation.
         restarts: the evolution engine splits its trials over this many independent runs
-            (seeds derived from ``seed``; resumed trials seed the first) and keeps the best
-            of all — evolution on a rugged predictor stalls in one basin, and independent
-            runs cost no more than one long run.
+            (studies of their own, seeds derived from ``seed``; resumed trials seed the
+            first) and keeps the best of all — evolution on a rugged predictor stalls in
+            one basin, and independent runs cost no more than one long run.
     """
     if engine not in ENGINES:
         raise ValueError(f"unknown engine {engine!r}; choose one of {ENGINES}")
@@ -190,6 +187,7 @@ def run_search(encoding: ArchEncoding, evaluator: CachedEvaluator, *,
     calls_before = evaluator.predictor_calls
     history = evaluator.evaluate([trial_arch(encoding, t) for t in old])
     new_trials: list[FrozenTrial] = []
+    record = record_trials or on_generation is not None
 
     def emit(batch: list[FrozenTrial]) -> None:
         new_trials.extend(batch)
@@ -200,23 +198,24 @@ def run_search(encoding: ArchEncoding, evaluator: CachedEvaluator, *,
         if progress is not None:
             progress(count)
 
-    if engine == "evolution":
-        todo = max(0, n_trials - len(history))
-        for r in range(restarts):
-            run = history if r == 0 else []
-            share = todo // restarts + (1 if r < todo % restarts else 0)
-            _run_evolution(encoding, evaluator, budget_ms, len(run) + share,
-                           seed + 1_000_003 * r, run, emit, step,
-                           EvolutionConfig(population_size=population_size),
-                           record_trials or on_generation is not None)
-            if r:
-                history.extend(run)
-    else:
-        study = make_study(budget_ms, engine, seed, population_size)
-        if old:
-            study.add_trials(old)
-        _run_sampler(study, encoding, evaluator, budget_ms, n_trials, population_size,
-                     history, emit, step)
+    runs = restarts if engine == "evolution" else 1
+    latency = _redraw_latency(evaluator) if engine == "evolution" else None
+    todo = max(0, n_trials - len(history))
+    for r in range(runs):
+        run = history if r == 0 else []
+        share = todo // runs + (1 if r < todo % runs else 0)
+        study = make_study(budget_ms, engine, seed + 1_000_003 * r, population_size,
+                           encoding=encoding, latency=latency)
+        resumed = old if r == 0 else []
+        if isinstance(study.sampler, OFAEvolutionSampler) and not record:
+            _run_drafts(study.sampler, evaluator, len(run) + share, resumed, run, step)
+        else:
+            if resumed:
+                study.add_trials(resumed)
+            _run_study(study, encoding, evaluator, budget_ms, len(run) + share,
+                       population_size, run, emit if record else None, step)
+        if r:
+            history.extend(run)
     best = best_feasible(history, budget_ms) if budget_ms is not None else None
     return SearchResult(budget_ms=budget_ms, engine=engine, best=best, evaluations=history,
                         new_trials=new_trials,
@@ -224,113 +223,68 @@ def run_search(encoding: ArchEncoding, evaluator: CachedEvaluator, *,
                         wall_s=time.perf_counter() - start)
 
 
-def _run_sampler(study: optuna.Study, encoding: ArchEncoding, evaluator: CachedEvaluator,
-                 budget_ms: float | None, n_trials: int, batch: int,
-                 history: list[Evaluation], emit: GenerationHook,
-                 step: Callable[[int], None]) -> None:
-    """Ask-and-tell with an Optuna sampler, one generation per batch."""
+def _run_study(study: optuna.Study, encoding: ArchEncoding, evaluator: CachedEvaluator,
+               budget_ms: float | None, n_trials: int, batch: int,
+               history: list[Evaluation], emit: GenerationHook | None,
+               step: Callable[[int], None]) -> None:
+    """Ask-and-tell one generation at a time until ``history`` holds ``n_trials``: the
+    evolution sampler says how many trials its generation has, other samplers take
+    ``batch``. Trials are told with their values and the latency constraint (and, when
+    ``emit`` is given, the user attributes; then ``emit`` gets each generation)."""
     distributions: dict[str, BaseDistribution] = dict(encoding.distributions())
+    sampler = study.sampler
+    evolution = sampler if isinstance(sampler, OFAEvolutionSampler) else None
     while len(history) < n_trials:
-        size = min(batch, n_trials - len(history))
-        trials = [study.ask(distributions) for _ in range(size)]
-        evaluations = evaluator.evaluate([encoding.decode(t.params) for t in trials])
-        done = []
+        size = evolution.next_batch_size(study) if evolution is not None else batch
+        trials = [study.ask(distributions) for _ in range(min(size, n_trials - len(history)))]
+        params = [t.params for t in trials]
+        latencies = (evolution.genome_latency(evolution.codec.from_params(params))
+                     if evolution is not None and evolution.table_priced else None)
+        evaluations = evaluator.evaluate([encoding.decode(p) for p in params], latencies)
+        done: list[FrozenTrial] = []
         for trial, ev in zip(trials, evaluations, strict=True):
             if budget_ms is not None:
                 trial.set_constraint(CONSTRAINT_KEY, ev.latency_ms - budget_ms)
-            for key, value in _user_attrs(ev).items():
-                trial.set_user_attr(key, value)
-            done.append(study.tell(trial, _record_values(ev, budget_ms)))
+            if emit is not None:
+                for key, value in _user_attrs(ev).items():
+                    trial.set_user_attr(key, value)
+            frozen = study.tell(trial, _record_values(ev, budget_ms))
+            if emit is not None:
+                done.append(frozen)
         history.extend(evaluations)
-        emit(done)
-        step(len(done))
+        if emit is not None:
+            emit(done)
+        step(len(trials))
 
 
-def _run_evolution(encoding: ArchEncoding, evaluator: CachedEvaluator,
-                   budget_ms: float | None, n_trials: int, seed: int,
-                   history: list[Evaluation], emit: GenerationHook,
-                   step: Callable[[int], None],
-                   config: EvolutionConfig, record_trials: bool) -> None:
-    """once-for-all's evolution over :class:`~ofa_search.search.genomes.Genomes`: a whole
-    generation is drawn, mutated, crossed and (for a table) priced as arrays; each
-    generation's children become trials (built only when ``record_trials``: creating
-    Optuna trials costs more than pricing the archs)."""
-    rng = np.random.default_rng(seed)
-    codec = GenomeCodec(encoding)
-    prices = TablePrices.of(codec, evaluator.latency, rng)
-    distributions = encoding.distributions()
-    pop_size = config.population_size
-    n_parents = max(1, round(pop_size * config.parent_ratio))
-
-    def latency(g: Genomes) -> np.ndarray:
-        if prices is not None:
-            return prices.latency(g)
-        return evaluator.latency_only(codec.to_archs(g))
-
-    def feasible(draw: Callable[[int], Genomes], size: int) -> tuple[Genomes, np.ndarray]:
-        """``size`` genomes from ``draw``, those over the budget redrawn (up to
-        ``max_redraws`` rounds, priced by latency alone); stops early when a round fits
-        (almost) none."""
-        g = draw(size)
-        lat = latency(g)
-        if budget_ms is None:
-            return g, lat
-        waiting = size
-        for _ in range(config.max_redraws):
-            over = np.flatnonzero(lat > budget_ms)
-            if over.size == 0 or over.size > 0.99 * waiting:
-                break  # all fit, or (nearly) nothing fits this close to the minimum
-            waiting = over.size
-            again = draw(over.size)
-            g.put(over, again)
-            lat[over] = latency(again)
-        return g, lat
-
-    def record(g: Genomes, lat: np.ndarray) -> list[Evaluation]:
-        archs = codec.to_archs(g)
-        evaluations = evaluator.evaluate(archs, lat if prices is not None else None)
-        history.extend(evaluations)
-        if record_trials:
-            emit([_frozen_trial(encoding, distributions, ev, budget_ms) for ev in evaluations])
-        step(len(evaluations))
-        return evaluations
-
-    def ranked(g: Genomes, evs: list[Evaluation]) -> tuple[Genomes, list[Evaluation]]:
-        order = sorted(range(len(evs)), key=lambda i: _rank_key(evs[i], budget_ms))
-        return g.take(order), [evs[i] for i in order]
-
-    start = sorted(history, key=lambda e: _rank_key(e, budget_ms))[:pop_size]
-    pop_g = codec.from_archs([e.arch for e in start], rng)
-    pop_e = list(start)
-    if len(pop_e) < pop_size and len(history) < n_trials:
-        size = min(pop_size - len(pop_e), n_trials - len(history))
-        # the fastest subnets make sure that a budget near the minimum has feasible parents
-        seeds = [a for a in encoding.smallest() if budget_ms is not None][:size]
-        seed_g = codec.from_archs(seeds, rng)
-        rest_g, rest_lat = feasible(lambda k: codec.sample(rng, k), size - len(seeds))
-        first = Genomes.concat([seed_g, rest_g])
-        pop_e += record(first, np.concatenate([latency(seed_g), rest_lat]))
-        pop_g = Genomes.concat([pop_g, first])
+def _run_drafts(sampler: OFAEvolutionSampler, evaluator: CachedEvaluator, n_trials: int,
+                resumed: Sequence[FrozenTrial], history: list[Evaluation],
+                step: Callable[[int], None]) -> None:
+    """The evolution sampler's generations without Optuna trials, for a throw-away search:
+    drafted, priced and ranked as arrays, exactly as :func:`_run_study` would ask and tell
+    them (the same archs for a seed — ``tests/search/test_evolution_sampler.py`` checks —
+    at a tenth of the cost: Optuna's bookkeeping costs ~2 ms a trial). Selection is
+    elitist, so ranking the last parents with their children ranks all trials."""
+    budget, codec, k = sampler.budget_ms, sampler.codec, sampler.config.n_parents
+    pool = codec.from_params([t.params for t in resumed])
+    values = np.array([e.accuracy for e in history])
+    excess = np.array([max(0.0, e.latency_ms - budget) for e in history])
+    numbers = np.arange(len(history))
     while len(history) < n_trials:
-        pop_g, pop_e = ranked(pop_g, pop_e)
-        parents_g, parents_e = pop_g.take(range(min(n_parents, len(pop_e)))), \
-            pop_e[:n_parents]
-        size = min(pop_size - len(parents_e), n_trials - len(history))
-        n_mutate = round(size * config.mutation_ratio)
-
-        def mutants(k: int, parents: Genomes = parents_g) -> Genomes:
-            pick = rng.integers(len(parents), size=k)
-            return codec.mutate(codec.refill(parents.take(pick), rng), rng,
-                                config.mutate_prob)
-
-        def crosses(k: int, parents: Genomes = parents_g) -> Genomes:
-            a, b = rng.integers(len(parents), size=(2, k))
-            return codec.crossover(codec.refill(parents.take(a), rng),
-                                   codec.refill(parents.take(b), rng), rng)
-
-        mut_g, mut_lat = feasible(mutants, n_mutate)
-        cross_g, cross_lat = feasible(crosses, size - n_mutate)
-        children = Genomes.concat([mut_g, cross_g])
-        child_e = record(children, np.concatenate([mut_lat, cross_lat]))
-        pop_g = Genomes.concat([parents_g, children])
-        pop_e = parents_e + child_e
+        parents = None
+        if len(history) >= sampler.config.population_size:
+            best = rank_order(values, excess, numbers)[:k]
+            pool, values, excess, numbers = pool.take(best), values[best], excess[best], \
+                numbers[best]
+            parents = pool
+        drafted = sampler.draft(len(history), parents)
+        g = drafted.take(np.arange(min(len(drafted), n_trials - len(history))))
+        latencies = sampler.genome_latency(g) if sampler.table_priced else None
+        evaluations = evaluator.evaluate(codec.to_archs(g), latencies)
+        pool = Genomes.concat([pool, g])
+        values = np.concatenate([values, [e.accuracy for e in evaluations]])
+        excess = np.concatenate([excess, [max(0.0, e.latency_ms - budget)
+                                          for e in evaluations]])
+        numbers = np.concatenate([numbers, np.arange(len(history), len(history) + len(g))])
+        history.extend(evaluations)
+        step(len(evaluations))

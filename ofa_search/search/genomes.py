@@ -1,21 +1,25 @@
 """Archs of an encoding as arrays of choice indices, so that a search samples, mutates,
-crosses and (where the latency model is a table) prices a whole generation at once.
+crosses and (where the latency model is a table) prices a whole generation at once — the
+working form of :class:`~ofa_search.search.evolution_sampler.OFAEvolutionSampler`.
 
 A generation of ``N`` genomes is a :class:`Genomes`: resolution, width and per-stage depth
 and precision indices, and kernel and expand indices for every block slot — slots past a
 stage's depth included (they carry no information until a deeper depth activates them, as
 in once-for-all's finder). :class:`GenomeCodec` holds the operators with once-for-all's
 semantics (uniform sampling; mutation resamples each gene with a probability; uniform
-crossover) and turns genomes into :class:`~ofa_search.arch.Arch` es.
+crossover) and turns genomes into :class:`~ofa_search.arch.Arch` es and into the Optuna
+parameters of the encoding (and back).
 
 :class:`TablePrices` prices genomes as the table's latency predictor does, by gathering
 block prices (``block_prices`` of the predictor) — exact, and checked against the
-predictor's own ``predict`` when built.
+predictor's own ``predict`` when built. :class:`GenomeLatency` prices genomes with any
+latency model: by :class:`TablePrices` where the model is such a table, else through the
+model's ``predict`` on the decoded archs.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +27,7 @@ import numpy as np
 
 from ofa_search.arch import Arch
 from ofa_search.search.encoding import ArchEncoding
+from ofa_search.search.evaluator import LatencyModel
 
 
 @dataclass(frozen=True)
@@ -69,6 +74,9 @@ class GenomeCodec:
             "kernel": tuple(spec.kernel_sizes), "expand": tuple(spec.expand_ratios)}
         self._shape = {"res": (), "width": (), "depth": (self.n,), "prec": (self.n,),
                        "kernel": (self.n, self.m), "expand": (self.n, self.m)}
+        self._params = _param_slots(encoding, self.n, self.m)
+        self._values = {f: np.asarray(c, dtype=object) for f, c in self.choices.items()}
+        self._index = {f: {v: i for i, v in enumerate(c)} for f, c in self.choices.items()}
 
     def sample(self, rng: np.random.Generator, size: int) -> Genomes:
         """``size`` uniformly random genomes."""
@@ -141,10 +149,53 @@ class GenomeCodec:
                 tuple(c["prec"][p] for p in prec_v[i])))
         return out
 
+    def to_params(self, g: Genomes) -> list[dict[str, Any]]:
+        """The Optuna parameters of every genome (:meth:`ArchEncoding.distributions`'
+        names and order; blocks past a stage's depth carry their genes)."""
+        columns = [self._values[f][getattr(g, f)[(slice(None), *at)]].tolist()
+                   for _, f, at in self._params]
+        names = [name for name, _, _ in self._params]
+        return [dict(zip(names, row, strict=True)) for row in zip(*columns, strict=True)]
+
+    def from_params(self, params: Sequence[Mapping[str, Any]]) -> Genomes:
+        """Genomes of full parameter dicts of the encoding (:meth:`to_params`' inverse);
+        a missing parameter or a value outside its choices is a ``ValueError``."""
+        g = Genomes(*(np.zeros((len(params), *self._shape[f]), dtype=np.int64)
+                      for f in _FIELDS))
+        for name, f, at in self._params:
+            index = self._index[f]
+            column = []
+            for p in params:
+                if name not in p:
+                    raise ValueError(f"parameter {name!r} is missing ({len(p)} given)")
+                if p[name] not in index:
+                    raise ValueError(f"parameter {name!r} = {p[name]!r} is not one of "
+                                     f"{list(self.choices[f])}")
+                column.append(index[p[name]])
+            getattr(g, f)[(slice(None), *at)] = column
+        return g
+
     def active(self, g: Genomes) -> np.ndarray:
         """``[N, S, M]``: which block slots the depths switch on."""
         depth = np.asarray(self.choices["depth"])[g.depth]
         return np.arange(self.m)[None, None, :] < depth[:, :, None]
+
+
+def _param_slots(encoding: ArchEncoding, n: int, m: int
+                 ) -> list[tuple[str, str, tuple[int, ...]]]:
+    """``(parameter name, genome field, index within a row)`` for every parameter of
+    ``encoding``, in :meth:`ArchEncoding.distributions`' order."""
+    slots: list[tuple[str, str, tuple[int, ...]]] = [("res", "res", ())]
+    if len(encoding.width_mults) > 1:
+        slots.append(("w", "width", ()))
+    for s in range(n):
+        slots.append((f"s{s}.d", "depth", (s,)))
+        if len(encoding.precisions) > 1:
+            slots.append((f"s{s}.p", "prec", (s,)))
+        for b in range(m):
+            slots.append((f"s{s}.b{b}.k", "kernel", (s, b)))
+            slots.append((f"s{s}.b{b}.e", "expand", (s, b)))
+    return slots
 
 
 class TablePrices:
@@ -182,3 +233,20 @@ class TablePrices:
         prices = self.block[g.res[:, None, None], self._s, self._b, g.kernel, g.expand]
         active = self.codec.active(g)
         return self.base[g.res] + np.where(active, prices, 0.0).sum(axis=(1, 2))
+
+
+class GenomeLatency:
+    """Predicted latency (ms) of genomes under ``model``: gathered by :class:`TablePrices`
+    when the model is an additive table (exact, ~10× cheaper than building the archs), else
+    ``model.predict`` on the decoded archs. The table's check draws its probe archs from a
+    generator of its own (``check_seed``), so pricing never consumes a search's draws."""
+
+    def __init__(self, codec: GenomeCodec, model: LatencyModel, *, check_seed: int = 0
+                 ) -> None:
+        self.codec, self.model = codec, model
+        self.table = TablePrices.of(codec, model, np.random.default_rng(check_seed))
+
+    def __call__(self, g: Genomes) -> np.ndarray:
+        if self.table is not None:
+            return self.table.latency(g)
+        return np.asarray(self.model.predict(self.codec.to_archs(g)), dtype=float)

@@ -10,7 +10,7 @@ from search_objective import MacsProxy
 
 from ofa_search.arch import Arch
 from ofa_search.search import ArchEncoding, CachedEvaluator, run_search
-from ofa_search.search.genomes import GenomeCodec, TablePrices
+from ofa_search.search.genomes import GenomeCodec, GenomeLatency, TablePrices
 from ofa_search.workspace import Workspace
 from predictors.loading import load_latency_predictor
 
@@ -60,6 +60,47 @@ def test_decoded_archs_are_valid_and_round_trip() -> None:
         assert hash(Arch(**fields)) == hash(arch)
     again = codec.to_archs(codec.from_archs(codec.to_archs(genomes), rng))
     assert again == codec.to_archs(genomes)
+
+
+@pytest.mark.parametrize("encoding", [
+    ArchEncoding("mbv3_small28"),
+    ArchEncoding("ofa_mbv3"),  # a width parameter
+    ArchEncoding("mbv3_small28_mp", precisions=("fp32", "int8")),  # a precision per stage
+], ids=["mbv3_small28", "ofa_mbv3-widths", "mbv3_small28_mp-int8"])
+def test_params_round_trip(encoding: ArchEncoding) -> None:
+    codec = GenomeCodec(encoding)
+    rng = np.random.default_rng(5)
+    g = codec.sample(rng, 100)
+    params = codec.to_params(g)
+    assert all(list(p) == list(encoding.distributions()) for p in params)
+    for p in params:  # every value is one of its distribution's choices, as Optuna needs
+        for name, dist in encoding.distributions().items():
+            assert p[name] in dist.choices
+    assert [encoding.decode(p) for p in params] == codec.to_archs(g)
+    back = codec.from_params(params)
+    for name in ("res", "width", "depth", "prec", "kernel", "expand"):
+        assert (getattr(back, name) == getattr(g, name)).all(), name  # inactive slots too
+
+
+def test_bad_params_are_errors() -> None:
+    codec = GenomeCodec(ArchEncoding("mbv3_small28"))
+    params = codec.to_params(codec.sample(np.random.default_rng(0), 1))[0]
+    with pytest.raises(ValueError, match=r"parameter 's0.b1.k' = 4 is not one of \[3, 5, 7\]"):
+        codec.from_params([{**params, "s0.b1.k": 4}])
+    del params["res"]
+    with pytest.raises(ValueError, match="parameter 'res' is missing"):
+        codec.from_params([params])
+
+
+@pytest.mark.parametrize(("kind", "gathered"), [("lut", True), ("learned", False)])
+def test_genome_latency_is_the_model_prediction(kind: str, gathered: bool) -> None:
+    codec, _ = _codec("cpu-ort-1t")
+    model, _ = load_latency_predictor(Workspace("unused"), "cpu-ort-1t", kind)
+    latency = GenomeLatency(codec, model)
+    assert (latency.table is not None) == gathered
+    genomes = codec.sample(np.random.default_rng(6), 100)
+    np.testing.assert_allclose(latency(genomes), model.predict(codec.to_archs(genomes)),  # type: ignore[attr-defined]
+                               rtol=1e-12, atol=0)
 
 
 def test_operators() -> None:

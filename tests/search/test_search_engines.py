@@ -7,7 +7,8 @@ import pytest
 from search_objective import MacsProxy
 
 from ofa_search.search import ArchEncoding, CachedEvaluator, pareto_front, run_search
-from ofa_search.search.engines import best_feasible
+from ofa_search.search.engines import best_feasible, make_study
+from ofa_search.search.evolution_sampler import OFAEvolutionSampler
 from ofa_search.workspace import Workspace
 from predictors.loading import load_latency_predictor
 
@@ -101,3 +102,26 @@ def test_bad_arguments_are_errors(proxy, latency) -> None:
         run_search(enc, ev, budget_ms=-1.0)
     with pytest.raises(ValueError, match="evolution engine searches under a budget"):
         run_search(enc, ev, budget_ms=None, engine="evolution")
+
+
+def test_evolution_study_has_the_sampler(latency) -> None:
+    enc = ArchEncoding("mbv3_small28")
+    study = make_study(0.2, "evolution", 3, 20, encoding=enc, latency=latency)
+    assert isinstance(study.sampler, OFAEvolutionSampler)
+    assert study.sampler.config.population_size == 20 and study.sampler.budget_ms == 0.2
+    assert [d.name for d in study.directions] == ["MAXIMIZE"]
+    with pytest.raises(ValueError, match="needs budget_ms, encoding and latency"):
+        make_study(0.2, "evolution", 0)
+    with pytest.raises(ValueError, match="unknown engine 'tpe'"):
+        make_study(0.2, "tpe", 0)
+
+
+def test_evolution_redraws_through_the_evaluators_latency_cache(proxy) -> None:
+    """A learned latency model prices redraws through the evaluator (latency_calls), the
+    accuracy predictor only what the search proposes."""
+    learned, _ = load_latency_predictor(Workspace("unused"), "cpu-ort-1t", "learned")
+    evaluator = CachedEvaluator(proxy, learned)
+    result = run_search(ArchEncoding("mbv3_small28"), evaluator, budget_ms=BUDGET_MS,
+                        engine="evolution", n_trials=300, seed=0, record_trials=False)
+    assert evaluator.latency_calls > 0
+    assert proxy.calls == result.predictor_calls <= 300
