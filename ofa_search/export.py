@@ -40,7 +40,7 @@ import torch
 
 import ofa_search.binary.formats  # registers the binary format
 import ofa_search.quant.formats  # noqa: F401 (registers the int8 formats)
-from ofa_search.arch import Arch, parse_arch
+from ofa_search.arch import Arch
 from ofa_search.atomic import (
     check_writable_dir,
     remove_stale_temps,
@@ -57,7 +57,7 @@ from ofa_search.data import (
     resize_size,
     stream_loader,
 )
-from ofa_search.errors import InvalidArchError, OfaSearchError, UnsupportedPrecisionError
+from ofa_search.errors import OfaSearchError, UnsupportedPrecisionError
 from ofa_search.formats import (  # noqa: F401 (part of this module's interface)
     ARTEFACT_STEM,
     AUTO_FORMAT,
@@ -154,7 +154,7 @@ def export(checkpoint: str | os.PathLike[str], arch: str | Arch, format: str,
         DatasetError (no or a malformed ``data_dir`` for a streamed dataset),
         VerificationError (the artefact's outputs differ beyond tolerance).
     """
-    from ofa_search.train import load_supernet
+    from ofa_search.train.checkpoint import load_supernet_arch
     from ofa_search.units import count_macs, count_params
 
     say = echo or (lambda _line: None)
@@ -172,12 +172,7 @@ def export(checkpoint: str | os.PathLike[str], arch: str | Arch, format: str,
     folder = check_writable_dir(out_dir, "export folder")
     remove_stale_temps(folder)  # what an export killed mid-write left there
     say(f"loading {checkpoint}")
-    supernet, meta = load_supernet(checkpoint)
-    parsed = arch if isinstance(arch, Arch) else parse_arch(arch, meta["space"])
-    if parsed.space != meta["space"]:
-        raise InvalidArchError(f"arch is of space {parsed.space!r}; the checkpoint's is "
-                               f"{meta['space']!r}")
-    supernet.check_arch(parsed)
+    supernet, meta, parsed = load_supernet_arch(checkpoint, arch)
     fmt = get_format(default_format(parsed) if format == AUTO_FORMAT else format)
     unfit = sorted(set(parsed.precisions) - set(fmt.precisions))
     if unfit:

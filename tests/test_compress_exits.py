@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from supernet_helpers import calibrated_supernet, save_untrained_checkpoint
+from compress_helpers import FAST, SPACE, untrained_checkpoint
+from supernet_helpers import calibrated_supernet
 
 from ofa_search.arch import Arch
 from ofa_search.compress import (
@@ -33,20 +34,16 @@ from ofa_search.compress.finetune import STATE_NAME, FinetuneConfig, load_state
 from ofa_search.compress.latency import prefix_prices, resolve_target
 from ofa_search.model_card import read_card
 from ofa_search.nn import extract
-from ofa_search.profiling.timing import TimingConfig
 from ofa_search.units import arch_units
 
-SPACE = "mbv3_small28"
 ARCH = Arch.sample(SPACE, np.random.default_rng(5)).replace(resolution=16)
-TINY = TimingConfig(warmup=1, min_runs=3, max_runs=5, time_cap_s=0.05)
-FAST = {"calib_batches": 2, "batch_size": 16, "rounds": 1, "timing": TINY, "quiet": True}
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return save_untrained_checkpoint(SPACE, tmp_path_factory.mktemp("ck") / "checkpoint.pt")
+    return untrained_checkpoint(tmp_path_factory.mktemp("ck"))
 
 
 # -- errors, before any work ------------------------------------------------------------------

@@ -183,16 +183,16 @@ def exits_cmd(
 
 
 def _ints(text: str, option: str) -> list[int]:
-    try:
-        return [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise OfaSearchError(f"{option} must be comma-separated integers, e.g. 0,1,2; got "
-                             f"{text!r}") from None
+    return _numbers(text, option, int, "integers, e.g. 0,1,2")
 
 
 def _floats(text: str, option: str) -> list[float]:
+    return _numbers(text, option, float, "numbers, e.g. 0.9,0.8")
+
+
+def _numbers(text: str, option: str, kind: Any, example: str) -> list[Any]:
     try:
-        return [float(v) for v in text.split(",") if v.strip()]
+        return [kind(v) for v in text.split(",") if v.strip()]
     except ValueError:
-        raise OfaSearchError(f"{option} must be comma-separated numbers, e.g. 0.9,0.8; got "
+        raise OfaSearchError(f"{option} must be comma-separated {example}; got "
                              f"{text!r}") from None

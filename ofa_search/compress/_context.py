@@ -12,12 +12,12 @@ from typing import Any
 
 import torch
 
-from ofa_search.arch import Arch, parse_arch
+from ofa_search.arch import Arch
 from ofa_search.compress.errors import CompressError
 from ofa_search.data import DatasetSplits, is_streamed_dataset, iterate_batches, load_dataset
-from ofa_search.errors import InvalidArchError
 from ofa_search.nn import StaticSubnet, Supernet
-from ofa_search.train import calibrated_subnet, evaluate, load_supernet, recalibrate_bn
+from ofa_search.train import calibrated_subnet, evaluate, recalibrate_bn
+from ofa_search.train.checkpoint import load_supernet_arch
 
 Say = Callable[[str], None]
 
@@ -66,12 +66,7 @@ def load_subnet(checkpoint: str | os.PathLike[str], arch: str | Arch, *,
     depend on the arch, checked before the data is loaded), load its dataset (or use
     ``data``) at the arch's resolution, and extract the subnet with recalibrated BN."""
     say(f"loading {checkpoint}")
-    supernet, meta = load_supernet(checkpoint)
-    parsed = arch if isinstance(arch, Arch) else parse_arch(arch, meta["space"])
-    if parsed.space != meta["space"]:
-        raise InvalidArchError(f"arch is of space {parsed.space!r}; the checkpoint's is "
-                               f"{meta['space']!r}")
-    supernet.check_arch(parsed)
+    supernet, meta, parsed = load_supernet_arch(checkpoint, arch)
     if check is not None:
         check(parsed)
     if data is None:

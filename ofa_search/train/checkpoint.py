@@ -24,8 +24,9 @@ from typing import Any
 
 import torch
 
+from ofa_search.arch import Arch, parse_arch
 from ofa_search.atomic import atomic_write_bytes
-from ofa_search.errors import FileFormatError
+from ofa_search.errors import FileFormatError, InvalidArchError
 from ofa_search.nn import Supernet
 from ofa_search.space import get_space
 from ofa_search.versioning import require_version
@@ -85,6 +86,20 @@ def load_supernet(checkpoint: str | os.PathLike[str]) -> tuple[Supernet, dict[st
                               f"{data['space']!r}: {exc}") from exc
     meta = {k: v for k, v in data.items() if k not in ("model", "teacher", "optimizer")}
     return net.eval(), meta
+
+
+def load_supernet_arch(checkpoint: str | os.PathLike[str], arch: str | Arch
+                       ) -> tuple[Supernet, dict[str, Any], Arch]:
+    """:func:`load_supernet`, and ``arch`` parsed in the checkpoint's space and checked
+    against the supernet (an :class:`InvalidArchError` for an arch of another space or
+    outside its choices)."""
+    supernet, meta = load_supernet(checkpoint)
+    parsed = arch if isinstance(arch, Arch) else parse_arch(arch, meta["space"])
+    if parsed.space != meta["space"]:
+        raise InvalidArchError(f"arch is of space {parsed.space!r}; the checkpoint's is "
+                               f"{meta['space']!r}")
+    supernet.check_arch(parsed)
+    return supernet, meta, parsed
 
 
 LOW_PRECISION_ONLY = (".quant.", ".binary_")
