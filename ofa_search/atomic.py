@@ -83,7 +83,7 @@ def _pid_alive(pid: int) -> bool:
     """Whether ``pid`` is a live (not zombie) process of this host; ``True`` when unsure."""
     if pid <= 0 or pid == os.getpid():
         return True
-    import psutil
+    import psutil  # deferred: psutil (~20 ms) only when a stale temporary file is checked
 
     try:
         return bool(psutil.Process(pid).status() != psutil.STATUS_ZOMBIE)

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 import torch
 
 import ofa_search.binary.formats  # registers the binary format
@@ -45,6 +46,7 @@ from ofa_search.atomic import (
     check_writable_dir,
     remove_stale_temps,
 )
+from ofa_search.binary.runtime import BinaryPackage
 from ofa_search.data import (
     DEFAULT_EVAL_IMAGES,
     OFA_CALIB_IMAGES,
@@ -74,7 +76,13 @@ from ofa_search.formats import (  # noqa: F401 (part of this module's interface)
 )
 from ofa_search.model_card import write_card
 from ofa_search.nn import StaticSubnet, Supernet
+from ofa_search.onnx_export import INPUT_NAME
+from ofa_search.profiling.backends import get_backend
+from ofa_search.profiling.lut import find_table, now_iso
+from ofa_search.profiling.measure import FAST_TIMING, measure_arch, time_binary_package
+from ofa_search.units import count_macs, count_params
 from ofa_search.workspace import Workspace, check_device_id, check_workspace
+from predictors.loading import load_latency_predictor
 
 STREAM_QUANT_IMAGES = 256
 """Training images handed to an int8 format's ``calibrated_write`` when the data is
@@ -154,8 +162,8 @@ def export(checkpoint: str | os.PathLike[str], arch: str | Arch, format: str,
         DatasetError (no or a malformed ``data_dir`` for a streamed dataset),
         VerificationError (the artefact's outputs differ beyond tolerance).
     """
+    # deferred: keeps `import ofa_search.export` free of the trainer (tqdm)
     from ofa_search.train.checkpoint import load_supernet_arch
-    from ofa_search.units import count_macs, count_params
 
     say = echo or (lambda _line: None)
     if format != AUTO_FORMAT:
@@ -212,8 +220,6 @@ def export(checkpoint: str | os.PathLike[str], arch: str | Arch, format: str,
             say(str(drift["summary"]))
     elif latency is not None:
         latency.update(measured_latency_ms=None, not_measured_reason="not requested")
-
-    from ofa_search.profiling.lut import now_iso
 
     card: dict[str, Any] = {
         "created": now_iso(),
@@ -276,6 +282,7 @@ def _calibrate_in_memory(supernet: Supernet, arch: Arch, data: DatasetSplits, *,
                          calib_batches: int, verify_samples: int, seed: int,
                          say: Callable[[str], None]) -> _Calibrated:
     """BN recalibration on ``calib_batches`` train batches, accuracy on the whole test split."""
+    # deferred: keeps `import ofa_search.export` free of the trainer (tqdm)
     from ofa_search.train import calibrated_subnet, evaluate
 
     say(f"recalibrating BN of {arch.to_string()} on {calib_batches} batches")
@@ -300,6 +307,7 @@ def _calibrate_on_stream(supernet: Supernet, arch: Arch, name: str, data_dir: Pa
     ``data_dir`` and accuracy on at most ``max_eval_images`` random val images, streamed
     (on CUDA when available); the artefact is verified on the first val images of the
     accuracy subset."""
+    # deferred: keeps `import ofa_search.export` free of the trainer (tqdm)
     from ofa_search.train import calibrated_subnet_stream, evaluate_stream
 
     streams = open_image_stream(data_dir, arch.resolution, name=name)
@@ -351,8 +359,6 @@ def train_batches(data: DatasetSplits, resolution: int, n: int, seed: int = 0
 
 
 def _predict_latency(ws: Workspace, device: str, arch: Arch) -> dict[str, Any]:
-    from predictors.loading import load_latency_predictor
-
     predictor, kind = load_latency_predictor(ws, device)
     predicted = float(predictor.predict([arch])[0])
     return {"id": device, "predicted_latency_ms": predicted, "latency_predictor": kind}
@@ -364,12 +370,6 @@ def _measure_latency(ws: Workspace, device: str, arch: Arch, artefact: Path,
     be measured from here. An ONNX artefact is timed itself through the device's backend,
     a binary package through its runtime on this host; other formats of an fp32 arch are
     timed as its fp32 ONNX export (what the latency table prices)."""
-    import onnx
-
-    from ofa_search.profiling.backends import get_backend
-    from ofa_search.profiling.lut import find_table
-    from ofa_search.profiling.measure import FAST_TIMING, measure_arch, time_binary_package
-
     table = find_table(device, workspace=ws.root)
     profile = table.profile()
     if profile is None:
@@ -380,7 +380,6 @@ def _measure_latency(ws: Workspace, device: str, arch: Arch, artefact: Path,
         if profile.backend != "onnxruntime":
             return {"measured_latency_ms": None, "not_measured_reason":
                     f"binary packages run on this host, not on {profile.backend!r}"}
-        from ofa_search.binary.runtime import BinaryPackage
 
         stats = time_binary_package(
             BinaryPackage.load(artefact, threads=profile.intra_op_threads), profile.batch_size)
@@ -397,8 +396,6 @@ def _measure_latency(ws: Workspace, device: str, arch: Arch, artefact: Path,
         with get_backend(profile, timing=FAST_TIMING) as backend:
             drift = _drift(table, backend)
             if own:
-                from ofa_search.onnx_export import INPUT_NAME
-
                 model = onnx.load(str(artefact))
                 shape = (profile.batch_size, arch.search_space.in_channels, arch.resolution,
                          arch.resolution)
@@ -417,6 +414,7 @@ def _measure_latency(ws: Workspace, device: str, arch: Arch, artefact: Path,
 def _drift(table: Any, backend: Any) -> dict[str, Any]:
     """The device's drift check on the open backend (its reference subnets re-timed), so
     that a measured latency comes with this host's speed against the table."""
+    # deferred: the drift check loads the table builder (tqdm)
     from ofa_search.profiling.drift import NotMeasurableError, check_drift
 
     try:

@@ -152,13 +152,14 @@ def _reference(net: StaticSubnet, x: torch.Tensor) -> np.ndarray:
 
 # -- onnx ----------------------------------------------------------------------------------
 def _write_onnx(net: StaticSubnet, path: Path) -> None:
+    # deferred: the ONNX exporter loads onnx; other formats do without
     from ofa_search.onnx_export import export_onnx, save_onnx
 
     save_onnx(export_onnx(net, net.input_shape(1)), path)
 
 
 def _verify_onnx(path: Path, net: StaticSubnet, x: torch.Tensor) -> float:
-    import onnxruntime as ort
+    import onnxruntime as ort  # deferred: ONNX Runtime is a heavy import
 
     options = exact_int8(ort.SessionOptions())
     options.intra_op_num_threads = 1
@@ -193,7 +194,7 @@ def _verify_torchscript(path: Path, net: StaticSubnet, x: torch.Tensor) -> float
 
 # -- state_dict (safetensors) --------------------------------------------------------------
 def _write_state_dict(net: StaticSubnet, path: Path) -> None:
-    from safetensors.torch import save
+    from safetensors.torch import save  # deferred: safetensors only for state_dict artefacts
 
     tensors = {k: v.detach().contiguous().clone() for k, v in net.state_dict().items()}
     meta = {"arch": net.arch.to_string(), "space": net.arch.space, "format": "ofa-search"}
@@ -203,6 +204,7 @@ def _write_state_dict(net: StaticSubnet, path: Path) -> None:
 def load_state_dict_artefact(path: str | os.PathLike[str]) -> StaticSubnet:
     """Rebuild the static subnet of a ``state_dict`` artefact (its arch is in the file's
     metadata), in eval mode."""
+    # deferred: safetensors only for state_dict artefacts
     from safetensors import safe_open
     from safetensors.torch import load_file
 

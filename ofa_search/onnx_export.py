@@ -85,7 +85,7 @@ def save_onnx(model: onnx.ModelProto, path: str | os.PathLike[str]) -> Path:
 
 def run_onnxruntime(model: onnx.ModelProto, x: np.ndarray, threads: int = 1) -> np.ndarray:
     """One inference with ONNX Runtime's CPU provider."""
-    import onnxruntime as ort
+    import onnxruntime as ort  # deferred: ONNX Runtime is a heavy import
 
     options = exact_int8(ort.SessionOptions())
     options.intra_op_num_threads = threads

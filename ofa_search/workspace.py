@@ -22,6 +22,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from ofa_search.atomic import unwritable_reason
 from ofa_search.errors import OfaSearchError
 
 ENV_VAR = "OFA_SEARCH_WORKSPACE"
@@ -125,8 +126,6 @@ def check_workspace(path: str | os.PathLike[str], *, must_exist: bool = True,
     """Refuse (:class:`WorkspaceError`, one line naming the path) a workspace that is a
     file, lies under a file, does not exist (with ``must_exist``), or (with ``writable``)
     cannot be created or written. Creates nothing; returns the path."""
-    from ofa_search.atomic import unwritable_reason
-
     root = Path(path)
     try:
         exists, is_dir = root.exists(), root.is_dir()

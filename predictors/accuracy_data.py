@@ -276,6 +276,7 @@ def build_accuracy_dataset(checkpoint: str | os.PathLike[str], n_archs: int, *,
 
 def progress_bar(show: bool) -> Any:
     """A rich progress bar with counts, elapsed time and ETA (no-op when not ``show``)."""
+    # deferred: rich only when a progress bar is made
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,

@@ -21,6 +21,7 @@ from predictors.accuracy_features import n_features
 
 
 def _kernel(length_scale: float = 3.0, constant: float = 1.0, noise: float = 0.1) -> Any:
+    # deferred: scikit-learn is a heavy import
     from sklearn.gaussian_process.kernels import RBF, ConstantKernel, WhiteKernel
 
     return (ConstantKernel(constant, (1e-3, 1e4)) * RBF(length_scale, (0.1, 100.0))
@@ -43,6 +44,7 @@ class GpAccuracyPredictor(AccuracyPredictor):
         self.y_mean, self.y_scale = 0.0, 1.0
 
     def _fit_gp(self, kernel: Any, optimizer: Any) -> None:
+        # deferred: scikit-learn is a heavy import
         from sklearn.exceptions import ConvergenceWarning
         from sklearn.gaussian_process import GaussianProcessRegressor
 

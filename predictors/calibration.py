@@ -165,7 +165,7 @@ def out_of_fold_predictions(make: Any, archs: Sequence[Any], measured: np.ndarra
                             folds: int = FOLDS, seed: int = 0) -> np.ndarray:
     """Each arch predicted by ``make()`` fitted on the folds it is not in (scikit-learn's
     ``KFold``, shuffled with ``seed``)."""
-    from sklearn.model_selection import KFold
+    from sklearn.model_selection import KFold  # deferred: scikit-learn is a heavy import
 
     n = len(archs)
     out = np.empty(n)

@@ -234,6 +234,7 @@ class LearnedLatencyPredictor(Predictor):
 
     def _fit_member(self, x: np.ndarray, y: np.ndarray, seed: int) -> dict[str, Any]:
         if self.model == "ridge":
+            # deferred: scikit-learn is a heavy import
             from sklearn.linear_model import Ridge
             from sklearn.preprocessing import StandardScaler
 

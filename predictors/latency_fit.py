@@ -33,6 +33,7 @@ from ofa_search.atomic import atomic_write_json
 from ofa_search.errors import FileFormatError
 from ofa_search.profiling.lut import LatencyTable, precision_mode
 from ofa_search.workspace import Workspace
+from predictors.accuracy_data import progress_bar
 from predictors.accuracy_fit import heldout_split
 from predictors.base import Predictor
 from predictors.calibration import (
@@ -97,11 +98,11 @@ def collect_measurements(workspace: Workspace, table: LatencyTable, n: int, *,
                          log: Callable[[str], None] | None = None) -> Measurements:
     """The first ``n`` sampled archs and their end-to-end latencies, measuring only those
     the cache lacks, ``batch`` at a time beside the table's reference subnets."""
+    # deferred: profiling's measurement code loads onnx and tqdm
     from ofa_search.profiling.backends import get_backend
     from ofa_search.profiling.builder import sample_archs
     from ofa_search.profiling.drift import measure_with_references
     from ofa_search.profiling.measure import FAST_TIMING
-    from predictors.accuracy_data import progress_bar
 
     profile = table.measurable_profile()
     path = measurements_path(workspace, table.device_id)

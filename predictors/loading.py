@@ -12,7 +12,7 @@ import json
 import os
 from pathlib import Path
 
-from ofa_search.errors import FileFormatError
+from ofa_search.errors import FileFormatError, OfaSearchError
 from ofa_search.profiling.lut import REPO_TABLE_DIR, find_table
 from ofa_search.space import get_space
 from ofa_search.workspace import Workspace
@@ -53,8 +53,6 @@ def load_latency_predictor(workspace: Workspace, device: str, kind: str | None =
             if path.is_file():
                 return LearnedLatencyPredictor.load(path), "learned"
         if kind == "learned":
-            from ofa_search.errors import OfaSearchError
-
             raise OfaSearchError(f"no learned latency predictor for device {device!r}; run "
                                  f"`ofa-search fit-predictors --device {device}` first")
     return LutLatencyPredictor(table), "lut"

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from ofa_search.errors import OfaSearchError
+from ofa_search.profiling.device import default_llvm_target
 
 _PIP = "'ofa-search[tvm]'"  # the extra (ofa_search/extras.py)
 _ALIGNMENT = 64  # bytes; TVM refuses to wrap less aligned memory
@@ -46,8 +47,6 @@ def import_tvm() -> Any:
 @functools.cache
 def host_target() -> Any:
     """This host's TVM target (``llvm`` with its ``mcpu``), the profiling backends' choice."""
-    from ofa_search.profiling.device import default_llvm_target
-
     return import_tvm().target.Target(default_llvm_target(1))
 
 

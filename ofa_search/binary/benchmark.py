@@ -26,12 +26,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
 
 from ofa_search.binary._tvm import host_target, set_threads, tvm_available
-from ofa_search.binary.kernels import binary_conv2d
+from ofa_search.binary.kernels import binary_conv2d, conv_geometry
 from ofa_search.binary.packing import pack_activations, pack_weights
+from ofa_search.binary.tvm_kernels import ConvSpec, TvmBinaryConv2d, compiled_source
+from ofa_search.binary.tvm_packing import TvmPacker
 from ofa_search.ort_options import exact_int8
-from ofa_search.profiling.host import FLAGS_OF_INTEREST, cpu_flags, read_cpuinfo
+from ofa_search.profiling.host import FLAGS_OF_INTEREST, cpu_flags, package_versions, read_cpuinfo
+from ofa_search.profiling.lut import now_iso
 from ofa_search.profiling.timing import (
     TimingConfig,
     TimingStats,
@@ -69,8 +74,6 @@ SLOW_TIMING = TimingConfig(warmup=1, min_runs=5, max_runs=20, rel_tolerance=0.05
 
 def conv_model(shape: KernelShape, weight: np.ndarray) -> bytes:
     """A one-node ONNX model: fp32 ``Conv`` of ``weight`` with 'same' padding."""
-    from onnx import TensorProto, helper, numpy_helper
-
     pad = shape.kernel // 2
     dims = [1, shape.in_channels, shape.size, shape.size]
     out = [1, shape.out_channels, shape.size, shape.size]
@@ -85,7 +88,7 @@ def conv_model(shape: KernelShape, weight: np.ndarray) -> bytes:
 
 
 def _ort_options(threads: int) -> Any:
-    import onnxruntime as ort
+    import onnxruntime as ort  # deferred: ONNX Runtime is a heavy import
 
     options = exact_int8(ort.SessionOptions())
     options.intra_op_num_threads = threads
@@ -96,7 +99,7 @@ def _ort_options(threads: int) -> Any:
 
 
 def _session(model: bytes, options: Any) -> Any:
-    import onnxruntime as ort
+    import onnxruntime as ort  # deferred: ONNX Runtime is a heavy import
 
     return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
 
@@ -132,8 +135,6 @@ def kernel_row(shape: KernelShape, threads: int = 1, *, seed: int = 0,
         row.update(tvm_binary_ms=None, tvm_pack_ms=None, tvm_pack_and_binary_ms=None,
                    speedup_tvm=None, speedup_tvm_with_pack=None, tvm_exact=None)
         return row
-    from ofa_search.binary.tvm_kernels import TvmBinaryConv2d
-    from ofa_search.binary.tvm_packing import TvmPacker
 
     set_threads(threads)
     conv = TvmBinaryConv2d(w_words, shape.in_channels, parallel=threads > 1)
@@ -173,8 +174,6 @@ def ort_graph_note(shape: KernelShape, threads: int = 1) -> dict[str, Any]:
         for _ in range(3):
             session.run(None, {"x": x.astype(np.float32)})
         trace = json.loads(Path(session.end_profiling()).read_text(encoding="utf-8"))
-        import onnx
-
         optimized = onnx.load(options.optimized_model_filepath)
     nodes = [f"{n.domain or 'ai.onnx'}:{n.op_type}" for n in optimized.graph.node]
     kernels: dict[str, list[float]] = {}
@@ -188,7 +187,7 @@ def ort_graph_note(shape: KernelShape, threads: int = 1) -> dict[str, Any]:
 
 
 def _ort_library_note() -> dict[str, Any]:
-    import onnxruntime as ort
+    import onnxruntime as ort  # deferred: ONNX Runtime is a heavy import
 
     folder = Path(ort.__file__).parent / "capi"
     libraries = sorted(folder.glob("libonnxruntime.so*")) or sorted(folder.glob("*.dll"))
@@ -221,10 +220,7 @@ def dispatch_notes(threads: int = 1, shapes: tuple[KernelShape, ...] = SHAPES
             "AVX-512 machines)."),
     }
     if tvm_available():
-        import tvm
-
-        from ofa_search.binary.kernels import conv_geometry
-        from ofa_search.binary.tvm_kernels import ConvSpec, compiled_source
+        import tvm  # deferred: TVM is a heavy optional import (the tvm extra)
 
         spec = ConvSpec(1, conv_geometry(14, 14, 3), 256, 256, 0)
         asm = compiled_source(spec)
@@ -239,9 +235,6 @@ def dispatch_notes(threads: int = 1, shapes: tuple[KernelShape, ...] = SHAPES
 def run_benchmark(threads: int = 1, shapes: tuple[KernelShape, ...] = SHAPES
                   ) -> dict[str, Any]:
     """Rows of :func:`kernel_rows` and :func:`dispatch_notes`, with the package versions."""
-    from ofa_search.profiling.host import package_versions
-    from ofa_search.profiling.lut import now_iso
-
     rows = kernel_rows(threads, shapes=shapes)
     return {"created": now_iso(), "threads": threads, "batch": 1, "rows": rows,
             "notes": dispatch_notes(threads, shapes), "versions": package_versions()}

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import onnx
+from onnx import numpy_helper
 
 from ofa_search.binary.layer import PackedPointwise
 from ofa_search.binary.program import AddStep, BinaryProgram, BinaryStep, OnnxStep
@@ -75,17 +77,12 @@ class BlockPlan:
 
 
 def _attrs(node: Any) -> dict[str, Any]:
-    import onnx
-
     return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
 
 
 def parse_depthwise_segment(model_bytes: bytes) -> DepthwiseSE | None:
     """The depthwise conv [+ SE] of a binary block's ONNX segment, or ``None`` when the
     segment is anything else."""
-    import onnx
-    from onnx import numpy_helper
-
     try:
         model = onnx.load_from_string(model_bytes)
     except Exception:

@@ -33,7 +33,7 @@ class OnnxClassifier:
     kind = "onnx"
 
     def __init__(self, path: str | os.PathLike[str], threads: int = 1) -> None:
-        import onnxruntime as ort
+        import onnxruntime as ort  # deferred: ONNX Runtime is a heavy import
 
         options = exact_int8(ort.SessionOptions())
         options.intra_op_num_threads = threads
@@ -115,6 +115,7 @@ def dataset_samples(name: str, n: int, input_shape: tuple[int, ...],
                     ) -> tuple[np.ndarray, np.ndarray]:
     """The first ``n`` test samples of dataset ``name`` (normalised, at the model's
     resolution and channels) and their labels."""
+    # deferred: the dataset loaders (Pillow) only for --data
     from ofa_search.data import iterate_batches, load_dataset
 
     if n < 1:

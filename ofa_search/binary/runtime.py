@@ -45,7 +45,7 @@ def resolve_backend(backend: str) -> str:
 
 
 def _session(model: bytes, threads: int, index: int) -> Any:
-    import onnxruntime as ort
+    import onnxruntime as ort  # deferred: ONNX Runtime is a heavy import
 
     options = exact_int8(ort.SessionOptions())
     options.intra_op_num_threads = threads
@@ -60,6 +60,7 @@ def _session(model: bytes, threads: int, index: int) -> Any:
 
 def _binary_layer(layer: PackedPointwise, backend: str, threads: int) -> Layer:
     if backend == "tvm":
+        # deferred: the TVM kernels (~15 ms at CLI start) only when TVM runs the package
         from ofa_search.binary.tvm_pointwise import TvmPointwise
 
         return TvmPointwise(layer, parallel=threads > 1)
@@ -67,6 +68,7 @@ def _binary_layer(layer: PackedPointwise, backend: str, threads: int) -> Layer:
 
 
 def _fused_block(plan: BlockPlan) -> Layer:
+    # deferred: the TVM kernels (~15 ms at CLI start) only when TVM runs the package
     from ofa_search.binary.tvm_block import TvmBlock
 
     return TvmBlock(plan)

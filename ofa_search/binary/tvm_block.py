@@ -110,7 +110,7 @@ class BlockSpec:
 def _activation(v: Any, act: str | None) -> Any:
     """relu, or hswish as ``v·clip(v + 3, 0, 6)·(1/6)`` (a multiply: a vector divide costs
     as much as the rest of the epilogue)."""
-    from tvm import tirx
+    from tvm import tirx  # deferred: TVM is a heavy optional import (the tvm extra)
 
     f = "float32"
     if act == "relu":
@@ -123,7 +123,7 @@ def _activation(v: Any, act: str | None) -> Any:
 
 
 def _hsigmoid(v: Any) -> Any:
-    from tvm import tirx
+    from tvm import tirx  # deferred: TVM is a heavy optional import (the tvm extra)
 
     f = "float32"
     return tirx.min(tirx.max(v * tirx.const(1.0 / 6.0, f) + tirx.const(0.5, f),
@@ -133,7 +133,7 @@ def _hsigmoid(v: Any) -> Any:
 def _pack(name: str, source: Any, scale: Any, shift: Any, n: int, channels: int,
           pixels: int) -> Any:
     """Sign words ``[n, words, pixels]`` of ``scale·source[n, c, p] + shift`` (NCHW)."""
-    from tvm import te, tirx
+    from tvm import te, tirx  # deferred: TVM is a heavy optional import (the tvm extra)
 
     bit = te.reduce_axis((0, min(WORD_BITS, channels)), name=f"{name}_bit")
 
@@ -150,7 +150,7 @@ def _pack(name: str, source: Any, scale: Any, shift: Any, n: int, channels: int,
 
 
 def _define(spec: BlockSpec) -> list[Any]:
-    from tvm import te, tirx
+    from tvm import te, tirx  # deferred: TVM is a heavy optional import (the tvm extra)
 
     f = "float32"
     n, c, mid, out = spec.batch, spec.in_channels, spec.mid_channels, spec.out_channels
@@ -256,7 +256,7 @@ def _define(spec: BlockSpec) -> list[Any]:
 
 def _schedule(spec: BlockSpec, tensors: list[Any]) -> Any:
     tvm = import_tvm()
-    from tvm import te
+    from tvm import te  # deferred: TVM is a heavy optional import (the tvm extra)
 
     sch = tvm.s_tir.Schedule(te.create_prim_func(tensors))
     mid_lanes = _lanes(spec.mid_channels)

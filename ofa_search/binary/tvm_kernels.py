@@ -78,7 +78,7 @@ class ConvSpec:
 
 def _define(spec: ConvSpec) -> tuple[list[Any], str, str]:
     """TE tensors ``[inputs..., output]`` and the names of the reduction and output blocks."""
-    from tvm import te, tirx
+    from tvm import te, tirx  # deferred: TVM is a heavy optional import (the tvm extra)
 
     geo, words, out = spec.geometry, spec.words, spec.out_padded
     k = geo.kernel
@@ -123,7 +123,7 @@ def _define(spec: ConvSpec) -> tuple[list[Any], str, str]:
 
 def _schedule(spec: ConvSpec, tensors: list[Any], acc_name: str, out_name: str) -> Any:
     tvm = import_tvm()
-    from tvm import te
+    from tvm import te  # deferred: TVM is a heavy optional import (the tvm extra)
 
     sch = tvm.s_tir.Schedule(te.create_prim_func(tensors))
     acc = sch.get_sblock(acc_name)

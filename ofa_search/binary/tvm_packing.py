@@ -17,7 +17,7 @@ from ofa_search.binary.packing import WORD_BITS, num_words
 
 
 def _define(shape: tuple[int, int, int, int]) -> list[Any]:
-    from tvm import te, tirx
+    from tvm import te, tirx  # deferred: TVM is a heavy optional import (the tvm extra)
 
     n, c, h, w = shape
     words = num_words(c)
@@ -39,7 +39,7 @@ def _define(shape: tuple[int, int, int, int]) -> list[Any]:
 @functools.cache
 def _compiled(shape: tuple[int, int, int, int]) -> Any:
     tvm = import_tvm()
-    from tvm import te
+    from tvm import te  # deferred: TVM is a heavy optional import (the tvm extra)
 
     sch = tvm.s_tir.Schedule(te.create_prim_func(_define(shape)))
     block = sch.get_sblock("packed")

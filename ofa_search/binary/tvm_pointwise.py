@@ -59,7 +59,7 @@ class PointwiseSpec:
 
 
 def _activation(v: Any, act: str | None) -> Any:
-    from tvm import tirx
+    from tvm import tirx  # deferred: TVM is a heavy optional import (the tvm extra)
 
     if act == "relu":
         return tirx.max(v, tirx.const(0.0, "float32"))
@@ -72,7 +72,7 @@ def _activation(v: Any, act: str | None) -> Any:
 
 
 def _define(spec: PointwiseSpec) -> list[Any]:
-    from tvm import te, tirx
+    from tvm import te, tirx  # deferred: TVM is a heavy optional import (the tvm extra)
 
     n, pix, c, out, words = (spec.batch, spec.padded_pixels, spec.in_channels,
                              spec.out_channels, spec.words)
@@ -108,7 +108,7 @@ def _define(spec: PointwiseSpec) -> list[Any]:
 
 def _schedule(spec: PointwiseSpec, tensors: list[Any]) -> Any:
     tvm = import_tvm()
-    from tvm import te
+    from tvm import te  # deferred: TVM is a heavy optional import (the tvm extra)
 
     sch = tvm.s_tir.Schedule(te.create_prim_func(tensors))
     lanes = spec.lanes

@@ -40,7 +40,7 @@ for _module in COMMAND_MODULES:
 
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: input errors become one line and exit code 2."""
-    import optuna
+    import optuna  # deferred: keeps `import ofa_search.cli` free of Optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # our own progress is enough
     try:

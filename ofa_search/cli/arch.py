@@ -5,9 +5,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any
 
+import numpy as np
 import typer
 
+from ofa_search.arch import Arch, parse_arch
+from ofa_search.atomic import check_writable_file
 from ofa_search.cli.options import ArchArg, JsonOpt, SeedOpt, SpaceOpt, emit_json
+from ofa_search.precision.summary import format_precision_summary
+from ofa_search.precision.summary import precision_summary as summarize
+from ofa_search.report import arch_report, format_arch_report
+from ofa_search.space import get_space, list_spaces
 
 app = typer.Typer()
 space_app = typer.Typer(no_args_is_help=True, help="Search-space presets.")
@@ -20,8 +27,6 @@ app.add_typer(arch_app, name="arch")
 @space_app.command("list")
 def space_list() -> None:
     """One preset name per line."""
-    from ofa_search.space import list_spaces
-
     for name in list_spaces():
         typer.echo(name)
 
@@ -30,8 +35,6 @@ def space_list() -> None:
 def space_show(name: Annotated[str, typer.Argument(help="preset name")],
                as_json: JsonOpt = False) -> None:
     """Choices, structure and size of a preset."""
-    from ofa_search.space import get_space
-
     info = get_space(name).summary()
     if as_json:
         emit_json(info)
@@ -52,10 +55,6 @@ def space_show(name: Annotated[str, typer.Argument(help="preset name")],
 def arch_sample(space: SpaceOpt, n: Annotated[int, typer.Option("--n", min=1)] = 1,
                 seed: SeedOpt = 0) -> None:
     """N seeded random archs, one compact string per line."""
-    import numpy as np
-
-    from ofa_search.arch import Arch
-
     rng = np.random.default_rng(seed)
     for _ in range(n):
         typer.echo(Arch.sample(space, rng).to_string())
@@ -67,13 +66,7 @@ def arch_info(arch: ArchArg, space: SpaceOpt, as_json: JsonOpt = False,
                   "--precision-summary", help="per-layer precision, weights by bit width, "
                   "memory and MACs by precision (as Larq's summary)")] = False) -> None:
     """Resolution, depths, MACs, params and a per-block table."""
-    from ofa_search.arch import parse_arch
-    from ofa_search.report import arch_report, format_arch_report
-
     if precision_summary:
-        from ofa_search.precision.summary import format_precision_summary
-        from ofa_search.precision.summary import precision_summary as summarize
-
         summary = summarize(parse_arch(arch, space))
         if as_json:
             emit_json(summary)
@@ -92,10 +85,9 @@ def arch_export(arch: ArchArg, space: SpaceOpt,
                 out: Annotated[Path, typer.Option("--out", "-o", help="FILE.onnx")],
                 seed: SeedOpt = 0) -> None:
     """Export a randomly initialised static subnet to ONNX (for latency work)."""
+    # deferred: each command imports only the library parts it runs (CLI start-up)
     import torch
 
-    from ofa_search.arch import parse_arch
-    from ofa_search.atomic import check_writable_file
     from ofa_search.nn import build_static
     from ofa_search.onnx_export import export_onnx, save_onnx
 

@@ -91,6 +91,7 @@ def prune_cmd(
 ) -> None:
     """Prune a subnet (structured channels or unstructured weights), fine-tune it
     (resumable), export it verified with its model card, and measure it."""
+    # deferred: each command imports only the library parts it runs (CLI start-up)
     from ofa_search.compress import prune
 
     path = _checkpoint(workspace, checkpoint)
@@ -148,6 +149,7 @@ def exits_cmd(
 ) -> None:
     """Train early-exit heads on a subnet (distilled from its final head, backbone frozen),
     choose their thresholds, export the cascade verified, report expected latency."""
+    # deferred: each command imports only the library parts it runs (CLI start-up)
     from ofa_search.compress import exits
 
     stages = _ints(after_stages, "--after-stages")

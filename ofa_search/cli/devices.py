@@ -6,9 +6,11 @@ from typing import Annotated, Any
 
 import typer
 
+from ofa_search.arch import parse_arch
 from ofa_search.cli.options import ArchArg, JsonOpt, WorkspaceOpt, emit_json, given
 from ofa_search.errors import OfaSearchError
-from ofa_search.workspace import check_device_id, check_workspace, explicit_workspace
+from ofa_search.profiling.lut import find_table, list_tables, precision_mode
+from ofa_search.workspace import Workspace, check_device_id, check_workspace, explicit_workspace
 
 app = typer.Typer()
 
@@ -16,8 +18,6 @@ app = typer.Typer()
 @app.command("devices")
 def devices_cmd(ctx: typer.Context, workspace: WorkspaceOpt, as_json: JsonOpt = False) -> None:
     """Device latency tables visible from the workspace and the repository."""
-    from ofa_search.profiling.lut import list_tables
-
     check_workspace(workspace, must_exist=explicit_workspace(given(ctx, "workspace")))
     infos = list_tables(workspace=workspace)
     if as_json:
@@ -47,9 +47,8 @@ def check_device_cmd(
 ) -> None:
     """Re-time DEVICE's reference subnets here and report this host's speed against its
     table (drift beyond ±10 % is a warning)."""
+    # deferred: each command imports only the library parts it runs (CLI start-up)
     from ofa_search.profiling.drift import check_drift, clear_scale, save_scale
-    from ofa_search.profiling.lut import find_table
-    from ofa_search.workspace import Workspace
 
     if rescale and clear:
         raise OfaSearchError("give --rescale or --clear, not both")
@@ -93,10 +92,8 @@ def latency_cmd(
 ) -> None:
     """Predicted latency of ARCH on DEVICE, its calibrated upper bound, and (with
     --measure) the measured one."""
-    from ofa_search.arch import parse_arch
+    # deferred: each command imports only the library parts it runs (CLI start-up)
     from ofa_search.profiling.drift import load_scale
-    from ofa_search.profiling.lut import find_table, precision_mode
-    from ofa_search.workspace import Workspace
     from predictors.calibration import (
         DEFAULT_CONFIDENCE,
         CalibrationError,
@@ -138,6 +135,7 @@ def latency_cmd(
     if scale != 1.0:
         result["latency_scale"] = scale
     if measure:
+        # deferred: the backends only with --measure
         from ofa_search.profiling.backends import get_backend
         from ofa_search.profiling.measure import FAST_TIMING, measure_arch
 

@@ -3,11 +3,13 @@ the whole supernet as once-for-all saves it)."""
 
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from ofa_search.atomic import check_writable_file
 from ofa_search.cli.options import (
     CalibImagesOpt,
     JsonOpt,
@@ -62,17 +64,17 @@ def export_cmd(
         raise OfaSearchError("give --arch ARCH, or --device ID with --latency-ms N")
     if latency_ms is not None and device is None:
         raise OfaSearchError("--latency-ms needs --device")
-    import uuid
 
+    # deferred: each command imports only the library parts it runs (CLI start-up)
     import torch
 
     from ofa_search.export import export
-    from ofa_search.workspace import Workspace
 
     torch.set_num_threads(threads)
     ws = Workspace(workspace)
     answer = None
     if arch is None:
+        # deferred: the search engine (Optuna) only for --latency-ms
         from ofa_search.search.query import QueryEngine
 
         assert device is not None and latency_ms is not None
@@ -118,7 +120,7 @@ def export_supernet_cmd(
 ) -> None:
     """Write the workspace's ofa_mbv3 supernet as once-for-all saves its own (its code
     loads it with OFAMobileNetV3.load_state_dict)."""
-    from ofa_search.atomic import check_writable_file
+    # deferred: each command imports only the library parts it runs (CLI start-up)
     from ofa_search.interop import export_ofa_supernet
 
     check_writable_file(out, "OUT")

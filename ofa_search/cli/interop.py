@@ -31,6 +31,7 @@ def import_supernet_cmd(
 ) -> None:
     """Import an OFAMobileNetV3 checkpoint (ofa_mbv3_d234_e346_k357_w1.0 / _w1.2) as the
     workspace's supernet."""
+    # deferred: each command imports only the library parts it runs (CLI start-up)
     from ofa_search.interop import import_ofa_supernet
 
     check_workspace(workspace, must_exist=False, writable=True)
@@ -56,6 +57,7 @@ def import_predictor_cmd(
     force: ForceOpt = False, as_json: JsonOpt = False,
 ) -> None:
     """Import once-for-all's accuracy predictor as the workspace's accuracy predictor."""
+    # deferred: each command imports only the library parts it runs (CLI start-up)
     from predictors.accuracy_ofa import load_ofa_accuracy_predictor
 
     check_workspace(workspace, must_exist=False, writable=True)

@@ -39,6 +39,7 @@ def fit_predictors_cmd(
 ) -> None:
     """Build the accuracy dataset, fit accuracy and latency predictors, print their
     held-out quality (resumable: cached evaluations and measurements are reused)."""
+    # deferred: each command imports only the library parts it runs (CLI start-up)
     from ofa_search.train import supernet_evaluator
     from predictors.fit import fit_predictors, format_quality_table
 
@@ -48,7 +49,7 @@ def fit_predictors_cmd(
     if checkpoint is not None and not checkpoint.is_file():
         raise OfaSearchError(f"--checkpoint {checkpoint} is not a file")
     if threads is not None:
-        import torch
+        import torch  # deferred: torch only with --threads
 
         torch.set_num_threads(threads)
     ws = Workspace(workspace)

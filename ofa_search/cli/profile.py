@@ -4,12 +4,14 @@ database to ship beside it, ``import-ofa`` once-for-all's published Note10 table
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
+from ofa_search.atomic import check_writable_dir
 from ofa_search.cli.options import (
     DEFAULT_SPACE,
     JsonOpt,
@@ -19,7 +21,10 @@ from ofa_search.cli.options import (
     target_json,
 )
 from ofa_search.errors import OfaSearchError
+from ofa_search.profiling import DeviceProfile, TimingConfig
 from ofa_search.profiling.device import check_new_device_id
+from ofa_search.profiling.lut import find_table
+from ofa_search.space import get_space
 from ofa_search.workspace import check_device_id, check_workspace
 
 app = typer.Typer()
@@ -64,11 +69,8 @@ def profile_cmd(
         "--batch-size", min=1, help="batch of every measured input")] = 1,
 ) -> None:
     """Measure (or resume) WORKSPACE/hw_profiles/DEVICE.json on this host or an RPC device."""
-    import dataclasses
-
-    from ofa_search.profiling import TimingConfig
+    # deferred: each command imports only the library parts it runs (CLI start-up)
     from ofa_search.profiling.builder import build_table
-    from ofa_search.space import get_space
 
     if ctx.invoked_subcommand is not None:
         return
@@ -124,8 +126,6 @@ def _profile_for(device: str, backend: str, threads: int, tuning_trials: int,
 def _make_profile(device: str, backend: str, threads: int, tuning_trials: int,
                   tuning_db: Path | None, rpc_tracker: str | None, rpc_key: str | None,
                   target: str | None, provider: str | None) -> Any:
-    from ofa_search.profiling import DeviceProfile
-
     tvm_only = {"--tuning-trials": tuning_trials or None, "--tuning-db": tuning_db,
                 "--rpc-tracker": rpc_tracker, "--rpc-key": rpc_key, "--target": target}
     if backend == "onnxruntime":
@@ -185,8 +185,7 @@ def tune_cmd(
     """Tune the TVM workloads of a space's fp32 units ahead of profiling, one shard per
     process or host; join the shards with `profile merge-db`, then profile with the joined
     database (nothing left to tune)."""
-    from ofa_search.atomic import check_writable_dir
-    from ofa_search.profiling import DeviceProfile
+    # deferred: each command imports only the library parts it runs (CLI start-up)
     from ofa_search.profiling.tvm_space import Shard, tune_space
 
     try:
@@ -212,7 +211,7 @@ def merge_db_cmd(
     as_json: JsonOpt = False,
 ) -> None:
     """Join tuning databases: the best record of every workload, in a new folder."""
-    from ofa_search.atomic import check_writable_dir
+    # deferred: each command imports only the library parts it runs (CLI start-up)
     from ofa_search.profiling.tvm_db import merge_databases
 
     check_writable_dir(out, "--out")
@@ -230,7 +229,7 @@ def pack_db_cmd(
     """Pack a tuned TVM table's database beside it (tvm_db/DEVICE.tar.gz, best records
     only) and point the table at it, so that the table can be copied or committed with
     everything it needs."""
-    from ofa_search.profiling.lut import find_table
+    # deferred: each command imports only the library parts it runs (CLI start-up)
     from ofa_search.profiling.tvm_space import pack_table_database
 
     check_device_id(device)
@@ -253,6 +252,7 @@ def import_ofa_cmd(
 ) -> None:
     """Import once-for-all's published Note10 latency tables as a device table of the
     ofa_mbv3 space (WORKSPACE/hw_profiles/DEVICE.json)."""
+    # deferred: each command imports only the library parts it runs (CLI start-up)
     from ofa_search.profiling.ofa_import import import_note10
 
     check_new_device_id(device)

@@ -34,6 +34,7 @@ def run_cmd(
     """Run a binary package or ONNX model: print predictions, or accuracy on --data."""
     if (input_file is None) == (data is None):
         raise OfaSearchError("give --input X.npy or --data NAME (not both)")
+    # deferred: each command imports only the library parts it runs (CLI start-up)
     from ofa_search.binary.predict import evaluate, load_npy, open_classifier, predict
 
     model, kind = open_classifier(package, threads=threads, backend=backend)

@@ -9,6 +9,7 @@ from typing import Annotated, Any
 
 import typer
 
+from ofa_search.atomic import check_writable_file
 from ofa_search.cli.options import (
     DeviceOpt,
     JsonOpt,
@@ -18,7 +19,7 @@ from ofa_search.cli.options import (
     emit_json,
 )
 from ofa_search.errors import OfaSearchError
-from ofa_search.workspace import check_device_id, check_workspace
+from ofa_search.workspace import Workspace, check_device_id, check_workspace
 
 app = typer.Typer()
 
@@ -38,7 +39,7 @@ def _parse_budgets(text: str | None) -> list[float]:
 
 
 def _check_latency_kind(kind: str | None) -> None:
-    from predictors.loading import LATENCY_KINDS
+    from predictors.loading import LATENCY_KINDS  # deferred: predictors.loading loads torch
 
     if kind is not None and kind not in LATENCY_KINDS:
         raise OfaSearchError(f"--latency-predictor must be one of {', '.join(LATENCY_KINDS)}, "
@@ -61,6 +62,7 @@ def query_cmd(
     as_json: JsonOpt = False,
 ) -> None:
     """The most accurate subnet whose latency on DEVICE fits LATENCY_MS."""
+    # deferred: each command imports only the library parts it runs (CLI start-up)
     import optuna
 
     from ofa_search.search.query import QueryEngine
@@ -114,6 +116,7 @@ def search_cmd(
     as_json: JsonOpt = False,
 ) -> None:
     """Run and store constrained searches (one per budget) and the device's front."""
+    # deferred: each command imports only the library parts it runs (CLI start-up)
     import optuna
     from rich.progress import Progress
 
@@ -121,7 +124,6 @@ def search_cmd(
     from ofa_search.search.engines import ENGINES
     from ofa_search.search.front import build_front_for
     from ofa_search.search.jobs import stored_search
-    from ofa_search.workspace import Workspace
 
     if engine not in ENGINES:
         raise OfaSearchError(f"unknown engine {engine!r}; choose one of {list(ENGINES)}")
@@ -133,8 +135,6 @@ def search_cmd(
     check_device_id(device)
     check_workspace(workspace, must_exist=False, writable=True)
     if storage is not None and "://" not in storage:  # a journal file: written to
-        from ofa_search.atomic import check_writable_file
-
         check_writable_file(Path(storage), "--storage")
     ctx = load_context(Workspace(workspace), device, precision, latency_kind=latency_kind)
     ctx.accuracy()  # a missing predictor fails here, before any work
@@ -191,6 +191,7 @@ def calibrate_cmd(
 ) -> None:
     """Measure members of the device's front end to end and calibrate the bounds of
     query answers on them (after `fit-predictors` and `search`)."""
+    # deferred: each command imports only the library parts it runs (CLI start-up)
     from ofa_search.search.calibrate import calibrate_answers
 
     _check_latency_kind(latency_kind)

@@ -10,11 +10,14 @@ import typer
 
 from ofa_search.cli.options import WorkspaceOpt
 from ofa_search.errors import OfaSearchError
+from ofa_search.extras import require
+from ofa_search.workspace import check_workspace
 
 
 def read_api_key(env_var: str | None, key_file: Path | None) -> str | None:
     """The API key: from ``key_file`` (first line), else ``$env_var``, else
     ``$OFA_SEARCH_API_KEY`` when set, else none (mutating routes are then open)."""
+    # deferred: service.app imports FastAPI (the serve extra)
     from ofa_search.service.app import API_KEY_ENV
 
     if env_var is not None and key_file is not None:
@@ -55,6 +58,7 @@ def parse_rate_limit(value: str) -> str | None:
     """``--rate-limit``: ``off`` (None) or a limit like ``100/second``; one line if bad."""
     if value.strip().lower() in ("off", "none", "0"):
         return None
+    # deferred: service.app imports FastAPI (the serve extra)
     from ofa_search.service.app import RateLimit
 
     try:
@@ -109,16 +113,14 @@ def serve_cmd(
         "stalls); for liveness probes under load")] = None,
 ) -> None:
     """Serve query and export over HTTP (OpenAPI docs at /docs)."""
-    import torch
-
-    from ofa_search.extras import require
+    import torch  # deferred: each command imports only the library parts it runs (CLI start-up)
 
     for module in ("fastapi", "uvicorn", "limits"):
         require(module, "serve", "ofa-search serve")
+    # deferred: the serve extra, once require() has checked it
     import uvicorn
 
     from ofa_search.service.app import create_app
-    from ofa_search.workspace import check_workspace
 
     check_workspace(workspace)  # a file or a missing folder: one line, exit 2
     key = read_api_key(api_key_env, api_key_file)
@@ -126,6 +128,7 @@ def serve_cmd(
     if key is None and host not in ("127.0.0.1", "localhost", "::1"):
         typer.echo(f"warning: serving on {host} without an API key: anyone who can reach "
                    "it can start exports", err=True)
+    # deferred: the service package (serve extra) loads with the command
     from ofa_search.service.queries import COLD_POLICIES
 
     if cold_queries not in COLD_POLICIES:
@@ -137,7 +140,7 @@ def serve_cmd(
     limit = parse_rate_limit(rate_limit)
     health = None
     if health_port is not None:
-        from ofa_search.service.health import HealthListener
+        from ofa_search.service.health import HealthListener  # deferred: only with --health-port
 
         if health_port == port and port != 0:
             raise OfaSearchError(f"--health-port {health_port} is the service's --port; "

@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from ofa_search.arch import parse_arch
 from ofa_search.cli.options import (
     DEFAULT_SPACE,
     CalibImagesOpt,
@@ -19,6 +20,7 @@ from ofa_search.cli.options import (
     emit_json,
 )
 from ofa_search.errors import OfaSearchError
+from ofa_search.space import get_space
 from ofa_search.workspace import check_workspace
 
 app = typer.Typer()
@@ -38,6 +40,7 @@ def demo(workspace: WorkspaceOpt,
          quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars")] = False,
          ) -> None:
     """The main job on digits: train, profile, fit, front, three queries, export, plot."""
+    # deferred: each command imports only the library parts it runs (CLI start-up)
     from ofa_search.demo.run import run_demo
 
     check_workspace(workspace, must_exist=False, writable=True)
@@ -78,6 +81,7 @@ def train_cmd(
     quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
 ) -> None:
     """Train a supernet (under torchrun for several processes); writes OUT/checkpoint.pt."""
+    # deferred: each command imports only the library parts it runs (CLI start-up)
     from ofa_search.train import SUPERNET_STRATEGIES, TrainConfig, train
 
     if strategy not in SUPERNET_STRATEGIES:
@@ -85,15 +89,13 @@ def train_cmd(
                              f"{strategy!r}")
     check_finite(lr, "--lr")
     if resolutions:
-        from ofa_search.space import get_space
-
         offered = get_space(space).resolutions
         bad = sorted({r for r in resolutions if r not in offered})
         if bad:
             raise OfaSearchError(f"--resolutions: space {space!r} has resolutions "
                                  f"{list(offered)}, not {bad}")
     if threads is not None:
-        import torch
+        import torch  # deferred: torch only with --threads
 
         torch.set_num_threads(threads)
     config = TrainConfig(space=space, dataset=data, data_dir=None if data_dir is None
@@ -126,7 +128,7 @@ def eval_cmd(
     as_json: JsonOpt = False,
 ) -> None:
     """Accuracy of one subnet of a trained supernet, after BN recalibration."""
-    from ofa_search.arch import parse_arch
+    # deferred: each command imports only the library parts it runs (CLI start-up)
     from ofa_search.data import is_streamed_dataset, load_dataset, open_image_stream
     from ofa_search.train import evaluate_arch, evaluate_arch_stream, load_supernet
 

@@ -66,7 +66,7 @@ def _reject(name: str, options: LoadOptions, *, data_dir: bool, image_size: bool
 
 def load_digits_raw(options: LoadOptions) -> RawDataset:
     """scikit-learn's bundled 8×8 digits (1797 images, grey levels 0–16 scaled to 0–255)."""
-    from sklearn.datasets import load_digits
+    from sklearn.datasets import load_digits  # deferred: scikit-learn is a heavy import
 
     _reject("digits", options, data_dir=False, image_size=False)
     bunch = load_digits()

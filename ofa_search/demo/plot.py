@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ofa_search.atomic import atomic_write_bytes
+from ofa_search.extras import require
 from ofa_search.search.front import Front
 from ofa_search.search.query import QueryResult
 
@@ -18,11 +19,9 @@ def plot_front(front: Front, answers: Sequence[tuple[float, QueryResult]],
     """Write a PNG of predicted accuracy vs predicted latency along ``front``, with each
     ``(budget_ms, answer)`` drawn as a vertical budget line and a marked point (a
     :class:`~ofa_search.extras.MissingExtraError` without the ``plot`` extra)."""
-    from ofa_search.extras import require
-
     matplotlib = require("matplotlib", "plot", "the front plot")
     matplotlib.use("Agg")  # no display; must precede pyplot's import
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # deferred: the plot extra; pyplot after the backend is chosen
 
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
     xs = [p.predicted_latency_ms for p in front.points]
@@ -47,7 +46,7 @@ def plot_front(front: Front, answers: Sequence[tuple[float, QueryResult]],
 def save_png(fig: Any, path: str | os.PathLike[str]) -> Path:
     """Write matplotlib figure ``fig`` (laid out tightly) as a PNG, atomically, and close
     it."""
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # deferred: matplotlib is the plot extra
 
     fig.tight_layout()
     buffer = io.BytesIO()

@@ -25,11 +25,16 @@ from typing import Any
 import numpy as np
 
 from ofa_search.arch import Arch
+from ofa_search.binary.package import write_binary_package
+from ofa_search.binary.runtime import BinaryPackage
 from ofa_search.data import DatasetSplits, iterate_batches
 from ofa_search.export import train_batches
 from ofa_search.nn import StaticSubnet, Supernet
+from ofa_search.onnx_export import export_onnx
 from ofa_search.ort_options import exact_int8
 from ofa_search.profiling.timing import TimingConfig, callable_sampler, time_sampler
+from ofa_search.quant.ptq import export_int8_ptq
+from ofa_search.quant.qdq import export_int8
 from ofa_search.train.bn_calibration import calibrated_subnet, evaluate
 from ofa_search.train.checkpoint import load_init_weights, load_supernet
 
@@ -38,7 +43,7 @@ TIMING = TimingConfig(warmup=5, min_runs=20, max_runs=2000, time_cap_s=3.0)
 
 
 def _ort_runner(model_bytes: bytes, threads: int) -> Callable[[np.ndarray], np.ndarray]:
-    import onnxruntime as ort
+    import onnxruntime as ort  # deferred: ONNX Runtime is a heavy import
 
     options = exact_int8(ort.SessionOptions())
     options.intra_op_num_threads = threads
@@ -57,23 +62,14 @@ def _artefact(variant: str, net: StaticSubnet, calib: list[np.ndarray], folder: 
               threads: int) -> tuple[Path, Callable[[np.ndarray], np.ndarray]]:
     """Write ``net`` as ``variant``'s artefact under ``folder``; its path and a runner."""
     if variant == "binary":
-        from ofa_search.binary.package import write_binary_package
-        from ofa_search.binary.runtime import BinaryPackage
-
         path = write_binary_package(net, folder / "model.ofab")
         package = BinaryPackage.load(path, threads=threads)
         return path, package.run
     if variant == "fp32":
-        from ofa_search.onnx_export import export_onnx
-
         model = export_onnx(net, net.input_shape(1))
     elif variant == "int8-qat":
-        from ofa_search.quant.qdq import export_int8
-
         model = export_int8(net, calib)
     else:
-        from ofa_search.quant.ptq import export_int8_ptq
-
         model = export_int8_ptq(net, calib)
     path = folder / "model.onnx"
     path.write_bytes(model.SerializeToString())

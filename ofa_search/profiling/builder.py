@@ -26,6 +26,7 @@ from tqdm import tqdm
 from ofa_search.arch import Arch
 from ofa_search.atomic import check_writable_file, remove_stale_temps
 from ofa_search.errors import OfaSearchError
+from ofa_search.profiling.backends import get_backend
 from ofa_search.profiling.device import DeviceProfile
 from ofa_search.profiling.host import host_info
 from ofa_search.profiling.lut import LatencyTable, now_iso
@@ -220,8 +221,6 @@ def build_table(space: str | SearchSpace, profile: DeviceProfile,
     remove_stale_temps(path.parent, path.name)  # left by a build killed mid-save
     owned = backend is None
     if backend is None:
-        from ofa_search.profiling.backends import get_backend
-
         backend = get_backend(profile, timing=timing)
     measurer = backend
     try:

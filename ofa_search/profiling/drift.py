@@ -24,8 +24,11 @@ import numpy as np
 from ofa_search.arch import Arch
 from ofa_search.atomic import atomic_write_json
 from ofa_search.errors import FileFormatError
+from ofa_search.profiling.backends import get_backend
 from ofa_search.profiling.builder import fit_network_model, sample_archs
 from ofa_search.profiling.lut import LatencyTable, NotMeasurableError, now_iso
+from ofa_search.profiling.measure import FAST_TIMING, MEASURE_ROUNDS, default_chunk, measure_archs
+from ofa_search.profiling.timing import TimingConfig
 from ofa_search.versioning import read_format_json
 from ofa_search.workspace import Workspace
 
@@ -144,10 +147,6 @@ def check_drift(table: LatencyTable, *, rounds: int = DRIFT_ROUNDS,
 
 def _measure(table: LatencyTable, archs: Sequence[Arch], rounds: int, backend: Any
              ) -> list[float]:
-    from ofa_search.profiling.backends import get_backend
-    from ofa_search.profiling.measure import FAST_TIMING, measure_archs
-    from ofa_search.profiling.timing import TimingConfig
-
     profile = table.profile()
     assert profile is not None  # references() refused imported tables
     timing = table.meta.get("timing")
@@ -174,8 +173,6 @@ def measure_with_references(table: LatencyTable, backend: Any, archs: Sequence[A
     is that chunk's host speed (1.0 for a table without references). A burst of load
     that slows a whole chunk slows its references too, so ``median_ms / host_ratio`` is on
     the table's time base. ``on_chunk`` gets ``(arch, ms, ratio)`` after every chunk."""
-    from ofa_search.profiling.measure import MEASURE_ROUNDS, default_chunk, measure_archs
-
     profile = table.measurable_profile()
     try:
         refs = references(table)

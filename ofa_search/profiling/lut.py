@@ -179,6 +179,7 @@ class LatencyTable:
         """
         if self.fingerprint is None:
             return None
+        # deferred: tvm_db loads the backends (onnx); lut stays light
         from ofa_search.profiling.tvm_db import resolve_tuning_db
 
         profile = DeviceProfile.from_dict(self.device)

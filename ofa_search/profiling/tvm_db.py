@@ -76,6 +76,7 @@ def merge_databases(sources: Sequence[str | os.PathLike[str]],
     "the same" workload with other block names, and a record replays its schedule by block
     name on the workload stored first (one from another source may not apply).
     """
+    # deferred: TVM is a heavy optional import (the tvm extra)
     from tvm.s_tir import meta_schedule as ms
 
     if not sources:

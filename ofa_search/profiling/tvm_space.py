@@ -21,6 +21,14 @@ from typing import Any
 from tqdm import tqdm
 
 from ofa_search.errors import FileFormatError
+from ofa_search.profiling.backends.tvm_backend import TvmBackend
+from ofa_search.profiling.backends.tvm_tuning import (
+    extract_workloads,
+    is_tuned,
+    make_runner,
+    open_database,
+    tune_tasks,
+)
 from ofa_search.profiling.builder import enumerate_units, table_units
 from ofa_search.profiling.device import DeviceProfile
 from ofa_search.profiling.lut import LatencyTable
@@ -88,13 +96,6 @@ def tune_space(space: str, profile: DeviceProfile, resolutions: Sequence[int] | 
                          "tuning ahead by shard runs on this host only")
     if chunk < 1:
         raise ValueError(f"chunk must be >= 1, got {chunk}")
-    from ofa_search.profiling.backends.tvm_backend import TvmBackend
-    from ofa_search.profiling.backends.tvm_tuning import (
-        is_tuned,
-        make_runner,
-        open_database,
-        tune_tasks,
-    )
 
     start = time.perf_counter()
     backend = TvmBackend(profile)
@@ -133,8 +134,6 @@ def unit_workloads(backend: Any, units: Sequence[Unit], progress: bool = False
                    ) -> dict[str, dict[str, Any]]:
     """The tuning workloads of each unit (by key), as the TVM ``backend`` compiles them:
     ``{unit key: {workload digest: extracted task}}``."""
-    from ofa_search.profiling.backends.tvm_tuning import extract_workloads
-
     target = backend.target()
     return {unit.key: extract_workloads(backend.relax_module(
                 *unit_onnx(unit, backend.profile.batch_size)), target)
@@ -146,9 +145,6 @@ def untuned_units(table: LatencyTable, progress: bool = False) -> list[str]:
     """Keys of the fp32 units of a tuned TVM ``table`` with a workload that its tuning
     database (:meth:`LatencyTable.profile`'s, unpacked) has no record of; ``[]`` when the
     database covers the whole table."""
-    from ofa_search.profiling.backends.tvm_backend import TvmBackend
-    from ofa_search.profiling.backends.tvm_tuning import is_tuned, open_database
-
     profile = table.profile()
     if profile is None or profile.backend != "tvm" or profile.tuning_db is None:
         raise ValueError(f"table {table.device_id!r} is not a tuned TVM table")

@@ -15,10 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm import tqdm
 
 from ofa_search.atomic import atomic_write_json
 from ofa_search.errors import OfaSearchError
 from ofa_search.metrics import report
+from ofa_search.profiling.backends import get_backend
 from ofa_search.profiling.builder import sample_archs
 from ofa_search.profiling.lut import LatencyTable, now_iso
 from ofa_search.profiling.measure import FAST_TIMING, MEASURE_ROUNDS, Measurer, measure_archs
@@ -106,15 +108,12 @@ def validate_table(table: LatencyTable, n: int = 100, seed: int = VALIDATION_SEE
     ``backend`` defaults to the table's own profile's backend; an imported table (no
     profile) needs one passed in.
     """
-    from tqdm import tqdm
-
     profile = table.profile()
     owned = backend is None
     if backend is None:
         if profile is None:
             raise OfaSearchError(f"table {table.device_id!r} was imported, not measured "
                                  f"here; pass a backend to validate it")
-        from ofa_search.profiling.backends import get_backend
 
         backend = get_backend(profile, timing=timing or FAST_TIMING)
     batch = profile.batch_size if profile is not None else 1

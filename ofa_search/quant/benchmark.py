@@ -103,7 +103,7 @@ def time_model(model: onnx.ModelProto, shape: tuple[int, ...], threads: int = 1,
                time_cap_s: float = 2.0) -> TimingStats:
     """Per-run latency of ``model`` on ORT's CPU provider (``ORT_ENABLE_ALL``,
     ``threads`` intra-op threads, sequential), seeded standard-normal input."""
-    import onnxruntime as ort
+    import onnxruntime as ort  # deferred: ONNX Runtime is a heavy import
 
     options = exact_int8(ort.SessionOptions())
     options.intra_op_num_threads = threads

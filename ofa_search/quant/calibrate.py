@@ -45,7 +45,7 @@ def tensor_ranges(model: onnx.ModelProto, tensors: Sequence[str], samples: Itera
     """``(min, max)`` of each of ``tensors`` (intermediate tensor names of ``model``) over
     ``samples`` (the model's single input), with ONNX Runtime at ``threads`` threads and no
     graph optimisation (so every tensor exists). Raises ``ValueError`` without samples."""
-    import onnxruntime as ort
+    import onnxruntime as ort  # deferred: ONNX Runtime is a heavy import
 
     augmented = onnx.ModelProto()
     augmented.CopyFrom(model)

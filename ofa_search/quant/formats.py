@@ -77,7 +77,7 @@ def verify_int8(path: Path, net: StaticSubnet, x: torch.Tensor) -> float:
     ``net`` on ``x``, run by ONNX Runtime (CPU, ``ORT_ENABLE_ALL``, one thread). Raises
     :class:`~ofa_search.export.VerificationError` if ORT runs any of the net's int8 convs
     with an fp32 kernel."""
-    import onnxruntime as ort
+    import onnxruntime as ort  # deferred: ONNX Runtime is a heavy import
 
     model = onnx.load(str(path))
     expected_int8 = sum(isinstance(m, QConv2d) for m in net.modules())

@@ -123,7 +123,7 @@ def count_ops(nodes: Iterable[onnx.NodeProto]) -> dict[str, int]:
 def ort_optimized_model(model: onnx.ModelProto, threads: int = 1) -> onnx.ModelProto:
     """``model`` as ONNX Runtime's CPU provider optimises it at ``ORT_ENABLE_ALL`` (read
     back from ``optimized_model_filepath``)."""
-    import onnxruntime as ort
+    import onnxruntime as ort  # deferred: ONNX Runtime is a heavy import
 
     with tempfile.TemporaryDirectory(prefix="ofa-int8-") as tmp:
         path = Path(tmp) / "optimized.onnx"

@@ -42,6 +42,7 @@ def _one_sample_reader(input_name: str, sample: np.ndarray) -> Any:
     """A CalibrationDataReader of one input: quantize_static insists on calibrating (one
     run, on its own default-threaded session), though every tensor it quantises gets
     explicit parameters."""
+    # deferred: ONNX Runtime is a heavy import
     from onnxruntime.quantization import CalibrationDataReader
 
     class OneSample(CalibrationDataReader):
@@ -71,6 +72,7 @@ def quantize_convs(model: onnx.ModelProto, convs: Sequence[FoldedConv],
 
     Raises ``ValueError`` for no convs, no samples, or a conv not found in the graph.
     """
+    # deferred: ONNX Runtime is a heavy import
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 

@@ -13,16 +13,22 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ofa_search.arch import Arch
+from ofa_search.errors import OfaSearchError
+from ofa_search.profiling.backends import get_backend
+from ofa_search.profiling.lut import find_table
+from ofa_search.profiling.measure import FAST_TIMING, measure_archs
 from ofa_search.search.context import DeviceContext
 from ofa_search.search.engines import ENGINES, best_feasible, run_search
 from ofa_search.search.evaluator import CachedEvaluator
 from ofa_search.search.front import build_front_for
 from ofa_search.search.query import QueryEngine
+from ofa_search.search.storage import open_storage, open_study, persist_trials
 
 PERCENTILES = (10, 20, 30, 40, 50, 60, 70, 80, 90)
 
@@ -136,11 +142,8 @@ def measure_found(ctx: DeviceContext, archs: Sequence[Arch], *, data: str | None
                   data_dir: str | None = None) -> list[dict[str, Any]]:
     """Measured latency (the device's backend, exported ONNX, in interleaved rounds) and
     test accuracy (the workspace's supernet, BN recalibrated) of ``archs``."""
+    # deferred: the trainer and the dataset loaders (Pillow) only for this measurement
     from ofa_search.data import load_dataset
-    from ofa_search.errors import OfaSearchError
-    from ofa_search.profiling.backends import get_backend
-    from ofa_search.profiling.lut import find_table
-    from ofa_search.profiling.measure import FAST_TIMING, measure_archs
     from ofa_search.train import evaluate_arch, load_supernet
 
     table = find_table(ctx.device, workspace=ctx.workspace.root)
@@ -165,10 +168,6 @@ def time_storages(ctx: DeviceContext, folder: str, n_trials: int = 200) -> dict[
     """Seconds per trial to append a finished in-memory search to SQLite and to a journal
     file in ``folder`` (one :func:`~ofa_search.search.storage.persist_trials` call per
     generation of 100, as :func:`~ofa_search.search.jobs.stored_search` does)."""
-    from pathlib import Path
-
-    from ofa_search.search.storage import open_storage, open_study, persist_trials
-
     result = run_search(ctx.encoding, ctx.evaluator(), budget_ms=None, engine="nsga2",
                         n_trials=n_trials, seed=0)
     out: dict[str, Any] = {"trials": n_trials}

@@ -25,7 +25,10 @@ import numpy as np
 import ofa_search.binary  # registers how binary units are timed
 import ofa_search.quant  # noqa: F401 (registers how int8 units are timed)
 from ofa_search.errors import OfaSearchError
+from ofa_search.profiling.backends import get_backend
+from ofa_search.profiling.drift import measure_with_references
 from ofa_search.profiling.lut import precision_mode
+from ofa_search.profiling.measure import FAST_TIMING
 from ofa_search.search.evaluator import AccuracyModel
 from ofa_search.search.query import QueryEngine
 from ofa_search.workspace import Workspace
@@ -81,10 +84,6 @@ def calibrate_answers(workspace: Workspace | str | os.PathLike[str], device: str
 
     One-line errors: ``n`` below 1, an imported table (not measurable here), a device
     without random-arch calibration (``fit-predictors`` first) or without a front."""
-    from ofa_search.profiling.backends import get_backend
-    from ofa_search.profiling.drift import measure_with_references
-    from ofa_search.profiling.measure import FAST_TIMING
-
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise OfaSearchError(f"the number of answers to measure must be a positive integer, "
                              f"got {n!r}")

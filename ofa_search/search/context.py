@@ -23,6 +23,7 @@ from predictors.calibration import (
     check_confidence,
     load_interval_model,
 )
+from predictors.loading import load_accuracy_predictor, load_latency_predictor
 
 DEFAULT_PRECISION = "fp32"
 
@@ -51,7 +52,6 @@ def load_workspace_accuracy(workspace: Workspace) -> AccuracyModel:
     if not path.is_file():
         raise OfaSearchError(f"no accuracy predictor at {path}; run `ofa-search fit-predictors "
                              f"--workspace {workspace.root}` first")
-    from predictors.loading import load_accuracy_predictor
 
     model: AccuracyModel = load_accuracy_predictor(path)
     return model
@@ -193,8 +193,6 @@ def load_context(workspace: Workspace, device: str, precision: str | None = None
     predictor is loaded on first use. Raises ``UnknownDeviceError`` (listing the known
     devices) and :class:`OfaSearchError` for an unsupported precision.
     """
-    from predictors.loading import load_latency_predictor
-
     precision = precision or DEFAULT_PRECISION
     table = find_table(device, workspace=workspace.root)
     latency, latency_name = load_latency_predictor(workspace, device, latency_kind)

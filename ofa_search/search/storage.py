@@ -23,6 +23,7 @@ from typing import Any
 
 import optuna
 from optuna.storages import BaseStorage
+from optuna.storages.journal import JournalFileBackend, JournalStorage
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
@@ -52,8 +53,6 @@ def open_storage(storage: str | os.PathLike[str] | None, workspace: Workspace | 
             raise OfaSearchError(f"cannot open storage {text!r}: {exc}") from exc
     path = Path(text)
     if path.suffix in JOURNAL_SUFFIXES:
-        from optuna.storages.journal import JournalFileBackend, JournalStorage
-
         path.parent.mkdir(parents=True, exist_ok=True)
         return JournalStorage(JournalFileBackend(str(path)))
     raise OfaSearchError(f"storage {text!r} is neither a URL (e.g. sqlite:///studies.db) nor a "

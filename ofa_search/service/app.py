@@ -70,6 +70,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from ofa_search.arch import parse_arch
 from ofa_search.errors import (
     FileFormatError,
     InfeasibleBudgetError,
@@ -109,6 +110,7 @@ from ofa_search.service.queries import (
     QueryJobs,
     QueryQueueFullError,
     UnknownQueryJobError,
+    make_engine,
 )
 from ofa_search.workspace import Workspace
 
@@ -207,6 +209,7 @@ class ServiceState:
 
     def check_precision(self, device: str, precision: str | None) -> None:
         """Refuse (422) a precision that ``device``'s space or the search cannot price."""
+        # deferred: the search package loads Optuna and torch
         from ofa_search.search.encoding import ANY_PRECISION
 
         if precision is None:
@@ -233,8 +236,7 @@ def load_state(workspace: Workspace, *, api_key: str | None, max_export_workers:
                max_pending_cold: int = 4) -> ServiceState:
     """Load tables, latency predictors and the query engine of ``workspace`` (and warm the
     engine up on every device, so the first query is as fast as the others)."""
-    from ofa_search.service.queries import make_engine
-    from predictors.loading import load_latency_predictor
+    from predictors.loading import load_latency_predictor  # deferred: the predictors load torch
 
     tables: dict[str, LatencyTable] = {}
     errors: dict[str, str] = {}
@@ -258,7 +260,7 @@ def load_state(workspace: Workspace, *, api_key: str | None, max_export_workers:
             warm[device] = f"not queryable: {exc}"
     space, width = None, None
     if workspace.checkpoint.is_file():
-        from ofa_search.train import load_checkpoint
+        from ofa_search.train import load_checkpoint  # deferred: the trainer loads torch
 
         try:
             meta = load_checkpoint(workspace.checkpoint)
@@ -373,6 +375,7 @@ class RateLimit:
     ``ValueError``. Clients are told apart by their address."""
 
     def __init__(self, rate: str) -> None:
+        # deferred: limits only when a rate limit is set
         from limits import parse_many, storage, strategies
 
         try:
@@ -582,6 +585,7 @@ def _health_body(state: ServiceState) -> dict[str, Any]:
 
 @functools.cache
 def _version() -> str:
+    # deferred: ofa_search.export loads torch and ONNX; the app imports without them
     from ofa_search.export import tool_versions
 
     return tool_versions()["ofa-search"]
@@ -683,7 +687,7 @@ def _add_routes(app: FastAPI, response: type[JSONResponse]) -> None:
               dependencies=[Depends(require_key)])
     def start_export(body: ExportRequest, state: StateDep, request: Request) -> ExportAccepted:
         """Queue an export of ``arch`` (or of the answer to ``device``/``latency_ms``)."""
-        from ofa_search.arch import parse_arch
+        # deferred: ofa_search.export loads torch and ONNX; the app imports without them
         from ofa_search.export import AUTO_FORMAT, get_format
 
         if body.format != AUTO_FORMAT:

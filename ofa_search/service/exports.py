@@ -207,7 +207,7 @@ class ExportJobs:
         return job
 
     def _run(self, job: Job) -> None:
-        from ofa_search.export import export
+        from ofa_search.export import export  # deferred: ofa_search.export loads torch and ONNX
 
         self._update(job, status="running")
         try:

@@ -94,6 +94,7 @@ def make_engine(workspace: Any) -> tuple[Any, ColdGate]:
     """A :class:`~ofa_search.search.query.QueryEngine` of ``workspace`` that searches only
     inside its gate's :meth:`ColdGate.allowed` and otherwise raises
     :class:`ColdQueryError`; and that gate."""
+    # deferred: the search engine loads Optuna and torch
     from ofa_search.search.query import QueryEngine
 
     gate = ColdGate()

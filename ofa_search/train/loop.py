@@ -570,7 +570,7 @@ def _frozen_copy(net: Supernet) -> Supernet:
 def _progress(total: int, desc: str, show: bool) -> Any:
     if not show:
         return None
-    from tqdm.auto import tqdm
+    from tqdm.auto import tqdm  # deferred: tqdm.auto only when progress is shown
 
     return tqdm(total=total, desc=desc, unit="step", leave=True, dynamic_ncols=True)
 

@@ -197,6 +197,7 @@ class TvmBackend(LatencyBackend):
 
     def relax_module(self, model: onnx.ModelProto, inputs: dict[str, np.ndarray]) -> Any:
         """``model`` imported into a relax ``IRModule`` for these input shapes and dtypes."""
+        # deferred: TVM is a heavy optional import (the tvm extra)
         from tvm.relax.frontend.onnx import from_onnx
 
         return from_onnx(model, shape_dict={k: list(v.shape) for k, v in inputs.items()},
@@ -242,7 +243,7 @@ class TvmBackend(LatencyBackend):
 
     def _connect(self, rpc: tuple[str, int, str]) -> Any:
         """A session with the device registered as ``key`` at the tracker."""
-        from tvm import rpc as tvm_rpc
+        from tvm import rpc as tvm_rpc  # deferred: TVM is a heavy optional import (the tvm extra)
 
         host, port, key = rpc
         try:

@@ -24,6 +24,7 @@ _DATABASES: dict[str, Any] = {}
 def make_runner(rpc: tuple[str, int, str] | None = None, timeout_s: float = 300.0) -> Any:
     """MetaSchedule's runner for candidates on this host (``rpc`` ``None``) or on the
     device registered as ``(tracker_host, tracker_port, key)``."""
+    # deferred: TVM is a heavy optional import (the tvm extra)
     from tvm.s_tir import meta_schedule as ms
 
     if rpc is None:
@@ -44,6 +45,7 @@ def _population(trials_per_task: int) -> int:
 def _in_process_builder() -> Any:
     """A MetaSchedule builder that compiles and exports each candidate in this process
     (MetaSchedule's default build and export; a failure becomes that candidate's error)."""
+    # deferred: TVM is a heavy optional import (the tvm extra)
     from tvm.ir.utils import derived_object
     from tvm.s_tir.meta_schedule.builder import BuilderInput, BuilderResult, PyBuilder
     from tvm.s_tir.meta_schedule.builder.local_builder import default_build, default_export
@@ -83,6 +85,7 @@ def tune_and_apply(mod: Any, target: Any, *, trials_per_task: int, work_dir: str
     Returns:
         The module with tuned schedules applied, ready for ``tvm.compile(mod, target)``.
     """
+    # deferred: TVM is a heavy optional import (the tvm extra)
     from tvm import relax
     from tvm.s_tir import meta_schedule as ms
     from tvm.s_tir.meta_schedule.relax_integration import extract_tasks
@@ -114,6 +117,7 @@ def tune_tasks(tasks: list[Any], target: Any, database: Any, *, trials_per_task:
     a new local runner spends ~25 s starting its worker process."""
     if not tasks:
         return
+    # deferred: TVM is a heavy optional import (the tvm extra)
     from tvm.s_tir import meta_schedule as ms
     from tvm.s_tir.meta_schedule.relax_integration import extracted_tasks_to_tune_contexts
 
@@ -134,6 +138,7 @@ def tune_tasks(tasks: list[Any], target: Any, database: Any, *, trials_per_task:
 
 def open_database(work_dir: str) -> Any:
     """The JSON database in ``work_dir`` (created if missing), loaded once per process."""
+    # deferred: TVM is a heavy optional import (the tvm extra)
     from tvm.s_tir import meta_schedule as ms
 
     os.makedirs(work_dir, exist_ok=True)
@@ -152,6 +157,7 @@ def _database(ms: Any, work_dir: str) -> Any:
 
 def _lowered(mod: Any) -> Any:
     """``mod`` as MetaSchedule extracts its tasks (call inside ``with target``)."""
+    # deferred: TVM is a heavy optional import (the tvm extra)
     import tvm
     from tvm import relax
 
@@ -167,6 +173,7 @@ def extract_workloads(mod: Any, target: Any) -> dict[str, Any]:
     the structural hash of the workload's TIR, in hex, which is how MetaSchedule's
     database tells workloads apart (two models share a workload when they share a
     digest)."""
+    # deferred: TVM is a heavy optional import (the tvm extra)
     from tvm.s_tir.meta_schedule.relax_integration import extract_tasks
 
     with target:
@@ -176,7 +183,7 @@ def extract_workloads(mod: Any, target: Any) -> dict[str, Any]:
 
 def workload_digest(workload: Any) -> str:
     """A workload's (TIR ``IRModule``'s) structural hash as 16 hex digits."""
-    import tvm_ffi
+    import tvm_ffi  # deferred: tvm_ffi comes with TVM (the tvm extra)
 
     return f"{tvm_ffi.structural_hash(workload) & (2**64 - 1):016x}"
 
