@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -21,9 +22,14 @@ SHIPPED = {"cpu-ort-1t", "cpu-ort-2t", "cpu-ort-1t-ofa", "note10-tflite"}
 
 
 def test_wheel_in_a_fresh_venv_lists_the_shipped_devices(tmp_path: Path) -> None:
+    # built from a copy: setuptools leaves build/ and *.egg-info in the source folder
+    source = tmp_path / "source"
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(
+        ".*", "build", "*.egg-info", "ofa-workspace", "tests", "docs", "results", "scripts",
+        "site", "__pycache__"))
     wheels = tmp_path / "wheels"
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
-                    "--quiet", "--wheel-dir", str(wheels), str(ROOT)],
+                    "--quiet", "--wheel-dir", str(wheels), str(source)],
                    check=True, capture_output=True, timeout=600)
     wheel = next(wheels.glob("ofa_search-*.whl"))
     env = tmp_path / "venv"
