@@ -33,7 +33,7 @@ from ofa_search.compress.errors import CompressError
 from ofa_search.data import ImageSplit, derive_seed
 from ofa_search.errors import FileFormatError
 from ofa_search.train.bn_calibration import channels_last
-from ofa_search.train.loop import param_groups, soft_cross_entropy
+from ofa_search.train.loop import check_optimizer_options, param_groups, soft_cross_entropy
 from ofa_search.versioning import require_version
 
 STATE_FORMAT = "ofa-search-compress-state"
@@ -68,15 +68,10 @@ class FinetuneConfig:
 
         check(not isinstance(self.batch_size, bool) and isinstance(self.batch_size, int)
               and self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size!r}")
-        check(math.isfinite(self.lr) and self.lr > 0,
-              f"lr must be a finite number > 0, got {self.lr!r}")
-        check(0 <= self.momentum < 1, f"momentum must be in [0, 1), got {self.momentum!r}")
-        check(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay!r}")
-        check(0 <= self.label_smoothing < 1,
-              f"label_smoothing must be in [0, 1), got {self.label_smoothing!r}")
-        check(self.kd_ratio >= 0, f"kd_ratio must be >= 0, got {self.kd_ratio!r}")
-        check(self.grad_clip is None or self.grad_clip > 0,
-              f"grad_clip must be > 0 or None, got {self.grad_clip!r}")
+        check_optimizer_options(check, lr=self.lr, momentum=self.momentum,
+                                weight_decay=self.weight_decay,
+                                label_smoothing=self.label_smoothing, kd_ratio=self.kd_ratio,
+                                grad_clip=self.grad_clip)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -18,7 +18,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -60,6 +60,19 @@ METRICS_NAME = "metrics.jsonl"
 class TrainingError(OfaSearchError, ValueError):
     """A training run that cannot start or resume as asked."""
 
+
+def check_optimizer_options(check: Callable[[bool, str], None], *, lr: float,
+                            momentum: float, weight_decay: float, label_smoothing: float,
+                            kd_ratio: float, grad_clip: float | None) -> None:
+    """The checks every SGD run makes of its options (training, fine-tuning): ``check(ok,
+    message)`` raises the caller's error when ``ok`` is false."""
+    check(math.isfinite(lr) and lr > 0, f"lr must be a finite number > 0, got {lr!r}")
+    check(0 <= momentum < 1, f"momentum must be in [0, 1), got {momentum!r}")
+    check(weight_decay >= 0, f"weight_decay must be >= 0, got {weight_decay!r}")
+    check(0 <= label_smoothing < 1,
+          f"label_smoothing must be in [0, 1), got {label_smoothing!r}")
+    check(kd_ratio >= 0, f"kd_ratio must be >= 0, got {kd_ratio!r}")
+    check(grad_clip is None or grad_clip > 0, f"grad_clip must be > 0 or None, got {grad_clip!r}")
 
 @dataclass(frozen=True, kw_only=True)
 class TrainConfig:
@@ -142,16 +155,11 @@ class TrainConfig:
         check(self.epochs >= 1, f"epochs must be >= 1, got {self.epochs!r}")
         check(0 <= self.seed < 2**32, f"seed must be in [0, 2**32), got {self.seed!r}")
         check(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size!r}")
-        check(math.isfinite(self.lr) and self.lr > 0,
-              f"lr must be a finite number > 0, got {self.lr!r}")
-        check(0 <= self.momentum < 1, f"momentum must be in [0, 1), got {self.momentum!r}")
-        check(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay!r}")
+        check_optimizer_options(check, lr=self.lr, momentum=self.momentum,
+                                weight_decay=self.weight_decay,
+                                label_smoothing=self.label_smoothing, kd_ratio=self.kd_ratio,
+                                grad_clip=self.grad_clip)
         check(self.warmup_epochs >= 0, f"warmup_epochs must be >= 0, got {self.warmup_epochs!r}")
-        check(0 <= self.label_smoothing < 1,
-              f"label_smoothing must be in [0, 1), got {self.label_smoothing!r}")
-        check(self.kd_ratio >= 0, f"kd_ratio must be >= 0, got {self.kd_ratio!r}")
-        check(self.grad_clip is None or self.grad_clip > 0,
-              f"grad_clip must be > 0 or None, got {self.grad_clip!r}")
         check(self.steps_per_epoch is None or self.steps_per_epoch >= 1,
               f"steps_per_epoch must be >= 1, got {self.steps_per_epoch!r}")
         check(self.stop_after_epochs is None or self.stop_after_epochs >= 1,
