@@ -62,15 +62,14 @@ LOCAL_DEVICE = "local-ort-1t"
 
 def resolve_target(device: str | None, workspace: str | os.PathLike[str] | None = None
                    ) -> Target:
-    """The device's table and measuring profile (:class:`CompressError` for an imported
-    table, which cannot be measured from this host); ONNX Runtime at 1 thread without one."""
+    """The device's table and measuring profile (a
+    :class:`~ofa_search.profiling.lut.NotMeasurableError` for an imported table, which
+    cannot be measured from this host); ONNX Runtime at 1 thread without one."""
     if device is None:
         return Target(DeviceProfile.local_onnxruntime(1, id=LOCAL_DEVICE))
     table = find_table(device, workspace=workspace)
-    profile = table.profile()
-    if profile is None:
-        raise CompressError(f"device {device!r} has an imported table: compressed networks "
-                            "are priced by measuring them, which cannot be done from here")
+    profile = table.measurable_profile(
+        "; compressed networks are priced by measuring them")
     if profile.batch_size != 1:
         raise CompressError(f"device {device!r} is profiled at batch {profile.batch_size}; "
                             "compressed networks are measured at batch 1")

@@ -19,7 +19,6 @@ from typing import Any
 import numpy as np
 
 from ofa_search.arch import Arch
-from ofa_search.errors import OfaSearchError
 from ofa_search.profiling.backends import get_backend
 from ofa_search.profiling.lut import find_table
 from ofa_search.profiling.measure import FAST_TIMING, measure_archs
@@ -147,10 +146,7 @@ def measure_found(ctx: DeviceContext, archs: Sequence[Arch], *, data: str | None
     from ofa_search.train import evaluate_arch, load_supernet
 
     table = find_table(ctx.device, workspace=ctx.workspace.root)
-    profile = table.profile()
-    if profile is None:
-        raise OfaSearchError(f"device {ctx.device!r} is an imported table; its latency "
-                             "cannot be measured from this host")
+    profile = table.measurable_profile()
     net, meta = load_supernet(ctx.workspace.checkpoint)
     name = data or meta["config"]["dataset"]
     with get_backend(profile, timing=FAST_TIMING) as backend:
