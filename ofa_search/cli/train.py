@@ -78,6 +78,13 @@ def train_cmd(
     resolutions: Annotated[list[int] | None, typer.Option(
         "--resolutions", "-r", help="sample only these resolutions (repeat for several; "
         "default: all of the space's)")] = None,
+    device: Annotated[str, typer.Option(
+        "--device", help="auto (a CUDA GPU when there is one), cpu, cuda or cuda:N")] = "auto",
+    amp: Annotated[str, typer.Option(
+        "--amp", help="autocast: off, bf16, or fp16 (CUDA only)")] = "off",
+    checkpoint_every: Annotated[int | None, typer.Option(
+        "--checkpoint-every", min=1, help="also checkpoint every N optimizer steps (a run "
+        "killed mid-epoch resumes from there with --resume)")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
 ) -> None:
     """Train a supernet (under torchrun for several processes); writes OUT/checkpoint.pt."""
@@ -103,7 +110,8 @@ def train_cmd(
                          batch_size=batch_size, lr=lr, warmup_epochs=warmup_epochs, seed=seed,
                          out_dir=str(out), resume=resume, quiet=quiet,
                          init_checkpoint=None if init is None else str(init),
-                         steps_per_epoch=steps_per_epoch,
+                         steps_per_epoch=steps_per_epoch, device=device, amp=amp,
+                         checkpoint_every=checkpoint_every,
                          resolutions=tuple(dict.fromkeys(resolutions)) if resolutions else None)
     path = train(config)
     if not quiet:

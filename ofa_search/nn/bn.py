@@ -35,7 +35,8 @@ def recalibrate_bn(net: nn.Module, batches: Iterable[torch.Tensor]) -> nn.Module
     unbiased variance. The observed ranges of int8 activation quantisers
     (:class:`~ofa_search.nn.quant.Int8ActQuant`) are recomputed the same way. Only these
     layers run in training mode (dropout stays off, so no random numbers are drawn).
-    Momenta are restored afterwards. Raises ``ValueError`` if ``batches`` is empty.
+    Momenta are restored afterwards. Batches are moved to the device of ``net``'s
+    parameters. Raises ``ValueError`` if ``batches`` is empty.
     """
     bns: list[nn.modules.batchnorm._BatchNorm | Int8ActQuant] = [
         m for m in net.modules()
@@ -46,11 +47,14 @@ def recalibrate_bn(net: nn.Module, batches: Iterable[torch.Tensor]) -> nn.Module
         bn.reset_running_stats()
         bn.momentum = None
         bn.train()
+    first = next(net.parameters(), None)
+    device = torch.device("cpu") if first is None else first.device
     seen = 0
     try:
         with channels_last(net):
             for x in batches:
-                net(x.contiguous(memory_format=torch.channels_last))
+                net(x.to(device, non_blocking=True).contiguous(
+                    memory_format=torch.channels_last))
                 seen += 1
     finally:
         for bn, momentum in zip(bns, momenta, strict=True):

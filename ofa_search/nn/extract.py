@@ -18,7 +18,7 @@ def extract(supernet: Supernet, arch: Arch) -> StaticSubnet:
     ``supernet(x, arch)`` computes in eval mode, with copied weights and BN statistics.
 
     Pure: the supernet is not modified, and the result shares no tensors with it.
-    The result is in the supernet's training mode.
+    The result is in the supernet's training mode and on its device.
     """
     supernet.check_arch(arch)
     modules: list[torch.nn.Module] = []
@@ -36,5 +36,8 @@ def extract(supernet: Supernet, arch: Arch) -> StaticSubnet:
             assert isinstance(unit, MBConvUnit)
             modules.append(next(blocks).to_static(unit))
     net = StaticSubnet(arch, modules)
+    first = next(supernet.parameters(), None)
+    if first is not None:
+        net.to(first.device)
     net.train(supernet.training)
     return net

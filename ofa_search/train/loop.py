@@ -1,12 +1,14 @@
 """The supernet training loop: SGD + Nesterov, warm-up + cosine, gradient accumulation over
 the subnets of each step, distillation, clipping, JSONL metrics, atomic checkpoints,
-bit-for-bit resume, and DDP under ``torchrun`` (gloo; the loop runs on CPU for now).
+bit-for-bit resume (from epoch ends, or mid-epoch with ``checkpoint_every``), CPU or CUDA
+with optional bf16/fp16 autocast, and DDP under ``torchrun`` (gloo on CPU, NCCL on CUDA).
 
 Randomness: the supernet's initialisation, the data order and augmentation, and the
 archs each come from a generator seeded from ``TrainConfig.seed``. Dropout draws from
 PyTorch's default generator, so the loop runs inside ``torch.random.fork_rng`` with that
 generator set to a state of its own (seeded, checkpointed); the caller's global RNG state
-is untouched afterwards.
+is untouched afterwards. On CUDA, dropout draws from the device's generator instead, which
+is seeded and checkpointed the same way.
 """
 
 from __future__ import annotations
@@ -17,8 +19,10 @@ import itertools
 import json
 import math
 import os
+import re
 import time
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -55,6 +59,10 @@ from ofa_search.train.strategies import (
 
 CHECKPOINT_NAME = "checkpoint.pt"
 METRICS_NAME = "metrics.jsonl"
+AMP_MODES = ("off", "bf16", "fp16")
+"""Autocast choices of :class:`TrainConfig`: full fp32, bfloat16, or float16 with a
+gradient scaler (CUDA only)."""
+_DEVICE_RE = re.compile(r"auto|cpu|cuda(:\d+)?")
 
 
 class TrainingError(OfaSearchError, ValueError):
@@ -103,6 +111,14 @@ class TrainConfig:
             arch (BN recalibrated).
         channels_last: run the network in channels-last memory format (about 2× faster
             on CPU for this network, measured at 28 px).
+        device: ``auto`` (the rank's CUDA GPU when there is one, else the CPU), ``cpu``,
+            ``cuda`` or ``cuda:N``. Under ``torchrun``, ``auto`` and ``cuda`` take GPU
+            ``LOCAL_RANK``. Evaluation and BN recalibration run on the same device.
+        amp: autocast of forward passes and losses: ``off`` (fp32), ``bf16``, or ``fp16``
+            (CUDA only, with a gradient scaler that is checkpointed).
+        checkpoint_every: also write the checkpoint (and the metrics so far) every this many
+            optimizer steps, so that a run killed mid-epoch resumes from there, bit for
+            bit; ``None``: at epoch ends only.
         init_checkpoint: start from the weights of this supernet checkpoint (a fresh run
             only), e.g. strategy ``precision`` from a trained fp32 supernet of the same
             structure; layers that only low precisions have (int8 activation ranges,
@@ -138,6 +154,9 @@ class TrainConfig:
     augment: bool = True
     eval_each_epoch: bool = False
     channels_last: bool = True
+    device: str = "auto"
+    amp: str = "off"
+    checkpoint_every: int | None = None
     init_checkpoint: str | None = None
     seed: int = 0
     out_dir: str = "ofa-workspace/supernet"
@@ -164,6 +183,12 @@ class TrainConfig:
               f"steps_per_epoch must be >= 1, got {self.steps_per_epoch!r}")
         check(self.stop_after_epochs is None or self.stop_after_epochs >= 1,
               f"stop_after_epochs must be >= 1, got {self.stop_after_epochs!r}")
+        check(isinstance(self.device, str) and _DEVICE_RE.fullmatch(self.device) is not None,
+              f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+        check(self.amp in AMP_MODES,
+              f"amp must be one of {', '.join(AMP_MODES)}, got {self.amp!r}")
+        check(self.checkpoint_every is None or self.checkpoint_every >= 1,
+              f"checkpoint_every must be >= 1, got {self.checkpoint_every!r}")
         check((self.strategy == "standalone") == (self.arch is not None),
               "strategy 'standalone' needs an arch, and only it takes one "
               f"(got strategy {self.strategy!r}, arch {self.arch!r})")
@@ -275,11 +300,63 @@ def _load_data(config: TrainConfig, strategy: TrainingStrategy) -> DatasetSplits
                         in_channels=strategy.space.in_channels, resolution=resolution)
 
 
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    """The torch device of a :attr:`TrainConfig.device` value (``auto``, ``cpu``, ``cuda``,
+    ``cuda:N``) for the process with this ``LOCAL_RANK``; a CUDA device that this
+    installation cannot use is a :class:`TrainingError`."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cpu":
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise TrainingError(f"device {name!r} needs a CUDA GPU, and torch "
+                            f"{torch.__version__} sees none; use --device cpu")
+    index = local_rank if name == "cuda" else int(name.split(":")[1])
+    count = torch.cuda.device_count()
+    if index >= count:
+        raise TrainingError(f"device cuda:{index} does not exist; this machine has {count} "
+                            "CUDA device(s)")
+    return torch.device("cuda", index)
+
+
+class _Amp:
+    """Autocast and, for fp16, the gradient scaler of a run."""
+
+    def __init__(self, mode: str, device: torch.device) -> None:
+        if mode == "fp16" and device.type != "cuda":
+            raise TrainingError("amp 'fp16' needs a CUDA device; use amp 'bf16' on the CPU")
+        self.mode, self.device = mode, device
+        self.scaler = (torch.amp.GradScaler(device.type) if mode == "fp16" else None)
+
+    def autocast(self) -> AbstractContextManager[Any]:
+        if self.mode == "off":
+            return nullcontext()
+        dtype = torch.bfloat16 if self.mode == "bf16" else torch.float16
+        return torch.autocast(self.device.type, dtype=dtype)
+
+    def backward(self, loss: torch.Tensor) -> None:
+        (loss if self.scaler is None else self.scaler.scale(loss)).backward()
+
+    def step(self, optimizer: torch.optim.Optimizer, params: Iterator[nn.Parameter],
+             grad_clip: float | None) -> None:
+        """Clip (after unscaling) and take the optimizer step."""
+        if self.scaler is not None:
+            self.scaler.unscale_(optimizer)
+        if grad_clip is not None:
+            nn.utils.clip_grad_norm_(params, grad_clip)
+        if self.scaler is None:
+            optimizer.step()
+        else:
+            self.scaler.step(optimizer)
+            self.scaler.update()
+
+
 class _StepRunner:
     """Forward/backward of one step's subnets, accumulating gradients."""
 
-    def __init__(self, model: nn.Module, config: TrainConfig, largest: Arch) -> None:
-        self.model, self.config, self.largest = model, config, largest
+    def __init__(self, model: nn.Module, config: TrainConfig, largest: Arch,
+                 amp: _Amp) -> None:
+        self.model, self.config, self.largest, self.amp = model, config, largest, amp
         self.teacher: Supernet | None = None
 
     def teacher_probs(self, x: torch.Tensor, resolution: int) -> torch.Tensor:
@@ -288,30 +365,32 @@ class _StepRunner:
             return F.softmax(self.teacher(x, self.largest.replace(resolution=resolution)), 1)
 
     def run(self, tasks: Sequence[SubnetTask], x: torch.Tensor, y: torch.Tensor) -> float:
-        smoothing, total = self.config.label_smoothing, 0.0
+        smoothing = self.config.label_smoothing
+        total = torch.zeros((), device=x.device)
         inplace_target: torch.Tensor | None = None
         teacher_cache: dict[int, torch.Tensor] = {}
         for i, task in enumerate(tasks):
-            logits = self.model(x, task.arch)
-            if task.loss == "labels":
-                loss = F.cross_entropy(logits, y, label_smoothing=smoothing)
-                if i == 0:
-                    inplace_target = F.softmax(logits.detach(), 1)
-            elif task.loss == "inplace":
-                if inplace_target is None:
-                    raise TrainingError("an 'inplace' task needs a 'labels' task first")
-                loss = soft_cross_entropy(logits, inplace_target)
-            else:
-                loss = F.cross_entropy(logits, y, label_smoothing=smoothing)
-                if self.teacher is not None and self.config.kd_ratio > 0:
-                    r = task.arch.resolution
-                    if r not in teacher_cache:
-                        teacher_cache[r] = self.teacher_probs(x, r)
-                    loss = loss + self.config.kd_ratio * soft_cross_entropy(logits,
-                                                                             teacher_cache[r])
-            loss.backward()
-            total += float(loss.detach())
-        return total / len(tasks)
+            with self.amp.autocast():
+                logits = self.model(x, task.arch)
+                if task.loss == "labels":
+                    loss = F.cross_entropy(logits, y, label_smoothing=smoothing)
+                    if i == 0:
+                        inplace_target = F.softmax(logits.detach().float(), 1)
+                elif task.loss == "inplace":
+                    if inplace_target is None:
+                        raise TrainingError("an 'inplace' task needs a 'labels' task first")
+                    loss = soft_cross_entropy(logits, inplace_target)
+                else:
+                    loss = F.cross_entropy(logits, y, label_smoothing=smoothing)
+                    if self.teacher is not None and self.config.kd_ratio > 0:
+                        r = task.arch.resolution
+                        if r not in teacher_cache:
+                            teacher_cache[r] = self.teacher_probs(x, r)
+                        loss = loss + self.config.kd_ratio * soft_cross_entropy(
+                            logits, teacher_cache[r])
+            self.amp.backward(loss)
+            total += loss.detach().float()
+        return float(total) / len(tasks)  # one device sync per step
 
 
 def train(config: TrainConfig) -> Path:
@@ -323,12 +402,14 @@ def train(config: TrainConfig) -> Path:
 def run_training(config: TrainConfig) -> TrainResult:
     """Train (or, with ``config.resume``, continue) a supernet.
 
-    Writes ``out_dir/checkpoint.pt`` atomically at the end of every epoch and at the end,
-    and appends one JSON line per step and per epoch to ``out_dir/metrics.jsonl`` at each
-    epoch's end. A resumed run continues bit-for-bit as the uninterrupted run would (same
-    weights, on the same machine and thread count). Under ``torchrun`` (``WORLD_SIZE>1``)
-    the model is wrapped in ``DistributedDataParallel``; every rank samples the same archs,
-    reads its own shard of each batch order, and rank 0 writes the files.
+    Writes ``out_dir/checkpoint.pt`` atomically at the end of every epoch, every
+    ``checkpoint_every`` steps when set, and at the end, and appends one JSON line per step
+    and per epoch to ``out_dir/metrics.jsonl`` whenever it writes the checkpoint. A resumed
+    run continues bit-for-bit as the uninterrupted run would (same weights, on the same
+    machine, device and thread count), from an epoch end or from the middle of an epoch.
+    Under ``torchrun`` (``WORLD_SIZE>1``) the model is wrapped in
+    ``DistributedDataParallel`` (gloo on the CPU, NCCL on CUDA); every rank samples the
+    same archs, reads its own shard of each batch order, and rank 0 writes the files.
 
     On start (rank 0), what a run killed mid-epoch left is put right: metrics rows of
     steps beyond the checkpoint's (appended before a checkpoint that was never written) are
@@ -338,52 +419,80 @@ def run_training(config: TrainConfig) -> TrainResult:
     Raises:
         TrainingError: before any work: an output folder that is a file, lies under one or
             cannot be written; ``resume`` without a checkpoint in it; an ``init_checkpoint``
-            that is not a file. Later: a checkpoint exists but ``resume`` is off, or it
-            belongs to another space, width or strategy.
+            that is not a file; a CUDA device this installation cannot use; amp ``fp16``
+            on the CPU. Later: a checkpoint exists but ``resume`` is off, or it belongs to
+            another space, width or strategy.
         FileFormatError: an unreadable checkpoint.
     """
     rank, world = _dist_env()
     _check_run_folder(config)
+    device = resolve_device(config.device, int(os.environ.get("LOCAL_RANK", "0")))
+    amp = _Amp(config.amp, device)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
     own_group = False
     if world > 1 and not dist.is_initialized():
-        dist.init_process_group("gloo")  # the loop runs on CPU (no device placement yet)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
         own_group = True
     try:
-        # module construction and dropout draw from the default generator: fork it so that
-        # the caller's global RNG state is left as it was
-        with torch.random.fork_rng(devices=[]):
-            return _run(config, rank, world)
+        # module construction and dropout draw from the default generators: fork them so
+        # that the caller's global RNG state is left as it was
+        forked = [device.index] if device.type == "cuda" else []
+        with torch.random.fork_rng(devices=forked, device_type=device.type):
+            return _run(config, rank, world, device, amp)
     finally:
         if own_group:
             dist.destroy_process_group()
 
 
-def _run(config: TrainConfig, rank: int, world: int) -> TrainResult:
+@dataclass
+class _Position:
+    """Where a run stands: completed epochs and optimizer steps, steps done in the current
+    epoch (0 at an epoch end), the data generator's state at the start of that epoch, and
+    the dropout generator(s)."""
+
+    epoch: int = 0
+    step: int = 0
+    epoch_step: int = 0
+    data_epoch_start: torch.Tensor | None = None
+    dropout: torch.Tensor | None = None
+    dropout_cuda: torch.Tensor | None = None
+
+
+def _dropout_state(device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
+    cuda = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+    return torch.get_rng_state(), cuda
+
+
+def _run(config: TrainConfig, rank: int, world: int, device: torch.device,
+         amp: _Amp) -> TrainResult:
     strategy = _strategy_for(config)
     data = _load_data(config, strategy)
     net = Supernet(config.space, strategy.width_mult,
                    generator=torch.Generator().manual_seed(config.seed))
+    net.to(device)
     optimizer = torch.optim.SGD(param_groups(net, config.weight_decay), lr=config.lr,
                                 momentum=config.momentum, nesterov=config.nesterov)
     data_gen = torch.Generator().manual_seed(config.seed + 1)
-    dropout_state = torch.Generator().manual_seed(config.seed + 2).get_state()
+    pos = _Position(dropout=torch.Generator().manual_seed(config.seed + 2).get_state())
+    if device.type == "cuda":
+        pos.dropout_cuda = torch.Generator(device).manual_seed(config.seed + 2).get_state()
     out = Path(config.out_dir)
     ckpt_path, metrics_path = out / CHECKPOINT_NAME, out / METRICS_NAME
-    epoch = step = 0
     teacher_state: dict[str, Any] | None = None
     if ckpt_path.exists():
         if not config.resume:
             raise TrainingError(f"{ckpt_path} exists; resume it (--resume) or choose "
                                 "another output folder")
-        epoch, step, dropout_state, teacher_state = _restore(
-            ckpt_path, config, strategy, net, optimizer, data_gen)
+        pos, teacher_state = _restore(ckpt_path, config, strategy, net, optimizer,
+                                      data_gen, amp, pos)
     elif config.init_checkpoint is not None:
         load_init_weights(net, config.init_checkpoint)
     if rank == 0:
         # what a run killed mid-epoch or mid-write left: temporary files of dead writers,
         # and metrics rows of steps that no checkpoint holds (they are trained again)
         remove_stale_temps(out)
-        _drop_metrics_after(metrics_path, step)
+        _drop_metrics_after(metrics_path, pos.step)
 
     segments = strategy.segments(config.epochs, config.lr)
     total_epochs = sum(s.epochs for s in segments)
@@ -395,57 +504,89 @@ def _run(config: TrainConfig, rank: int, world: int) -> TrainResult:
         net = net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     model: nn.Module = net
     if world > 1:
-        model = nn.parallel.DistributedDataParallel(net, find_unused_parameters=True)
-    runner = _StepRunner(model, config, strategy.largest)
+        model = nn.parallel.DistributedDataParallel(
+            net, device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=True)
+    runner = _StepRunner(model, config, strategy.largest, amp)
     if teacher_state is not None:
         runner.teacher = _frozen_copy(net)
         runner.teacher.load_state_dict(teacher_state)
     segment_starts = set(itertools.accumulate(s.epochs for s in segments))
 
     def state() -> dict[str, Any]:
+        mid_epoch = pos.epoch_step > 0
         return {
             "space": config.space, "width_mult": strategy.width_mult,
-            "strategy": strategy.state_dict(), "epoch": epoch, "step": step,
-            "finished": epoch >= total_epochs, "model": net.state_dict(),
+            "strategy": strategy.state_dict(), "epoch": pos.epoch, "step": pos.step,
+            "epoch_step": pos.epoch_step,
+            "finished": pos.epoch >= total_epochs, "model": net.state_dict(),
             "teacher": None if runner.teacher is None else runner.teacher.state_dict(),
-            "optimizer": optimizer.state_dict(), "scheduler": {"step": step},
-            "rng": {"data": data_gen.get_state(), "dropout": dropout_state},
+            "optimizer": optimizer.state_dict(), "scheduler": {"step": pos.step},
+            "scaler": None if amp.scaler is None else amp.scaler.state_dict(),
+            "rng": {"data": pos.data_epoch_start if mid_epoch else data_gen.get_state(),
+                    "dropout": pos.dropout, "dropout_cuda": pos.dropout_cuda},
             "config": config.to_dict(), "dataset": data.describe(),
         }
 
     stop = total_epochs if config.stop_after_epochs is None else min(
         total_epochs, config.stop_after_epochs)
     show = not config.quiet and rank == 0
-    torch.set_rng_state(dropout_state)  # inside run_training's fork_rng
-    while epoch < stop:
-        events = strategy.begin_epoch(epoch)
+    pending: list[dict[str, Any]] = []  # metrics rows not yet written
+
+    def step_done(row: dict[str, Any]) -> None:
+        pos.step, pos.epoch_step = row["step"], pos.epoch_step + 1
+        pending.append(row)
+        every = config.checkpoint_every
+        if every is not None and pos.step % every == 0 and pos.epoch_step < steps_per_epoch:
+            pos.dropout, pos.dropout_cuda = _dropout_state(device)
+            if rank == 0:
+                _append_jsonl(metrics_path, pending)
+                save_checkpoint(ckpt_path, state())
+            pending.clear()
+
+    assert pos.dropout is not None
+    torch.set_rng_state(pos.dropout)  # inside run_training's fork_rng
+    if pos.dropout_cuda is not None and device.type == "cuda":
+        torch.cuda.set_rng_state(pos.dropout_cuda, device)
+    while pos.epoch < stop:
+        resumed_mid_epoch = pos.epoch_step > 0
+        if resumed_mid_epoch:
+            assert pos.data_epoch_start is not None
+            data_gen.set_state(pos.data_epoch_start)  # the epoch's batch order again
+        else:
+            pos.data_epoch_start = data_gen.get_state()
+            for event in strategy.begin_epoch(pos.epoch):
+                if event == "freeze_teacher":
+                    runner.teacher = _frozen_copy(net)
+                elif event == "sort_channels":
+                    net.sort_channels()
+            if pos.epoch in segment_starts:
+                optimizer.state.clear()  # momenta do not carry across phases (or sorting)
         net.set_binary_activations(strategy.binary_activations)
-        for event in events:
-            if event == "freeze_teacher":
-                runner.teacher = _frozen_copy(net)
-            elif event == "sort_channels":
-                net.sort_channels()
-        if epoch in segment_starts:
-            optimizer.state.clear()  # momenta do not carry across phases (or sorting)
         net.train()
         started = time.perf_counter()
         batches = iterate_batches(data.train, config.batch_size, shuffle=True,
                                   generator=data_gen, augment=config.augment,
                                   drop_last=True, rank=rank, world_size=world)
-        bar = _progress(steps_per_epoch, f"epoch {epoch + 1}/{total_epochs}", show)
-        lines = _train_epoch(itertools.islice(batches, steps_per_epoch), step, runner,
-                             strategy, optimizer, net, config, segments, steps_per_epoch,
-                             world, epoch, bar)
-        step += len(lines)
-        epoch += 1
+        # skip what the checkpoint holds (augmentation draws are replayed on the way)
+        remaining = itertools.islice(batches, pos.epoch_step, steps_per_epoch)
+        bar = _progress(steps_per_epoch, f"epoch {pos.epoch + 1}/{total_epochs}", show,
+                        initial=pos.epoch_step)
+        lines = _train_epoch(remaining, pos.step, runner, strategy, optimizer, net, config,
+                             segments, steps_per_epoch, world, pos.epoch, bar, device,
+                             step_done)
+        pos.epoch += 1
+        pos.epoch_step = 0
         if world > 1:
             _average_buffers(net, world)
-        dropout_state = torch.get_rng_state()
+        pos.dropout, pos.dropout_cuda = _dropout_state(device)
         summary: dict[str, Any] = {
-            "event": "epoch_end", "epoch": epoch, "step": step,
+            "event": "epoch_end", "epoch": pos.epoch, "step": pos.step,
             "loss": sum(r["loss"] for r in lines) / max(1, len(lines)),
             "seconds": time.perf_counter() - started,
         }
+        if resumed_mid_epoch:
+            summary["resumed_at_step"] = pos.step - len(lines)
         if config.eval_each_epoch and rank == 0:
             with torch.random.fork_rng(devices=[]):  # keep the dropout stream intact
                 for label, arch in (("largest", strategy.largest),
@@ -454,13 +595,14 @@ def _run(config: TrainConfig, rank: int, world: int) -> TrainResult:
                                                                 seed=config.seed)
             net.train()
         if rank == 0:
-            _append_jsonl(metrics_path, [*lines, summary])
+            _append_jsonl(metrics_path, [*pending, summary])
             save_checkpoint(ckpt_path, state())
+        pending.clear()
         if world > 1:
             dist.barrier()
-    if rank == 0 and epoch >= total_epochs and not ckpt_path.exists():
+    if rank == 0 and pos.epoch >= total_epochs and not ckpt_path.exists():
         save_checkpoint(ckpt_path, state())
-    return TrainResult(ckpt_path, net.eval(), epoch, step)
+    return TrainResult(ckpt_path, net.eval(), pos.epoch, pos.step)
 
 
 def _check_run_folder(config: TrainConfig) -> None:
@@ -510,11 +652,14 @@ def _train_epoch(batches: Iterator[tuple[torch.Tensor, torch.Tensor]], step: int
                  runner: _StepRunner, strategy: TrainingStrategy,
                  optimizer: torch.optim.Optimizer, net: Supernet, config: TrainConfig,
                  segments: Sequence[Segment], steps_per_epoch: int, world: int, epoch: int,
-                 bar: Any) -> list[dict[str, Any]]:
-    """Train on ``batches`` starting at optimizer step ``step``; one metrics row per step."""
+                 bar: Any, device: torch.device,
+                 step_done: Callable[[dict[str, Any]], None]) -> list[dict[str, Any]]:
+    """Train on ``batches`` starting at optimizer step ``step``; one metrics row per step,
+    each also passed to ``step_done`` as soon as its step is taken."""
     lines: list[dict[str, Any]] = []
     t0 = time.perf_counter()
     for x, y in batches:
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         if config.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         lr = cosine_lr(step, segments, steps_per_epoch, config.warmup_epochs)
@@ -522,27 +667,27 @@ def _train_epoch(batches: Iterator[tuple[torch.Tensor, torch.Tensor]], step: int
             group["lr"] = lr
         optimizer.zero_grad(set_to_none=True)
         loss = runner.run(strategy.step(), x, y)
-        if config.grad_clip is not None:
-            nn.utils.clip_grad_norm_(net.parameters(), config.grad_clip)
-        optimizer.step()
+        runner.amp.step(optimizer, net.parameters(), config.grad_clip)
         step += 1
         now = time.perf_counter()  # img/s includes batch preparation
         img_s = x.shape[0] * world / max(now - t0, 1e-9)
         t0 = now
-        lines.append({"epoch": epoch, "step": step, "lr": lr, "loss": loss, "img_s": img_s})
+        row = {"epoch": epoch, "step": step, "lr": lr, "loss": loss, "img_s": img_s}
+        lines.append(row)
         if bar is not None:
             bar.update(1)
             bar.set_postfix(loss=f"{loss:.3f}", img_s=f"{img_s:.0f}")
+        step_done(row)
     if bar is not None:
         bar.close()
     return lines
 
 
 def _restore(path: Path, config: TrainConfig, strategy: TrainingStrategy, net: Supernet,
-             optimizer: torch.optim.Optimizer, data_gen: torch.Generator,
-             ) -> tuple[int, int, torch.Tensor, dict[str, Any] | None]:
-    """Load the checkpoint at ``path`` into the run's objects; returns ``(epoch, step,
-    dropout RNG state, teacher state or None)``."""
+             optimizer: torch.optim.Optimizer, data_gen: torch.Generator, amp: _Amp,
+             pos: _Position) -> tuple[_Position, dict[str, Any] | None]:
+    """Load the checkpoint at ``path`` into the run's objects; returns the run's position
+    and the teacher's state (or None)."""
     ckpt = load_checkpoint(path)
     expected = (config.space, strategy.width_mult, strategy.name)
     found = (ckpt["space"], ckpt["width_mult"], ckpt["strategy"].get("name"))
@@ -554,8 +699,18 @@ def _restore(path: Path, config: TrainConfig, strategy: TrainingStrategy, net: S
     net.load_state_dict(ckpt["model"])
     optimizer.load_state_dict(ckpt["optimizer"])
     strategy.load_state_dict(ckpt["strategy"])
-    data_gen.set_state(ckpt["rng"]["data"])
-    return int(ckpt["epoch"]), step, ckpt["rng"]["dropout"], ckpt.get("teacher")
+    scaler_state = ckpt.get("scaler")
+    if amp.scaler is not None and scaler_state is not None:
+        amp.scaler.load_state_dict(scaler_state)
+    rng = ckpt["rng"]
+    epoch_step = int(ckpt.get("epoch_step", 0))
+    data_gen.set_state(rng["data"])
+    restored = _Position(epoch=int(ckpt["epoch"]), step=step, epoch_step=epoch_step,
+                         data_epoch_start=rng["data"] if epoch_step else None,
+                         dropout=rng["dropout"],
+                         dropout_cuda=pos.dropout_cuda if rng.get("dropout_cuda") is None
+                         else rng["dropout_cuda"])
+    return restored, ckpt.get("teacher")
 
 
 @torch.no_grad()
@@ -575,12 +730,13 @@ def _frozen_copy(net: Supernet) -> Supernet:
     return teacher
 
 
-def _progress(total: int, desc: str, show: bool) -> Any:
+def _progress(total: int, desc: str, show: bool, initial: int = 0) -> Any:
     if not show:
         return None
     from tqdm.auto import tqdm  # deferred: tqdm.auto only when progress is shown
 
-    return tqdm(total=total, desc=desc, unit="step", leave=True, dynamic_ncols=True)
+    return tqdm(total=total, desc=desc, unit="step", leave=True, dynamic_ncols=True,
+                initial=initial)
 
 
 def _append_jsonl(path: Path, rows: Sequence[dict[str, Any]]) -> None:
