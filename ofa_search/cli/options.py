@@ -34,6 +34,13 @@ ArchArg = Annotated[str, typer.Argument(
 SeedOpt = Annotated[int, typer.Option("--seed", min=0, max=2**32 - 1)]
 ThreadsOpt = Annotated[int, typer.Option("--threads", min=1, max=1024,
                                          help="torch intra-op threads")]
+TorchDeviceOpt = Annotated[str | None, typer.Option(
+    "--torch-device", help="torch: cpu, cuda or cuda:N (default cpu)")]
+TorchDtypeOpt = Annotated[str | None, typer.Option(
+    "--torch-dtype", help="torch: fp32, bf16, or fp16 on a GPU (default fp32)")]
+CudaGraphsOpt = Annotated[bool | None, typer.Option(
+    "--cuda-graphs/--no-cuda-graphs", help="torch on a GPU: time CUDA-graph replays "
+    "(default: eager calls)")]
 
 
 def emit_json(data: Any) -> None:

@@ -14,8 +14,11 @@ import typer
 from ofa_search.atomic import check_writable_dir
 from ofa_search.cli.options import (
     DEFAULT_SPACE,
+    CudaGraphsOpt,
     JsonOpt,
     SpaceOpt,
+    TorchDeviceOpt,
+    TorchDtypeOpt,
     WorkspaceOpt,
     check_finite,
     target_json,
@@ -39,7 +42,8 @@ def profile_cmd(
     device: Annotated[str | None, typer.Option(
         "--device", "-d", help="device id, e.g. cpu-ort-1t")] = None,
     space: SpaceOpt = DEFAULT_SPACE,
-    backend: Annotated[str, typer.Option("--backend", help="onnxruntime or tvm")] = "onnxruntime",
+    backend: Annotated[str, typer.Option(
+        "--backend", help="onnxruntime, tvm or torch")] = "onnxruntime",
     threads: Annotated[int, typer.Option("--threads", min=1, max=1024)] = 1,
     resolutions: Annotated[list[int] | None, typer.Option(
         "--resolutions", "-r", help="repeat for several (default: all of the space's)")] = None,
@@ -67,6 +71,9 @@ def profile_cmd(
         "(default: CPUExecutionProvider)")] = None,
     batch_size: Annotated[int, typer.Option(
         "--batch-size", min=1, help="batch of every measured input")] = 1,
+    torch_device: TorchDeviceOpt = None,
+    torch_dtype: TorchDtypeOpt = None,
+    cuda_graphs: CudaGraphsOpt = None,
 ) -> None:
     """Measure (or resume) WORKSPACE/hw_profiles/DEVICE.json on this host or an RPC device."""
     # deferred: each command imports only the library parts it runs (CLI start-up)
@@ -80,13 +87,17 @@ def profile_cmd(
     check_new_device_id(device)
     spec = get_space(space)
     _check_profile_options(spec, resolutions, width_mult, time_cap)
+    torch_options = TorchOptions(torch_device, torch_dtype, cuda_graphs)
     profile = _profile_for(device, backend, threads, tuning_trials, tuning_db, rpc_tracker,
-                           rpc_key, target, provider)
+                           rpc_key, target, provider, torch_options)
     offered = spec.precisions
+    if backend == "torch":  # it runs fp32 graphs only (not int8 QDQ nor binary kernels)
+        offered = tuple(p for p in offered if p == "fp32")
     chosen = tuple(dict.fromkeys(precisions)) if precisions else offered
     unknown = [p for p in chosen if p not in offered]
     if unknown:
-        raise typer.BadParameter(f"space {space!r} offers precisions {list(offered)}, not "
+        where = f"space {space!r}" + (" with --backend torch" if backend == "torch" else "")
+        raise typer.BadParameter(f"{where} offers precisions {list(offered)}, not "
                                  f"{unknown}", param_hint="--precision")
     profile = dataclasses.replace(profile, precisions=chosen, batch_size=batch_size)
     timing = TimingConfig(warmup=3, min_runs=7, max_runs=200, time_cap_s=time_cap)
@@ -110,13 +121,30 @@ def _check_profile_options(spec: Any, resolutions: list[int] | None,
     check_finite(time_cap, "--time-cap")
 
 
+@dataclasses.dataclass(frozen=True)
+class TorchOptions:
+    """``profile``'s ``--backend torch`` options, ``None`` where not given."""
+
+    device: str | None = None
+    dtype: str | None = None
+    cuda_graphs: bool | None = None
+
+    def given(self) -> list[str]:
+        """The options given on the command line, as their flags."""
+        graphs = "--cuda-graphs" if self.cuda_graphs else "--no-cuda-graphs"
+        flags = {"--torch-device": self.device, "--torch-dtype": self.dtype,
+                 graphs: self.cuda_graphs}
+        return [flag for flag, value in flags.items() if value is not None]
+
+
 def _profile_for(device: str, backend: str, threads: int, tuning_trials: int,
                  tuning_db: Path | None, rpc_tracker: str | None, rpc_key: str | None,
-                 target: str | None, provider: str | None = None) -> Any:
+                 target: str | None, provider: str | None = None,
+                 torch_options: TorchOptions | None = None) -> Any:
     """The :class:`DeviceProfile` that ``profile``'s options describe."""
     try:
         return _make_profile(device, backend, threads, tuning_trials, tuning_db, rpc_tracker,
-                             rpc_key, target, provider)
+                             rpc_key, target, provider, torch_options or TorchOptions())
     except OfaSearchError:
         raise
     except ValueError as exc:  # DeviceProfile's own validation of the options
@@ -125,22 +153,29 @@ def _profile_for(device: str, backend: str, threads: int, tuning_trials: int,
 
 def _make_profile(device: str, backend: str, threads: int, tuning_trials: int,
                   tuning_db: Path | None, rpc_tracker: str | None, rpc_key: str | None,
-                  target: str | None, provider: str | None) -> Any:
+                  target: str | None, provider: str | None,
+                  torch_options: TorchOptions) -> Any:
     tvm_only = {"--tuning-trials": tuning_trials or None, "--tuning-db": tuning_db,
                 "--rpc-tracker": rpc_tracker, "--rpc-key": rpc_key, "--target": target}
-    if backend == "onnxruntime":
+    if backend not in ("onnxruntime", "tvm", "torch"):
+        raise typer.BadParameter(f"unknown backend {backend!r}; use onnxruntime, tvm or "
+                                 "torch", param_hint="--backend")
+    if backend != "torch" and torch_options.given():
+        raise typer.BadParameter(f"{', '.join(torch_options.given())} apply to --backend "
+                                 "torch only", param_hint="--backend")
+    if backend in ("onnxruntime", "torch"):
         given = [name for name, value in tvm_only.items() if value is not None]
         if given:
             raise typer.BadParameter(f"{', '.join(given)} apply to --backend tvm only",
                                      param_hint="--backend")
+    if backend == "onnxruntime":
         return DeviceProfile.local_onnxruntime(
             threads, id=device, execution_provider=provider or "CPUExecutionProvider")
-    if backend != "tvm":
-        raise typer.BadParameter(f"unknown backend {backend!r}; use onnxruntime or tvm",
-                                 param_hint="--backend")
     if provider is not None:
         raise typer.BadParameter("--provider applies to --backend onnxruntime only",
                                  param_hint="--backend")
+    if backend == "torch":
+        return _torch_profile(device, threads, torch_options)
     if (rpc_tracker is None) != (rpc_key is None):
         raise typer.BadParameter("a remote device needs both --rpc-tracker and --rpc-key",
                                  param_hint="--rpc-tracker")
@@ -157,6 +192,19 @@ def _make_profile(device: str, backend: str, threads: int, tuning_trials: int,
     return DeviceProfile.remote_tvm(id=device, tracker=rpc_tracker, key=rpc_key,
                                     target=target_json(target), threads=threads,
                                     tuning_trials=tuning_trials, tuning_db=tuning_db)
+
+
+def _torch_profile(device: str, threads: int, options: TorchOptions) -> Any:
+    """A ``--backend torch`` profile; a device that this host cannot use is refused now,
+    before anything is written."""
+    # deferred: torch and the backend only for --backend torch
+    from ofa_search.profiling.backends.torch_backend import resolve_device
+
+    profile = DeviceProfile.local_torch(threads, device=options.device or "cpu",
+                                        dtype=options.dtype or "fp32",
+                                        cuda_graphs=bool(options.cuda_graphs), id=device)
+    resolve_device(profile.torch_device, profile.id)
+    return profile
 
 
 def _echo(result: dict[str, Any], as_json: bool, text: str) -> None:

@@ -1,7 +1,7 @@
 """Device profiling: device profiles, host facts, robust timing and latency backends.
 
-The backends (:mod:`ofa_search.profiling.backends`) import ONNX Runtime or TVM only when
-a profile asks for them.
+The backends (:mod:`ofa_search.profiling.backends`: ONNX Runtime, TVM, PyTorch on the CPU
+or CUDA) import their runtime only when a profile asks for it.
 """
 
 from __future__ import annotations

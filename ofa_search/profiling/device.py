@@ -24,8 +24,10 @@ from ofa_search.space import PRECISIONS
 from ofa_search.versioning import require_version
 
 SCHEMA_VERSION = 1
-BACKENDS: tuple[str, ...] = ("onnxruntime", "tvm")
+BACKENDS: tuple[str, ...] = ("onnxruntime", "tvm", "torch")
 GRAPH_OPTIMIZATION_LEVELS: tuple[str, ...] = ("all", "extended", "basic", "disabled")
+TORCH_DTYPES: tuple[str, ...] = ("fp32", "fp16", "bf16")
+_TORCH_DEVICE_RE = re.compile(r"cpu|cuda(:(0|[1-9][0-9]*))?")
 
 _ID_RE = re.compile(r"[a-z0-9][a-z0-9._-]*")
 DEVICE_ID_RULE = ("lower-case letters, digits, '.', '_' and '-', starting with a letter or "
@@ -45,6 +47,7 @@ _COMMON_KEYS = ("id", "backend", "batch_size", "precisions")
 _BACKEND_KEYS: dict[str, tuple[str, ...]] = {
     "onnxruntime": ("execution_provider", "intra_op_threads", "graph_optimization_level"),
     "tvm": ("target", "threads", "tuning_trials", "tuning_db", "rpc_tracker", "rpc_key"),
+    "torch": ("threads", "torch_device", "torch_dtype", "cuda_graphs"),
 }
 _NOT_TIMING_RELEVANT = frozenset({"id", "precisions", "tuning_db", "rpc_tracker"})
 
@@ -106,7 +109,7 @@ class DeviceProfile:
 
     Common attributes:
         id: file-name-safe slug, ``[a-z0-9][a-z0-9._-]*``, e.g. ``cpu-ort-1t``.
-        backend: ``"onnxruntime"`` or ``"tvm"``.
+        backend: ``"onnxruntime"``, ``"tvm"`` or ``"torch"``.
         batch_size: batch size of every measured input.
         precisions: precisions the device's table covers (``fp32``, ``int8``, ``binary``).
 
@@ -120,7 +123,14 @@ class DeviceProfile:
     ``rpc_tracker`` (``"host:port"`` of a TVM RPC tracker) and ``rpc_key`` (the device key
     registered there; required with, and only with, ``rpc_tracker``).
 
-    Options of the other backend must stay at their defaults.
+    PyTorch (the ONNX graph run by torch ops; see
+    :mod:`ofa_search.profiling.backends.torch_backend`): ``threads`` (shared with TVM;
+    ``torch.set_num_threads`` while it runs) and, for it only, ``torch_device``
+    (``"cpu"``, ``"cuda"`` or ``"cuda:N"``), ``torch_dtype`` (``fp32``, ``bf16``, or
+    ``fp16`` on a cuda device) and ``cuda_graphs`` (time CUDA-graph replays; a cuda device
+    only).
+
+    Options of another backend must stay at their defaults.
     """
 
     id: str
@@ -136,6 +146,9 @@ class DeviceProfile:
     tuning_db: str | None = None
     rpc_tracker: str | None = None
     rpc_key: str | None = None
+    torch_device: str = "cpu"
+    torch_dtype: str = "fp32"
+    cuda_graphs: bool = False
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
@@ -175,6 +188,7 @@ class DeviceProfile:
                              f"rpc_tracker={self.rpc_tracker!r}, rpc_key={self.rpc_key!r}")
         if self.rpc_key is not None and (not isinstance(self.rpc_key, str) or not self.rpc_key):
             raise ValueError(f"rpc_key must be a non-empty string, got {self.rpc_key!r}")
+        self._check_torch_options()
         self._check_other_backend_defaults()
         if self.backend == "tvm":
             if self.target is None and self.rpc_tracker is not None:
@@ -183,13 +197,33 @@ class DeviceProfile:
             target = default_llvm_target(self.threads) if self.target is None else self.target
             set_(self, "target", _freeze_target(target, self.threads))
 
+    def _check_torch_options(self) -> None:
+        if not isinstance(self.torch_device, str) \
+                or not _TORCH_DEVICE_RE.fullmatch(self.torch_device):
+            raise ValueError(f"torch_device must be 'cpu', 'cuda' or 'cuda:N', "
+                             f"got {self.torch_device!r}")
+        if self.torch_dtype not in TORCH_DTYPES:
+            raise ValueError(f"torch_dtype must be one of {TORCH_DTYPES}, "
+                             f"got {self.torch_dtype!r}")
+        if not isinstance(self.cuda_graphs, bool):
+            raise ValueError(f"cuda_graphs must be true or false, got {self.cuda_graphs!r}")
+        on_cpu = self.torch_device == "cpu"
+        if on_cpu and self.torch_dtype == "fp16":
+            raise ValueError("torch_dtype='fp16' needs a cuda torch_device (use bf16 on the "
+                             "CPU)")
+        if on_cpu and self.cuda_graphs:
+            raise ValueError("cuda_graphs=True needs a cuda torch_device, got "
+                             "torch_device='cpu'")
+
     def _check_other_backend_defaults(self) -> None:
-        other = "tvm" if self.backend == "onnxruntime" else "onnxruntime"
         defaults = {f.name: f.default for f in dataclasses.fields(self)}
-        for name in _BACKEND_KEYS[other]:
-            if getattr(self, name) != defaults[name]:
-                raise ValueError(f"{name}={getattr(self, name)!r} applies only to "
-                                 f"backend={other!r}, not {self.backend!r}")
+        own = set(_BACKEND_KEYS[self.backend])
+        for name in dict.fromkeys(k for keys in _BACKEND_KEYS.values() for k in keys):
+            if name in own or getattr(self, name) == defaults[name]:
+                continue
+            owners = " or ".join(repr(b) for b in BACKENDS if name in _BACKEND_KEYS[b])
+            raise ValueError(f"{name}={getattr(self, name)!r} applies only to "
+                             f"backend={owners}, not {self.backend!r}")
 
     @property
     def num_threads(self) -> int:
@@ -274,6 +308,20 @@ class DeviceProfile:
         return cls(id=id or f"cpu-ort-{threads}t", backend="onnxruntime",
                    intra_op_threads=threads, graph_optimization_level=graph_optimization_level,
                    execution_provider=execution_provider, batch_size=batch_size)
+
+    @classmethod
+    def local_torch(cls, threads: int = 1, *, device: str = "cpu", dtype: str = "fp32",
+                    cuda_graphs: bool = False, id: str | None = None,
+                    batch_size: int = 1) -> DeviceProfile:
+        """PyTorch on this host's CPU or one of its GPUs, e.g. ``cpu-torch-1t``,
+        ``cpu-torch-1t-bf16`` or ``cuda0-torch-fp16-graphs``."""
+        if id is None:
+            where = f"cpu-torch-{threads}t" if device == "cpu" else \
+                f"{device.replace(':', '')}-torch"
+            suffix = "" if dtype == "fp32" and device == "cpu" else f"-{dtype}"
+            id = f"{where}{suffix}{'-graphs' if cuda_graphs else ''}"
+        return cls(id=id, backend="torch", threads=threads, torch_device=device,
+                   torch_dtype=dtype, cuda_graphs=cuda_graphs, batch_size=batch_size)
 
     @classmethod
     def local_tvm(cls, threads: int = 1, *, tuning_trials: int = 0,

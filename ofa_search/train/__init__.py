@@ -34,10 +34,15 @@ from ofa_search.train.checkpoint import (
 )
 from ofa_search.train.evaluator import supernet_evaluator
 from ofa_search.train.loop import (
+    AMP_MODES,
+    Autocast,
+    SupernetStep,
     TrainConfig,
     TrainingError,
     TrainResult,
     cosine_lr,
+    param_groups,
+    resolve_device,
     run_training,
     train,
 )
@@ -56,10 +61,12 @@ from ofa_search.train.strategies import (
 )
 
 __all__ = [
+    "AMP_MODES",
     "CHECKPOINT_FORMAT",
     "CHECKPOINT_VERSION",
     "STRATEGIES",
     "SUPERNET_STRATEGIES",
+    "Autocast",
     "Choices",
     "Phase",
     "ProgressiveShrinking",
@@ -67,6 +74,7 @@ __all__ = [
     "SinglePathStrategy",
     "StreamAccuracy",
     "SubnetTask",
+    "SupernetStep",
     "TrainConfig",
     "TrainResult",
     "TrainingError",
@@ -83,7 +91,9 @@ __all__ = [
     "load_checkpoint",
     "load_supernet",
     "make_strategy",
+    "param_groups",
     "recalibrate_bn",
+    "resolve_device",
     "run_training",
     "save_checkpoint",
     "supernet_evaluator",

@@ -319,8 +319,9 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     return torch.device("cuda", index)
 
 
-class _Amp:
-    """Autocast and, for fp16, the gradient scaler of a run."""
+class Autocast:
+    """The autocast of a run (``amp``: ``off``, ``bf16`` or ``fp16``) and, for fp16, its
+    gradient scaler."""
 
     def __init__(self, mode: str, device: torch.device) -> None:
         if mode == "fp16" and device.type != "cuda":
@@ -351,11 +352,18 @@ class _Amp:
             self.scaler.update()
 
 
-class _StepRunner:
-    """Forward/backward of one step's subnets, accumulating gradients."""
+class SupernetStep:
+    """One optimizer step of supernet training: the forward and backward passes of a step's
+    subnets (gradients accumulate), the losses of its tasks (labels, in-place distillation,
+    a frozen teacher's soft labels), clipping and the update.
+
+    ``model`` is the supernet or its DDP wrapper; ``teacher`` is set by the loop when a
+    strategy freezes one. Used by :func:`run_training` and by the step benchmark
+    (``scripts/bench_train_step.py``).
+    """
 
     def __init__(self, model: nn.Module, config: TrainConfig, largest: Arch,
-                 amp: _Amp) -> None:
+                 amp: Autocast) -> None:
         self.model, self.config, self.largest, self.amp = model, config, largest, amp
         self.teacher: Supernet | None = None
 
@@ -392,6 +400,14 @@ class _StepRunner:
             total += loss.detach().float()
         return float(total) / len(tasks)  # one device sync per step
 
+    def __call__(self, tasks: Sequence[SubnetTask], x: torch.Tensor, y: torch.Tensor,
+                 optimizer: torch.optim.Optimizer, params: Iterator[nn.Parameter]) -> float:
+        """Zero the gradients, run ``tasks`` on the batch, clip and step; the mean loss."""
+        optimizer.zero_grad(set_to_none=True)
+        loss = self.run(tasks, x, y)
+        self.amp.step(optimizer, params, self.config.grad_clip)
+        return loss
+
 
 def train(config: TrainConfig) -> Path:
     """Train a supernet as ``config`` says; returns the path of the final checkpoint.
@@ -427,7 +443,7 @@ def run_training(config: TrainConfig) -> TrainResult:
     rank, world = _dist_env()
     _check_run_folder(config)
     device = resolve_device(config.device, int(os.environ.get("LOCAL_RANK", "0")))
-    amp = _Amp(config.amp, device)
+    amp = Autocast(config.amp, device)
     if device.type == "cuda":
         torch.cuda.set_device(device)
     own_group = False
@@ -465,7 +481,7 @@ def _dropout_state(device: torch.device) -> tuple[torch.Tensor, torch.Tensor | N
 
 
 def _run(config: TrainConfig, rank: int, world: int, device: torch.device,
-         amp: _Amp) -> TrainResult:
+         amp: Autocast) -> TrainResult:
     strategy = _strategy_for(config)
     data = _load_data(config, strategy)
     net = Supernet(config.space, strategy.width_mult,
@@ -507,7 +523,7 @@ def _run(config: TrainConfig, rank: int, world: int, device: torch.device,
         model = nn.parallel.DistributedDataParallel(
             net, device_ids=[device.index] if device.type == "cuda" else None,
             find_unused_parameters=True)
-    runner = _StepRunner(model, config, strategy.largest, amp)
+    runner = SupernetStep(model, config, strategy.largest, amp)
     if teacher_state is not None:
         runner.teacher = _frozen_copy(net)
         runner.teacher.load_state_dict(teacher_state)
@@ -649,7 +665,7 @@ def _drop_metrics_after(path: Path, step: int) -> None:
 
 
 def _train_epoch(batches: Iterator[tuple[torch.Tensor, torch.Tensor]], step: int,
-                 runner: _StepRunner, strategy: TrainingStrategy,
+                 runner: SupernetStep, strategy: TrainingStrategy,
                  optimizer: torch.optim.Optimizer, net: Supernet, config: TrainConfig,
                  segments: Sequence[Segment], steps_per_epoch: int, world: int, epoch: int,
                  bar: Any, device: torch.device,
@@ -665,9 +681,7 @@ def _train_epoch(batches: Iterator[tuple[torch.Tensor, torch.Tensor]], step: int
         lr = cosine_lr(step, segments, steps_per_epoch, config.warmup_epochs)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        optimizer.zero_grad(set_to_none=True)
-        loss = runner.run(strategy.step(), x, y)
-        runner.amp.step(optimizer, net.parameters(), config.grad_clip)
+        loss = runner(strategy.step(), x, y, optimizer, net.parameters())
         step += 1
         now = time.perf_counter()  # img/s includes batch preparation
         img_s = x.shape[0] * world / max(now - t0, 1e-9)
@@ -684,7 +698,7 @@ def _train_epoch(batches: Iterator[tuple[torch.Tensor, torch.Tensor]], step: int
 
 
 def _restore(path: Path, config: TrainConfig, strategy: TrainingStrategy, net: Supernet,
-             optimizer: torch.optim.Optimizer, data_gen: torch.Generator, amp: _Amp,
+             optimizer: torch.optim.Optimizer, data_gen: torch.Generator, amp: Autocast,
              pos: _Position) -> tuple[_Position, dict[str, Any] | None]:
     """Load the checkpoint at ``path`` into the run's objects; returns the run's position
     and the teacher's state (or None)."""

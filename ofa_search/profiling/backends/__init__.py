@@ -1,7 +1,8 @@
 """Latency backends behind one interface, chosen by ``DeviceProfile.backend``.
 
 Backend modules are imported on demand, so a missing optional package (``onnxruntime``,
-``apache-tvm``) only matters to profiles that use it.
+``apache-tvm``) only matters to profiles that use it; ``torch`` runs the ONNX graph with
+PyTorch on the CPU or a CUDA GPU.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from ofa_search.profiling.timing import TimingConfig
 _REGISTRY: dict[str, tuple[str, str]] = {
     "onnxruntime": ("ofa_search.profiling.backends.onnxruntime_backend", "OnnxRuntimeBackend"),
     "tvm": ("ofa_search.profiling.backends.tvm_backend", "TvmBackend"),
+    "torch": ("ofa_search.profiling.backends.torch_backend", "TorchBackend"),
 }
 
 __all__ = [
