@@ -5,6 +5,7 @@ itself is covered by tests/test_cuda.py, which skips without a GPU."""
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 from pathlib import Path
 from typing import Any
@@ -123,3 +124,138 @@ def test_device_and_amp_options_are_checked(tmp_path: Path) -> None:
         assert resolve_device("auto") == torch.device("cpu")
         with pytest.raises(TrainingError, match="needs a CUDA GPU"):
             run_training(dataclasses.replace(TINY, device="cuda", out_dir=str(tmp_path / "y")))
+
+
+# -- BigNAS's recipe (issue 21) ----------------------------------------------------------
+def test_exp_constant_schedule_decays_to_its_floor_and_holds() -> None:
+    from ofa_search.train import scheduled_lr
+    from ofa_search.train.loop import EXP_DECAY_SPAN, EXP_FLOOR
+    from ofa_search.train.strategies import Segment
+
+    segments = [Segment(epochs=2, lr=0.4)]
+    lrs = [scheduled_lr(s, segments, 10, 0, "exp_constant") for s in range(20)]
+    assert lrs[0] == pytest.approx(0.4)
+    assert all(a > b for a, b in itertools.pairwise(lrs[:16]))  # decaying
+    end = int(EXP_DECAY_SPAN * 20)
+    assert lrs[end] == pytest.approx(0.4 * EXP_FLOOR)
+    assert all(lr == pytest.approx(0.4 * EXP_FLOOR) for lr in lrs[end:])
+    warm = [scheduled_lr(s, segments, 10, 1, "exp_constant") for s in range(10)]
+    assert warm == pytest.approx([0.04 * (s + 1) for s in range(10)])
+    assert scheduled_lr(20, segments, 10, 0, "exp_constant") == 0.0
+    assert [scheduled_lr(s, segments, 10, 1) for s in range(20)] == [
+        scheduled_lr(s, segments, 10, 1, "cosine") for s in range(20)]
+
+
+def test_zero_gamma_makes_residual_blocks_start_as_the_identity() -> None:
+    from ofa_search.nn import Supernet
+
+    net = Supernet("mbv3_small28", generator=torch.Generator().manual_seed(0))
+    assert net.zero_residual_gammas() > 0
+    net.eval()
+    x = torch.randn(2, net.block(0, 1).in_channels, 8, 8)
+    block = net.block(0, 1)
+    assert block.residual
+    assert torch.equal(block(x, 3, 3, "fp32"), x)
+    first = next(b for b in net.elastic_blocks() if not b.residual)
+    assert first.project_bn.weight.abs().sum() > 0  # blocks without a shortcut keep γ
+
+
+def test_dropout_only_in_the_largest_subnet(tmp_path: Path) -> None:
+    from ofa_search.nn import Supernet
+    from ofa_search.train import Autocast, SupernetStep, make_strategy, param_groups
+
+    config = dataclasses.replace(TINY, regularize_largest_only=True, n_random=2)
+    strategy = make_strategy("sandwich", config.space, None, seed=0, resolutions=(16,),
+                             n_random=2)
+    net = Supernet(config.space, strategy.width_mult, generator=torch.Generator())
+    assert net.space.dropout > 0
+    rates: list[float] = []
+    net.head.dropout.register_forward_pre_hook(lambda m, _: rates.append(m.p))
+    step = SupernetStep(net, config, strategy.largest, Autocast("off", torch.device("cpu")))
+    optimizer = torch.optim.SGD(param_groups(net, 0.0), lr=0.01)
+    x, y = torch.randn(4, 1, 16, 16), torch.tensor([0, 1, 2, 3])
+    step(strategy.step(), x, y, optimizer, net.parameters())
+    assert rates == [net.space.dropout, 0.0, 0.0, 0.0]
+    assert net.head.dropout.p == net.space.dropout  # restored after the step
+
+
+def test_bignas_recipe_options_and_errors() -> None:
+    from ofa_search.nn import Supernet
+    from ofa_search.train import BIGNAS_EMA_DECAY, param_groups, with_recipe
+
+    bignas = with_recipe(TINY, "bignas")
+    assert (bignas.lr_schedule, bignas.zero_gamma, bignas.regularize_largest_only,
+            bignas.ema_decay) == ("exp_constant", True, True, BIGNAS_EMA_DECAY)
+    assert with_recipe(dataclasses.replace(TINY, ema_decay=0.99), "bignas").ema_decay == 0.99
+    assert with_recipe(TINY, "ofa") == TINY
+    with pytest.raises(TrainingError, match="recipe must be one of ofa, bignas"):
+        with_recipe(TINY, "efficientnet")
+    with pytest.raises(TrainingError, match="recipe 'bignas' needs strategy 'sandwich'"):
+        with_recipe(dataclasses.replace(TINY, strategy="spos"), "bignas")
+    with pytest.raises(TrainingError, match="regularize_largest_only needs strategy"):
+        dataclasses.replace(TINY, strategy="spos", regularize_largest_only=True)
+    for bad in (0.0, 1.0, -0.5):
+        with pytest.raises(TrainingError, match="ema_decay must be in"):
+            dataclasses.replace(TINY, ema_decay=bad)
+    with pytest.raises(TrainingError, match="lr_schedule must be one of cosine, exp_constant"):
+        dataclasses.replace(TINY, lr_schedule="step")
+    net = Supernet("mbv3_small28", generator=torch.Generator())
+    default, everything = param_groups(net, 0.1), param_groups(net, 0.1, True)
+    assert len(default[1]["params"]) > 0 and len(everything[1]["params"]) == 0
+    assert len(everything[0]["params"]) == len(list(net.parameters()))
+
+
+def test_ema_weights_are_checkpointed_served_and_resumed(tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch
+                                                         ) -> None:
+    from ofa_search.train import load_supernet, with_recipe
+
+    config = dataclasses.replace(with_recipe(TINY, "bignas"), checkpoint_every=3,
+                                 ema_decay=0.5)
+    straight = run_training(dataclasses.replace(config, out_dir=str(tmp_path / "a")))
+    ckpt = load_checkpoint(tmp_path / "a" / "checkpoint.pt")
+    assert ckpt["ema"] is not None and int(ckpt["ema"]["n_averaged"]) == 8
+    served, meta = load_supernet(tmp_path / "a" / "checkpoint.pt")
+    assert meta["weights"] == "ema"
+    ema_w, raw_w = served.state_dict()["head.classifier.weight"], ckpt["model"][
+        "head.classifier.weight"]
+    assert not torch.equal(ema_w, raw_w)
+    assert torch.equal(straight.supernet.state_dict()["head.classifier.weight"], ema_w)
+    _kill_after_saves(monkeypatch, 1)  # killed at step 3, mid-epoch 1
+    with pytest.raises(_Killed):
+        run_training(dataclasses.replace(config, out_dir=str(tmp_path / "b")))
+    monkeypatch.undo()
+    resumed = run_training(dataclasses.replace(config, out_dir=str(tmp_path / "b"),
+                                               resume=True))
+    a, b = straight.supernet.state_dict(), resumed.supernet.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+# -- streamed training data ----------------------------------------------------------------
+def test_streamed_imagenet_folder_trains_and_resumes_mid_epoch(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An ImageNet-layout folder is read by the streaming loader (worker processes); a run
+    killed mid-epoch resumes bit for bit, skipping the batches it trained on."""
+    from test_data_stream import write_imagenet
+
+    root = write_imagenet(tmp_path / "imagenet", train=4, val=1)
+    config = TrainConfig(space="ofa_mbv3", width_mult=1.0, dataset="imagenet",
+                         data_dir=str(root), batch_size=2, resolutions=(128,), epochs=2,
+                         steps_per_epoch=3, n_random=0, quiet=True, device="cpu",
+                         checkpoint_every=2, num_workers=2, seed=1)
+    straight = run_training(dataclasses.replace(config, out_dir=str(tmp_path / "a")))
+    ckpt = load_checkpoint(straight.checkpoint)
+    assert ckpt["dataset"]["streamed"] and ckpt["dataset"]["sizes"]["train"] > 0
+    _kill_after_saves(monkeypatch, 1)  # step 2 of 3 in epoch 1
+    with pytest.raises(_Killed):
+        run_training(dataclasses.replace(config, out_dir=str(tmp_path / "b"), num_workers=0))
+    monkeypatch.undo()
+    resumed = run_training(dataclasses.replace(config, out_dir=str(tmp_path / "b"),
+                                               resume=True))
+    a, b = straight.supernet.state_dict(), resumed.supernet.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(TrainingError, match="augment must stay on"):
+        dataclasses.replace(config, augment=False)
+    with pytest.raises(TrainingError, match="is RGB; space 'mbv3_small28' takes 1-channel"):
+        run_training(dataclasses.replace(TINY, dataset="imagenet", data_dir=str(root),
+                                         out_dir=str(tmp_path / "c")))

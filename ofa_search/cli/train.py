@@ -85,11 +85,21 @@ def train_cmd(
     checkpoint_every: Annotated[int | None, typer.Option(
         "--checkpoint-every", min=1, help="also checkpoint every N optimizer steps (a run "
         "killed mid-epoch resumes from there with --resume)")] = None,
+    workers: Annotated[int | None, typer.Option(
+        "--workers", min=0, help="decoding processes of a streamed dataset (--data imagenet; "
+        "default: one per core, at most 4)")] = None,
+    recipe: Annotated[str, typer.Option(
+        "--recipe", help="ofa (cosine decay, dropout in every subnet) or bignas (zero-γ "
+        "residual init, exponential decay with a constant ending, dropout in the largest "
+        "subnet only, weight EMA; sandwich only)")] = "ofa",
+    ema_decay: Annotated[float | None, typer.Option(
+        "--ema-decay", help="keep an EMA of the weights with this per-step decay (bignas: "
+        "0.999); checkpoints then serve the EMA weights")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
 ) -> None:
     """Train a supernet (under torchrun for several processes); writes OUT/checkpoint.pt."""
     # deferred: each command imports only the library parts it runs (CLI start-up)
-    from ofa_search.train import SUPERNET_STRATEGIES, TrainConfig, train
+    from ofa_search.train import SUPERNET_STRATEGIES, TrainConfig, train, with_recipe
 
     if strategy not in SUPERNET_STRATEGIES:
         raise OfaSearchError(f"--strategy must be one of {', '.join(SUPERNET_STRATEGIES)}, got "
@@ -111,9 +121,10 @@ def train_cmd(
                          out_dir=str(out), resume=resume, quiet=quiet,
                          init_checkpoint=None if init is None else str(init),
                          steps_per_epoch=steps_per_epoch, device=device, amp=amp,
-                         checkpoint_every=checkpoint_every,
+                         checkpoint_every=checkpoint_every, ema_decay=ema_decay,
+                         num_workers=workers,
                          resolutions=tuple(dict.fromkeys(resolutions)) if resolutions else None)
-    path = train(config)
+    path = train(with_recipe(config, recipe))
     if not quiet:
         typer.echo(f"wrote {path}")
 

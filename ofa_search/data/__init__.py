@@ -20,7 +20,11 @@ ImageNet-scale folders are streamed instead (``imagenet``, :func:`is_streamed_da
 :func:`open_image_stream` lists ``root/train/<wnid>/…`` and ``root/val/<wnid>/…`` as
 :class:`ImageFolderStream` datasets that decode one image at a time with once-for-all's
 evaluation preprocessing (:func:`eval_transform`), and :func:`stream_loader` batches a
-seeded random subset of one through ``DataLoader`` workers.
+seeded random subset of one through ``DataLoader`` workers. For training on such a folder,
+:class:`TrainStream` applies once-for-all's training augmentation (:func:`train_transform`)
+seeded per sample and epoch, and :func:`train_stream_loader` serves one epoch of it, sharded
+across ranks and resumable mid-epoch (``start_batch``), with batches that do not depend on
+the number of workers.
 """
 
 from __future__ import annotations
@@ -51,6 +55,15 @@ from ofa_search.data._stream import (
     stream_loader,
     subset_indices,
 )
+from ofa_search.data._train_stream import (
+    AUGMENT_SEED_TAG,
+    CROP_RATIO,
+    CROP_SCALE,
+    TrainStream,
+    random_crop_box,
+    train_stream_loader,
+    train_transform,
+)
 from ofa_search.data._transforms import (
     AugmentPolicy,
     augment_batch,
@@ -59,6 +72,9 @@ from ofa_search.data._transforms import (
 )
 
 __all__ = [
+    "AUGMENT_SEED_TAG",
+    "CROP_RATIO",
+    "CROP_SCALE",
     "DEFAULT_EVAL_IMAGES",
     "FASHION_MNIST_DIR",
     "FASHION_MNIST_FILES",
@@ -76,6 +92,7 @@ __all__ = [
     "ImageStreamSplits",
     "ShardSampler",
     "StreamLoader",
+    "TrainStream",
     "augment_batch",
     "available_datasets",
     "default_num_workers",
@@ -87,6 +104,7 @@ __all__ = [
     "normalize_batch",
     "open_image_stream",
     "parse_idx",
+    "random_crop_box",
     "read_idx",
     "resize_batch",
     "resize_size",
@@ -94,4 +112,6 @@ __all__ = [
     "stratified_split",
     "stream_loader",
     "subset_indices",
+    "train_stream_loader",
+    "train_transform",
 ]

@@ -86,13 +86,21 @@ def eval_transform(image: Image.Image, resolution: int,
     left = round((size[0] - resolution) / 2.0)  # as torchvision: round half to even
     top = round((size[1] - resolution) / 2.0)
     crop = rgb.crop((left, top, left + resolution, top + resolution))
-    x = torch.from_numpy(np.array(crop, dtype=np.uint8)).permute(2, 0, 1).float().div_(255.0)
+    return to_normalised_tensor(crop, mean, std)
+
+
+def to_normalised_tensor(rgb: Image.Image, mean: Sequence[float],
+                         std: Sequence[float]) -> torch.Tensor:
+    """An RGB image as float32 ``[3, H, W]``: divided by 255 (``ToTensor``), then
+    ``(x - mean) / std`` per channel (``Normalize``)."""
+    x = torch.from_numpy(np.array(rgb, dtype=np.uint8)).permute(2, 0, 1).float().div_(255.0)
     mean_t = torch.tensor(mean, dtype=torch.float32)[:, None, None]
     std_t = torch.tensor(std, dtype=torch.float32)[:, None, None]
     return x.sub_(mean_t).div_(std_t)
 
 
-def _read_rgb(path: Path) -> Image.Image:
+def read_rgb(path: Path) -> Image.Image:
+    """The image at ``path`` decoded as RGB, or a one-line :class:`DatasetError` naming it."""
     try:
         with Image.open(path) as opened:
             return opened.convert("RGB")
@@ -176,7 +184,7 @@ class ImageFolderStream(Dataset[tuple[torch.Tensor, int]]):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         path = self.path(index)
-        image = _read_rgb(path)
+        image = read_rgb(path)
         return eval_transform(image, self.resolution, self.mean, self.std), int(self.labels[index])
 
     def path(self, index: int) -> Path:
@@ -213,6 +221,16 @@ class ImageStreamSplits:
     @property
     def std(self) -> tuple[float, ...]:
         return self.train.std
+
+    def describe(self) -> dict[str, object]:
+        """JSON-ready metadata (for checkpoints), like ``DatasetSplits.describe``."""
+        return {
+            "name": self.name, "streamed": True, "layout": self.layout,
+            "num_classes": len(self.class_names), "in_channels": 3,
+            "class_names": list(self.class_names), "mean": list(self.mean),
+            "std": list(self.std), "resolution": self.train.resolution,
+            "sizes": {"train": len(self.train), "val": len(self.val)},
+        }
 
     def with_resolution(self, resolution: int) -> ImageStreamSplits:
         """The same splits served at another resolution (no rescan)."""

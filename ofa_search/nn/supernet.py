@@ -79,6 +79,32 @@ class Supernet(nn.Module):
         return [self.block(s, b) for s in range(len(self.stages))
                 for b in range(self.space.max_depth)]
 
+    @torch.no_grad()
+    def zero_residual_gammas(self) -> int:
+        """Set γ of the last batch norm of every residual block to 0, so that each residual
+        block starts as the identity (BigNAS's initialisation of single-stage models; Yu et
+        al., ECCV 2020). Returns how many batch norms were zeroed."""
+        zeroed: list[nn.BatchNorm2d] = []
+        if self.first_block.residual:
+            zeroed += [m for m in self.first_block.project.modules()
+                       if isinstance(m, nn.BatchNorm2d)][-1:]
+        for block in self.elastic_blocks():
+            if block.residual:
+                zeroed.append(block.project_bn)
+                binary_bn = getattr(block, "binary_project_bn", None)
+                if isinstance(binary_bn, nn.BatchNorm2d):
+                    zeroed.append(binary_bn)
+        for bn in zeroed:
+            bn.weight.zero_()
+        return len(zeroed)
+
+    def set_dropout(self, enabled: bool) -> None:
+        """Turn the classifier's dropout (the space's rate) on or off, e.g. to regularise
+        only the largest subnet of a sandwich step."""
+        dropout = self.head.dropout
+        assert isinstance(dropout, nn.Dropout)
+        dropout.p = self.space.dropout if enabled else 0.0
+
     def set_binary_activations(self, enabled: bool) -> None:
         """Binarize activations in ``binary`` stages (on) or only weights (the first stage
         of two-stage binary training); extracted subnets inherit the setting."""

@@ -35,6 +35,9 @@ from ofa_search.train.checkpoint import (
 from ofa_search.train.evaluator import supernet_evaluator
 from ofa_search.train.loop import (
     AMP_MODES,
+    BIGNAS_EMA_DECAY,
+    LR_SCHEDULES,
+    RECIPES,
     Autocast,
     SupernetStep,
     TrainConfig,
@@ -44,7 +47,9 @@ from ofa_search.train.loop import (
     param_groups,
     resolve_device,
     run_training,
+    scheduled_lr,
     train,
+    with_recipe,
 )
 from ofa_search.train.strategies import (
     STRATEGIES,
@@ -62,8 +67,11 @@ from ofa_search.train.strategies import (
 
 __all__ = [
     "AMP_MODES",
+    "BIGNAS_EMA_DECAY",
     "CHECKPOINT_FORMAT",
     "CHECKPOINT_VERSION",
+    "LR_SCHEDULES",
+    "RECIPES",
     "STRATEGIES",
     "SUPERNET_STRATEGIES",
     "Autocast",
@@ -96,6 +104,8 @@ __all__ = [
     "resolve_device",
     "run_training",
     "save_checkpoint",
+    "scheduled_lr",
     "supernet_evaluator",
     "train",
+    "with_recipe",
 ]

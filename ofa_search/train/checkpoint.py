@@ -7,10 +7,16 @@ A checkpoint is a ``torch.save``-d dict of tensors and plain types only::
     space, width_mult
     strategy         {"name", "epoch", "rng" (numpy bit-generator state as JSON), ...}
     epoch            completed epochs;  step: completed optimizer steps
+    epoch_step       steps done in the current epoch (0 at an epoch end; optional, 0)
     finished         whether training ran to its end
     model            supernet state dict;  teacher: frozen teacher state dict or None
+    ema              weight EMA (``AveragedModel`` state dict: ``module.*``, ``n_averaged``)
+                     or None (optional)
     optimizer        optimizer state dict;  scheduler: {"step": int}
-    rng              {"data": uint8 tensor, "dropout": uint8 tensor} (torch generator states)
+    scaler           fp16 gradient-scaler state or None (optional)
+    rng              {"data": uint8 tensor, "dropout": uint8 tensor, "dropout_cuda": uint8
+                     tensor or None} (torch generator states; "data" is the state at the
+                     start of the current epoch when ``epoch_step`` > 0)
     config           the TrainConfig as plain data;  dataset: DatasetSplits.describe()
 """
 
@@ -73,18 +79,33 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     return data
 
 
+def served_weights(data: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """Which weights a loaded checkpoint serves, and their supernet state dict: the weight
+    EMA (``"ema"``) when the run kept one, else the trained weights (``"model"``)."""
+    if data.get("ema") is None:
+        return "model", data["model"]
+    return "ema", {k.removeprefix("module."): v for k, v in data["ema"].items()
+                   if k.startswith("module.")}
+
+
 def load_supernet(checkpoint: str | os.PathLike[str]) -> tuple[Supernet, dict[str, Any]]:
     """The trained supernet of ``checkpoint`` (in eval mode) and its metadata (everything
-    but model, teacher and optimizer state)."""
+    but model, EMA, teacher and optimizer state; ``weights`` says which were loaded).
+
+    A run with a weight EMA (``ema_decay``) serves the EMA weights, as BigNAS evaluates.
+    """
     data = load_checkpoint(checkpoint)
     with torch.random.fork_rng(devices=[]):  # module construction draws global numbers
         net = Supernet(data["space"], data["width_mult"], generator=torch.Generator())
+    weights, state = served_weights(data)
     try:
-        net.load_state_dict(data["model"])
+        net.load_state_dict(state)
     except RuntimeError as exc:
         raise FileFormatError(f"{checkpoint}: model weights do not fit space "
                               f"{data['space']!r}: {exc}") from exc
-    meta = {k: v for k, v in data.items() if k not in ("model", "teacher", "optimizer")}
+    meta = {k: v for k, v in data.items()
+            if k not in ("model", "ema", "teacher", "optimizer", "scaler")}
+    meta["weights"] = weights
     return net.eval(), meta
 
 
@@ -107,7 +128,8 @@ LOW_PRECISION_ONLY = (".quant.", ".binary_")
 
 
 def load_init_weights(net: Supernet, checkpoint: str | os.PathLike[str]) -> None:
-    """Load the model weights of ``checkpoint`` into ``net`` to start a new run from them.
+    """Load the served weights of ``checkpoint`` (:func:`served_weights`) into ``net`` to
+    start a new run from them.
 
     The checkpoint's space may differ from ``net``'s in name and precisions only (e.g. an
     fp32 ``mbv3_small28`` supernet into ``mbv3_small28_mp``); keys that only low-precision
@@ -122,7 +144,7 @@ def load_init_weights(net: Supernet, checkpoint: str | os.PathLike[str]) -> None
         raise FileFormatError(f"{checkpoint}: a supernet of {source.name}/w{data['width_mult']}"
                               f" does not fit {net.space.name}/w{net.width_mult} (only the "
                               "precisions may differ)")
-    result = net.load_state_dict(data["model"], strict=False)
+    result = net.load_state_dict(served_weights(data)[1], strict=False)
     missing = [k for k in result.missing_keys if not any(s in k for s in LOW_PRECISION_ONLY)]
     if missing or result.unexpected_keys:
         raise FileFormatError(f"{checkpoint}: weights do not fit {net.space.name}: missing "

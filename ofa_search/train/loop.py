@@ -31,6 +31,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from ofa_search.arch import Arch, parse_arch
 from ofa_search.atomic import (
@@ -39,11 +40,19 @@ from ofa_search.atomic import (
     check_writable_dir,
     remove_stale_temps,
 )
-from ofa_search.data import DatasetSplits, iterate_batches, load_dataset
+from ofa_search.data import (
+    DatasetSplits,
+    ImageStreamSplits,
+    is_streamed_dataset,
+    iterate_batches,
+    load_dataset,
+    open_image_stream,
+    train_stream_loader,
+)
 from ofa_search.errors import OfaSearchError
 from ofa_search.nn import Supernet
 from ofa_search.space import get_space
-from ofa_search.train.bn_calibration import evaluate_arch
+from ofa_search.train.bn_calibration import evaluate_arch, evaluate_arch_stream
 from ofa_search.train.checkpoint import load_checkpoint, load_init_weights, save_checkpoint
 from ofa_search.train.strategies import (
     STRATEGIES,
@@ -63,6 +72,17 @@ AMP_MODES = ("off", "bf16", "fp16")
 """Autocast choices of :class:`TrainConfig`: full fp32, bfloat16, or float16 with a
 gradient scaler (CUDA only)."""
 _DEVICE_RE = re.compile(r"auto|cpu|cuda(:\d+)?")
+LR_SCHEDULES = ("cosine", "exp_constant")
+"""Learning-rate decays of :class:`TrainConfig`: cosine to 0 (once-for-all), or BigNAS's
+exponential decay with a constant ending (see :func:`scheduled_lr`)."""
+EXP_FLOOR = 0.05
+"""``exp_constant``: the learning rate ends at this fraction of its peak (BigNAS: 5 %)..."""
+EXP_DECAY_SPAN = 0.75
+"""... reached after this fraction of each segment's post-warm-up steps, and held after."""
+RECIPES = ("ofa", "bignas")
+BIGNAS_EMA_DECAY = 0.999
+"""The weight EMA of recipe ``bignas`` (per optimizer step: a horizon of ~1,000 steps, for
+runs of thousands of steps; longer runs may raise it, e.g. 0.9998)."""
 
 
 class TrainingError(OfaSearchError, ValueError):
@@ -88,7 +108,11 @@ class TrainConfig:
 
     Attributes:
         space, width_mult: the supernet (``None``: the space's largest width).
-        dataset, data_dir: passed to :func:`ofa_search.data.load_dataset`.
+        dataset, data_dir: passed to :func:`ofa_search.data.load_dataset`; a streamed
+            dataset (``imagenet``: an ImageNet-layout folder too big for memory) is read
+            by :func:`ofa_search.data.train_stream_loader` instead: ``num_workers``
+            decoding processes (default :func:`~ofa_search.data.default_num_workers`),
+            pinned memory on CUDA, once-for-all's random-resized-crop and flip.
         strategy: ``sandwich``, ``spos``, ``ps`` or ``standalone`` (trains only ``arch``,
             a string or JSON of one subnet, at its resolution); ``n_random`` is the
             sandwich's number
@@ -119,6 +143,18 @@ class TrainConfig:
         checkpoint_every: also write the checkpoint (and the metrics so far) every this many
             optimizer steps, so that a run killed mid-epoch resumes from there, bit for
             bit; ``None``: at epoch ends only.
+        lr_schedule: ``cosine`` or ``exp_constant`` (:func:`scheduled_lr`).
+        zero_gamma: start every residual block as the identity (γ = 0 in its last BN).
+        regularize_largest_only: strategy ``sandwich`` only: dropout only in the largest
+            subnet's forward passes, the one trained against labels (label smoothing
+            already applies only there; the other subnets learn from its in-place
+            distillation targets).
+        ema_decay: keep an exponential moving average of the weights (parameters and BN
+            buffers), updated after every optimizer step; it is checkpointed as ``ema``,
+            evaluated by ``eval_each_epoch`` and served by ``load_supernet``.
+        decay_bn_and_bias: apply weight decay to BN parameters and biases too (off: the
+            common practice, and BigNAS's).
+        The ``bignas`` recipe (:func:`with_recipe`) turns on the four BigNAS fixes.
         init_checkpoint: start from the weights of this supernet checkpoint (a fresh run
             only), e.g. strategy ``precision`` from a trained fp32 supernet of the same
             structure; layers that only low precisions have (int8 activation ranges,
@@ -157,6 +193,12 @@ class TrainConfig:
     device: str = "auto"
     amp: str = "off"
     checkpoint_every: int | None = None
+    num_workers: int | None = None
+    lr_schedule: str = "cosine"
+    zero_gamma: bool = False
+    regularize_largest_only: bool = False
+    ema_decay: float | None = None
+    decay_bn_and_bias: bool = False
     init_checkpoint: str | None = None
     seed: int = 0
     out_dir: str = "ofa-workspace/supernet"
@@ -189,6 +231,18 @@ class TrainConfig:
               f"amp must be one of {', '.join(AMP_MODES)}, got {self.amp!r}")
         check(self.checkpoint_every is None or self.checkpoint_every >= 1,
               f"checkpoint_every must be >= 1, got {self.checkpoint_every!r}")
+        check(self.num_workers is None or self.num_workers >= 0,
+              f"num_workers must be >= 0, got {self.num_workers!r}")
+        check(not is_streamed_dataset(self.dataset) or self.augment,
+              f"dataset {self.dataset!r} is streamed with its training augmentation; "
+              "augment must stay on")
+        check(self.lr_schedule in LR_SCHEDULES, f"lr_schedule must be one of "
+              f"{', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}")
+        check(not self.regularize_largest_only or self.strategy == "sandwich",
+              "regularize_largest_only needs strategy 'sandwich' (the only one with a "
+              f"largest subnet in every step), got {self.strategy!r}")
+        check(self.ema_decay is None or 0 < self.ema_decay < 1,
+              f"ema_decay must be in (0, 1) or None, got {self.ema_decay!r}")
         check((self.strategy == "standalone") == (self.arch is not None),
               "strategy 'standalone' needs an arch, and only it takes one "
               f"(got strategy {self.strategy!r}, arch {self.arch!r})")
@@ -219,7 +273,8 @@ class TrainConfig:
 
 @dataclass
 class TrainResult:
-    """What :func:`run_training` leaves: the checkpoint and the trained supernet."""
+    """What :func:`run_training` leaves: the checkpoint and the trained supernet (its
+    weight EMA when ``ema_decay`` is set)."""
 
     checkpoint: Path
     supernet: Supernet
@@ -243,12 +298,52 @@ def cosine_lr(step: int, segments: Sequence[Segment], steps_per_epoch: int,
     return 0.0
 
 
-def param_groups(net: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """Two SGD groups: weights with decay; BN parameters and biases (1-D) without."""
+def scheduled_lr(step: int, segments: Sequence[Segment], steps_per_epoch: int,
+                 warmup_epochs: int, schedule: str = "cosine") -> float:
+    """The learning rate of optimizer step ``step`` under ``schedule``: ``cosine`` is
+    :func:`cosine_lr`; ``exp_constant`` is BigNAS's decay (Yu et al., ECCV 2020) scaled to
+    the run: within each segment the same linear warm-up, then an exponential decay from
+    the peak to ``EXP_FLOOR`` × peak over the first ``EXP_DECAY_SPAN`` of the remaining
+    steps, held constant to the segment's end."""
+    if schedule == "cosine":
+        return cosine_lr(step, segments, steps_per_epoch, warmup_epochs)
+    for seg in segments:
+        n = seg.epochs * steps_per_epoch
+        if step < n:
+            warm = min(warmup_epochs * steps_per_epoch, n)
+            if step < warm:
+                return seg.lr * (step + 1) / warm
+            t = (step - warm) / max(1.0, EXP_DECAY_SPAN * (n - warm))
+            return seg.lr * EXP_FLOOR ** min(1.0, t)
+        step -= n
+    return 0.0
+
+
+def with_recipe(config: TrainConfig, recipe: str) -> TrainConfig:
+    """``config`` with a training recipe's options: ``ofa`` leaves them as they are (cosine,
+    no zero-γ, dropout everywhere, no EMA); ``bignas`` sets ``lr_schedule='exp_constant'``,
+    ``zero_gamma``, ``regularize_largest_only`` and ``ema_decay`` (``BIGNAS_EMA_DECAY``
+    unless one is set). BN parameters and biases are never decayed in either."""
+    if recipe not in RECIPES:
+        raise TrainingError(f"recipe must be one of {', '.join(RECIPES)}, got {recipe!r}")
+    if recipe == "ofa":
+        return config
+    if config.strategy != "sandwich":
+        raise TrainingError(f"recipe 'bignas' needs strategy 'sandwich' (BigNAS trains with "
+                            f"the sandwich rule), got {config.strategy!r}")
+    return dataclasses.replace(
+        config, lr_schedule="exp_constant", zero_gamma=True, regularize_largest_only=True,
+        ema_decay=BIGNAS_EMA_DECAY if config.ema_decay is None else config.ema_decay)
+
+
+def param_groups(net: nn.Module, weight_decay: float,
+                 decay_bn_and_bias: bool = False) -> list[dict[str, Any]]:
+    """Two SGD groups: weights with decay; BN parameters and biases (1-D) without (with
+    ``decay_bn_and_bias``, all parameters decay)."""
     decay: list[nn.Parameter] = []
     no_decay: list[nn.Parameter] = []
     for _, param in net.named_parameters():
-        (no_decay if param.ndim <= 1 else decay).append(param)
+        (no_decay if param.ndim <= 1 and not decay_bn_and_bias else decay).append(param)
     return [{"params": decay, "weight_decay": weight_decay},
             {"params": no_decay, "weight_decay": 0.0}]
 
@@ -294,8 +389,19 @@ def _make_strategy(config: TrainConfig) -> TrainingStrategy:
                          resolutions=config.resolutions, **options)
 
 
-def _load_data(config: TrainConfig, strategy: TrainingStrategy) -> DatasetSplits:
+def _load_data(config: TrainConfig, strategy: TrainingStrategy
+               ) -> DatasetSplits | ImageStreamSplits:
     resolution = config.data_resolution or max(strategy.choices.resolutions)
+    if is_streamed_dataset(config.dataset):
+        space = strategy.space
+        if space.in_channels != 3:
+            raise TrainingError(f"dataset {config.dataset!r} is RGB; space {space.name!r} "
+                                f"takes {space.in_channels}-channel images")
+        stream = open_image_stream(config.data_dir, resolution, name=config.dataset)
+        if len(stream.class_names) > space.num_classes:
+            raise TrainingError(f"{stream.root} has {len(stream.class_names)} classes; space "
+                                f"{space.name!r} classifies {space.num_classes}")
+        return stream
     return load_dataset(config.dataset, data_dir=config.data_dir, seed=config.seed,
                         in_channels=strategy.space.in_channels, resolution=resolution)
 
@@ -377,7 +483,13 @@ class SupernetStep:
         total = torch.zeros((), device=x.device)
         inplace_target: torch.Tensor | None = None
         teacher_cache: dict[int, torch.Tensor] = {}
+        net = self.model.module if isinstance(
+            self.model, nn.parallel.DistributedDataParallel) else self.model
+        largest_only = self.config.regularize_largest_only and isinstance(net, Supernet)
         for i, task in enumerate(tasks):
+            if largest_only:
+                assert isinstance(net, Supernet)
+                net.set_dropout(task.loss == "labels")  # the sandwich's largest subnet
             with self.amp.autocast():
                 logits = self.model(x, task.arch)
                 if task.loss == "labels":
@@ -398,6 +510,9 @@ class SupernetStep:
                             logits, teacher_cache[r])
             self.amp.backward(loss)
             total += loss.detach().float()
+        if largest_only:
+            assert isinstance(net, Supernet)
+            net.set_dropout(True)
         return float(total) / len(tasks)  # one device sync per step
 
     def __call__(self, tasks: Sequence[SubnetTask], x: torch.Tensor, y: torch.Tensor,
@@ -486,9 +601,13 @@ def _run(config: TrainConfig, rank: int, world: int, device: torch.device,
     data = _load_data(config, strategy)
     net = Supernet(config.space, strategy.width_mult,
                    generator=torch.Generator().manual_seed(config.seed))
+    if config.zero_gamma:
+        net.zero_residual_gammas()
     net.to(device)
-    optimizer = torch.optim.SGD(param_groups(net, config.weight_decay), lr=config.lr,
-                                momentum=config.momentum, nesterov=config.nesterov)
+    optimizer = torch.optim.SGD(param_groups(net, config.weight_decay,
+                                             config.decay_bn_and_bias),
+                                lr=config.lr, momentum=config.momentum,
+                                nesterov=config.nesterov)
     data_gen = torch.Generator().manual_seed(config.seed + 1)
     pos = _Position(dropout=torch.Generator().manual_seed(config.seed + 2).get_state())
     if device.type == "cuda":
@@ -496,14 +615,21 @@ def _run(config: TrainConfig, rank: int, world: int, device: torch.device,
     out = Path(config.out_dir)
     ckpt_path, metrics_path = out / CHECKPOINT_NAME, out / METRICS_NAME
     teacher_state: dict[str, Any] | None = None
+    ema_state: dict[str, Any] | None = None
     if ckpt_path.exists():
         if not config.resume:
             raise TrainingError(f"{ckpt_path} exists; resume it (--resume) or choose "
                                 "another output folder")
-        pos, teacher_state = _restore(ckpt_path, config, strategy, net, optimizer,
-                                      data_gen, amp, pos)
+        pos, teacher_state, ema_state = _restore(ckpt_path, config, strategy, net,
+                                                 optimizer, data_gen, amp, pos)
     elif config.init_checkpoint is not None:
         load_init_weights(net, config.init_checkpoint)
+    ema: AveragedModel | None = None
+    if config.ema_decay is not None:
+        ema = AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay),
+                            use_buffers=True)
+        if ema_state is not None:
+            ema.load_state_dict(ema_state)
     if rank == 0:
         # what a run killed mid-epoch or mid-write left: temporary files of dead writers,
         # and metrics rows of steps that no checkpoint holds (they are trained again)
@@ -539,6 +665,7 @@ def _run(config: TrainConfig, rank: int, world: int, device: torch.device,
             "teacher": None if runner.teacher is None else runner.teacher.state_dict(),
             "optimizer": optimizer.state_dict(), "scheduler": {"step": pos.step},
             "scaler": None if amp.scaler is None else amp.scaler.state_dict(),
+            "ema": None if ema is None else ema.state_dict(),
             "rng": {"data": pos.data_epoch_start if mid_epoch else data_gen.get_state(),
                     "dropout": pos.dropout, "dropout_cuda": pos.dropout_cuda},
             "config": config.to_dict(), "dataset": data.describe(),
@@ -550,6 +677,8 @@ def _run(config: TrainConfig, rank: int, world: int, device: torch.device,
     pending: list[dict[str, Any]] = []  # metrics rows not yet written
 
     def step_done(row: dict[str, Any]) -> None:
+        if ema is not None:
+            ema.update_parameters(net)
         pos.step, pos.epoch_step = row["step"], pos.epoch_step + 1
         pending.append(row)
         every = config.checkpoint_every
@@ -581,11 +710,20 @@ def _run(config: TrainConfig, rank: int, world: int, device: torch.device,
         net.set_binary_activations(strategy.binary_activations)
         net.train()
         started = time.perf_counter()
-        batches = iterate_batches(data.train, config.batch_size, shuffle=True,
-                                  generator=data_gen, augment=config.augment,
-                                  drop_last=True, rank=rank, world_size=world)
-        # skip what the checkpoint holds (augmentation draws are replayed on the way)
-        remaining = itertools.islice(batches, pos.epoch_step, steps_per_epoch)
+        remaining: Iterator[tuple[torch.Tensor, torch.Tensor]]
+        if isinstance(data, ImageStreamSplits):
+            # the stream skips what the checkpoint holds without decoding it
+            loader = train_stream_loader(
+                data.train, batch_size=config.batch_size, seed=config.seed,
+                epoch=pos.epoch, rank=rank, world_size=world, start_batch=pos.epoch_step,
+                num_workers=config.num_workers, pin_memory=device.type == "cuda")
+            remaining = itertools.islice(loader, steps_per_epoch - pos.epoch_step)
+        else:
+            batches = iterate_batches(data.train, config.batch_size, shuffle=True,
+                                      generator=data_gen, augment=config.augment,
+                                      drop_last=True, rank=rank, world_size=world)
+            # skip what the checkpoint holds (augmentation draws are replayed on the way)
+            remaining = itertools.islice(batches, pos.epoch_step, steps_per_epoch)
         bar = _progress(steps_per_epoch, f"epoch {pos.epoch + 1}/{total_epochs}", show,
                         initial=pos.epoch_step)
         lines = _train_epoch(remaining, pos.step, runner, strategy, optimizer, net, config,
@@ -607,8 +745,12 @@ def _run(config: TrainConfig, rank: int, world: int, device: torch.device,
             with torch.random.fork_rng(devices=[]):  # keep the dropout stream intact
                 for label, arch in (("largest", strategy.largest),
                                     ("smallest", strategy.smallest)):
-                    summary[f"val_acc_{label}"] = evaluate_arch(net, arch, data,
-                                                                seed=config.seed)
+                    served = net if ema is None else _ema_supernet(ema)
+                    summary[f"val_acc_{label}"] = (
+                        evaluate_arch_stream(served, arch, data, seed=config.seed,
+                                             num_workers=config.num_workers).accuracy
+                        if isinstance(data, ImageStreamSplits)
+                        else evaluate_arch(served, arch, data, seed=config.seed))
             net.train()
         if rank == 0:
             _append_jsonl(metrics_path, [*pending, summary])
@@ -618,7 +760,14 @@ def _run(config: TrainConfig, rank: int, world: int, device: torch.device,
             dist.barrier()
     if rank == 0 and pos.epoch >= total_epochs and not ckpt_path.exists():
         save_checkpoint(ckpt_path, state())
-    return TrainResult(ckpt_path, net.eval(), pos.epoch, pos.step)
+    final = net if ema is None else _ema_supernet(ema)
+    return TrainResult(ckpt_path, final.eval(), pos.epoch, pos.step)
+
+
+def _ema_supernet(ema: AveragedModel) -> Supernet:
+    module = ema.module
+    assert isinstance(module, Supernet)
+    return module
 
 
 def _check_run_folder(config: TrainConfig) -> None:
@@ -678,7 +827,8 @@ def _train_epoch(batches: Iterator[tuple[torch.Tensor, torch.Tensor]], step: int
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         if config.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        lr = cosine_lr(step, segments, steps_per_epoch, config.warmup_epochs)
+        lr = scheduled_lr(step, segments, steps_per_epoch, config.warmup_epochs,
+                          config.lr_schedule)
         for group in optimizer.param_groups:
             group["lr"] = lr
         loss = runner(strategy.step(), x, y, optimizer, net.parameters())
@@ -699,9 +849,10 @@ def _train_epoch(batches: Iterator[tuple[torch.Tensor, torch.Tensor]], step: int
 
 def _restore(path: Path, config: TrainConfig, strategy: TrainingStrategy, net: Supernet,
              optimizer: torch.optim.Optimizer, data_gen: torch.Generator, amp: Autocast,
-             pos: _Position) -> tuple[_Position, dict[str, Any] | None]:
+             pos: _Position
+             ) -> tuple[_Position, dict[str, Any] | None, dict[str, Any] | None]:
     """Load the checkpoint at ``path`` into the run's objects; returns the run's position
-    and the teacher's state (or None)."""
+    and the teacher's and the weight EMA's states (or None)."""
     ckpt = load_checkpoint(path)
     expected = (config.space, strategy.width_mult, strategy.name)
     found = (ckpt["space"], ckpt["width_mult"], ckpt["strategy"].get("name"))
@@ -724,7 +875,7 @@ def _restore(path: Path, config: TrainConfig, strategy: TrainingStrategy, net: S
                          dropout=rng["dropout"],
                          dropout_cuda=pos.dropout_cuda if rng.get("dropout_cuda") is None
                          else rng["dropout_cuda"])
-    return restored, ckpt.get("teacher")
+    return restored, ckpt.get("teacher"), ckpt.get("ema")
 
 
 @torch.no_grad()
