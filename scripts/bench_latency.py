@@ -3,8 +3,9 @@
     python scripts/bench_latency.py RESULTS_DIR --device cpu-ort-1t [--profile --threads 1]
         [--space mbv3_small28] [--resolutions 16 20 ...] [--n 100] [--time-cap 0.5]
         [--provider CUDAExecutionProvider] [--batch-size 64] [--tables-dir DIR]
+        [--backend torch --torch-device cuda --torch-dtype fp16 --cuda-graphs]
 
-Profiles with ONNX Runtime on this host (any execution provider it has) into
+Profiles with ONNX Runtime (any execution provider it has) or PyTorch (CPU or CUDA) into
 ``--tables-dir`` (default: the shipped tables, ``ofa_search/hw_profiles/``), then writes
 ``RESULTS_DIR/latency_validation_<device>.json`` atomically and prints a summary.
 """
@@ -46,14 +47,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=MEASURE_ROUNDS,
                         help="interleaved measurements of each model (median kept)")
     parser.add_argument("--overhead-archs", type=int, default=10)
+    parser.add_argument("--backend", choices=("onnxruntime", "torch"), default="onnxruntime")
+    parser.add_argument("--torch-device", default="cpu", help="torch backend: cpu, cuda[:N]")
+    parser.add_argument("--torch-dtype", default="fp32", help="torch backend: fp32, fp16, bf16")
+    parser.add_argument("--cuda-graphs", action="store_true",
+                        help="torch backend on CUDA: time CUDA-graph replays")
     parser.add_argument("--tables-dir", type=Path, default=REPO_TABLE_DIR,
                         help="where the table is written and looked up")
     args = parser.parse_args(argv)
     timing = TimingConfig(warmup=3, min_runs=7, max_runs=200, time_cap_s=args.time_cap)
     if args.profile:
-        profile = DeviceProfile.local_onnxruntime(
-            args.threads, id=args.device, execution_provider=args.provider,
-            batch_size=args.batch_size)
+        if args.backend == "torch":
+            profile = DeviceProfile.local_torch(
+                args.threads, device=args.torch_device, dtype=args.torch_dtype,
+                cuda_graphs=args.cuda_graphs, id=args.device, batch_size=args.batch_size)
+        else:
+            profile = DeviceProfile.local_onnxruntime(
+                args.threads, id=args.device, execution_provider=args.provider,
+                batch_size=args.batch_size)
         start = time.perf_counter()
         table = build_table(args.space, profile, args.resolutions,
                             args.tables_dir / f"{args.device}.json", timing=timing,

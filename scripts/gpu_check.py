@@ -1,0 +1,167 @@
+"""The prepared GPU check (issue 21): one run on a GPU host, at most ``--budget`` seconds
+(default 480), everything written as JSON under OUT_DIR.
+
+    python scripts/gpu_check.py OUT_DIR [--budget 480] [--quick]
+
+Stages, each a subprocess with its own time limit (a stage that fails or runs out of time
+is recorded and the next one runs; stages that no longer fit the budget are skipped):
+
+1. ``tests``: the CUDA tests (``tests/test_cuda.py``: forward, extraction and one training
+   step against the CPU; ``tests/profiling/test_torch_backend.py``: the PyTorch latency
+   backend, fp16/bf16 and CUDA graphs against the CPU).
+2. ``train_step``: ``scripts/bench_train_step.py`` on ``ofa_mbv3`` at 224 px, batch 256,
+   the sandwich step in fp32 and bf16 (channels-last), with a profile of the top ops;
+   then the ``torch.compile`` variant in a stage of its own (its compile time counted).
+3. ``table_b1`` and ``table_b64``: ``scripts/bench_latency.py`` with the PyTorch backend
+   (fp16, CUDA graphs) profiling ``<gpu>-torch-fp16-b{1,64}`` for ``ofa_mbv3`` w1.0 at a
+   few resolutions and validating it on 30 held-out subnets.
+
+Writes ``OUT_DIR/gpu_check.json`` (host, versions, each stage's status, time and output
+tail, the test counts), ``gpu_train_step.json``, ``gpu_train_step_compile.json``, and
+the tables and validation reports. Needs only torch, numpy, onnx, pytest and this
+package's core (no optuna, typer or TVM). ``--quick`` shrinks every stage (a dry run on
+the CPU: ``--device cpu``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _gpu_name() -> tuple[str, str]:
+    import torch
+
+    if not torch.cuda.is_available():
+        return "cpu", platform.processor() or platform.machine()
+    name = torch.cuda.get_device_name(0)
+    match = re.search(r"\b([A-Z]\d{2,4}[A-Z]?)\b", name)
+    return (match.group(1).lower() if match else "gpu"), name
+
+
+def _versions() -> dict[str, Any]:
+    import numpy
+    import onnx
+    import torch
+
+    info: dict[str, Any] = {"python": platform.python_version(), "torch": torch.__version__,
+                            "numpy": numpy.__version__, "onnx": onnx.__version__,
+                            "cuda": torch.version.cuda, "cpus": os.cpu_count()}
+    if torch.cuda.is_available():
+        props = torch.cuda.get_device_properties(0)
+        info.update(gpu=props.name, gpu_memory_gib=round(props.total_memory / 2**30, 1),
+                    sm=f"{props.major}.{props.minor}", cudnn=torch.backends.cudnn.version())
+    return info
+
+
+class Runner:
+    """Runs stages under one deadline and records them."""
+
+    def __init__(self, out: Path, budget: float) -> None:
+        self.out, self.deadline = out, time.monotonic() + budget
+        self.stages: list[dict[str, Any]] = []
+
+    def stage(self, name: str, cmd: list[str], limit: float, min_time: float = 20.0) -> str:
+        left = self.deadline - time.monotonic()
+        if left < min_time:
+            self.stages.append({"stage": name, "status": "skipped",
+                                "why": f"{left:.0f} s left of the budget"})
+            return ""
+        timeout = min(limit, left)
+        print(f"== {name} (limit {timeout:.0f} s): {' '.join(cmd)}", flush=True)
+        start = time.monotonic()
+        env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}"
+               f"{os.environ.get('PYTHONPATH', '')}"}
+        try:
+            proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True,
+                                  timeout=timeout)
+            status, output = ("ok" if proc.returncode == 0 else f"exit {proc.returncode}",
+                              proc.stdout + proc.stderr)
+        except subprocess.TimeoutExpired as exc:
+            status = "timed out"
+            output = "".join(x.decode() if isinstance(x, bytes) else (x or "")
+                             for x in (exc.stdout, exc.stderr))
+        seconds = time.monotonic() - start
+        print(output[-3000:], flush=True)
+        print(f"== {name}: {status} in {seconds:.0f} s", flush=True)
+        self.stages.append({"stage": name, "status": status, "seconds": round(seconds, 1),
+                            "command": " ".join(cmd), "output_tail": output[-4000:]})
+        return output
+
+
+def _test_counts(output: str) -> dict[str, int]:
+    counts = {}
+    for number, word in re.findall(r"(\d+) (passed|failed|skipped|error|errors)", output):
+        counts[word.rstrip("s") if word == "errors" else word] = int(number)
+    return counts
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("out_dir", type=Path)
+    parser.add_argument("--budget", type=float, default=480.0)
+    parser.add_argument("--quick", action="store_true", help="tiny stages (a dry run)")
+    parser.add_argument("--device", default="cuda")
+    args = parser.parse_args(argv)
+    out = args.out_dir.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    py = sys.executable
+    short, gpu = _gpu_name()
+    runner = Runner(out, args.budget)
+    record: dict[str, Any] = {"check": "gpu_check", "started": time.strftime(
+        "%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "gpu": gpu, "versions": _versions()}
+
+    tests = runner.stage("tests", [py, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                                   "tests/test_cuda.py",
+                                   "tests/profiling/test_torch_backend.py"], limit=120)
+    record["tests"] = _test_counts(tests)
+
+    res, batch, steps = ("128", "2", "1") if args.quick else ("224", "256", "10")
+    step_args = ["--device", args.device, "--space", "ofa_mbv3", "--resolution", res,
+                 "--batch-size", batch, "--steps", steps, "--warmup", "3"]
+    # bf16 autocast on a CPU without bf16 units is very slow: the CPU dry run stays in fp32
+    half = "fp32" if args.device == "cpu" else "bf16"
+    runner.stage("train_step", [py, "scripts/bench_train_step.py",
+                                str(out / "gpu_train_step.json"), *step_args, "--variants",
+                                *dict.fromkeys(["fp32-cl", f"{half}-cl"]), "--profile"],
+                 limit=150)
+    runner.stage("train_step_compile", [py, "scripts/bench_train_step.py",
+                                        str(out / "gpu_train_step_compile.json"), *step_args,
+                                        "--variants", f"{half}-cl-compile"], limit=120,
+                 min_time=60)
+
+    resolutions = ["128"] if args.quick else ["160", "224"]
+    for batch_size in ("1", "2") if args.quick else ("1", "64"):
+        device_id = f"{short}-torch-fp16-b{batch_size}"
+        dtype = "fp32" if args.device == "cpu" else "fp16"
+        runner.stage(f"table_b{batch_size}", [
+            py, "scripts/bench_latency.py", str(out), "--device", device_id, "--profile",
+            "--backend", "torch", "--torch-device", args.device, "--torch-dtype", dtype,
+            *(["--cuda-graphs"] if args.device != "cpu" else []),
+            "--batch-size", batch_size, "--space", "ofa_mbv3", "--resolutions", *resolutions,
+            "--n", "3" if args.quick else "30", "--time-cap", "0.02", "--rounds", "2",
+            "--overhead-archs", "2" if args.quick else "5", "--tables-dir", str(out)],
+            limit=160)
+
+    record["stages"] = runner.stages
+    record["seconds"] = round(args.budget - (runner.deadline - time.monotonic()), 1)
+    path = out / "gpu_check.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    tmp.replace(path)
+    print(f"wrote {path}: " + ", ".join(f"{s['stage']} {s['status']}" for s in runner.stages))
+    return 0 if all(s["status"] == "ok" for s in runner.stages) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
