@@ -210,7 +210,9 @@ def test_exits_end_to_end_resumed_and_verified(checkpoint: Path, tmp_path: Path)
     with torch.no_grad():
         expected = [t.numpy() for t in trained.net.eval()(x)]
     for got, want in zip(session.run(None, {"input": x.numpy()}), expected, strict=True):
-        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
+        # float32 summation order differs between ONNX Runtime and torch: errors scale with
+        # the logits' magnitude (up to ~80 here), not with each logit's own
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * np.abs(want).max() + 1e-5)
 
     # the report is the formula applied to the test shares
     report, lat = result.report, result.latency
