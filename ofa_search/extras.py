@@ -13,6 +13,9 @@ tvm        tvm, tvm_ffi (apache-tvm), tornado         the TVM latency backend (l
 serve      fastapi, uvicorn, httpx, limits, pydantic  ``ofa-search serve``
 plot       matplotlib                                 the demo's front plot, benchmark plots
 xgboost    xgboost                                    the ``xgboost`` latency predictor model
+gpu        pynvml (nvidia-ml-py)                      GPU clocks, temperature and throttling
+                                                      recorded with tables (optional: none
+                                                      is recorded without it)
 dev        pytest, ruff, mypy, … and every extra      the checks and tests
 =========  =========================================  ======================================
 """
@@ -29,6 +32,7 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     "serve": ("fastapi", "uvicorn", "httpx", "limits", "pydantic"),
     "plot": ("matplotlib",),
     "xgboost": ("xgboost",),
+    "gpu": ("pynvml",),
 }
 
 

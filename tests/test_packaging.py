@@ -73,7 +73,7 @@ def test_missing_extra_is_one_line_naming_it(monkeypatch: pytest.MonkeyPatch) ->
         require("matplotlib", "plot", "the demo's plot")
     with pytest.raises(ValueError, match="not part of extra"):
         require("numpy", "plot", "x")
-    assert set(EXTRAS) == {"tvm", "serve", "plot", "xgboost"}
+    assert set(EXTRAS) == {"tvm", "serve", "plot", "xgboost", "gpu"}
 
 
 def test_serve_without_its_extra_is_one_line(tmp_path: Path) -> None:

@@ -11,8 +11,6 @@ import sys
 
 import typer
 
-import ofa_search.binary  # registers how binary units are timed
-import ofa_search.quant  # noqa: F401 (registers how int8 units are timed)
 from ofa_search.cli import (
     arch,
     compress,
@@ -27,10 +25,25 @@ from ofa_search.cli import (
     train,
 )
 from ofa_search.errors import OfaSearchError
+from ofa_search.profiling.precisions import register_precision_timing_loader
 
 COMMAND_MODULES = (train, arch, profile, devices, predictors, search, export, compress,
                    interop, serve, run)
 """In the order ``ofa-search --help`` lists their commands."""
+
+
+def _load_int8_timing() -> None:
+    import ofa_search.quant  # noqa: F401  # deferred: registers int8 timing when first needed
+
+
+def _load_binary_timing() -> None:
+    import ofa_search.binary  # noqa: F401  # deferred: registers binary timing when first needed
+
+
+# the packages that time low-precision units import torch and onnx (seconds): commands
+# import them only when such a unit is timed, so that `ofa-search --help` starts at once
+register_precision_timing_loader("int8", _load_int8_timing)
+register_precision_timing_loader("binary", _load_binary_timing)
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Hardware-aware NAS: once-for-all supernets, device tables, search.")

@@ -123,12 +123,63 @@ def usable_cores() -> int:
     return os.cpu_count() or 1
 
 
+def gpu_info(nvml: Any = None) -> list[dict[str, Any]]:
+    """The NVIDIA GPUs of this host as NVML reports them, for recording next to GPU
+    measurements: name, driver, SM and memory clocks (current and maximum, MHz), whether
+    the application clocks are pinned, temperature (°C), power draw and limit (W) and the
+    active clock-throttle reasons (a bit mask; 0: none). Empty when ``nvidia-ml-py`` (the
+    ``gpu`` extra) is not installed or no NVIDIA driver answers.
+
+    ``nvml`` is the ``pynvml`` module (imported here by default).
+    """
+    if nvml is None:
+        try:
+            import pynvml as nvml  # deferred: optional (extra 'gpu'), GPU hosts only
+        except ImportError:
+            return []
+    try:
+        nvml.nvmlInit()
+    except Exception:  # no driver or library: NVMLError and OSError subclasses
+        return []
+    try:
+        driver = nvml.nvmlSystemGetDriverVersion()
+        gpus = []
+        for index in range(nvml.nvmlDeviceGetCount()):
+            handle = nvml.nvmlDeviceGetHandleByIndex(index)
+            sm, mem = nvml.NVML_CLOCK_SM, nvml.NVML_CLOCK_MEM
+            gpus.append({
+                "index": index,
+                "name": _text(nvml.nvmlDeviceGetName(handle)),
+                "driver": _text(driver),
+                "sm_clock_mhz": nvml.nvmlDeviceGetClockInfo(handle, sm),
+                "sm_clock_max_mhz": nvml.nvmlDeviceGetMaxClockInfo(handle, sm),
+                "mem_clock_mhz": nvml.nvmlDeviceGetClockInfo(handle, mem),
+                "app_sm_clock_mhz": nvml.nvmlDeviceGetApplicationsClock(handle, sm),
+                "temperature_c": nvml.nvmlDeviceGetTemperature(
+                    handle, nvml.NVML_TEMPERATURE_GPU),
+                "power_w": nvml.nvmlDeviceGetPowerUsage(handle) / 1000,
+                "power_limit_w": nvml.nvmlDeviceGetEnforcedPowerLimit(handle) / 1000,
+                "throttle_reasons": int(
+                    nvml.nvmlDeviceGetCurrentClocksThrottleReasons(handle)),
+            })
+        return gpus
+    except Exception:  # a query this GPU or driver does not support: report none
+        return []
+    finally:
+        nvml.nvmlShutdown()
+
+
+def _text(value: str | bytes) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
 def host_info() -> dict[str, Any]:
     """A JSON-ready description of this host, for recording next to measurements.
 
     Keys: ``cpu_model``, ``cpu_vendor``, ``logical_cores``, ``usable_cores``, ``cpu_flags``
     (each of :data:`FLAGS_OF_INTEREST` → bool), ``llvm_cpu``, ``os``, ``machine``,
-    ``python`` and ``versions`` (see :func:`package_versions`).
+    ``python``, ``versions`` (see :func:`package_versions`) and ``gpus`` (see
+    :func:`gpu_info`).
     """
     cpuinfo = read_cpuinfo()
     flags = cpu_flags(cpuinfo)
@@ -143,4 +194,5 @@ def host_info() -> dict[str, Any]:
         "machine": platform.machine(),
         "python": platform.python_version(),
         "versions": package_versions(),
+        "gpus": gpu_info(),
     }

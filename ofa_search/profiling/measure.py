@@ -11,18 +11,24 @@ round of a few models, and is outvoted.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 import onnx
 import torch
 
 from ofa_search.arch import Arch
-from ofa_search.errors import UnsupportedPrecisionError
 from ofa_search.nn.static import build_static, build_unit, init_weights
 from ofa_search.onnx_export import INPUT_NAME, export_onnx
 from ofa_search.profiling.device import DeviceProfile
+from ofa_search.profiling.precisions import (  # noqa: F401 (part of this module's interface)
+    Measurer,
+    PrecisionTiming,
+    Prepared,
+    precision_timing,
+    register_precision_timing,
+    register_precision_timing_loader,
+)
 from ofa_search.profiling.timing import (
     TimingConfig,
     TimingStats,
@@ -42,23 +48,6 @@ CHUNK = 25
 """Models prepared at once in :func:`measure_many` (their rounds are interleaved)."""
 
 T = TypeVar("T")
-
-
-class Measurer(Protocol):
-    """What measuring needs of a backend (a :class:`LatencyBackend` fits; one that also
-    has ``prepare`` keeps each model loaded across rounds)."""
-
-    def measure(self, onnx_model: Any, inputs: Any) -> TimingStats: ...
-
-    def versions(self) -> dict[str, str]: ...
-
-
-@dataclass(frozen=True)
-class Prepared:
-    """A model ready to be timed: ``measure()`` any number of times, then ``close()``."""
-
-    measure: Callable[[], TimingStats]
-    close: Callable[[], None] = lambda: None
 
 
 def unit_onnx(unit: Unit, batch_size: int = 1) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
@@ -103,39 +92,6 @@ def prepare_package(package: Any, batch_size: int = 1) -> Prepared:
 def time_binary_package(package: Any, batch_size: int = 1) -> TimingStats:
     """Latency of a loaded binary package on a seeded input (see :func:`prepare_package`)."""
     return prepare_package(package, batch_size).measure()
-
-
-@dataclass(frozen=True)
-class PrecisionTiming:
-    """How units and subnets with stages of one low precision are prepared for timing, as
-    export emits them. The packages of those precisions register theirs on import
-    (:mod:`ofa_search.quant` for ``int8``, :mod:`ofa_search.binary` for ``binary``): the
-    profiling layer sits below them and never imports them."""
-
-    precision: str
-    unit: Callable[[Measurer, Unit, DeviceProfile], Prepared]
-    arch: Callable[[Measurer, Arch, int, DeviceProfile | None], Prepared]
-
-
-_PRECISION_TIMINGS: dict[str, PrecisionTiming] = {}
-_REGISTERING_PACKAGE = {"int8": "ofa_search.quant", "binary": "ofa_search.binary"}
-
-
-def register_precision_timing(timing: PrecisionTiming) -> None:
-    """Add (or replace) how ``timing.precision`` units and subnets are timed."""
-    _PRECISION_TIMINGS[timing.precision] = timing
-
-
-def precision_timing(precision: str) -> PrecisionTiming:
-    """The registered timing of ``precision`` (an :class:`UnsupportedPrecisionError`
-    naming the package to import when none is)."""
-    try:
-        return _PRECISION_TIMINGS[precision]
-    except KeyError:
-        package = _REGISTERING_PACKAGE.get(precision)
-        hint = f"; `import {package}` registers it" if package else ""
-        raise UnsupportedPrecisionError(
-            f"no timing is registered for {precision} units{hint}") from None
 
 
 def prepare_unit(backend: Measurer, unit: Unit, profile: DeviceProfile) -> Prepared:

@@ -63,9 +63,44 @@ def test_every_cpu_name_is_known_to_llvm() -> None:
 def test_host_info_is_json_ready_and_complete() -> None:
     info = json.loads(json.dumps(host_info()))
     assert set(info) == {"cpu_model", "cpu_vendor", "logical_cores", "usable_cores",
-                         "cpu_flags", "llvm_cpu", "os", "machine", "python", "versions"}
+                         "cpu_flags", "llvm_cpu", "os", "machine", "python", "versions",
+                         "gpus"}
     assert set(info["cpu_flags"]) == set(FLAGS_OF_INTEREST)
     assert all(isinstance(v, bool) for v in info["cpu_flags"].values())
     assert info["logical_cores"] >= info["usable_cores"] >= 1
     assert set(info["versions"]) == {"torch", "onnx", "onnxruntime", "tvm"}
     assert info["versions"]["onnx"]  # a hard dependency: always installed
+
+
+def test_gpu_info_is_empty_without_a_driver_and_shaped_with_one() -> None:
+    """Here NVML finds no driver (no GPU): nothing is recorded. A stand-in for NVML's
+    Python binding (the real one needs a GPU) checks the recorded fields."""
+    from types import SimpleNamespace
+
+    from ofa_search.profiling.host import gpu_info
+
+    pytest.importorskip("pynvml")
+    assert gpu_info() == [] or all("sm_clock_mhz" in g for g in gpu_info())
+    calls: list[str] = []
+    nvml = SimpleNamespace(
+        NVML_CLOCK_SM=0, NVML_CLOCK_MEM=1, NVML_TEMPERATURE_GPU=0,
+        nvmlInit=lambda: calls.append("init"), nvmlShutdown=lambda: calls.append("shutdown"),
+        nvmlSystemGetDriverVersion=lambda: b"580.1", nvmlDeviceGetCount=lambda: 1,
+        nvmlDeviceGetHandleByIndex=lambda i: i, nvmlDeviceGetName=lambda h: "NVIDIA H200",
+        nvmlDeviceGetClockInfo=lambda h, kind: (1980, 2619)[kind],
+        nvmlDeviceGetMaxClockInfo=lambda h, kind: 1980,
+        nvmlDeviceGetApplicationsClock=lambda h, kind: 1755,
+        nvmlDeviceGetTemperature=lambda h, kind: 41,
+        nvmlDeviceGetPowerUsage=lambda h: 120_500, nvmlDeviceGetEnforcedPowerLimit=lambda h:
+        700_000, nvmlDeviceGetCurrentClocksThrottleReasons=lambda h: 0)
+    [gpu] = gpu_info(nvml)
+    assert gpu == {"index": 0, "name": "NVIDIA H200", "driver": "580.1", "sm_clock_mhz": 1980,
+                   "sm_clock_max_mhz": 1980, "mem_clock_mhz": 2619, "app_sm_clock_mhz": 1755,
+                   "temperature_c": 41, "power_w": 120.5, "power_limit_w": 700.0,
+                   "throttle_reasons": 0}
+    assert calls == ["init", "shutdown"]
+
+    def no_driver() -> None:
+        raise OSError("libnvidia-ml.so.1: cannot open shared object file")
+
+    assert gpu_info(SimpleNamespace(nvmlInit=no_driver)) == []
