@@ -134,9 +134,10 @@ def gpu_info(nvml: Any = None) -> list[dict[str, Any]]:
     """
     if nvml is None:
         try:
-            import pynvml as nvml  # deferred: optional (extra 'gpu'), GPU hosts only
+            import pynvml  # deferred: optional (extra 'gpu'), GPU hosts only
         except ImportError:
             return []
+        nvml = pynvml
     try:
         nvml.nvmlInit()
     except Exception:  # no driver or library: NVMLError and OSError subclasses
