@@ -27,6 +27,7 @@ import torch
 
 from ofa_search.atomic import atomic_write_text
 from ofa_search.data import load_dataset
+from ofa_search.profiling.host import host_info
 from ofa_search.train import (
     TrainConfig,
     evaluate_arch,
@@ -112,7 +113,8 @@ def main(argv: list[str] | None = None) -> int:
     record = {"benchmark": "bignas_ablation", "command": "python scripts/bench_bignas.py "
               + " ".join(sys.argv[1:] if argv is None else argv),
               "steps": args.steps, "batch_size": args.batch_size, "lr": args.lr,
-              "dataset": args.dataset, "noise_floor": floor, "runs": list(results.values())}
+              "dataset": args.dataset, "host": host_info(), "noise_floor": floor,
+              "runs": list(results.values())}
     atomic_write_text(args.out_dir / "results.json", json.dumps(record, indent=2) + "\n")
     print(f"{'variant':<32} {'largest':>8} {'smallest':>9} {'minutes':>8}")
     for name, row in results.items():

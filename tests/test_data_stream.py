@@ -162,12 +162,21 @@ def test_data_dir_required_and_bad_options(tree: Path) -> None:
 
 
 @pytest.mark.parametrize("workers", [0, 2])
-def test_unreadable_image_is_one_line_naming_the_file(tmp_path: Path, workers: int) -> None:
+@pytest.mark.parametrize("loader", ["eval", "train"])
+def test_unreadable_image_is_one_line_naming_the_file(tmp_path: Path, workers: int,
+                                                      loader: str) -> None:
+    """Through the evaluation loader and the training loader alike."""
+    from ofa_search.data import train_stream_loader
+
     root = write_imagenet(tmp_path, train=2, val=1)
     bad = root / "train" / "n02" / "broken.JPEG"
     bad.write_bytes(b"not a jpeg")
     train = open_image_stream(root, 16).train
     with pytest.raises(DatasetError) as caught:
-        _batches(stream_loader(train, batch_size=3, num_workers=workers))
+        if loader == "eval":
+            _batches(stream_loader(train, batch_size=3, num_workers=workers))
+        else:
+            list(train_stream_loader(train, batch_size=7, seed=0, epoch=0,
+                                     num_workers=workers))
     text = str(caught.value)
     assert text.startswith(f"cannot read image {bad}:") and "\n" not in text

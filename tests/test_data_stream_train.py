@@ -219,15 +219,3 @@ def test_bad_options(train: ImageFolderStream) -> None:
             train_stream_loader(train, **options)  # type: ignore[arg-type]
     with pytest.raises(DatasetError, match=r"built with seed=1, but the loader was asked"):
         train_stream_loader(TrainStream(train, 1), batch_size=2, seed=0, epoch=0)
-
-
-@pytest.mark.parametrize("workers", [0, 2])
-def test_unreadable_image_is_one_line_naming_the_file(tmp_path: Path, workers: int) -> None:
-    root = write_imagenet(tmp_path, train=2, val=1)
-    bad = root / "train" / "n02" / "broken.JPEG"
-    bad.write_bytes(b"not a jpeg")
-    train = open_image_stream(root, 16).train
-    with pytest.raises(DatasetError) as caught:
-        list(train_stream_loader(train, batch_size=7, seed=0, epoch=0, num_workers=workers))
-    text = str(caught.value)
-    assert text.startswith(f"cannot read image {bad}:") and "\n" not in text

@@ -286,35 +286,37 @@ def cosine_lr(step: int, segments: Sequence[Segment], steps_per_epoch: int,
               warmup_epochs: int) -> float:
     """The learning rate of optimizer step ``step`` (0-based): within each segment a linear
     warm-up over ``warmup_epochs`` (at most the segment) then a cosine decay to 0."""
-    for seg in segments:
-        n = seg.epochs * steps_per_epoch
-        if step < n:
-            warm = min(warmup_epochs * steps_per_epoch, n)
-            if step < warm:
-                return seg.lr * (step + 1) / warm
-            t = (step - warm) / max(1, n - warm)
-            return 0.5 * seg.lr * (1.0 + math.cos(math.pi * t))
-        step -= n
-    return 0.0
+    return scheduled_lr(step, segments, steps_per_epoch, warmup_epochs, "cosine")
+
+
+def _cosine_decay(done: int, span: int) -> float:
+    return 0.5 * (1.0 + math.cos(math.pi * done / max(1, span)))
+
+
+def _exp_constant_decay(done: int, span: int) -> float:
+    return float(EXP_FLOOR ** min(1.0, done / max(1.0, EXP_DECAY_SPAN * span)))
+
+
+_DECAYS: dict[str, Callable[[int, int], float]] = {
+    "cosine": _cosine_decay, "exp_constant": _exp_constant_decay}
 
 
 def scheduled_lr(step: int, segments: Sequence[Segment], steps_per_epoch: int,
                  warmup_epochs: int, schedule: str = "cosine") -> float:
-    """The learning rate of optimizer step ``step`` under ``schedule``: ``cosine`` is
-    :func:`cosine_lr`; ``exp_constant`` is BigNAS's decay (Yu et al., ECCV 2020) scaled to
-    the run: within each segment the same linear warm-up, then an exponential decay from
-    the peak to ``EXP_FLOOR`` × peak over the first ``EXP_DECAY_SPAN`` of the remaining
-    steps, held constant to the segment's end."""
-    if schedule == "cosine":
-        return cosine_lr(step, segments, steps_per_epoch, warmup_epochs)
+    """The learning rate of optimizer step ``step`` (0-based) under ``schedule``: within each
+    segment a linear warm-up over ``warmup_epochs`` (at most the segment), then ``cosine``
+    decays to 0 (:func:`cosine_lr`), and ``exp_constant`` is BigNAS's decay (Yu et al.,
+    ECCV 2020) scaled to the run: exponential from the peak to ``EXP_FLOOR`` × peak over
+    the first ``EXP_DECAY_SPAN`` of the post-warm-up steps, held constant to the segment's
+    end."""
+    decay = _DECAYS[schedule]
     for seg in segments:
         n = seg.epochs * steps_per_epoch
         if step < n:
             warm = min(warmup_epochs * steps_per_epoch, n)
             if step < warm:
                 return seg.lr * (step + 1) / warm
-            t = (step - warm) / max(1.0, EXP_DECAY_SPAN * (n - warm))
-            return seg.lr * EXP_FLOOR ** min(1.0, t)
+            return seg.lr * decay(step - warm, n - warm)
         step -= n
     return 0.0
 
