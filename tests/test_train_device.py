@@ -205,6 +205,15 @@ def test_bignas_recipe_options_and_errors() -> None:
     assert len(everything[0]["params"]) == len(list(net.parameters()))
 
 
+def test_ema_decay_warms_up_then_holds() -> None:
+    from ofa_search.train.loop import ema_decay_at
+
+    assert ema_decay_at(0.9998, 0) == pytest.approx(0.1)
+    assert ema_decay_at(0.9998, 390) == pytest.approx(391 / 400)
+    assert ema_decay_at(0.9998, 10**6) == 0.9998
+    assert ema_decay_at(0.5, 20) == 0.5
+
+
 def test_ema_weights_are_checkpointed_served_and_resumed(tmp_path: Path,
                                                          monkeypatch: pytest.MonkeyPatch
                                                          ) -> None:

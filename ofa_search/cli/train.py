@@ -94,7 +94,8 @@ def train_cmd(
         "subnet only, weight EMA; sandwich only)")] = "ofa",
     ema_decay: Annotated[float | None, typer.Option(
         "--ema-decay", help="keep an EMA of the weights with this per-step decay (bignas: "
-        "0.999); checkpoints then serve the EMA weights")] = None,
+        "0.9998, warmed up over the first updates); checkpoints then serve the EMA "
+        "weights")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
 ) -> None:
     """Train a supernet (under torchrun for several processes); writes OUT/checkpoint.pt."""

@@ -31,7 +31,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.optim.swa_utils import AveragedModel
 
 from ofa_search.arch import Arch, parse_arch
 from ofa_search.atomic import (
@@ -80,9 +80,9 @@ EXP_FLOOR = 0.05
 EXP_DECAY_SPAN = 0.75
 """... reached after this fraction of each segment's post-warm-up steps, and held after."""
 RECIPES = ("ofa", "bignas")
-BIGNAS_EMA_DECAY = 0.999
-"""The weight EMA of recipe ``bignas`` (per optimizer step: a horizon of ~1,000 steps, for
-runs of thousands of steps; longer runs may raise it, e.g. 0.9998)."""
+BIGNAS_EMA_DECAY = 0.9998
+"""The weight EMA's decay of recipe ``bignas`` (per optimizer step), reached once the EMA
+has averaged ~45,000 updates: until then :func:`ema_decay_at` warms it up."""
 
 
 class TrainingError(OfaSearchError, ValueError):
@@ -150,8 +150,9 @@ class TrainConfig:
             already applies only there; the other subnets learn from its in-place
             distillation targets).
         ema_decay: keep an exponential moving average of the weights (parameters and BN
-            buffers), updated after every optimizer step; it is checkpointed as ``ema``,
-            evaluated by ``eval_each_epoch`` and served by ``load_supernet``.
+            buffers), updated after every optimizer step with this decay, warmed up as
+            :func:`ema_decay_at` says; it is checkpointed as ``ema``, evaluated by
+            ``eval_each_epoch`` and served by ``load_supernet``.
         decay_bn_and_bias: apply weight decay to BN parameters and biases too (off: the
             common practice, and BigNAS's).
         The ``bignas`` recipe (:func:`with_recipe`) turns on the four BigNAS fixes.
@@ -336,6 +337,33 @@ def with_recipe(config: TrainConfig, recipe: str) -> TrainConfig:
     return dataclasses.replace(
         config, lr_schedule="exp_constant", zero_gamma=True, regularize_largest_only=True,
         ema_decay=BIGNAS_EMA_DECAY if config.ema_decay is None else config.ema_decay)
+
+
+def ema_decay_at(decay: float, updates: int) -> float:
+    """The decay of the weight EMA's ``updates``-th update (0-based):
+    ``min(decay, (1 + updates) / (10 + updates))``, TensorFlow's
+    ``ExponentialMovingAverage`` with ``num_updates`` (which EfficientNet's and BigNAS's
+    training used). Without the warm-up, a run of a few hundred steps at decay 0.999 would
+    serve weights still two-thirds at their random initialisation."""
+    return min(decay, (1 + updates) / (10 + updates))
+
+
+def _ema_avg_fn(decay: float) -> Callable[..., None]:
+    """The ``multi_avg_fn`` of ``AveragedModel`` for a warmed-up EMA (see
+    :func:`ema_decay_at`); ``n_averaged`` counts the updates so far (the first one, a
+    copy, is done by ``AveragedModel`` itself)."""
+
+    @torch.no_grad()
+    def update(averaged: list[torch.Tensor], current: list[torch.Tensor],
+               n_averaged: torch.Tensor) -> None:
+        weight = 1.0 - ema_decay_at(decay, int(n_averaged))
+        if averaged[0].is_floating_point():
+            torch._foreach_lerp_(averaged, current, weight)
+        else:  # integer buffers (BN's num_batches_tracked): keep the latest
+            for mine, theirs in zip(averaged, current, strict=True):
+                mine.copy_(theirs)
+
+    return update
 
 
 def param_groups(net: nn.Module, weight_decay: float,
@@ -628,7 +656,7 @@ def _run(config: TrainConfig, rank: int, world: int, device: torch.device,
         load_init_weights(net, config.init_checkpoint)
     ema: AveragedModel | None = None
     if config.ema_decay is not None:
-        ema = AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay),
+        ema = AveragedModel(net, multi_avg_fn=_ema_avg_fn(config.ema_decay),
                             use_buffers=True)
         if ema_state is not None:
             ema.load_state_dict(ema_state)
