@@ -342,8 +342,8 @@ def with_recipe(config: TrainConfig, recipe: str) -> TrainConfig:
 def ema_decay_at(decay: float, updates: int) -> float:
     """The decay of the weight EMA's ``updates``-th update (0-based):
     ``min(decay, (1 + updates) / (10 + updates))``, TensorFlow's
-    ``ExponentialMovingAverage`` with ``num_updates`` (which EfficientNet's and BigNAS's
-    training used). Without the warm-up, a run of a few hundred steps at decay 0.999 would
+    ``ExponentialMovingAverage`` with ``num_updates`` (as EfficientNet's TPU training code
+    uses it). Without the warm-up, a run of a few hundred steps at decay 0.999 would
     serve weights still two-thirds at their random initialisation."""
     return min(decay, (1 + updates) / (10 + updates))
 
