@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import os
+import threading
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -28,6 +29,11 @@ from ofa_search.ort_options import exact_int8
 Exporter = Literal["auto", "torchscript", "dynamo"]
 INPUT_NAME = "input"
 OUTPUT_NAME = "output"
+_EXPORT_LOCK = threading.Lock()
+"""``torch.onnx.export`` keeps process-wide state (``GLOBALS.in_onnx_export`` and the
+export's opset), so two exports in two threads at once fail ("GLOBALS.in_onnx_export must
+be False"): the service's export pool, or an export job still running beside a profile.
+Every export of this module takes this lock."""
 
 
 def export_onnx(module: nn.Module, input_shape: tuple[int, ...], *, opset: int = 17,
@@ -41,6 +47,14 @@ def export_onnx(module: nn.Module, input_shape: tuple[int, ...], *, opset: int =
     was_training = module.training
     module.eval()
     example = torch.zeros(input_shape)
+    with _EXPORT_LOCK:
+        model = _export_locked(module, example, opset, exporter, output_names, was_training)
+    onnx.checker.check_model(model)
+    return model
+
+
+def _export_locked(module: nn.Module, example: torch.Tensor, opset: int, exporter: Exporter,
+                   output_names: Sequence[str], was_training: bool) -> onnx.ModelProto:
     try:
         if exporter in ("auto", "torchscript"):
             try:
@@ -53,7 +67,6 @@ def export_onnx(module: nn.Module, input_shape: tuple[int, ...], *, opset: int =
             model = _export_dynamo(module, example, opset, output_names)
     finally:
         module.train(was_training)
-    onnx.checker.check_model(model)
     return model
 
 

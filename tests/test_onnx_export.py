@@ -58,3 +58,20 @@ def test_export_restores_training_mode() -> None:
     static = extract(net, Arch.smallest("mbv3_small28")).train()
     export_onnx(static, static.input_shape())
     assert static.training
+
+
+def test_exports_from_two_threads_at_once_both_succeed() -> None:
+    """torch.onnx.export keeps process-wide state: without the module's lock, a second
+    thread's export fails with "GLOBALS.in_onnx_export must be False"."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from ofa_search.arch import Arch
+    from ofa_search.nn import build_static
+    from ofa_search.onnx_export import export_onnx
+
+    arch = Arch.smallest("mbv3_small28")
+    nets = [build_static(arch) for _ in range(2)]
+    shape = (1, 1, arch.resolution, arch.resolution)
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        models = list(pool.map(lambda net: [export_onnx(net, shape) for _ in range(4)], nets))
+    assert all(len(m.graph.node) > 0 for batch in models for m in batch)
