@@ -22,6 +22,7 @@ import re
 import shutil
 import sys
 import traceback
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -91,7 +92,12 @@ def check(args: list[str]) -> int:
         errors = [line for line in output.splitlines() if line.startswith("error: ")]
         usage = "Usage:" in output  # click's usage errors (a box with the message)
         assert usage or len(errors) == 1, output[-2000:]
+        REFUSALS[errors[0] if errors else "usage error"] += 1
     return code
+
+
+REFUSALS: Counter[str] = Counter()
+"""The refusals seen, by message: what a test that hit only errors reports."""
 
 
 # -- the workspace ---------------------------------------------------------------------------
@@ -239,7 +245,8 @@ def outcomes(codes: list[int], *, need_success: bool = True) -> None:
     """Every command line ended in 0 or 2 (checked one by one); some worked, some not."""
     assert 2 in codes, "no example was refused"
     if need_success:
-        assert 0 in codes, "no example got past validation (the fuzzer only hit errors)"
+        assert 0 in codes, ("no example got past validation (the fuzzer only hit errors); "
+                            f"most frequent refusals: {REFUSALS.most_common(5)}")
 
 
 # -- the commands ----------------------------------------------------------------------------
