@@ -724,11 +724,9 @@ def _run(config: TrainConfig, rank: int, world: int, device: torch.device,
     if pos.dropout_cuda is not None and device.type == "cuda":
         torch.cuda.set_rng_state(pos.dropout_cuda, device)
     while pos.epoch < stop:
+        # resumed mid-epoch, _restore left data_gen at this epoch's start: same batch order
         resumed_mid_epoch = pos.epoch_step > 0
-        if resumed_mid_epoch:
-            assert pos.data_epoch_start is not None
-            data_gen.set_state(pos.data_epoch_start)  # the epoch's batch order again
-        else:
+        if not resumed_mid_epoch:
             pos.data_epoch_start = data_gen.get_state()
             for event in strategy.begin_epoch(pos.epoch):
                 if event == "freeze_teacher":
