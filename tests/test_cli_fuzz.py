@@ -97,7 +97,13 @@ def check(args: list[str]) -> int:
 
 
 REFUSALS: Counter[str] = Counter()
-"""The refusals seen, by message: what a test that hit only errors reports."""
+"""The refusals seen by the running test, by message: what a test that hit only errors
+reports."""
+
+
+@pytest.fixture(autouse=True)
+def _fresh_refusals() -> None:
+    REFUSALS.clear()
 
 
 # -- the workspace ---------------------------------------------------------------------------
@@ -310,6 +316,9 @@ def test_query(tree: Tree) -> None:
 def test_profile(tree: Tree) -> None:
     """A valid command line resumes the complete ``fuzz-dev`` table (nothing to measure);
     every other device id drawn is no valid slug (a new table would be measured)."""
+    # the canonical valid line first: if it fails, its whole output is the failure message
+    code, output = invoke(["profile", "-w", tree.path("ws"), "-d", TABLE_DEVICE, "-r", "16"])
+    assert code == 0, f"resuming the complete table failed (exit {code}):\n{output[-3000:]}"
     codes: list[int] = []
 
     @fuzz(60)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import importlib
 import math
+import os
 from typing import Any
 
 import numpy as np
@@ -59,11 +60,19 @@ def set_threads(threads: int) -> int:
     """Ask TVM's thread pool for ``threads`` threads; returns how many it runs.
 
     The pool's maximum is ``TVM_NUM_THREADS`` when the pool first starts in a process.
+    TVM pins the calling thread to a core while it configures the pool; the caller's CPU
+    affinity is restored afterwards, or every thread pool created later by this thread
+    (ONNX Runtime's, PyTorch's) would inherit the single core.
     """
     if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
         raise ValueError(f"threads must be a positive integer, got {threads=}")
     configure, count = _pool_functions()
-    configure(_AFFINITY_BIG_CORES, threads)
+    affinity = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
+    try:
+        configure(_AFFINITY_BIG_CORES, threads)
+    finally:
+        if affinity is not None:
+            os.sched_setaffinity(0, affinity)
     return int(count())
 
 

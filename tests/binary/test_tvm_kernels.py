@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -67,3 +69,14 @@ def test_kernel_uses_avx512_popcount_on_this_host() -> None:
     spec = ConvSpec(1, conv_geometry(8, 8, 3), 128, 32, 0)
     asm = compiled_source(spec)
     assert "vpopcntq\t%zmm" in asm
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_getaffinity"), reason="no CPU affinity on this OS")
+def test_setting_tvm_threads_keeps_the_callers_cpu_affinity() -> None:
+    """TVM pins the thread that configures its pool; ONNX Runtime and PyTorch pools made
+    later by that thread would then share one core (measured: {0, 1} became {0})."""
+    from ofa_search.binary._tvm import set_threads
+
+    before = os.sched_getaffinity(0)
+    assert set_threads(1) >= 1
+    assert os.sched_getaffinity(0) == before
