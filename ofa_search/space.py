@@ -256,6 +256,15 @@ OFA_MBV3 = register_space(
     )
 )
 
+OFA_MBV3_MP = register_space(
+    dataclasses.replace(
+        OFA_MBV3,
+        name="ofa_mbv3_mp",
+        description="ofa_mbv3 with a precision per stage: fp32, int8 or binary",
+        precisions=("binary", "fp32", "int8"),
+    )
+)
+
 MBV3_SMALL28 = register_space(
     SearchSpace(
         name="mbv3_small28",

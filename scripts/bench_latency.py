@@ -4,19 +4,25 @@
         [--space mbv3_small28] [--resolutions 16 20 ...] [--n 100] [--time-cap 0.5]
         [--provider CUDAExecutionProvider] [--batch-size 64] [--tables-dir DIR]
         [--backend torch --torch-device cuda --torch-dtype fp16 --cuda-graphs]
+        [--precision fp32 int8 binary]
 
 Profiles with ONNX Runtime (any execution provider it has) or PyTorch (CPU or CUDA) into
 ``--tables-dir`` (default: the shipped tables, ``ofa_search/hw_profiles/``), then writes
-``RESULTS_DIR/latency_validation_<device>.json`` atomically and prints a summary.
+``RESULTS_DIR/latency_validation_<device>.json`` atomically and prints a summary. A table
+with int8 or binary units (``--precision``, a space with a precision per stage) is
+validated per precision mode, one record each (``…_<device>_<mode>.json``).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 from pathlib import Path
 
+import ofa_search.binary  # registers the timing of binary units
+import ofa_search.quant  # noqa: F401  (registers the timing of int8 units)
 from ofa_search.errors import OfaSearchError
 from ofa_search.profiling.builder import build_table
 from ofa_search.profiling.device import DeviceProfile
@@ -52,6 +58,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--torch-dtype", default="fp32", help="torch backend: fp32, fp16, bf16")
     parser.add_argument("--cuda-graphs", action="store_true",
                         help="torch backend on CUDA: time CUDA-graph replays")
+    parser.add_argument("--precision", nargs="+", default=None,
+                        help="precisions a new table prices (default fp32) and the modes "
+                             "validated (default: every precision the table prices)")
     parser.add_argument("--tables-dir", type=Path, default=REPO_TABLE_DIR,
                         help="where the table is written and looked up")
     args = parser.parse_args(argv)
@@ -65,6 +74,8 @@ def main(argv: list[str] | None = None) -> int:
             profile = DeviceProfile.local_onnxruntime(
                 args.threads, id=args.device, execution_provider=args.provider,
                 batch_size=args.batch_size)
+        if args.precision:
+            profile = dataclasses.replace(profile, precisions=tuple(args.precision))
         start = time.perf_counter()
         table = build_table(args.space, profile, args.resolutions,
                             args.tables_dir / f"{args.device}.json", timing=timing,
@@ -72,10 +83,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"profiled {len(table.entries)} units in {time.perf_counter() - start:.1f} s "
               f"(overhead {table.overhead_ms:.4f} ms)")
     table = find_table(args.device, [args.tables_dir])
-    report = validate_table(table, args.n, args.seed, timing=timing, rounds=args.rounds,
-                            progress=True)
-    print("\n".join(report.summary_lines()))
-    print(f"wrote {report.save(args.results_dir)}")
+    for mode in args.precision or table.precisions:
+        report = validate_table(table, args.n, args.seed, timing=timing, rounds=args.rounds,
+                                progress=True, mode=mode)
+        print("\n".join(report.summary_lines()))
+        print(f"wrote {report.save(args.results_dir)}")
     return 0
 
 

@@ -4,6 +4,10 @@ Seeded random subnets (a seed distinct from the overhead fit's) are exported who
 the same path as the table's units, measured on the table's own profile, and compared with
 :meth:`LatencyTable.predict`: RMSE, MAPE, the share within ±5 % and ±10 %, and Kendall's
 τ (does the table rank subnets as the device does?).
+
+A table that prices int8 or binary units is validated per precision mode (``mode``): the
+held-out subnets then have each stage fp32 or that precision (at least one stage in it),
+measured as export emits them, as the table's per-mode overhead was fitted.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from ofa_search.arch import Arch
 from ofa_search.atomic import atomic_write_json
 from ofa_search.errors import OfaSearchError
 from ofa_search.metrics import report
@@ -49,6 +54,7 @@ class ValidationReport:
     overhead_ms: float
     load_avg: list[float | None] = field(default_factory=list)
     rounds: int = 1
+    mode: str = "fp32"
     date: str = field(default_factory=now_iso)
     rows: list[dict[str, Any]] = field(default_factory=list)
 
@@ -61,7 +67,7 @@ class ValidationReport:
         prof = "n/a" if self.profiling_wall_s is None else f"{self.profiling_wall_s:.1f} s"
         return [
             f"device {self.device_id}  space {self.space}  {self.n} held-out archs "
-            f"(seed {self.seed})",
+            f"(seed {self.seed}, precision mode {self.mode})",
             f"  {'RMSE':<22}{self.rmse_ms:.4f} ms  (mean measured {self.mean_measured_ms:.4f} ms)",
             f"  {'MAPE':<22}{100 * self.mape:.2f} %",
             f"  {'within ±5 %':<22}{100 * self.within_5pct:.1f} %",
@@ -75,9 +81,12 @@ class ValidationReport:
         ]
 
     def save(self, results_dir: str | os.PathLike[str]) -> Path:
-        """Write ``<results_dir>/latency_validation_<device>.json`` atomically."""
-        return atomic_write_json(Path(results_dir) / f"latency_validation_{self.device_id}.json",
-                                 self.to_dict())
+        """Write ``<results_dir>/latency_validation_<device>.json`` (``…_<device>_<mode>.json``
+        for an int8 or binary mode) atomically."""
+        suffix = "" if self.mode == "fp32" else f"_{self.mode}"
+        return atomic_write_json(
+            Path(results_dir) / f"latency_validation_{self.device_id}{suffix}.json",
+            self.to_dict())
 
 
 def _load_avg() -> float | None:
@@ -96,11 +105,38 @@ def profiling_wall_s(table: LatencyTable) -> float | None:
     return float(unit) + float(table.meta.get("overhead", {}).get("wall_s", 0.0))
 
 
+def heldout_archs(table: LatencyTable, n: int, seed: int = VALIDATION_SEED,
+                  mode: str = "fp32") -> list[Arch]:
+    """``n`` seeded random subnets of ``table``'s space, width and resolutions: fp32 ones,
+    or (``mode`` int8 / binary) each stage fp32 or ``mode`` with at least one ``mode``
+    stage.
+
+    Raises:
+        OfaSearchError: the table does not price ``mode``.
+    """
+    if mode not in table.precisions:
+        raise OfaSearchError(
+            f"table {table.device_id!r} prices precisions {list(table.precisions)}, not "
+            f"{mode!r}: profile it with --precision {mode}")
+    if mode == "fp32":
+        return sample_archs(table.space, n, seed, table.width_mult, table.resolutions)
+    archs: list[Arch] = []
+    draw = 2 * n
+    while len(archs) < n:  # a space of one stage draws all-fp32 archs half the time
+        archs = [a for a in sample_archs(table.space, draw, seed, table.width_mult,
+                                         table.resolutions, ("fp32", mode))
+                 if mode in a.precisions][:n]
+        draw *= 2
+    return archs
+
+
 def validate_table(table: LatencyTable, n: int = 100, seed: int = VALIDATION_SEED, *,
                    backend: Measurer | None = None, timing: TimingConfig | None = None,
-                   rounds: int = MEASURE_ROUNDS, progress: bool = False) -> ValidationReport:
+                   rounds: int = MEASURE_ROUNDS, progress: bool = False,
+                   mode: str = "fp32") -> ValidationReport:
     """Measure ``n`` seeded random subnets on the table's profile (each in ``rounds``
-    interleaved rounds, as tables are measured) and compare.
+    interleaved rounds, as tables are measured) and compare. ``mode``: the precision
+    mode of the subnets (:func:`heldout_archs`).
 
     Each row keeps the host's 1-minute load average when its chunk was measured: a load
     well above the profile's threads marks a row that other processes may have slowed.
@@ -108,6 +144,7 @@ def validate_table(table: LatencyTable, n: int = 100, seed: int = VALIDATION_SEE
     ``backend`` defaults to the table's own profile's backend; an imported table (no
     profile) needs one passed in.
     """
+    archs = heldout_archs(table, n, seed, mode)  # a mode the table lacks fails first
     profile = table.profile()
     owned = backend is None
     if backend is None:
@@ -121,8 +158,8 @@ def validate_table(table: LatencyTable, n: int = 100, seed: int = VALIDATION_SEE
     start = time.perf_counter()
     rows: list[dict[str, Any]] = []
     try:
-        archs = sample_archs(table.space, n, seed, table.width_mult, table.resolutions)
-        bar = tqdm(total=n, desc=f"validating {table.device_id}", disable=not progress)
+        bar = tqdm(total=n, desc=f"validating {table.device_id} ({mode})",
+                   disable=not progress)
         loads: list[float | None] = []  # when each arch's chunk was done, in order
 
         def done(arch: Any, stats: Any) -> None:
@@ -148,6 +185,7 @@ def validate_table(table: LatencyTable, n: int = 100, seed: int = VALIDATION_SEE
         mape=m["mape"], within_5pct=m["within_5pct"], within_10pct=m["within_10pct"],
         kendall_tau=m["kendall_tau"], mean_measured_ms=float(meas.mean()),
         validation_wall_s=time.perf_counter() - start,
-        profiling_wall_s=profiling_wall_s(table), overhead_ms=table.overhead_ms,
-        load_avg=[load_before, _load_avg()], rounds=rounds, rows=rows,
+        profiling_wall_s=profiling_wall_s(table),
+        overhead_ms=table.overhead_by_mode.get(mode, table.overhead_ms),
+        load_avg=[load_before, _load_avg()], rounds=rounds, mode=mode, rows=rows,
     )

@@ -48,3 +48,35 @@ def test_tables_without_mode_overheads_still_load() -> None:
     assert table.overhead_by_mode == {}
     arch = Arch.smallest("mbv3_small28")
     assert table.predict(arch) == pytest.approx(table.unit_sum(arch) + table.overhead_ms)
+
+
+def test_int8_mode_is_validated_on_mixed_subnets_measured_as_exported(tmp_path: Path) -> None:
+    """Held-out subnets of a mode mix fp32 and that precision stage by stage (each has one
+    stage in it); they are measured through the real int8 export and ONNX Runtime, and
+    priced with the mode's own overhead."""
+    import ofa_search.quant  # noqa: F401  (registers the timing of int8 units)
+    from ofa_search.errors import OfaSearchError
+    from ofa_search.profiling.timing import TimingConfig
+    from ofa_search.profiling.validate import heldout_archs, validate_table
+
+    ws = Workspace(tmp_path / "ws")
+    table = write_synthetic_table(ws, "mp-val", MP, ("fp32", "int8"), resolutions=(16,))
+    table.overhead_by_mode = {"int8": 0.25}
+    archs = heldout_archs(table, 6, mode="int8")
+    assert len(archs) == 6 and all("int8" in a.precisions for a in archs)
+    assert all(set(a.precisions) <= {"fp32", "int8"} for a in archs)
+    assert any("fp32" in a.precisions for a in archs)  # mixed, not all-int8
+    assert heldout_archs(table, 6, mode="int8") == archs  # seeded
+    assert all(set(a.precisions) == {"fp32"} for a in heldout_archs(table, 3))
+
+    fast = TimingConfig(warmup=1, min_runs=3, max_runs=10, time_cap_s=0.05)
+    report = validate_table(table, n=2, timing=fast, rounds=1, mode="int8")
+    assert report.mode == "int8" and report.overhead_ms == 0.25
+    assert [row["arch"] for row in report.rows] == [a.to_string() for a in archs[:2]]
+    for row, arch in zip(report.rows, archs, strict=False):
+        assert row["predicted_ms"] == pytest.approx(table.unit_sum(arch) + 0.25)
+        assert row["measured_ms"] > 0
+    assert report.save(tmp_path).name == "latency_validation_mp-val_int8.json"
+    with pytest.raises(OfaSearchError, match=r"prices precisions \['fp32', 'int8'\], "
+                                             r"not 'binary': profile it with --precision"):
+        validate_table(table, n=2, mode="binary")
