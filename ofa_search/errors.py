@@ -41,6 +41,10 @@ class UnsupportedPrecisionError(OfaSearchError, ValueError):
     """A precision that a device's space (or the search) does not offer."""
 
 
+class AccuracyLossError(OfaSearchError, ValueError):
+    """An int8 export that loses more test accuracy to its fp32 twin than allowed."""
+
+
 class LutMissError(OfaSearchError, KeyError):
     """A unit that the device's latency table does not price."""
 

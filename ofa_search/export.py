@@ -59,7 +59,7 @@ from ofa_search.data import (
     resize_size,
     stream_loader,
 )
-from ofa_search.errors import OfaSearchError, UnsupportedPrecisionError
+from ofa_search.errors import AccuracyLossError, OfaSearchError, UnsupportedPrecisionError
 from ofa_search.formats import (  # noqa: F401 (part of this module's interface)
     ARTEFACT_STEM,
     AUTO_FORMAT,
@@ -135,7 +135,8 @@ def export(checkpoint: str | os.PathLike[str], arch: str | Arch, format: str,
            calib_batches: int = 16, verify_samples: int = 16, measure: bool = True,
            seed: int = 0, echo: Callable[[str], None] | None = None,
            calib_images: int = OFA_CALIB_IMAGES, max_eval_images: int = DEFAULT_EVAL_IMAGES,
-           num_workers: int | None = None, progress: bool = False) -> ExportResult:
+           num_workers: int | None = None, progress: bool = False,
+           max_int8_loss: float | None = None) -> ExportResult:
     """Export subnet ``arch`` of the supernet in ``checkpoint`` as ``format`` to ``out_dir``.
 
     Args:
@@ -155,12 +156,18 @@ def export(checkpoint: str | os.PathLike[str], arch: str | Arch, format: str,
             recalibration on at most ``calib_images`` random training images, accuracy on
             at most ``max_eval_images`` random validation images (both chosen by ``seed``),
             decoded by ``num_workers`` processes, with tqdm bars when ``progress``.
+        max_int8_loss: an arch with int8 stages is also scored with every stage fp32 (its
+            fp32 twin, in-memory datasets), and the card holds the loss in test-accuracy
+            points; above ``max_int8_loss`` points nothing is written (``None``: report
+            only). With weights trained in fp32 only, that is the cost of post-training
+            quantisation.
 
     Raises:
         UnknownFormatError, FileFormatError (checkpoint), InvalidArchError,
         UnknownDeviceError, LutMissError (the device's table cannot price the arch),
         DatasetError (no or a malformed ``data_dir`` for a streamed dataset),
-        VerificationError (the artefact's outputs differ beyond tolerance).
+        VerificationError (the artefact's outputs differ beyond tolerance),
+        AccuracyLossError (int8 stages lose more than ``max_int8_loss`` points).
     """
     # deferred: keeps `import ofa_search.export` free of the trainer (tqdm)
     from ofa_search.train.checkpoint import load_supernet_arch
@@ -168,6 +175,10 @@ def export(checkpoint: str | os.PathLike[str], arch: str | Arch, format: str,
     say = echo or (lambda _line: None)
     if format != AUTO_FORMAT:
         get_format(format)  # an unknown name fails before any work
+    if max_int8_loss is not None and not (math.isfinite(max_int8_loss)
+                                          and max_int8_loss >= 0):
+        raise ValueError(f"max_int8_loss must be a finite number of points >= 0, got "
+                         f"{max_int8_loss!r}")
     if min(verify_samples, calib_batches, calib_images, max_eval_images) < 1:
         raise ValueError(f"need verify_samples, calib_batches, calib_images and "
                          f"max_eval_images >= 1, got {verify_samples=}, {calib_batches=}, "
@@ -206,6 +217,14 @@ def export(checkpoint: str | os.PathLike[str], arch: str | Arch, format: str,
         calibrated = _calibrate_in_memory(supernet, parsed, data, calib_batches=calib_batches,
                                           verify_samples=verify_samples, seed=seed, say=say)
     net, x = calibrated.net, calibrated.verify_x
+    loss = calibrated.dataset.get("int8_accuracy_loss_points")
+    if max_int8_loss is not None and loss is not None and loss > max_int8_loss:
+        raise AccuracyLossError(
+            f"the int8 stages of {parsed.to_string()} lose {loss:.2f} points of test "
+            f"accuracy to its fp32 twin ({100 * calibrated.dataset['accuracy']:.2f} % vs "
+            f"{100 * calibrated.dataset['fp32_twin_accuracy']:.2f} %), more than the "
+            f"{max_int8_loss:g} allowed; no artefact was written: train int8 (--strategy "
+            "precision) or allow more")
 
     say(f"writing {fmt.name} artefact and verifying it with {fmt.runtime}")
     final, diff = write_verified(
@@ -289,12 +308,21 @@ def _calibrate_in_memory(supernet: Supernet, arch: Arch, data: DatasetSplits, *,
     net = calibrated_subnet(supernet, arch, data, calib_batches=calib_batches, seed=seed)
     say("measuring test accuracy")
     accuracy = evaluate(net, data.test, arch.resolution)
+    scored: dict[str, Any] = {"accuracy": accuracy}
+    if "int8" in arch.precisions:
+        twin = arch.replace(precisions=("fp32",) * len(arch.precisions))
+        say("measuring the test accuracy of its fp32 twin (the int8 stages' loss)")
+        twin_net = calibrated_subnet(supernet, twin, data, calib_batches=calib_batches,
+                                     seed=seed)
+        twin_accuracy = evaluate(twin_net, data.test, arch.resolution)
+        scored.update(fp32_twin_accuracy=twin_accuracy,
+                      int8_accuracy_loss_points=100 * (twin_accuracy - accuracy))
     x, _ = next(iterate_batches(data.test, verify_samples, shuffle=False,
                                 resolution=arch.resolution))
     return _Calibrated(
         net=net, verify_x=x, mean=data.mean, std=data.std,
         dataset={"name": data.name, "split": "test", "samples": len(data.test),
-                 "accuracy": accuracy, "calib_batches": calib_batches, "calib_seed": seed},
+                 **scored, "calib_batches": calib_batches, "calib_seed": seed},
         preprocessing={},
         quant_batches=lambda: train_batches(data, arch.resolution, calib_batches, seed))
 

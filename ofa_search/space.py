@@ -299,3 +299,13 @@ MBV3_SMALL28_MP = register_space(
         precisions=("binary", "fp32", "int8"),
     )
 )
+
+MBV3_SMALL28_INT8 = register_space(
+    dataclasses.replace(
+        MBV3_SMALL28,
+        name="mbv3_small28_int8",
+        description="mbv3_small28 with fp32 or int8 per stage (the demo's space: int8 by "
+                    "post-training quantisation of fp32-trained weights)",
+        precisions=("fp32", "int8"),
+    )
+)

@@ -98,36 +98,64 @@ def test_demo_runs_and_leaves_a_workspace(tmp_path: Path) -> None:
     assert out.returncode == 0, out.stderr
     summary = json.loads((ws / "demo_summary.json").read_text())
     assert summary["device"] == "local-cpu-ort-1t"
-    assert (ws / "hw_profiles" / "local-cpu-ort-1t.json").is_file()
+    assert summary["space"] == "mbv3_small28_int8"
+    assert summary["precision_modes"] == ["fp32", "int8"]
+    table = json.loads((ws / "hw_profiles" / "local-cpu-ort-1t.json").read_text())
+    assert table["device"]["precisions"] == ["fp32", "int8"]
     assert (ws / "predictors" / "accuracy.json").is_file()
     assert (ws / "predictors" / "local-cpu-ort-1t-latency.json").is_file()
     rows = summary["queries"]
-    assert [r["query"] for r in rows] == ["tight", "middle", "loose"]
+    assert [r["query"] for r in rows] == ["tight", "middle", "loose", "middle-int8"]
     assert rows[0]["budget_ms"] < rows[1]["budget_ms"] < rows[2]["budget_ms"]
     for row in rows:
-        arch = Arch.parse(row["arch"], "mbv3_small28")
+        arch = Arch.parse(row["arch"], "mbv3_small28_int8")
         assert arch.resolution == 28
-        assert row["predicted_latency_ms"] <= row["budget_ms"]
-        # 10 measured subnets calibrate a 0.9 bound (9 are needed), which fits the budget
-        assert row["confidence"] == 0.9
-        assert row["predicted_latency_ms"] <= row["latency_upper_ms"] <= row["budget_ms"]
         assert row["within_budget"] == (row["measured_latency_ms"] <= row["budget_ms"])
         assert row["measured_latency_ms"] > 0
         assert 0.0 <= row["measured_accuracy"] <= 1.0
         assert 0.0 <= row["predicted_accuracy"] <= 1.0
+        assert row["precision"] == ("int8" if "int8" in arch.precisions else "fp32")
+    for row in rows[:3]:  # answers at any precision: each fits its budget
+        assert row["predicted_latency_ms"] <= row["budget_ms"]
+        if row["precision"] == "fp32":
+            # 10 measured subnets calibrate a 0.9 bound (9 are needed), which fits the budget
+            assert row["confidence"] == 0.9
+            assert row["predicted_latency_ms"] <= row["latency_upper_ms"] <= row["budget_ms"]
     assert rows[0]["predicted_accuracy"] <= rows[2]["predicted_accuracy"]
+    # the middle answer with every stage int8: priced, measured and exported without QAT
+    twin = Arch.parse(rows[3]["arch"], "mbv3_small28_int8")
+    assert twin == Arch.parse(rows[1]["arch"], "mbv3_small28_int8").replace(
+        precisions=("int8",) * 4)
+    assert rows[3]["source"] == "given" and rows[3]["predicted_latency_ms"] > 0
     assert summary["drift"]["ratio"] > 0 and summary["drift"]["n_subnets"] == 10
     # front members measured for the answers' bound (as many as the front has, up to 10)
     assert summary["answer_calibration"]["n_measured"] == min(10, summary["front_points"])
+    assert set(summary["answer_calibration_by_mode"]) == {"fp32", "int8"}
     card = summary["export"]["card"]
     assert card["arch"]["string"] == rows[1]["arch"]
-    assert card["verification"]["passed"] and card["verification"]["max_abs_diff"] <= 1e-4
+    assert card["verification"]["passed"]
+    assert card["verification"]["max_abs_diff"] <= card["verification"]["tolerance"]
     onnx.checker.check_model(onnx.load(summary["export"]["artefact"]))
+    loss_limit = summary["int8_loss_limit_points"]
+    if summary["int8_export"] is None:  # refused: the demo said why
+        assert "int8 answer not exported" in out.stdout and "more than the" in out.stdout
+    else:
+        int8_card = summary["int8_export"]["card"]
+        assert int8_card["arch"]["string"] == rows[3]["arch"]
+        assert int8_card["artefact"]["format"] == "onnx_int8_ptq"
+        scored = int8_card["dataset"]
+        assert scored["int8_accuracy_loss_points"] == pytest.approx(
+            100 * (scored["fp32_twin_accuracy"] - scored["accuracy"]))
+        assert scored["int8_accuracy_loss_points"] <= loss_limit
+        assert "points from its fp32 twin" in out.stdout
     assert (ws / "front.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # the workspace answers queries afterwards, with the same answer as the demo's
     query = cli("query", "--workspace", str(ws), "--device", "local-cpu-ort-1t",
-                "--latency-ms", repr(rows[1]["budget_ms"]), "--json")
+                "--latency-ms", repr(rows[1]["budget_ms"]), "--precision", "any", "--json")
     assert query.returncode == 0, query.stderr
     answer = json.loads(query.stdout)
     assert answer["arch"] == rows[1]["arch"] and answer["source"] == "front"
+    int8 = cli("query", "--workspace", str(ws), "--device", "local-cpu-ort-1t",
+               "--latency-ms", repr(rows[2]["budget_ms"]), "--precision", "int8", "--json")
+    assert int8.returncode == 0, int8.stderr  # no longer "int8 is not supported"
     assert (ws / "supernet" / "checkpoint.pt").exists()

@@ -93,3 +93,40 @@ def test_card_holds_predicted_and_measured_latency_of_the_artefact(
     device = card["device"]
     assert device["predicted_latency_ms"] > 0 and device["not_measured_reason"] is None
     assert 0 < device["measured_latency_ms"] < 100
+
+
+def test_int8_export_reports_and_limits_its_loss_to_the_fp32_twin(checkpoint: Path,
+                                                                   tmp_path: Path) -> None:
+    """Post-training int8: the card holds the fp32 twin's test accuracy and the loss in
+    points; an export losing more than ``max_int8_loss`` writes no artefact."""
+    from ofa_search.errors import AccuracyLossError
+    from ofa_search.train import evaluate
+
+    supernet, _ = load_supernet(checkpoint)
+    data = load_dataset("digits", in_channels=1, resolution=16)
+    for seed in range(6):  # the first arch whose int8 stages cost accuracy (untrained net)
+        arch = Arch.sample(MP, seed, resolution=16).replace(precisions=("int8",) * 4)
+        result = export(checkpoint, arch, "onnx_int8_ptq", tmp_path / f"out{seed}",
+                        calib_batches=2, measure=False)
+        scored = result.card["dataset"]
+        twin = calibrated_subnet(supernet, arch.replace(precisions=("fp32",) * 4), data,
+                                 calib_batches=2, seed=0)
+        assert scored["fp32_twin_accuracy"] == pytest.approx(evaluate(twin, data.test, 16))
+        loss = scored["int8_accuracy_loss_points"]
+        assert loss == pytest.approx(100 * (scored["fp32_twin_accuracy"] - scored["accuracy"]))
+        if loss > 0:
+            break
+    else:
+        pytest.fail("no sampled int8 arch lost accuracy: the refusal is not exercised")
+    refused = tmp_path / "refused"
+    with pytest.raises(AccuracyLossError, match=rf"lose {loss:.2f} points .* more than the "
+                                                rf"{loss / 2:g} allowed; no artefact"):
+        export(checkpoint, arch, "onnx_int8_ptq", refused, calib_batches=2, measure=False,
+               max_int8_loss=loss / 2)
+    assert not refused.exists() or not any(refused.iterdir())
+    # within the limit it is written; fp32 archs carry no loss
+    export(checkpoint, arch, "onnx_int8_ptq", tmp_path / "allowed", calib_batches=2,
+           measure=False, max_int8_loss=loss)
+    fp32 = export(checkpoint, arch.replace(precisions=("fp32",) * 4), "onnx",
+                  tmp_path / "fp32", calib_batches=2, measure=False)
+    assert "int8_accuracy_loss_points" not in fp32.card["dataset"]

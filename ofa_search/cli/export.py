@@ -16,6 +16,7 @@ from ofa_search.cli.options import (
     MaxEvalImagesOpt,
     ThreadsOpt,
     WorkspaceOpt,
+    check_finite,
     emit_json,
 )
 from ofa_search.errors import OfaSearchError
@@ -54,6 +55,10 @@ def export_cmd(
     max_eval_images: MaxEvalImagesOpt = 10_000,
     measure: Annotated[bool, typer.Option(
         "--measure/--no-measure", help="measure the latency on --device")] = True,
+    max_int8_loss: Annotated[float | None, typer.Option(
+        "--max-int8-loss", min=0.0, help="int8 archs: refuse when the int8 stages lose more "
+        "than this many test-accuracy points to the fp32 twin (default: report only)")
+    ] = None,
     threads: ThreadsOpt = 1,
     as_json: JsonOpt = False,
 ) -> None:
@@ -64,6 +69,7 @@ def export_cmd(
         raise OfaSearchError("give --arch ARCH, or --device ID with --latency-ms N")
     if latency_ms is not None and device is None:
         raise OfaSearchError("--latency-ms needs --device")
+    check_finite(max_int8_loss, "--max-int8-loss", positive=False)
 
     # deferred: each command imports only the library parts it runs (CLI start-up)
     import torch
@@ -86,7 +92,8 @@ def export_cmd(
     result = export(checkpoint or ws.checkpoint, arch, fmt, folder, device=device,
                     workspace=ws, data_dir=data_dir, measure=measure,
                     calib_images=calib_images, max_eval_images=max_eval_images,
-                    progress=True, echo=lambda line: typer.echo(line, err=True))
+                    max_int8_loss=max_int8_loss, progress=True,
+                    echo=lambda line: typer.echo(line, err=True))
     if as_json:
         data = result.to_dict()
         data["query"] = answer.to_dict() if answer is not None else None
@@ -101,6 +108,9 @@ def export_cmd(
     scored = card["dataset"]
     typer.echo(f"accuracy:  {scored['accuracy']:.4f} on {scored['name']} {scored['split']} "
                f"({scored['samples']} images)")
+    if scored.get("int8_accuracy_loss_points") is not None:
+        typer.echo(f"int8 loss: {scored['int8_accuracy_loss_points']:.2f} points against the "
+                   f"fp32 twin ({scored['fp32_twin_accuracy']:.4f})")
     if card["device"]:
         dev = card["device"]
         measured = dev["measured_latency_ms"]

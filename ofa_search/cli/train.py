@@ -28,7 +28,7 @@ app = typer.Typer()
 
 @app.command("demo")
 def demo(workspace: WorkspaceOpt,
-         space: Annotated[str, typer.Option("--space", "-s")] = "mbv3_small28",
+         space: Annotated[str, typer.Option("--space", "-s")] = "mbv3_small28_int8",
          seed: SeedOpt = 0,
          epochs: Annotated[int, typer.Option("--epochs", min=1)] = 6,
          n_archs: Annotated[int, typer.Option(

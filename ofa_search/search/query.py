@@ -229,20 +229,27 @@ class QueryEngine:
             with self._predict_lock:
                 found = self._cold_search(ctx, budget)
             source = "search"
-        point_ms = found.latency_ms * scale
-        upper = (None if level is None
-                 else point_ms * ctx.answer_factor(precision_mode(found.arch), level))
-        if scale != 1.0:
-            warnings = [*warnings, f"predictions are scaled by {scale:.3f} (the speed ratio "
-                        f"stored by `ofa-search check-device --device {ctx.device} --rescale`)"]
-        return QueryResult(
-            arch=found.arch, space=ctx.space, device=ctx.device, precision=ctx.precision,
-            predicted_accuracy=found.accuracy, accuracy_std=found.accuracy_std,
-            predicted_latency_ms=point_ms, macs_m=_macs(found.arch) / 1e6,
-            params_m=_params(found.arch) / 1e6, source=source,
-            latency_predictor=ctx.latency_name, found_in_s=time.perf_counter() - start,
-            latency_upper_ms=upper, confidence=level, latency_scale=scale,
-            warnings=tuple(warnings))
+        return _result(ctx, found, source, level, scale, warnings, start)
+
+    def price(self, device: str, arch: Arch, *, confidence: float | None = None
+              ) -> QueryResult:
+        """The predictions for one given ``arch`` on ``device`` (accuracy, latency and its
+        bound), as a query answering it would state them; ``source`` is ``"given"``.
+
+        Raises :class:`OfaSearchError` for an arch of another space, or one whose
+        precisions or units the device's table does not price.
+        """
+        if confidence is not None:
+            check_confidence(confidence)
+        ctx = self.context(device, precision_mode(arch))
+        if arch.space != ctx.space:
+            raise OfaSearchError(f"arch of space {arch.space!r} cannot be priced on device "
+                                 f"{device!r}, whose table is of space {ctx.space!r}")
+        level, _, warnings = ctx.bound_factor(confidence)
+        start = time.perf_counter()
+        with self._predict_lock:
+            found = ctx.evaluator().evaluate([arch])[0]
+        return _result(ctx, found, "given", level, ctx.scale(), warnings, start)
 
     def modes(self, device: str) -> list[str]:
         """The precision modes whose units ``device``'s table holds (read once per
@@ -258,7 +265,9 @@ class QueryEngine:
 
     def _query_any(self, device: str, latency_ms: float, refine: bool,
                    confidence: float | None) -> QueryResult:
-        """The most accurate answer over every precision mode the device offers."""
+        """The most accurate answer over every precision mode the device offers; where some
+        modes' answers have a calibrated latency bound and others not, only the bounded
+        ones compete (a warning names the others)."""
         start = time.perf_counter()
         answers: list[QueryResult] = []
         lows: list[float] = []
@@ -279,8 +288,16 @@ class QueryEngine:
             raise InfeasibleBudgetError(
                 f"no subnet fits {latency_ms:g} ms on device {device!r} at any precision: the "
                 f"fastest one needs {low:.4g} ms", min_latency_ms=low)
-        best = max(answers, key=lambda r: r.predicted_accuracy)
         skipped = tuple(f"{exc}; that precision was left out" for exc in unbounded)
+        bounded = [a for a in answers if a.confidence is not None]
+        if bounded and len(bounded) < len(answers):
+            # an answer held to its budget by a calibrated bound beats one that is not
+            skipped += tuple(
+                f"{a.precision} answers have no calibrated latency bound on device "
+                f"{device!r}; that precision was left out"
+                for a in answers if a.confidence is None)
+            answers = bounded
+        best = max(answers, key=lambda r: r.predicted_accuracy)
         return dataclasses.replace(best, found_in_s=time.perf_counter() - start,
                                    warnings=best.warnings + skipped)
 
@@ -311,6 +328,26 @@ class QueryEngine:
             rng, REFINE_MUTATE_PROB), rng) for i in range(REFINE_CANDIDATES)]
         best = best_feasible([found, *ctx.evaluator().evaluate(candidates)], budget_ms)
         return best if best is not None and best.accuracy > found.accuracy else found
+
+
+def _result(ctx: DeviceContext, found: Evaluation, source: str, level: float | None,
+            scale: float, warnings: list[str], start: float) -> QueryResult:
+    """The answer ``found`` as stated on ``ctx``: latency scaled to the host's speed, its
+    bound at confidence ``level`` (none without calibration), sizes and warnings."""
+    point_ms = found.latency_ms * scale
+    upper = (None if level is None
+             else point_ms * ctx.answer_factor(precision_mode(found.arch), level))
+    if scale != 1.0:
+        warnings = [*warnings, f"predictions are scaled by {scale:.3f} (the speed ratio "
+                    f"stored by `ofa-search check-device --device {ctx.device} --rescale`)"]
+    return QueryResult(
+        arch=found.arch, space=ctx.space, device=ctx.device, precision=ctx.precision,
+        predicted_accuracy=found.accuracy, accuracy_std=found.accuracy_std,
+        predicted_latency_ms=point_ms, macs_m=_macs(found.arch) / 1e6,
+        params_m=_params(found.arch) / 1e6, source=source,
+        latency_predictor=ctx.latency_name, found_in_s=time.perf_counter() - start,
+        latency_upper_ms=upper, confidence=level, latency_scale=scale,
+        warnings=tuple(warnings))
 
 
 # answers repeat (a front has a few hundred points): count each arch once

@@ -90,3 +90,62 @@ def test_unknown_or_unprofiled_precisions_are_refused(tmp_path) -> None:
     with pytest.raises(UnsupportedPrecisionError, match="unknown precision 'int4'"):
         eng.query(DEVICE, 1.0, "int4")
     assert eng.modes(DEVICE) == ["fp32"]
+
+
+def test_price_states_a_given_arch_as_an_answer_of_its_mode(engine: QueryEngine,
+                                                             tmp_path) -> None:
+    """``price``: a given arch's predictions in its own precision mode (the table sum with
+    the mode's units, the accuracy model), the same numbers a query answering it gives."""
+    from ofa_search.errors import OfaSearchError
+
+    budget = 1.3 * engine.min_latency_ms(DEVICE, "fp32")
+    answer = engine.query(DEVICE, budget, "int8")
+    priced = engine.price(DEVICE, answer.arch)
+    assert priced.source == "given" and priced.precision == "int8"
+    assert priced.arch == answer.arch
+    assert priced.predicted_latency_ms == pytest.approx(answer.predicted_latency_ms)
+    assert priced.predicted_accuracy == pytest.approx(answer.predicted_accuracy)
+    twin = answer.arch.replace(precisions=("int8",) * 4)
+    int8 = engine.price(DEVICE, twin)
+    fp32 = engine.price(DEVICE, twin.replace(precisions=("fp32",) * 4))
+    assert fp32.precision == "fp32"
+    assert int8.predicted_accuracy == pytest.approx(fp32.predicted_accuracy - 4 * COST["int8"])
+    ctx = engine.context(DEVICE, "int8")
+    assert ctx.table is not None
+    assert int8.predicted_latency_ms == pytest.approx(ctx.table.predict(twin))
+    with pytest.raises(OfaSearchError, match="arch of space 'mbv3_small28' cannot be priced"):
+        engine.price(DEVICE, Arch.smallest("mbv3_small28"))
+    ws = Workspace(tmp_path / "ws")  # a table without int8 units cannot price int8 stages
+    write_table(ws, ("fp32",))
+    eng = QueryEngine(ws, accuracy=PrecisionProxy(), accuracy_name="precision-proxy")
+    with pytest.raises(UnsupportedPrecisionError, match="has no int8 units"):
+        eng.price(DEVICE, twin)
+
+
+def test_any_prefers_answers_held_by_a_calibrated_bound(tmp_path) -> None:
+    """fp32 calibrated, int8 not: ``any`` answers fp32 with its bound and says why int8 was
+    left out, though int8 is predicted more accurate at that budget (uncalibrated, int8
+    wins as before)."""
+    from ofa_search.profiling.lut import find_table
+    from predictors.calibration import IntervalModel, save_calibration
+    from predictors.latency import LutLatencyPredictor
+
+    ws = Workspace(tmp_path / "ws")
+    write_table(ws, ("fp32", "int8"))
+
+    def eng() -> QueryEngine:
+        return QueryEngine(ws, accuracy=PrecisionProxy(), accuracy_name="precision-proxy",
+                           latency_kind="lut", cold_trials=600)
+
+    budget = 1.3 * eng().min_latency_ms(DEVICE, "fp32")
+    before = eng().query(DEVICE, budget, "any")
+    assert before.precision == "int8" and before.confidence is None
+    table = find_table(DEVICE, workspace=ws.root)
+    save_calibration(ws, table, [IntervalModel(DEVICE, "lut", LutLatencyPredictor(table)
+                                               .identity(), "test", {"fp32": (0.01,) * 20})])
+    after = eng().query(DEVICE, budget, "any")
+    fp32 = eng().query(DEVICE, budget, "fp32")
+    assert after.precision == "fp32" and after.confidence == 0.9
+    assert after.arch == fp32.arch and after.latency_upper_ms is not None
+    assert after.latency_upper_ms <= budget
+    assert any("int8 answers have no calibrated latency bound" in w for w in after.warnings)
