@@ -85,3 +85,57 @@ def test_init_weights_refuse_another_structure(tmp_path: Path) -> None:
     net = Supernet(MP)
     load_init_weights(net, fp32.checkpoint)
     assert torch.equal(net.head.classifier.weight, fp32.supernet.head.classifier.weight)
+
+
+def test_precision_schedule_text_sets_phases_in_order() -> None:
+    from ofa_search.train.strategies import parse_precision_schedule
+
+    phases = parse_precision_schedule("binary-weights:2, binary:3@0.005", MP, lr=0.01)
+    assert [(p.name, p.epochs, p.lr, p.binary_activations) for p in phases] == [
+        ("binary-weights", 2, 0.01, False), ("binary", 3, 0.005, True)]
+    assert phases[0].precisions == ("fp32", "int8", "binary")
+    assert [p.name for p in parse_precision_schedule("int8:1", "mbv3_small28_int8",
+                                                     lr=0.1)] == ["int8"]
+    for bad, message in [
+        ("int8", r"'int8': expected NAME:EPOCHS\[@LR\] .*\(int8, binary-weights, binary\)"),
+        ("int4:1", r"'int4:1': expected NAME:EPOCHS"),
+        ("binary:1", r"phases of this space \(int8\)"),  # an int8-only space
+        ("int8:x", "EPOCHS must be an integer and LR a number"),
+        ("int8:1@fast", "EPOCHS must be an integer and LR a number"),
+        ("int8:0", "needs EPOCHS >= 1 and a finite LR > 0"),
+        ("int8:1@nan", "needs EPOCHS >= 1 and a finite LR > 0"),
+        ("int8:1,int8:2", "phase 'int8' is given twice"),
+    ]:
+        space = "mbv3_small28_int8" if bad == "binary:1" else MP
+        with pytest.raises(ValueError, match=message):
+            parse_precision_schedule(bad, space, lr=0.01)
+
+
+def test_cli_precision_schedule_trains_the_phases_given(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from typer.testing import CliRunner
+
+    from ofa_search.cli import app, main
+    from ofa_search.train import load_supernet
+
+    fp32 = run_training(dataclasses.replace(FP32, out_dir=str(tmp_path / "fp32"),
+                                            steps_per_epoch=1))
+    base = ["train", "--space", MP, "--strategy", "precision", "--init",
+            str(fp32.checkpoint), "--out", str(tmp_path / "run"), "-r", "16",
+            "--steps-per-epoch", "1", "--batch-size", "16", "--quiet"]
+    out = CliRunner().invoke(app, [*base, "--precision-schedule", "int8:1,binary:1@0.002"])
+    assert out.exit_code == 0, out.output
+    _, meta = load_supernet(tmp_path / "run" / "checkpoint.pt")
+    assert meta["epoch"] == 2
+    assert [(p["name"], p["epochs"], p["lr"]) for p in meta["config"]["precision_phases"]] \
+        == [("int8", 1, 0.05), ("binary", 1, 0.002)]
+    for args, message in [
+        (["--precision-schedule", "int8:0"], "error: --precision-schedule: precision schedule "
+                                              "entry 'int8:0': needs EPOCHS >= 1"),
+        (["--strategy", "sandwich", "--precision-schedule", "int8:1"],
+         "error: --precision-schedule applies to --strategy precision only"),
+    ]:
+        with pytest.raises(SystemExit) as exited:
+            main([*base, *args])
+        assert exited.value.code == 2
+        assert message in capsys.readouterr().err

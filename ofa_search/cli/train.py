@@ -96,11 +96,16 @@ def train_cmd(
         "--ema-decay", help="keep an EMA of the weights with this per-step decay (bignas: "
         "0.9998, warmed up over the first updates); checkpoints then serve the EMA "
         "weights")] = None,
+    precision_schedule: Annotated[str | None, typer.Option(
+        "--precision-schedule", help="precision only: phases as NAME:EPOCHS[@LR],… in "
+        "order, e.g. int8:1,binary-weights:3,binary:6@0.005 (default: every phase of the "
+        "space, --epochs and --lr each)")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
 ) -> None:
     """Train a supernet (under torchrun for several processes); writes OUT/checkpoint.pt."""
     # deferred: each command imports only the library parts it runs (CLI start-up)
     from ofa_search.train import SUPERNET_STRATEGIES, TrainConfig, train, with_recipe
+    from ofa_search.train.strategies import parse_precision_schedule
 
     if strategy not in SUPERNET_STRATEGIES:
         raise OfaSearchError(f"--strategy must be one of {', '.join(SUPERNET_STRATEGIES)}, got "
@@ -112,6 +117,14 @@ def train_cmd(
         if bad:
             raise OfaSearchError(f"--resolutions: space {space!r} has resolutions "
                                  f"{list(offered)}, not {bad}")
+    phases = None
+    if precision_schedule is not None:
+        if strategy != "precision":
+            raise OfaSearchError("--precision-schedule applies to --strategy precision only")
+        try:
+            phases = parse_precision_schedule(precision_schedule, space, lr=lr)
+        except ValueError as exc:
+            raise OfaSearchError(f"--precision-schedule: {exc}") from None
     if threads is not None:
         import torch  # deferred: torch only with --threads
 
@@ -123,7 +136,7 @@ def train_cmd(
                          init_checkpoint=None if init is None else str(init),
                          steps_per_epoch=steps_per_epoch, device=device, amp=amp,
                          checkpoint_every=checkpoint_every, ema_decay=ema_decay,
-                         num_workers=workers,
+                         num_workers=workers, precision_phases=phases,
                          resolutions=tuple(dict.fromkeys(resolutions)) if resolutions else None)
     path = train(with_recipe(config, recipe))
     if not quiet:

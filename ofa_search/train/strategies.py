@@ -20,7 +20,9 @@ Strategies:
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -384,6 +386,40 @@ def default_precision_phases(space: str | SearchSpace, *, epochs: int = 1,
     if not phases:
         raise ValueError(f"space {spec.name!r} offers no low precision "
                          f"(precisions: {', '.join(spec.precisions)})")
+    return tuple(phases)
+
+
+def parse_precision_schedule(text: str, space: str | SearchSpace, *, lr: float
+                             ) -> tuple[PrecisionPhase, ...]:
+    """Phases from ``NAME:EPOCHS[@LR],…`` (e.g. ``int8:1,binary-weights:3,binary:6@0.005``):
+    the named phases of :func:`default_precision_phases` in the order given, each with its
+    epochs and peak learning rate (default ``lr``). A phase may be left out (only binary:
+    ``binary-weights:2,binary:4``) but not repeated.
+
+    Raises:
+        ValueError: one line naming the bad entry and the space's phases.
+    """
+    offered = {phase.name: phase for phase in default_precision_phases(space)}
+    names = ", ".join(offered)
+    phases: list[PrecisionPhase] = []
+    for entry in (part.strip() for part in text.split(",")):
+        name, sep, rest = entry.partition(":")
+        epochs_text, at, lr_text = rest.partition("@")
+        if not sep or name not in offered:
+            raise ValueError(f"precision schedule entry {entry!r}: expected NAME:EPOCHS[@LR] "
+                             f"with NAME among the phases of this space ({names})")
+        try:
+            epochs = int(epochs_text)
+            phase_lr = float(lr_text) if at else lr
+        except ValueError:
+            raise ValueError(f"precision schedule entry {entry!r}: EPOCHS must be an integer "
+                             "and LR a number") from None
+        if epochs < 1 or not math.isfinite(phase_lr) or phase_lr <= 0:
+            raise ValueError(f"precision schedule entry {entry!r}: needs EPOCHS >= 1 and a "
+                             "finite LR > 0")
+        if any(p.name == name for p in phases):
+            raise ValueError(f"precision schedule: phase {name!r} is given twice")
+        phases.append(dataclasses.replace(offered[name], epochs=epochs, lr=phase_lr))
     return tuple(phases)
 
 
