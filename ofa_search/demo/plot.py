@@ -15,9 +15,11 @@ from ofa_search.search.query import QueryResult
 
 
 def plot_front(front: Front, answers: Sequence[tuple[float, QueryResult]],
-               path: str | os.PathLike[str], *, title: str = "") -> Path:
+               path: str | os.PathLike[str], *, title: str = "",
+               others: Sequence[tuple[str, QueryResult]] = ()) -> Path:
     """Write a PNG of predicted accuracy vs predicted latency along ``front``, with each
-    ``(budget_ms, answer)`` drawn as a vertical budget line and a marked point (a
+    ``(budget_ms, answer)`` drawn as a vertical budget line and a marked point, and each
+    ``(label, priced arch)`` of ``others`` as a marked point with its label (a
     :class:`~ofa_search.extras.MissingExtraError` without the ``plot`` extra)."""
     matplotlib = require("matplotlib", "plot", "the front plot")
     matplotlib.use("Agg")  # no display; must precede pyplot's import
@@ -35,6 +37,9 @@ def plot_front(front: Front, answers: Sequence[tuple[float, QueryResult]],
         ax.scatter([answer.predicted_latency_ms], [100 * answer.predicted_accuracy], s=60,
                    color=color, edgecolor="black", zorder=3,
                    label=f"budget {budget:.3f} ms")
+    for label, other in others:
+        ax.scatter([other.predicted_latency_ms], [100 * other.predicted_accuracy], s=60,
+                   marker="D", color="tab:purple", edgecolor="black", zorder=3, label=label)
     ax.set_xlabel("predicted latency (ms)")
     ax.set_ylabel("predicted accuracy (%)")
     ax.set_title(title or f"{front.meta.get('device', '')} front")
