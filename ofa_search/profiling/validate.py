@@ -30,6 +30,7 @@ from ofa_search.profiling.builder import sample_archs
 from ofa_search.profiling.lut import LatencyTable, now_iso
 from ofa_search.profiling.measure import FAST_TIMING, MEASURE_ROUNDS, Measurer, measure_archs
 from ofa_search.profiling.timing import TimingConfig
+from ofa_search.space import get_space
 
 VALIDATION_SEED = 2_000_003
 """Seed of the held-out subnets (distinct from :data:`~.builder.OVERHEAD_SEED`)."""
@@ -114,7 +115,7 @@ def heldout_archs(table: LatencyTable, n: int, seed: int = VALIDATION_SEED,
     Raises:
         OfaSearchError: the table does not price ``mode``.
     """
-    if mode not in table.precisions:
+    if mode not in table.precisions or mode not in get_space(table.space).precisions:
         raise OfaSearchError(
             f"table {table.device_id!r} prices precisions {list(table.precisions)}, not "
             f"{mode!r}: profile it with --precision {mode}")
