@@ -47,27 +47,25 @@ def export_onnx(module: nn.Module, input_shape: tuple[int, ...], *, opset: int =
     was_training = module.training
     module.eval()
     example = torch.zeros(input_shape)
-    with _EXPORT_LOCK:
-        model = _export_locked(module, example, opset, exporter, output_names, was_training)
+    try:
+        with _EXPORT_LOCK:
+            model = _export(module, example, opset, exporter, output_names)
+    finally:
+        module.train(was_training)
     onnx.checker.check_model(model)
     return model
 
 
-def _export_locked(module: nn.Module, example: torch.Tensor, opset: int, exporter: Exporter,
-                   output_names: Sequence[str], was_training: bool) -> onnx.ModelProto:
+def _export(module: nn.Module, example: torch.Tensor, opset: int, exporter: Exporter,
+            output_names: Sequence[str]) -> onnx.ModelProto:
+    if exporter == "dynamo":
+        return _export_dynamo(module, example, opset, output_names)
     try:
-        if exporter in ("auto", "torchscript"):
-            try:
-                model = _export_torchscript(module, example, opset, output_names)
-            except (TypeError, NotImplementedError, AttributeError):
-                if exporter == "torchscript":
-                    raise
-                model = _export_dynamo(module, example, opset, output_names)
-        else:
-            model = _export_dynamo(module, example, opset, output_names)
-    finally:
-        module.train(was_training)
-    return model
+        return _export_torchscript(module, example, opset, output_names)
+    except (TypeError, NotImplementedError, AttributeError):
+        if exporter == "torchscript":
+            raise
+        return _export_dynamo(module, example, opset, output_names)
 
 
 def _export_torchscript(module: nn.Module, example: torch.Tensor, opset: int,

@@ -56,21 +56,13 @@ QUANT_OPS = frozenset({"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLin
 CONV_OPS = frozenset({"Conv", "FusedConv", "QLinearConv", "ConvInteger", "NhwcFusedConv"})
 
 Runner = Callable[[], object]
-# TVM's thread-pool configuration (every BinaryPackage.run) pins the calling thread to one
-# core; ofa_search.binary._tvm.set_threads undoes it. The script records the affinity after
-# each binary run (a check of that fix) and restores its start set before ORT sessions.
-START_AFFINITY: frozenset[int] | None = (frozenset(os.sched_getaffinity(0))
-                                         if hasattr(os, "sched_getaffinity") else None)
+# TVM's thread-pool configuration (every BinaryPackage.run) pinned the calling thread to one
+# core until ofa_search.binary._tvm.set_threads restored it; each row records the affinity
+# after its binary run (a check of that fix).
 
 
 def affinity() -> list[int] | None:
     return sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
-
-
-def restore_affinity() -> None:
-    """Give the calling thread back the cores it started with (undoes TVM's pinning)."""
-    if START_AFFINITY is not None:
-        os.sched_setaffinity(0, START_AFFINITY)
 
 
 # -- command line and host ---------------------------------------------------------------
@@ -114,11 +106,9 @@ def ort_options(threads: int, *, profile_dir: Path | None = None,
 
 
 def ort_session(model: bytes, threads: int, **kwargs: Any) -> Any:
-    """A session with the project's options, created on the cores this process started
-    with (its intra-op threads inherit the creating thread's affinity)."""
+    """A session with the project's options."""
     import onnxruntime as ort
 
-    restore_affinity()
     return ort.InferenceSession(model, ort_options(threads, **kwargs),
                                 providers=["CPUExecutionProvider"])
 
@@ -448,7 +438,6 @@ def measure(supernet: Any, arch: Any, variants: Sequence[str], args: argparse.Na
                     "extract_and_write": written - start, "load": loaded - written,
                     "first_run_compile": time.perf_counter() - loaded}
                 row["affinity_after_binary_run"] = affinity()
-                restore_affinity()
                 models["binary"] = _bind(package.run, x)
                 row["binary_backend"] = package.backend
                 row["binary_fused_blocks"] = package.fused_blocks
@@ -617,6 +606,7 @@ def main(argv: list[str] | None = None) -> int:
     from ofa_search.profiling.lut import now_iso
     from ofa_search.space import get_space
 
+    start_affinity = affinity()
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     supernet = Supernet(get_space(SPACE), 1.0).eval()
@@ -635,8 +625,7 @@ def main(argv: list[str] | None = None) -> int:
         "standard-normal images",
         "binary: every stage binary (1x1 convs binary; depthwise, SE, stem and head fp32)",
         "CPU affinity: each row records the affinity after its binary run "
-        "(affinity_after_binary_run; TVM's thread-pool setup no longer pins the caller), "
-        "and ORT sessions are created on the cores the script started with",
+        "(affinity_after_binary_run; TVM's thread-pool setup no longer pins the caller)",
         f"binary backend: {backend}" + ("" if backend == "tvm" else
                                         " (NumPy fallback: NOT a fair speed number)"),
     ]
@@ -681,7 +670,7 @@ def main(argv: list[str] | None = None) -> int:
         "targets": {"resolution": TARGET_RESOLUTION, "threads": 1,
                     "speedup_over_fp32": TARGETS},
         "notes": notes, "binary_backend": backend, "host": host_record(),
-        "start_affinity": None if START_AFFINITY is None else sorted(START_AFFINITY),
+        "start_affinity": start_affinity,
         "ort_call_overhead_us": overhead, "wall_s": time.perf_counter() - started,
         "summary": summary, "rows": rows,
     }

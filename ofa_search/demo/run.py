@@ -62,6 +62,8 @@ BUDGET_POSITIONS = (("tight", 0.1), ("middle", 0.5), ("loose", 0.9))
 """Budgets as positions in the front's predicted latency range."""
 MEASURE_TIMING = TimingConfig(warmup=5, min_runs=20, max_runs=400, time_cap_s=1.0)
 PROFILE_TIMING = TimingConfig(warmup=3, min_runs=7, max_runs=200, time_cap_s=0.3)
+INT8_TWIN = "middle-int8"
+"""The row of the middle answer with every stage int8: a comparison, not an answer."""
 INT8_LOSS_LIMIT = 1.0
 """Test-accuracy points an int8 export may lose to its fp32 twin (post-training
 quantisation, no int8 training); the demo reports the loss either way."""
@@ -137,7 +139,7 @@ def run_demo(workspace: Path, *, space: str = DEMO_SPACE, seed: int = 0,
     if "int8" in modes:  # the middle answer with every stage int8, priced like an answer
         middle_arch = results[1][2].arch
         twin = middle_arch.replace(precisions=("int8",) * len(middle_arch.precisions))
-        results.append(("middle-int8", answers[1][1], engine.price(DEMO_DEVICE, twin)))
+        results.append((INT8_TWIN, answers[1][1], engine.price(DEMO_DEVICE, twin)))
     if level is not None:
         echo(f"      each answer's {level:g}-confidence bound fits its budget (bound = "
              f"prediction x {factor:.3f}, calibrated on "
@@ -171,8 +173,8 @@ def run_demo(workspace: Path, *, space: str = DEMO_SPACE, seed: int = 0,
              f"{_verdict(row, rows[1]):<16} "
              f"{row['predicted_accuracy']:8.3f} {row['measured_accuracy']:8.3f}  "
              f"{row['precision']:<5} {row['arch']}")
-    over = [row for row in rows  # the int8 twin is a comparison, not an answer
-            if row["query"] != "middle-int8" and row["measured_latency_ms"] > row["budget_ms"]]
+    over = [row for row in rows
+            if row["query"] != INT8_TWIN and row["measured_latency_ms"] > row["budget_ms"]]
     if over:
         echo(f"warning: {len(over)} of {len(rows)} answers measured over their budget "
              f"(worst by {max(r['measured_latency_ms'] / r['budget_ms'] - 1 for r in over):.0%}"
@@ -261,7 +263,7 @@ def _verdict(row: dict[str, Any], middle: dict[str, Any]) -> str:
     """``within budget`` or ``OVER by N %``; for the int8 twin of the middle answer, its
     latency as a multiple of the fp32 answer's (``1.63x fp32``)."""
     measured_ms, budget_ms = row["measured_latency_ms"], row["budget_ms"]
-    if row["query"] == "middle-int8":
+    if row["query"] == INT8_TWIN:
         return f"{measured_ms / middle['measured_latency_ms']:.2f}x fp32"
     if measured_ms <= budget_ms:
         return "within budget"

@@ -143,6 +143,22 @@ def sample_archs(space: str | SearchSpace, n: int, seed: int, width_mult: float,
     return out
 
 
+def mode_archs(space: str | SearchSpace, n: int, seed: int, width_mult: float,
+               resolutions: Sequence[int], mode: str = "fp32") -> list[Arch]:
+    """``n`` seeded random archs of precision mode ``mode``: fp32 ones (:func:`sample_archs`),
+    or each stage fp32 or ``mode`` with at least one ``mode`` stage (the first ``n`` such of
+    a seeded draw, so a larger draw keeps them)."""
+    if mode == "fp32":
+        return sample_archs(space, n, seed, width_mult, resolutions)
+    archs: list[Arch] = []
+    draw = 2 * n
+    while len(archs) < n:  # a space of one stage draws all-fp32 archs half the time
+        archs = [a for a in sample_archs(space, draw, seed, width_mult, resolutions,
+                                         ("fp32", mode)) if mode in a.precisions][:n]
+        draw *= 2
+    return archs
+
+
 def _existing_table(spec: SearchSpace, profile: DeviceProfile, width: float,
                     out_path: Path) -> LatencyTable | None:
     """The table at ``out_path`` to resume (checked against the profile, space and width),
@@ -317,10 +333,7 @@ def fit_overhead(table: LatencyTable, backend: Measurer, n: int = 10,
     profile = table.profile()
     meta: dict[str, Any] = {"seed": seed, "archs": n}
     for mode in [p for p in ("fp32", "int8", "binary") if p in table.precisions]:
-        precisions = ("fp32",) if mode == "fp32" else ("fp32", mode)
-        archs = [a for a in sample_archs(table.space, 2 * n, seed, table.width_mult,
-                                         table.resolutions, precisions)
-                 if mode == "fp32" or mode in a.precisions][:n]
+        archs = mode_archs(table.space, n, seed, table.width_mult, table.resolutions, mode)
         measured = measure_archs(backend, archs, batch_size, profile, rounds=rounds)
         if mode == "fp32":
             fit_network_model(table, archs, [s.median_ms for s in measured])

@@ -26,7 +26,7 @@ from ofa_search.atomic import atomic_write_json
 from ofa_search.errors import OfaSearchError
 from ofa_search.metrics import report
 from ofa_search.profiling.backends import get_backend
-from ofa_search.profiling.builder import sample_archs
+from ofa_search.profiling.builder import mode_archs
 from ofa_search.profiling.lut import LatencyTable, now_iso
 from ofa_search.profiling.measure import FAST_TIMING, MEASURE_ROUNDS, Measurer, measure_archs
 from ofa_search.profiling.timing import TimingConfig
@@ -119,16 +119,7 @@ def heldout_archs(table: LatencyTable, n: int, seed: int = VALIDATION_SEED,
         raise OfaSearchError(
             f"table {table.device_id!r} prices precisions {list(table.precisions)}, not "
             f"{mode!r}: profile it with --precision {mode}")
-    if mode == "fp32":
-        return sample_archs(table.space, n, seed, table.width_mult, table.resolutions)
-    archs: list[Arch] = []
-    draw = 2 * n
-    while len(archs) < n:  # a space of one stage draws all-fp32 archs half the time
-        archs = [a for a in sample_archs(table.space, draw, seed, table.width_mult,
-                                         table.resolutions, ("fp32", mode))
-                 if mode in a.precisions][:n]
-        draw *= 2
-    return archs
+    return mode_archs(table.space, n, seed, table.width_mult, table.resolutions, mode)
 
 
 def validate_table(table: LatencyTable, n: int = 100, seed: int = VALIDATION_SEED, *,
