@@ -137,8 +137,8 @@ def test_demo_runs_and_leaves_a_workspace(tmp_path: Path) -> None:
     assert card["verification"]["max_abs_diff"] <= card["verification"]["tolerance"]
     onnx.checker.check_model(onnx.load(summary["export"]["artefact"]))
     loss_limit = summary["int8_loss_limit_points"]
-    if summary["int8_export"] is None:  # refused: the demo said why
-        assert "int8 answer not exported" in out.stdout and "more than the" in out.stdout
+    if summary["int8_export"] is None:  # refused (its loss, or its verification): said why
+        assert "int8 answer not exported: " in out.stdout
     else:
         int8_card = summary["int8_export"]["card"]
         assert int8_card["arch"]["string"] == rows[3]["arch"]

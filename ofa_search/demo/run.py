@@ -254,7 +254,7 @@ def _export_int8(ws: Workspace, result: QueryResult, *, seed: int,
         return export(ws.checkpoint, result.arch, "onnx_int8_ptq",
                       _export_dir(ws, result, "-int8"), device=DEMO_DEVICE, workspace=ws,
                       seed=seed, max_int8_loss=INT8_LOSS_LIMIT)
-    except OfaSearchError as exc:  # AccuracyLossError: said, and the demo goes on
+    except OfaSearchError as exc:  # its loss (AccuracyLossError) or its verification: said
         echo(f"      int8 answer not exported: {exc}")
         return None
 
