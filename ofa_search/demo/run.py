@@ -249,7 +249,7 @@ def _export_int8(ws: Workspace, result: QueryResult, *, seed: int,
                  echo: Callable[[str], None]) -> ExportResult | None:
     """An int8 arch as post-training quantised int8 ONNX (``onnx_int8_ptq``), refused
     when its int8 stages lose more than :data:`INT8_LOSS_LIMIT` points; ``None`` (said)
-    when it loses too much."""
+    when it is refused, for its loss or by its verification."""
     try:
         return export(ws.checkpoint, result.arch, "onnx_int8_ptq",
                       _export_dir(ws, result, "-int8"), device=DEMO_DEVICE, workspace=ws,
