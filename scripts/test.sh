@@ -22,4 +22,6 @@ site="$(mktemp -d)"
 NO_MKDOCS_2_WARNING=1 "$py" -m mkdocs build --strict --quiet --site-dir "$site"
 rm -rf "$site"
 echo "[test] pytest"
-"$py" -m pytest -q "$@"
+# one worker per core (pytest-xdist), whole files per worker; OFA_TEST_WORKERS=0 runs
+# everything in this process
+"$py" -m pytest -q -n "${OFA_TEST_WORKERS:-auto}" --dist loadfile "$@"

@@ -91,6 +91,7 @@ def test_arch_export_writes_valid_onnx(tmp_path: Path) -> None:
     assert dims == [1, 1, arch.resolution, arch.resolution]
 
 
+@pytest.mark.slow
 def test_demo_runs_and_leaves_a_workspace(tmp_path: Path) -> None:
     ws = tmp_path / "ws"
     out = cli("demo", "--workspace", str(ws), "--epochs", "1", "--n-archs", "24",

@@ -30,6 +30,7 @@ def fitted(tmp_path_factory: pytest.TempPathFactory) -> tuple[Workspace, dict, s
     return ws, json.loads((ws.predictors_dir / "quality.json").read_text()), out.stdout
 
 
+@pytest.mark.slow
 def test_fit_predictors_writes_files_and_reports(fitted: tuple[Workspace, dict, str]) -> None:
     ws, report, text = fitted
     acc = report["accuracy"]

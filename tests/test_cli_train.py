@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from test_cli import cli
 
 from ofa_search.arch import Arch
 
 
+@pytest.mark.slow
 def test_train_then_eval(tmp_path: Path) -> None:
     out_dir = tmp_path / "run"
     out = cli("train", "--space", "mbv3_small28", "--data", "digits", "--strategy", "spos",

@@ -261,6 +261,7 @@ def train_state(path: Path) -> dict[str, torch.Tensor]:
     return data["model"]
 
 
+@pytest.mark.slow
 def test_train_killed_resumes_to_the_uninterrupted_result(tmp_path: Path) -> None:
     base = tmp_path / "straight"
     _, wall = timed(cli_command(*TRAIN_ARGS, "--out", str(base)))
@@ -287,6 +288,7 @@ PROFILE_ARGS = ("profile", "--space", SPACE, "--device", "tiny-ort", "-r", "16",
                 "--time-cap", "0.02", "--overhead-archs", "2", "--rounds", "1")
 
 
+@pytest.mark.slow
 def test_profile_killed_resumes_to_a_complete_table(tmp_path: Path) -> None:
     from ofa_search.profiling.lut import LatencyTable
 
@@ -345,6 +347,7 @@ SEARCH_ARGS = ("search", "--device", DEVICE, "--budgets", "0.25", "--trials", "1
                "--front-trials", "150", "--json")
 
 
+@pytest.mark.slow
 def test_search_killed_reruns_to_a_valid_complete_front(workspace: Workspace,
                                                         tmp_path: Path) -> None:
     from ofa_search.search.front import Front
@@ -378,6 +381,7 @@ EXPORT_ARGS = ("export", "--arch", EXPORT_ARCH, "--format", "onnx", "--no-measur
 VARYING_CARD_FIELDS = ("created", "versions")
 
 
+@pytest.mark.slow
 def test_export_killed_reruns_to_the_same_artefact(workspace: Workspace,
                                                    tmp_path: Path) -> None:
     from ofa_search.model_card import read_card

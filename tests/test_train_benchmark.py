@@ -51,6 +51,7 @@ def test_bench_archs_are_distinct_and_seeded() -> None:
     assert archs != bench_archs(dataclasses.replace(config, seed=1))
 
 
+@pytest.mark.slow
 def test_tiny_benchmark_runs_and_resumes(tmp_path: Path, one_torch_thread: None) -> None:
     config = SupernetBenchConfig(dataset="digits", strategies=("sandwich", "spos"), budget=4,
                                  steps_per_epoch=2, batch_size=32, n_random=2,

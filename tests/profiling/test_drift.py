@@ -99,6 +99,7 @@ def test_scale_file_is_checked(tmp_path: Path) -> None:
         load_scale(ws, table)
 
 
+@pytest.mark.slow
 def test_check_device_cli(tmp_path: Path) -> None:
     ws = Workspace(tmp_path)
     out = cli("check-device", "-w", str(ws.root), "-d", "cpu-ort-1t", "--rounds", "2",

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from ofa_search.profiling.lut import find_table
 
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "profile_gpu.sh"
@@ -20,6 +22,7 @@ def _run(out: Path, **env: str) -> subprocess.CompletedProcess[str]:
                           env={**os.environ, **TINY, **env}, timeout=600)
 
 
+@pytest.mark.slow
 def test_one_table_and_validation_per_batch_size(tmp_path: Path) -> None:
     done = _run(tmp_path, PROVIDER="CPUExecutionProvider", PREFIX="cpu", BATCHES="1 3")
     assert done.returncode == 0, done.stderr

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -296,3 +297,27 @@ def test_tvm_tuning_fills_and_reuses_the_database(tmp_path: Path) -> None:
     with get_backend(profile, timing=TIMING) as second:  # every workload is in the database
         second.run(model, inputs)
     assert time.monotonic() - start < 30
+
+
+def test_tuning_registers_only_the_cpus_intrinsics() -> None:
+    """x86 tuning imports x86's tensor intrinsics, not every back end's (CUDA's alone take
+    ~28 s to register); a fresh process, as the package stays imported once loaded."""
+    pytest.importorskip("tvm")
+    code = """if True:
+        import platform, sys
+        from ofa_search.profiling.backends.tvm_tuning import load_intrinsics
+        from ofa_search.profiling.device import default_llvm_target
+        from tvm.target import Target
+        load_intrinsics(Target(default_llvm_target(1)))
+        from tvm.s_tir import TensorIntrin
+        import tvm.s_tir.tensor_intrin  # what MetaSchedule does: finds the package loaded
+        loaded = sorted(m.rsplit(".", 1)[1] for m in sys.modules
+                        if m.startswith("tvm.s_tir.tensor_intrin."))
+        print(platform.machine(), loaded)
+        if platform.machine() == "x86_64":
+            assert TensorIntrin.get("dot_16x4_vnni") is not None
+            assert "cuda" not in loaded, loaded
+    """
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]

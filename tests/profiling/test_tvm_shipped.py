@@ -55,6 +55,7 @@ def test_shipped_table_points_at_its_packed_database(cache: Path, device: str, s
     assert len(lines) == table.meta["tuning_db"]["workloads"]
 
 
+@pytest.mark.slow
 def test_repacking_the_shipped_database_checks_coverage_and_gives_the_same_bytes(
         cache: Path, tmp_path: Path) -> None:
     profile = find_table(DEVICE).profile()

@@ -14,11 +14,56 @@ once.
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import os
+import platform
+import sys
 from typing import Any
 
 _MAX_TRIALS_PER_ITER = 64
 _DATABASES: dict[str, Any] = {}
+_INTRINSICS = "tvm.s_tir.tensor_intrin"
+# what ``tvm.s_tir.tensor_intrin``'s own ``__init__`` imports (with LLVM enabled)
+_ALL_INTRINSICS = ("cuda", "arm_cpu", "x86", "rocm", "hexagon", "riscv_cpu")
+
+
+def load_intrinsics(target: Any) -> None:
+    """Register the tensor intrinsics that MetaSchedule may tensorize with for ``target``.
+
+    MetaSchedule imports ``tvm.s_tir.tensor_intrin`` when it creates a tune context or
+    builds a candidate. That package registers every back end's intrinsics, for CUDA,
+    ROCm, Hexagon, Arm, x86 and RISC-V: ~39 s of TVMScript parsing on a 2-core host, 28 s
+    of it for CUDA's. For an x86 or Arm CPU target only that CPU's module is imported here,
+    under a package entry whose ``__init__`` does not run (x86: its two VNNI / AVX-512
+    dot products), so MetaSchedule's own import finds the package loaded. Any other target
+    gets the rest of the modules, as TVM's ``__init__`` would import them. A process that
+    already imported the whole package is left as it is.
+    """
+    module = sys.modules.get(_INTRINSICS)
+    if module is not None and not getattr(module, "_ofa_partial", False):
+        return  # TVM's own import ran: every intrinsic is registered
+    triple = str(target.attrs.get("mtriple", "") or platform.machine()).lower()
+    cpu = triple.split("-")[0]
+    if target.kind.name == "llvm" and cpu in ("x86_64", "amd64", "i686", "i386"):
+        wanted: tuple[str, ...] = ("x86",)
+    elif target.kind.name == "llvm" and cpu.startswith(("aarch64", "arm")):
+        wanted = ("arm_cpu",)
+    else:
+        wanted = _ALL_INTRINSICS
+    if module is None:
+        # deferred: TVM is a heavy optional import (the tvm extra)
+        import tvm.s_tir
+
+        spec = importlib.util.find_spec(_INTRINSICS)
+        if spec is None:  # an older TVM layout: leave it to MetaSchedule
+            return
+        module = importlib.util.module_from_spec(spec)  # the package, without its __init__
+        module._ofa_partial = True  # type: ignore[attr-defined]
+        sys.modules[_INTRINSICS] = module
+        tvm.s_tir.tensor_intrin = module
+    for name in wanted:
+        importlib.import_module(f"{_INTRINSICS}.{name}")
 
 
 def make_runner(rpc: tuple[str, int, str] | None = None, timeout_s: float = 300.0) -> Any:
@@ -91,6 +136,7 @@ def tune_and_apply(mod: Any, target: Any, *, trials_per_task: int, work_dir: str
     from tvm.s_tir.meta_schedule.relax_integration import extract_tasks
 
     os.makedirs(work_dir, exist_ok=True)
+    load_intrinsics(target)  # records may replay a tensorization with them
     with target:
         mod = _lowered(mod)
         database = (_database(ms, work_dir) if keep_loaded
@@ -120,6 +166,8 @@ def tune_tasks(tasks: list[Any], target: Any, database: Any, *, trials_per_task:
     # deferred: TVM is a heavy optional import (the tvm extra)
     from tvm.s_tir import meta_schedule as ms
     from tvm.s_tir.meta_schedule.relax_integration import extracted_tasks_to_tune_contexts
+
+    load_intrinsics(target)
 
     contexts, weights = extracted_tasks_to_tune_contexts(
         tasks, work_dir=work_dir, seed=seed,
