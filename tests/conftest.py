@@ -16,14 +16,6 @@ def pytest_configure(config: pytest.Config) -> None:
         torch.set_num_threads(1)
 
 
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Files that hold a ``slow`` test run first (otherwise in collection order): xdist
-    hands out whole files (``--dist loadfile``), and a long file handed out last would
-    leave the other workers idle at the end."""
-    slow = {item.path for item in items if item.get_closest_marker("slow")}
-    items.sort(key=lambda item: item.path not in slow)  # stable: keeps the order within
-
-
 @pytest.fixture
 def one_torch_thread() -> Iterator[None]:
     """One intra-op thread for the test (much faster than two on a shared 2-core machine),
