@@ -170,7 +170,15 @@ def timed(args: list[str]) -> tuple[subprocess.CompletedProcess[str], float]:
 
 
 def files(folder: Path) -> set[str]:
-    return {str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()}
+    return {str(p.relative_to(folder)) for p in folder.rglob("*")
+            if p.is_file() and not optuna_lock_leftover(p)}
+
+
+def optuna_lock_leftover(path: Path) -> bool:
+    """Optuna's released journal lock, renamed but not yet unlinked when the run was killed
+    (``<journal>.lock<uuid>.rename``): opening the journal removes it once it is stale
+    (``remove_stale_lock_leftovers``), which the rerun that follows at once does not see."""
+    return ".lock" in path.name and path.name.endswith(".rename")
 
 
 # -- atomic writes killed mid-write ------------------------------------------------------------

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,29 @@ from ofa_search.workspace import Workspace
 
 JOURNAL_SUFFIXES = (".log", ".journal", ".jsonl")
 SQLITE_TIMEOUT_S = 60
+# Optuna's own grace period for a journal lock left by a dead process
+STALE_LOCK_S = 30.0
+
+
+def remove_stale_lock_leftovers(journal: Path, older_than_s: float = STALE_LOCK_S
+                                ) -> list[Path]:
+    """Remove what a killed process left of ``journal``'s lock; returns what was removed.
+
+    Optuna releases a journal's lock by renaming ``<journal>.lock`` to
+    ``<journal>.lock<uuid>.rename`` and unlinking that. A process killed between the two
+    leaves the renamed file: never read again, but clutter beside the journal. Only files
+    older than ``older_than_s`` go, since a live process unlinks its own a moment after the
+    rename (and fails if the file is gone).
+    """
+    now, removed = time.time(), []
+    for leftover in journal.parent.glob(f"{journal.name}.lock*.rename"):
+        try:
+            if now - leftover.lstat().st_mtime > older_than_s:
+                leftover.unlink()
+                removed.append(leftover)
+        except FileNotFoundError:  # its owner, or another process, removed it
+            pass
+    return removed
 
 
 def open_storage(storage: str | os.PathLike[str] | None, workspace: Workspace | None = None
@@ -54,6 +78,7 @@ def open_storage(storage: str | os.PathLike[str] | None, workspace: Workspace | 
     path = Path(text)
     if path.suffix in JOURNAL_SUFFIXES:
         path.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_lock_leftovers(path)
         return JournalStorage(JournalFileBackend(str(path)))
     raise OfaSearchError(f"storage {text!r} is neither a URL (e.g. sqlite:///studies.db) nor a "
                          f"journal file ending in {', '.join(JOURNAL_SUFFIXES)}")

@@ -1,8 +1,10 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import optuna
@@ -12,7 +14,7 @@ from search_objective import MacsProxy
 from ofa_search.errors import OfaSearchError
 from ofa_search.search import load_context, open_storage, stored_search, study_name
 from ofa_search.search.jobs import default_storage
-from ofa_search.search.storage import predictor_tag
+from ofa_search.search.storage import predictor_tag, remove_stale_lock_leftovers
 
 WORKER = """
 import json, sys
@@ -89,3 +91,22 @@ def test_storage_arguments(tmp_path: Path) -> None:
         open_storage(tmp_path / "studies.txt")
     with pytest.raises(OfaSearchError, match="cannot open storage"):
         open_storage("nosuchdialect://x")
+
+
+def test_a_killed_release_of_the_journal_lock_is_tidied_once_stale(tmp_path: Path) -> None:
+    """Optuna releases the journal lock by a rename then an unlink; a kill between the two
+    leaves ``<journal>.lock<uuid>.rename``. Opening the journal removes such files once
+    they are older than Optuna's grace period, never a fresh one (its owner unlinks it)."""
+    journal = tmp_path / "studies.log"
+    stale = tmp_path / "studies.log.lock0b1c.rename"
+    fresh = tmp_path / "studies.log.lock9f8e.rename"
+    other = tmp_path / "other.log.lock0b1c.rename"
+    journal.touch()
+    for path in (stale, fresh, other):
+        path.symlink_to(journal)  # Optuna's lock is a symlink to the journal
+    old = time.time() - 120
+    os.utime(stale, (old, old), follow_symlinks=False)
+    os.utime(other, (old, old), follow_symlinks=False)
+    open_storage(journal)
+    assert not stale.is_symlink() and fresh.is_symlink() and other.is_symlink()
+    assert remove_stale_lock_leftovers(journal, older_than_s=0) == [fresh]
