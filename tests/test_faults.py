@@ -177,7 +177,7 @@ def files(folder: Path) -> set[str]:
 def optuna_lock_leftover(path: Path) -> bool:
     """Optuna's released journal lock, renamed but not yet unlinked when the run was killed
     (``<journal>.lock<uuid>.rename``): opening the journal removes it once it is stale
-    (``remove_stale_lock_leftovers``), which the rerun that follows at once does not see."""
+    (``remove_stale_lock_leftovers``), so the rerun that follows at once leaves a fresh one."""
     return ".lock" in path.name and path.name.endswith(".rename")
 
 

@@ -14,6 +14,7 @@ or ``None`` for the workspace default (:attr:`Workspace.studies_journal`).
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import os
@@ -48,7 +49,7 @@ def remove_stale_lock_leftovers(journal: Path, older_than_s: float = STALE_LOCK_
     rename (and fails if the file is gone).
     """
     now, removed = time.time(), []
-    for leftover in journal.parent.glob(f"{journal.name}.lock*.rename"):
+    for leftover in journal.parent.glob(f"{glob.escape(journal.name)}.lock*.rename"):
         try:
             if now - leftover.lstat().st_mtime > older_than_s:
                 leftover.unlink()
