@@ -56,12 +56,12 @@ QUANT_OPS = frozenset({"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLin
 CONV_OPS = frozenset({"Conv", "FusedConv", "QLinearConv", "ConvInteger", "NhwcFusedConv"})
 
 Runner = Callable[[], object]
-# TVM's thread-pool configuration (every BinaryPackage.run) pinned the calling thread to one
-# core until ofa_search.binary._tvm.set_threads restored it; each row records the affinity
-# after its binary run (a check of that fix).
 
 
 def affinity() -> list[int] | None:
+    """This thread's cores. TVM's thread-pool configuration (every BinaryPackage.run) pinned
+    the calling thread to one core until ofa_search.binary._tvm.set_threads restored it;
+    each row records the affinity after its binary run (a check of that fix)."""
     return sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
 
 

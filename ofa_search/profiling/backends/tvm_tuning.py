@@ -24,8 +24,6 @@ from typing import Any
 _MAX_TRIALS_PER_ITER = 64
 _DATABASES: dict[str, Any] = {}
 _INTRINSICS = "tvm.s_tir.tensor_intrin"
-# what ``tvm.s_tir.tensor_intrin``'s own ``__init__`` imports (with LLVM enabled)
-_ALL_INTRINSICS = ("cuda", "arm_cpu", "x86", "rocm", "hexagon", "riscv_cpu")
 
 
 def load_intrinsics(target: Any) -> None:
@@ -35,23 +33,23 @@ def load_intrinsics(target: Any) -> None:
     builds a candidate. That package registers every back end's intrinsics, for CUDA,
     ROCm, Hexagon, Arm, x86 and RISC-V: ~39 s of TVMScript parsing on a 2-core host, 28 s
     of it for CUDA's. For an x86 or Arm CPU target only that CPU's module is imported here,
-    under a package entry whose ``__init__`` does not run (x86: its two VNNI / AVX-512
+    under a package entry whose ``__init__`` has not run (x86: its two VNNI / AVX-512
     dot products), so MetaSchedule's own import finds the package loaded. Any other target
-    gets the rest of the modules, as TVM's ``__init__`` would import them. A process that
-    already imported the whole package is left as it is.
+    runs the package's ``__init__``, which registers the rest.
     """
     module = sys.modules.get(_INTRINSICS)
     if module is not None and not getattr(module, "_ofa_partial", False):
         return  # TVM's own import ran: every intrinsic is registered
     triple = str(target.attrs.get("mtriple", "") or platform.machine()).lower()
     cpu = triple.split("-")[0]
+    wanted = None
     if target.kind.name == "llvm" and cpu in ("x86_64", "amd64", "i686", "i386"):
-        wanted: tuple[str, ...] = ("x86",)
+        wanted = "x86"
     elif target.kind.name == "llvm" and cpu.startswith(("aarch64", "arm")):
-        wanted = ("arm_cpu",)
-    else:
-        wanted = _ALL_INTRINSICS
+        wanted = "arm_cpu"
     if module is None:
+        if wanted is None:
+            return  # MetaSchedule's own import registers them all
         # deferred: TVM is a heavy optional import (the tvm extra)
         import tvm.s_tir
 
@@ -62,8 +60,12 @@ def load_intrinsics(target: Any) -> None:
         module._ofa_partial = True  # type: ignore[attr-defined]
         sys.modules[_INTRINSICS] = module
         tvm.s_tir.tensor_intrin = module
-    for name in wanted:
-        importlib.import_module(f"{_INTRINSICS}.{name}")
+    if wanted is not None:
+        importlib.import_module(f"{_INTRINSICS}.{wanted}")
+    else:  # a partial package and another target: TVM's __init__ imports the rest
+        assert module.__spec__ is not None and module.__spec__.loader is not None
+        module.__spec__.loader.exec_module(module)
+        module._ofa_partial = False  # type: ignore[attr-defined]
 
 
 def make_runner(rpc: tuple[str, int, str] | None = None, timeout_s: float = 300.0) -> Any:
