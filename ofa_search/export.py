@@ -259,7 +259,7 @@ def export(checkpoint: str | os.PathLike[str], arch: str | Arch, format: str,
         "artefact": {"format": fmt.name, "file": final.name, "bytes": final.stat().st_size,
                      "sha256": sha256_file(final), "description": fmt.description},
         "verification": {"runtime": fmt.runtime, "max_abs_diff": diff,
-                         "tolerance": fmt.tolerance, "samples": int(x.shape[0]),
+                         "tolerance": fmt.tolerance_of(net), "samples": int(x.shape[0]),
                          "passed": True},
         "versions": tool_versions(),
     }

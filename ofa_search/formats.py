@@ -53,6 +53,8 @@ class ArtefactFormat:
     ``calibrated_write(net, path, batches)``: :func:`export` calls it instead of ``write``,
     with the un-augmented training batches of the BN recalibration (``[N, C, r, r]``
     float32 arrays). ``precisions``: the stage precisions an artefact can hold.
+    ``tolerance_for(net)``: the tolerance for this network when it depends on the
+    network (a binary package with int8 segments); else ``tolerance``.
     """
 
     name: str
@@ -64,6 +66,11 @@ class ArtefactFormat:
     verify: Callable[[Path, StaticSubnet, torch.Tensor], float]
     calibrated_write: Callable[[StaticSubnet, Path, Sequence[np.ndarray]], None] | None = None
     precisions: tuple[str, ...] = ("fp32",)
+    tolerance_for: Callable[[StaticSubnet], float] | None = None
+
+    def tolerance_of(self, net: StaticSubnet) -> float:
+        """The verification tolerance for ``net``."""
+        return self.tolerance if self.tolerance_for is None else self.tolerance_for(net)
 
 
 _FORMATS: dict[str, ArtefactFormat] = {}
@@ -103,9 +110,10 @@ def write_verified(fmt: ArtefactFormat, net: StaticSubnet, folder: Path, x: torc
         else:
             fmt.write(net, pending)
         diff = fmt.verify(pending, net, x)
-        if not diff <= fmt.tolerance:  # also catches NaN
+        tolerance = fmt.tolerance_of(net)
+        if not diff <= tolerance:  # also catches NaN
             raise VerificationError(f"{fmt.name} artefact{label} differs from the PyTorch "
-                                    f"{what} by {diff:.3g} > tolerance {fmt.tolerance:.0e}")
+                                    f"{what} by {diff:.3g} > tolerance {tolerance:.0e}")
         os.replace(pending, final)
     finally:
         pending.unlink(missing_ok=True)

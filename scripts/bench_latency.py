@@ -4,13 +4,14 @@
         [--space mbv3_small28] [--resolutions 16 20 ...] [--n 100] [--time-cap 0.5]
         [--provider CUDAExecutionProvider] [--batch-size 64] [--tables-dir DIR]
         [--backend torch --torch-device cuda --torch-dtype fp16 --cuda-graphs]
-        [--precision fp32 int8 binary]
+        [--precision fp32 int8 binary] [--modes mixed]
 
 Profiles with ONNX Runtime (any execution provider it has) or PyTorch (CPU or CUDA) into
 ``--tables-dir`` (default: the shipped tables, ``ofa_search/hw_profiles/``), then writes
 ``RESULTS_DIR/latency_validation_<device>.json`` atomically and prints a summary. A table
 with int8 or binary units (``--precision``, a space with a precision per stage) is
-validated per precision mode, one record each (``…_<device>_<mode>.json``).
+validated per precision mode, one record each (``…_<device>_<mode>.json``); ``--modes
+mixed`` validates subnets with int8 and binary stages in one network.
 """
 
 from __future__ import annotations
@@ -61,6 +62,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--precision", nargs="+", default=None,
                         help="precisions a new table prices (default fp32) and the modes "
                              "validated (default: every precision the table prices)")
+    parser.add_argument("--modes", nargs="+", default=None,
+                        help="precision modes to validate instead (fp32, int8, binary, or "
+                             "mixed: int8 and binary stages in one subnet)")
     parser.add_argument("--tables-dir", type=Path, default=REPO_TABLE_DIR,
                         help="where the table is written and looked up")
     args = parser.parse_args(argv)
@@ -83,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"profiled {len(table.entries)} units in {time.perf_counter() - start:.1f} s "
               f"(overhead {table.overhead_ms:.4f} ms)")
     table = find_table(args.device, [args.tables_dir])
-    for mode in args.precision or table.precisions:
+    for mode in args.modes or args.precision or table.precisions:
         report = validate_table(table, args.n, args.seed, timing=timing, rounds=args.rounds,
                                 progress=True, mode=mode)
         print("\n".join(report.summary_lines()))

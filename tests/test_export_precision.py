@@ -14,6 +14,8 @@ from table_helpers import write_synthetic_table
 from typer.testing import CliRunner
 
 from ofa_search.arch import Arch, parse_arch
+from ofa_search.binary import BinaryPackage
+from ofa_search.binary.formats import MIXED_RELATIVE_TOLERANCE
 from ofa_search.cli import app
 from ofa_search.data import iterate_batches, load_dataset
 from ofa_search.errors import UnsupportedPrecisionError
@@ -67,10 +69,29 @@ def test_binary_arch_exports_a_verified_package_that_run_executes(checkpoint: Pa
     assert (np.asarray(report["predictions"]) == expected).mean() >= 0.95
 
 
+def test_int8_and_binary_stages_export_to_one_verified_package(checkpoint: Path,
+                                                               tmp_path: Path) -> None:
+    # int8 in the last stage: the random weights of this checkpoint, whose logits nearly
+    # tie, would make an int8 rounding that reaches a binary sign decide the comparison
+    mixed = f"{BINARY}@int8"
+    assert set(parse_arch(mixed, MP).precisions) == {"fp32", "int8", "binary"}
+    assert default_format(parse_arch(mixed, MP)) == "binary"
+    result = export(checkpoint, mixed, "auto", tmp_path / "out", calib_batches=2,
+                    measure=False)
+    verification = result.card["verification"]
+    assert result.card["artefact"]["format"] == "binary" and verification["passed"]
+    assert verification["tolerance"] == MIXED_RELATIVE_TOLERANCE
+    assert verification["max_abs_diff"] <= MIXED_RELATIVE_TOLERANCE
+    program = BinaryPackage.load(result.artefact, backend="numpy").program
+    assert any(b"QuantizeLinear" in segment for segment in program.segments)
+    assert program.layers
+
+
 @pytest.mark.parametrize(("fmt", "arch", "message"), [
     ("onnx", BINARY, r"format 'onnx' cannot hold binary stages.*formats for this arch: .*"
                      r"binary"),
-    ("binary", BINARY.replace("@binary", "@int8"), r"cannot hold int8 stages"),
+    ("onnx_int8", BINARY, r"format 'onnx_int8' cannot hold binary stages.*formats for "
+                          r"this arch: binary"),
 ])
 def test_formats_refuse_stages_they_cannot_hold(checkpoint: Path, tmp_path: Path, fmt: str,
                                                 arch: str, message: str) -> None:

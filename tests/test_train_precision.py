@@ -53,6 +53,29 @@ def test_precision_strategy_samples_phase_precisions_under_an_fp32_teacher() -> 
                     "binary": {"fp32", "int8", "binary"}}
 
 
+def test_binary_share_sets_how_often_a_stage_is_binary_and_distill_the_loss() -> None:
+    strategy = PrecisionStrategy(MP, n_random=3, seed=0, binary_share=1.0, distill=False)
+    for epoch, phase in enumerate(strategy.phases):
+        strategy.begin_epoch(epoch)
+        for _ in range(20):
+            tasks = strategy.step()
+            assert tasks[0].loss == "labels" and set(tasks[0].arch.precisions) == {"fp32"}
+            assert all(t.loss == "labels" for t in tasks[1:])
+            seen = {p for t in tasks[1:] for p in t.arch.precisions}
+            # int8 has no binary, so the share does not apply: its precisions stay uniform
+            assert seen == ({"binary"} if "binary" in phase.precisions else {"fp32", "int8"})
+    never = PrecisionStrategy(MP, n_random=3, seed=0, binary_share=0.0)
+    never.begin_epoch(2)
+    assert all("binary" not in t.arch.precisions for _ in range(20) for t in never.step())
+    half = PrecisionStrategy(MP, n_random=3, seed=0, binary_share=0.5)
+    half.begin_epoch(2)
+    draws = [p for _ in range(200) for t in half.step()[1:] for p in t.arch.precisions]
+    assert 0.45 < draws.count("binary") / len(draws) < 0.55
+    assert half.precision_weights() == (0.25, 0.25, 0.5)
+    with pytest.raises(ValueError, match="binary_share must be in"):
+        PrecisionStrategy(MP, binary_share=1.5)
+
+
 def test_precision_phase_validation() -> None:
     with pytest.raises(ValueError, match="precisions must be a non-empty subset"):
         PrecisionStrategy(MP, phases=[PrecisionPhase("x", ("int4",), True, 1, 0.1)])
@@ -123,17 +146,22 @@ def test_cli_precision_schedule_trains_the_phases_given(
     base = ["train", "--space", MP, "--strategy", "precision", "--init",
             str(fp32.checkpoint), "--out", str(tmp_path / "run"), "-r", "16",
             "--steps-per-epoch", "1", "--batch-size", "16", "--quiet"]
-    out = CliRunner().invoke(app, [*base, "--precision-schedule", "int8:1,binary:1@0.002"])
+    out = CliRunner().invoke(app, [*base, "--precision-schedule", "int8:1,binary:1@0.002",
+                                   "--binary-share", "0.75", "--no-distill"])
     assert out.exit_code == 0, out.output
     _, meta = load_supernet(tmp_path / "run" / "checkpoint.pt")
     assert meta["epoch"] == 2
     assert [(p["name"], p["epochs"], p["lr"]) for p in meta["config"]["precision_phases"]] \
         == [("int8", 1, 0.05), ("binary", 1, 0.002)]
+    assert meta["config"]["binary_share"] == 0.75
+    assert meta["config"]["precision_distill"] is False
     for args, message in [
         (["--precision-schedule", "int8:0"], "error: --precision-schedule: precision schedule "
                                               "entry 'int8:0': needs EPOCHS >= 1"),
         (["--strategy", "sandwich", "--precision-schedule", "int8:1"],
          "error: --precision-schedule applies to --strategy precision only"),
+        (["--strategy", "sandwich", "--binary-share", "0.5"],
+         "error: --binary-share and --no-distill apply to --strategy precision only"),
     ]:
         with pytest.raises(SystemExit) as exited:
             main([*base, *args])

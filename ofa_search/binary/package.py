@@ -1,11 +1,16 @@
 """Turn an eval-mode static subnet into a binary package (:mod:`ofa_search.binary.archive`).
 
-The units of the subnet are walked in order. Full-precision modules (stem, fp32/int8
+The units of the subnet are walked in order. Non-binary modules (stem, fp32 and int8
 blocks, the depthwise conv and squeeze-excite of binary blocks, the head) accumulate into
 the current segment; each :class:`~ofa_search.nn.binary.BinaryPointwise` closes it (one
 ONNX model, exported with :func:`ofa_search.onnx_export.export_onnx`) and becomes a packed
 layer; a binary block with an identity shortcut ends with an add step. So there is one
-ONNX segment per stretch of full-precision code between binary convs, and no more.
+ONNX segment per stretch of non-binary code between binary convs, and no more.
+
+A segment that holds int8 blocks is written as QDQ int8 ONNX by the path of
+:func:`ofa_search.quant.qdq.export_int8` (batch norms folded, the learned QAT scales, ONNX
+Runtime's quantiser), calibrated on the calibration images as they arrive at that segment
+(the PyTorch subnet run up to it); so one package holds int8 segments beside binary layers.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import onnx
 import torch
 from torch import nn
@@ -34,6 +40,9 @@ from ofa_search.nn.binary import BinaryPointwise
 from ofa_search.nn.quant import QConv2d
 from ofa_search.nn.static import MBConv, StaticSubnet
 from ofa_search.onnx_export import export_onnx
+from ofa_search.quant.calibrate import DEFAULT_MAX_SAMPLES, iter_samples
+from ofa_search.quant.fold import fold_network
+from ofa_search.quant.quantize import quantize_convs
 
 BATCH_DIM = "N"
 
@@ -71,7 +80,10 @@ class _ProgramBuilder:
             # eval() also on the wrapper: export_onnx restores the wrapper's mode recursively
             segment = nn.Sequential(*self.pending).eval()
             source = self.values[self.current]
-            model = dynamic_batch(export_onnx(segment, tuple(source.shape)))
+            if any(isinstance(m, QConv2d) for m in segment.modules()):
+                model = dynamic_batch(int8_segment(segment, source))
+            else:
+                model = dynamic_batch(export_onnx(segment, (1, *source.shape[1:])))
             name = self._new_name()
             self.steps.append(OnnxStep(len(self.segments), self.current, name))
             self.segments.append(model.SerializeToString())
@@ -130,20 +142,41 @@ class _ProgramBuilder:
         return self.steps
 
 
+def int8_segment(segment: nn.Module, samples: torch.Tensor) -> onnx.ModelProto:
+    """QDQ int8 ONNX (batch 1) of an eval-mode ``segment`` holding int8 convs, with their
+    learned scales; ``samples`` ``[N, C, H, W]``: the segment's calibration inputs, for
+    the conv outputs without a learned range."""
+    folded = fold_network(segment, int8_grid=True)
+    fp32 = export_onnx(folded.module, (1, *samples.shape[1:]))
+    return quantize_convs(fp32, folded.int8_convs, list(iter_samples([samples.numpy()])),
+                          learned=True)
+
+
 def build_program(modules: Sequence[nn.Module], input_shape: tuple[int, int, int], *,
-                  arch: str | None = None, space: str | None = None,
-                  unit: str | None = None) -> BinaryProgram:
+                  calibration: Sequence[np.ndarray] | None = None, arch: str | None = None,
+                  space: str | None = None, unit: str | None = None) -> BinaryProgram:
     """The program of ``modules`` run in sequence on one sample of ``input_shape``
-    ``(C, H, W)``; the modules must be in eval mode and hold no int8 layers."""
-    if any(isinstance(m, QConv2d) for module in modules for m in module.modules()):
-        raise ValueError("int8 (fake-quantised) layers cannot go into a binary package: its "
-                         "segments are fp32 ONNX; use fp32 or binary stages (int8 deployment "
-                         "is ofa_search.quant's)")
+    ``(C, H, W)``; the modules must be in eval mode. Int8 layers (calibrated QAT convs)
+    need ``calibration``: ``[N, C, H, W]`` float32 batches of real inputs (at most
+    :data:`~ofa_search.quant.calibrate.DEFAULT_MAX_SAMPLES` images are used)."""
+    int8 = any(isinstance(m, QConv2d) for module in modules for m in module.modules())
+    if int8 and not calibration:
+        raise ValueError("int8 layers in a binary package need calibration images (the "
+                         "training batches that export passes): none were given")
     training = [type(m).__name__ for m in modules if m.training]
     if training:
         raise ValueError(f"put the network in eval mode before packaging (in training mode: "
                          f"{', '.join(training)})")
-    builder = _ProgramBuilder(torch.zeros((1, *input_shape)))
+    if int8:
+        assert calibration is not None
+        images = np.concatenate(list(iter_samples(calibration, DEFAULT_MAX_SAMPLES)))
+        if images.shape[1:] != tuple(input_shape):
+            raise ValueError(f"calibration images must be [N, {', '.join(map(str, input_shape))}]"
+                             f", got {list(images.shape)}")
+        start = torch.from_numpy(images)
+    else:
+        start = torch.zeros((1, *input_shape))
+    builder = _ProgramBuilder(start)
     for module in modules:
         builder.block(module)
     steps = builder.finish()
@@ -152,18 +185,23 @@ def build_program(modules: Sequence[nn.Module], input_shape: tuple[int, int, int
                          arch=arch, space=space, unit=unit)
 
 
-def subnet_program(net: StaticSubnet) -> BinaryProgram:
-    """The program of an eval-mode static subnet (see :func:`build_program`)."""
+def subnet_program(net: StaticSubnet, calibration: Sequence[np.ndarray] | None = None
+                   ) -> BinaryProgram:
+    """The program of an eval-mode static subnet (see :func:`build_program`;
+    ``calibration`` is needed, and used, only when the arch has int8 stages)."""
     if not isinstance(net, StaticSubnet):
         raise TypeError(f"expected a StaticSubnet, got {type(net).__name__}")
     if net.training:
         raise ValueError("put the network in eval mode (net.eval()) before packaging")
     _, c, h, w = net.input_shape(1)
-    return build_program(list(net.units), (c, h, w), arch=net.arch.to_string(),
-                         space=net.arch.space)
+    return build_program(list(net.units), (c, h, w),
+                         calibration=calibration if "int8" in net.arch.precisions else None,
+                         arch=net.arch.to_string(), space=net.arch.space)
 
 
-def write_binary_package(net: StaticSubnet, path: str | os.PathLike[str]) -> Path:
+def write_binary_package(net: StaticSubnet, path: str | os.PathLike[str],
+                         calibration: Sequence[np.ndarray] | None = None) -> Path:
     """Write ``net`` (eval mode) as one binary package file at ``path``, atomically
-    (a temporary file in the same folder, then a rename)."""
-    return atomic_write_bytes(path, program_to_bytes(subnet_program(net)))
+    (a temporary file in the same folder, then a rename); ``calibration``: training
+    batches for the int8 segments of an arch with int8 stages."""
+    return atomic_write_bytes(path, program_to_bytes(subnet_program(net, calibration)))

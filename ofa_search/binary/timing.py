@@ -20,6 +20,7 @@ from ofa_search.profiling.measure import (
     prepare_package,
     register_precision_timing,
 )
+from ofa_search.quant.units import seeded_calibration
 from ofa_search.units import MBConvUnit, Unit
 
 
@@ -37,13 +38,18 @@ def prepare_binary_unit(backend: Measurer, unit: Unit, profile: DeviceProfile) -
 def prepare_binary_arch(backend: Measurer, arch: Arch, batch_size: int = 1,
                         profile: DeviceProfile | None = None) -> Prepared:
     """The bit-packed package of ``arch``'s static subnet (seed 0), at ``profile``'s
-    threads."""
+    threads; int8 stages go into QDQ segments, calibrated on seeded random images."""
     if profile is not None and profile.backend != "onnxruntime":
         raise ValueError(f"binary subnets run on this host's bit-packed runtime; profile "
                          f"{profile.id!r} ({profile.backend}) cannot time them")
-    net = build_static(arch, torch.Generator().manual_seed(0)).eval()
+    net = build_static(arch, torch.Generator().manual_seed(0))
+    calibration = None
+    if "int8" in arch.precisions:  # int8 segments: ranges observed as int8 units observe them
+        batches = seeded_calibration(net, net.input_shape(batch_size))
+        calibration = [b.numpy() for b in batches]
     threads = 1 if profile is None else profile.intra_op_threads
-    return prepare_package(BinaryPackage(subnet_program(net), threads=threads), batch_size)
+    program = subnet_program(net.eval(), calibration)
+    return prepare_package(BinaryPackage(program, threads=threads), batch_size)
 
 
 BINARY_TIMING = PrecisionTiming("binary", prepare_binary_unit, prepare_binary_arch)

@@ -100,6 +100,13 @@ def train_cmd(
         "--precision-schedule", help="precision only: phases as NAME:EPOCHS[@LR],… in "
         "order, e.g. int8:1,binary-weights:3,binary:6@0.005 (default: every phase of the "
         "space, --epochs and --lr each)")] = None,
+    binary_share: Annotated[float | None, typer.Option(
+        "--binary-share", min=0.0, max=1.0, help="precision only: probability that a "
+        "sampled stage is binary in the phases that offer binary (default: every "
+        "precision of the phase equally likely)")] = None,
+    distill: Annotated[bool, typer.Option(
+        "--distill/--no-distill", help="precision only: the sampled subnets learn from "
+        "the fp32 largest subnet's output (default) or from the labels")] = True,
     quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
 ) -> None:
     """Train a supernet (under torchrun for several processes); writes OUT/checkpoint.pt."""
@@ -117,6 +124,9 @@ def train_cmd(
         if bad:
             raise OfaSearchError(f"--resolutions: space {space!r} has resolutions "
                                  f"{list(offered)}, not {bad}")
+    if strategy != "precision" and (binary_share is not None or not distill):
+        raise OfaSearchError("--binary-share and --no-distill apply to --strategy precision "
+                             "only")
     phases = None
     if precision_schedule is not None:
         if strategy != "precision":
@@ -137,6 +147,7 @@ def train_cmd(
                          steps_per_epoch=steps_per_epoch, device=device, amp=amp,
                          checkpoint_every=checkpoint_every, ema_decay=ema_decay,
                          num_workers=workers, precision_phases=phases,
+                         binary_share=binary_share, precision_distill=distill,
                          resolutions=tuple(dict.fromkeys(resolutions)) if resolutions else None)
     path = train(with_recipe(config, recipe))
     if not quiet:

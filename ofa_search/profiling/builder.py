@@ -143,18 +143,26 @@ def sample_archs(space: str | SearchSpace, n: int, seed: int, width_mult: float,
     return out
 
 
+MIXED_MODE = "mixed"
+"""The validation mode of subnets with int8 *and* binary stages in one network (a binary
+package with QDQ int8 segments); priced with the ``binary`` mode's overhead."""
+
+
 def mode_archs(space: str | SearchSpace, n: int, seed: int, width_mult: float,
                resolutions: Sequence[int], mode: str = "fp32") -> list[Arch]:
     """``n`` seeded random archs of precision mode ``mode``: fp32 ones (:func:`sample_archs`),
-    or each stage fp32 or ``mode`` with at least one ``mode`` stage (the first ``n`` such of
-    a seeded draw, so a larger draw keeps them)."""
+    or each stage fp32 or ``mode`` with at least one ``mode`` stage, or (``mixed``) each
+    stage fp32, int8 or binary with at least one int8 and one binary stage (the first
+    ``n`` such of a seeded draw, so a larger draw keeps them)."""
     if mode == "fp32":
         return sample_archs(space, n, seed, width_mult, resolutions)
+    precisions = ("fp32", "int8", "binary") if mode == MIXED_MODE else ("fp32", mode)
+    needed = set(precisions) - {"fp32"}
     archs: list[Arch] = []
     draw = 2 * n
     while len(archs) < n:  # a space of one stage draws all-fp32 archs half the time
         archs = [a for a in sample_archs(space, draw, seed, width_mult, resolutions,
-                                         ("fp32", mode)) if mode in a.precisions][:n]
+                                         precisions) if needed <= set(a.precisions)][:n]
         draw *= 2
     return archs
 

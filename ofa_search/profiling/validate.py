@@ -26,7 +26,7 @@ from ofa_search.atomic import atomic_write_json
 from ofa_search.errors import OfaSearchError
 from ofa_search.metrics import report
 from ofa_search.profiling.backends import get_backend
-from ofa_search.profiling.builder import mode_archs
+from ofa_search.profiling.builder import MIXED_MODE, mode_archs
 from ofa_search.profiling.lut import LatencyTable, now_iso
 from ofa_search.profiling.measure import FAST_TIMING, MEASURE_ROUNDS, Measurer, measure_archs
 from ofa_search.profiling.timing import TimingConfig
@@ -110,15 +110,19 @@ def heldout_archs(table: LatencyTable, n: int, seed: int = VALIDATION_SEED,
                   mode: str = "fp32") -> list[Arch]:
     """``n`` seeded random subnets of ``table``'s space, width and resolutions: fp32 ones,
     or (``mode`` int8 / binary) each stage fp32 or ``mode`` with at least one ``mode``
-    stage.
+    stage, or (``mixed``) subnets with int8 and binary stages (:func:`mode_archs`).
 
     Raises:
-        OfaSearchError: the table does not price ``mode``.
+        OfaSearchError: the table does not price ``mode`` (``mixed``: int8 and binary).
     """
-    if mode not in table.precisions or mode not in get_space(table.space).precisions:
+    needed = ("int8", "binary") if mode == MIXED_MODE else (mode,)
+    offered = get_space(table.space).precisions
+    missing = [p for p in needed if p not in table.precisions or p not in offered]
+    if missing:
         raise OfaSearchError(
             f"table {table.device_id!r} prices precisions {list(table.precisions)}, not "
-            f"{mode!r}: profile it with --precision {mode}")
+            f"{', '.join(map(repr, missing))}: profile it with --precision "
+            f"{' '.join(missing)}")
     return mode_archs(table.space, n, seed, table.width_mult, table.resolutions, mode)
 
 
@@ -178,6 +182,7 @@ def validate_table(table: LatencyTable, n: int = 100, seed: int = VALIDATION_SEE
         kendall_tau=m["kendall_tau"], mean_measured_ms=float(meas.mean()),
         validation_wall_s=time.perf_counter() - start,
         profiling_wall_s=profiling_wall_s(table),
-        overhead_ms=table.overhead_by_mode.get(mode, table.overhead_ms),
+        overhead_ms=table.overhead_by_mode.get("binary" if mode == MIXED_MODE else mode,
+                                               table.overhead_ms),
         load_avg=[load_before, _load_avg()], rounds=rounds, mode=mode, rows=rows,
     )

@@ -52,15 +52,23 @@ def seeded_input(shape: tuple[int, ...]) -> np.ndarray:
     return np.random.default_rng(0).standard_normal(shape).astype(np.float32)
 
 
-def seeded_int8_onnx(module: nn.Module, shape: tuple[int, ...]) -> onnx.ModelProto:
-    """``module`` (with int8 fake-quant convs, modified in place) initialised with seed 0,
-    its BN statistics and activation ranges observed on seeded random batches, exported as
-    QDQ int8 ONNX for the fixed input ``shape`` by the whole-subnet path."""
+def seeded_calibration(module: nn.Module, shape: tuple[int, ...]) -> list[torch.Tensor]:
+    """Initialise ``module`` with seed 0 and observe its BN statistics and int8 activation
+    ranges on :data:`CALIBRATION_BATCHES` seeded standard-normal batches of ``shape``
+    (at least 8 images each), which are returned."""
     init_weights(module, torch.Generator().manual_seed(0))
     gen = torch.Generator().manual_seed(1)
     batches = [torch.randn((max(shape[0], 8), *shape[1:]), generator=gen)
                for _ in range(CALIBRATION_BATCHES)]
     recalibrate_bn(module, batches)
+    return batches
+
+
+def seeded_int8_onnx(module: nn.Module, shape: tuple[int, ...]) -> onnx.ModelProto:
+    """``module`` (with int8 fake-quant convs, modified in place) initialised with seed 0,
+    its BN statistics and activation ranges observed on seeded random batches, exported as
+    QDQ int8 ONNX for the fixed input ``shape`` by the whole-subnet path."""
+    batches = seeded_calibration(module, shape)
     folded = fold_network(module, int8_grid=True)
     if not folded.int8_convs:
         raise ValueError(f"{type(module).__name__} has no int8 conv to quantise")

@@ -121,6 +121,10 @@ class TrainConfig:
             ``precision``, default :func:`default_precision_phases`); by default
             (:func:`default_phases`) ``epochs`` is the length of *each* phase, the first
             phase runs at ``lr`` and the later ones at ``lr × ps_later_lr_scale``.
+            For ``precision``, ``binary_share`` (probability of a binary stage in the
+            phases that offer binary; ``None``: uniform over the phase's precisions) and
+            ``precision_distill`` (sampled subnets learn from the fp32 largest's soft
+            output; off: from labels) go to :class:`PrecisionStrategy`.
         epochs, batch_size (per rank), lr (peak), momentum, nesterov, weight_decay (not on
             BN parameters and biases), warmup_epochs (linear, at the start of every
             lr segment), label_smoothing, kd_ratio, grad_clip (max global L2 norm or None).
@@ -173,6 +177,8 @@ class TrainConfig:
     ps_later_lr_scale: float = 0.3
     ps_phases: tuple[Phase, ...] | None = None
     precision_phases: tuple[PrecisionPhase, ...] | None = None
+    binary_share: float | None = None
+    precision_distill: bool = True
     arch: str | None = None
     epochs: int = 5
     batch_size: int = 64
@@ -253,6 +259,12 @@ class TrainConfig:
             check(self.strategy == "ps" and len(self.ps_phases) > 0,
                   "ps_phases needs strategy='ps' and at least one phase")
             object.__setattr__(self, "ps_phases", tuple(self.ps_phases))
+        check(self.strategy == "precision" or (self.binary_share is None
+                                                and self.precision_distill),
+              "binary_share and precision_distill apply to strategy 'precision' only, got "
+              f"strategy {self.strategy!r}")
+        check(self.binary_share is None or 0 <= self.binary_share <= 1,
+              f"binary_share must be in [0, 1] or None, got {self.binary_share!r}")
         if self.precision_phases is not None:
             check(self.strategy == "precision" and len(self.precision_phases) > 0,
                   "precision_phases needs strategy='precision' and at least one phase")
@@ -408,6 +420,8 @@ def _make_strategy(config: TrainConfig) -> TrainingStrategy:
     if config.strategy == "precision":
         options["phases"] = config.precision_phases or default_precision_phases(
             config.space, epochs=config.epochs, lr=config.lr)
+        options["binary_share"] = config.binary_share
+        options["distill"] = config.precision_distill
     if config.strategy == "standalone":
         assert config.arch is not None  # checked by TrainConfig
         options["arch"] = parse_arch(config.arch, config.space)

@@ -69,10 +69,25 @@ class Choices:
                    tuple(space.expand_ratios))
 
 
+def draw_precision(precisions: Sequence[str], rng: np.random.Generator,
+                   weights: Sequence[float] | None = None) -> str:
+    """One of ``precisions``: uniformly (``weights`` ``None``; nothing drawn for one
+    precision) or with the given probabilities (one ``rng.random()`` draw)."""
+    if weights is None:
+        if len(precisions) == 1:
+            return precisions[0]
+        return precisions[int(rng.integers(len(precisions)))]
+    cumulative = np.cumsum(weights)
+    index = int(np.searchsorted(cumulative, rng.random() * cumulative[-1], side="right"))
+    return precisions[min(index, len(precisions) - 1)]
+
+
 def sample_arch(space: SearchSpace, width_mult: float, choices: Choices,
-                rng: np.random.Generator, precisions: Sequence[str] = ("fp32",)) -> Arch:
-    """A uniformly random arch over ``choices``, each stage at a uniformly random one of
-    ``precisions``; draws only from ``rng`` (nothing for one precision)."""
+                rng: np.random.Generator, precisions: Sequence[str] = ("fp32",),
+                weights: Sequence[float] | None = None) -> Arch:
+    """A uniformly random arch over ``choices``, each stage at a random one of
+    ``precisions`` (uniformly, or with probabilities ``weights``); draws only from ``rng``
+    (nothing for one precision without weights)."""
 
     def pick(values: Sequence[int]) -> int:
         return int(values[int(rng.integers(len(values)))])
@@ -82,8 +97,7 @@ def sample_arch(space: SearchSpace, width_mult: float, choices: Choices,
     depths = tuple(pick(choices.depths) for _ in range(n))
     kernels = tuple(tuple(pick(choices.kernels) for _ in range(d)) for d in depths)
     expands = tuple(tuple(pick(choices.expands) for _ in range(d)) for d in depths)
-    stage_precisions = tuple(precisions[int(rng.integers(len(precisions)))]
-                             if len(precisions) > 1 else precisions[0] for _ in range(n))
+    stage_precisions = tuple(draw_precision(precisions, rng, weights) for _ in range(n))
     return Arch(space=space.name, resolution=resolution, width_mult=width_mult, depths=depths,
                 kernels=kernels, expands=expands, precisions=stage_precisions)
 
@@ -428,15 +442,29 @@ class PrecisionStrategy(SandwichStrategy):
     (:func:`default_precision_phases`): per step the fp32 largest arch learns from labels,
     and the smallest and ``n_random`` random archs — each stage at a random precision of
     the phase — learn from its detached soft output (distillation from the fp32 largest
-    net). Start it from a trained fp32 supernet (``TrainConfig.init_checkpoint``)."""
+    net). Start it from a trained fp32 supernet (``TrainConfig.init_checkpoint``).
+
+    Args:
+        binary_share: in phases that offer ``binary``, the probability that a sampled
+            stage is binary (the other precisions share the rest evenly); ``None``: every
+            precision of the phase equally likely (a stage is binary 1 time in 3 when the
+            phase offers fp32, int8 and binary; an all-binary 4-stage subnet 1 in 81).
+        distill: the sampled subnets learn from the fp32 largest subnet's soft output
+            (in-place distillation); ``False``: from the labels, like the largest.
+    """
 
     name = "precision"
 
     def __init__(self, space: str | SearchSpace, width_mult: float | None = None, *,
                  phases: Sequence[PrecisionPhase] | None = None, n_random: int = 2,
+                 binary_share: float | None = None, distill: bool = True,
                  seed: int = 0, resolutions: Sequence[int] | None = None) -> None:
         super().__init__(space, width_mult, n_random=n_random, seed=seed,
                          resolutions=resolutions)
+        if binary_share is not None and not 0 <= binary_share <= 1:
+            raise ValueError(f"binary_share must be in [0, 1] or None, got {binary_share!r}")
+        self.binary_share = binary_share
+        self.distill = distill
         self.phases = tuple(default_precision_phases(self.space) if phases is None
                             else phases)
         if not self.phases:
@@ -460,15 +488,25 @@ class PrecisionStrategy(SandwichStrategy):
         """One segment per phase; ``epochs``/``lr`` are ignored (the phases set them)."""
         return [Segment(p.epochs, p.lr) for p in self.phases]
 
+    def precision_weights(self) -> tuple[float, ...] | None:
+        """The probabilities of the phase's precisions for one stage (``None``: uniform)."""
+        precisions = self.phase.precisions
+        if self.binary_share is None or "binary" not in precisions:
+            return None
+        if len(precisions) == 1:
+            return (1.0,)
+        rest = (1.0 - self.binary_share) / (len(precisions) - 1)
+        return tuple(self.binary_share if p == "binary" else rest for p in precisions)
+
     def step(self) -> list[SubnetTask]:
         precisions = self.phase.precisions
-        smallest = self.smallest
-        smallest = smallest.replace(precisions=tuple(
-            precisions[int(self.rng.integers(len(precisions)))]
-            for _ in range(self.space.num_stages)))
-        tasks = [SubnetTask(self.largest, "labels"), SubnetTask(smallest, "inplace")]
+        weights = self.precision_weights()
+        loss: LossKind = "inplace" if self.distill else "labels"
+        smallest = self.smallest.replace(precisions=tuple(
+            draw_precision(precisions, self.rng, weights) for _ in range(self.space.num_stages)))
+        tasks = [SubnetTask(self.largest, "labels"), SubnetTask(smallest, loss)]
         tasks += [SubnetTask(sample_arch(self.space, self.width_mult, self.choices, self.rng,
-                                         precisions), "inplace")
+                                         precisions, weights), loss)
                   for _ in range(self.n_random)]
         return tasks
 

@@ -14,17 +14,25 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 import pytest
 import torch
 from binary_helpers import MP, binary_arch, eval_net
 
-from ofa_search.arch import Arch
+from ofa_search.arch import Arch, parse_arch
 from ofa_search.binary import BinaryPackage, tvm_available, write_binary_package
 from ofa_search.binary.archive import FORMAT_VERSION, MANIFEST
+from ofa_search.binary.formats import MIXED_RELATIVE_TOLERANCE
 from ofa_search.binary.program import AddStep, BinaryStep, OnnxStep
+from ofa_search.data import iterate_batches, load_dataset
 from ofa_search.errors import FileFormatError
+from ofa_search.nn import build_static
 from ofa_search.nn.binary import BinaryPointwise
+from ofa_search.nn.quant import QConv2d
 from ofa_search.nn.static import MBConv
+from ofa_search.quant.formats import INT8_RELATIVE_TOLERANCE, relative_logit_error
+from ofa_search.quant.graph import ort_kernel_counts
+from ofa_search.train.bn_calibration import recalibrate_bn
 
 TOLERANCE = 1e-3  # on logits; measured ≈ 2e-6
 BACKENDS = ["numpy", "tvm"] if tvm_available() else ["numpy"]
@@ -125,10 +133,43 @@ def test_refuses_training_mode_and_binary_weights_only() -> None:
         write_binary_package(net, "unused.ofab")
 
 
-def test_int8_stages_are_refused_clearly() -> None:
-    net = eval_net(binary_arch(("binary", "int8", "fp32", "fp32")))
-    with pytest.raises(ValueError, match="int8 \\(fake-quantised\\) layers cannot go"):
-        write_binary_package(net, "unused.ofab")
+MIXED = "r20_w1.0_k3e3-k5e4@binary_k7e4-k3e3@int8_k3e4-k5e3@binary_k5e3-k3e6@int8"
+"""Binary, int8, binary, int8 stages: segments alternate between the two precisions."""
+INT8_AFTER_BINARY = "r20_w1.0_k3e3-k5e4@binary_k7e4-k3e3@binary_k3e4-k5e3@int8_k5e3-k3e6@int8"
+"""Int8 stages only after the binary ones: no int8 rounding reaches a binary sign."""
+
+
+def test_int8_stages_go_into_qdq_segments_beside_binary_layers(tmp_path: Path) -> None:
+    torch.set_num_threads(1)
+    digits = load_dataset("digits", in_channels=1, resolution=20)
+    batches = [x.numpy() for x, _ in itertools.islice(iterate_batches(
+        digits.train, 32, shuffle=True, generator=torch.Generator().manual_seed(0)), 4)]
+    x, _ = next(iterate_batches(digits.test, 48, shuffle=False))
+    for arch, tolerance in ((MIXED, MIXED_RELATIVE_TOLERANCE),
+                            (INT8_AFTER_BINARY, INT8_RELATIVE_TOLERANCE)):
+        net = build_static(parse_arch(arch, MP), torch.Generator().manual_seed(0))
+        recalibrate_bn(net, [torch.from_numpy(b) for b in batches])
+        net.eval()
+        with pytest.raises(ValueError, match="int8 layers in a binary package need calibra"):
+            write_binary_package(net, tmp_path / "refused.ofab")
+        assert not (tmp_path / "refused.ofab").exists()
+        package = BinaryPackage.load(write_binary_package(net, tmp_path / "m.ofab", batches))
+        program = package.program
+        assert len(program.layers) == sum(isinstance(m, BinaryPointwise)
+                                          for m in net.modules())
+        # every int8 conv runs on an int8 kernel of ONNX Runtime, in the package's segments
+        int8_convs = sum(isinstance(m, QConv2d) for m in net.modules())
+        counts = [ort_kernel_counts(onnx.load_from_string(s)) for s in program.segments]
+        assert int8_convs > 0 and sum(c.int8_convs for c in counts) == int8_convs
+        with torch.no_grad():
+            expected = net(x).numpy()
+        # random weights: tiny logit ranges, where ORT's extra output roundings (which
+        # flip binary signs downstream in MIXED) weigh most; trained nets: formats.py
+        assert relative_logit_error(package.run(x.numpy()), expected) <= tolerance
+    # binary-only archs ignore calibration images: the package is the same file
+    binary = eval_net(binary_arch(("binary",) * 4))
+    plain = write_binary_package(binary, tmp_path / "plain.ofab").read_bytes()
+    assert write_binary_package(binary, tmp_path / "cal.ofab", batches).read_bytes() == plain
 
 
 def test_wrong_input_shape(packages: dict[str, tuple[Any, Path]]) -> None:

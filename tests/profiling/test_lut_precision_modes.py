@@ -80,3 +80,30 @@ def test_int8_mode_is_validated_on_mixed_subnets_measured_as_exported(tmp_path: 
     with pytest.raises(OfaSearchError, match=r"prices precisions \['fp32', 'int8'\], "
                                              r"not 'binary': profile it with --precision"):
         validate_table(table, n=2, mode="binary")
+
+
+def test_mixed_mode_validates_int8_and_binary_stages_in_one_package(tmp_path: Path) -> None:
+    """``mixed`` held-out subnets hold int8 and binary stages; they are measured as one
+    binary package with QDQ int8 segments and priced with the binary overhead."""
+    import ofa_search.binary  # registers the timing of binary units
+    import ofa_search.quant  # noqa: F401  (and of int8 units)
+    from ofa_search.errors import OfaSearchError
+    from ofa_search.profiling.timing import TimingConfig
+    from ofa_search.profiling.validate import heldout_archs, validate_table
+
+    ws = Workspace(tmp_path / "ws")
+    table = write_synthetic_table(ws, "mp-mix", MP, ("fp32", "int8", "binary"),
+                                  resolutions=(16,))
+    table.overhead_by_mode = {"int8": 0.25, "binary": 0.5}
+    archs = heldout_archs(table, 4, mode="mixed")
+    assert len(archs) == 4 and all({"int8", "binary"} <= set(a.precisions) for a in archs)
+    fast = TimingConfig(warmup=1, min_runs=3, max_runs=10, time_cap_s=0.05)
+    report = validate_table(table, n=1, timing=fast, rounds=1, mode="mixed")
+    assert report.mode == "mixed" and report.overhead_ms == 0.5
+    (row,) = report.rows
+    assert row["predicted_ms"] == pytest.approx(table.unit_sum(archs[0]) + 0.5)
+    assert row["measured_ms"] > 0
+    int8_only = write_synthetic_table(ws, "mp-int8", MP, ("fp32", "int8"), resolutions=(16,))
+    with pytest.raises(OfaSearchError, match=r"not 'binary': profile it with --precision "
+                                             r"binary$"):
+        heldout_archs(int8_only, 2, mode="mixed")
