@@ -40,11 +40,14 @@ from ofa_search.nn.binary import BinaryPointwise
 from ofa_search.nn.quant import QConv2d
 from ofa_search.nn.static import MBConv, StaticSubnet
 from ofa_search.onnx_export import export_onnx
-from ofa_search.quant.calibrate import DEFAULT_MAX_SAMPLES, iter_samples
+from ofa_search.quant.calibrate import iter_samples
 from ofa_search.quant.fold import fold_network
 from ofa_search.quant.quantize import quantize_convs
 
 BATCH_DIM = "N"
+CALIBRATION_IMAGES = 64
+"""Calibration images an int8 segment of a package observes at most (each segment's input
+is computed for all of them at once, so memory grows with the count)."""
 
 
 def dynamic_batch(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -58,11 +61,14 @@ def dynamic_batch(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 class _ProgramBuilder:
-    """Collects steps while running the modules once in PyTorch (for the shapes)."""
+    """Collects steps while running the modules once in PyTorch (for the shapes, and for
+    the inputs that int8 segments calibrate on). Only the values that later steps read are
+    kept: the current one and the inputs of pending residual adds."""
 
     def __init__(self, x: torch.Tensor) -> None:
         self.values: dict[str, torch.Tensor] = {INPUT: x}
         self.current = INPUT
+        self.pinned: set[str] = set()
         self.pending: list[nn.Module] = []
         self.steps: list[Step] = []
         self.segments: list[bytes] = []
@@ -88,9 +94,17 @@ class _ProgramBuilder:
             self.steps.append(OnnxStep(len(self.segments), self.current, name))
             self.segments.append(model.SerializeToString())
             with torch.no_grad():
-                self.values[name] = segment(source)
-            self.pending, self.current = [], name
+                self._advance(name, segment(source))
+            self.pending = []
         return self.current
+
+    def _advance(self, name: str, value: torch.Tensor) -> None:
+        """``name`` (holding ``value``) becomes the current value; values no later step
+        reads are dropped."""
+        self.values[name] = value
+        self.current = name
+        for old in [k for k in self.values if k != name and k not in self.pinned]:
+            del self.values[old]
 
     def binary(self, module: BinaryPointwise) -> None:
         source = self.flush()
@@ -98,14 +112,13 @@ class _ProgramBuilder:
         self.steps.append(BinaryStep(len(self.layers), source, name))
         self.layers.append(PackedPointwise.from_module(module))
         with torch.no_grad():
-            self.values[name] = module(self.values[source])
-        self.current = name
+            self._advance(name, module(self.values[source]))
 
     def add(self, left: str, right: str) -> None:
         name = self._new_name()
         self.steps.append(AddStep(left, right, name))
-        self.values[name] = self.values[left] + self.values[right]
-        self.current = name
+        self.pinned.discard(right)
+        self._advance(name, self.values[left] + self.values[right])
 
     def block(self, module: nn.Module) -> None:
         """One unit: binary MBConv blocks are split, everything else is full precision."""
@@ -113,6 +126,8 @@ class _ProgramBuilder:
             self.full_precision(module)
             return
         block_input = self.flush() if module.residual else None
+        if block_input is not None:
+            self.pinned.add(block_input)
         if module.expand is not None:
             self._pointwise_or_fp(module.expand)
         self.full_precision(module.depthwise)
@@ -157,8 +172,8 @@ def build_program(modules: Sequence[nn.Module], input_shape: tuple[int, int, int
                   space: str | None = None, unit: str | None = None) -> BinaryProgram:
     """The program of ``modules`` run in sequence on one sample of ``input_shape``
     ``(C, H, W)``; the modules must be in eval mode. Int8 layers (calibrated QAT convs)
-    need ``calibration``: ``[N, C, H, W]`` float32 batches of real inputs (at most
-    :data:`~ofa_search.quant.calibrate.DEFAULT_MAX_SAMPLES` images are used)."""
+    need ``calibration``: ``[N, C, H, W]`` float32 batches of real inputs (the first
+    :data:`CALIBRATION_IMAGES` images are used)."""
     int8 = any(isinstance(m, QConv2d) for module in modules for m in module.modules())
     if int8 and not calibration:
         raise ValueError("int8 layers in a binary package need calibration images (the "
@@ -169,7 +184,7 @@ def build_program(modules: Sequence[nn.Module], input_shape: tuple[int, int, int
                          f"{', '.join(training)})")
     if int8:
         assert calibration is not None
-        images = np.concatenate(list(iter_samples(calibration, DEFAULT_MAX_SAMPLES)))
+        images = np.concatenate(list(iter_samples(calibration, CALIBRATION_IMAGES)))
         if images.shape[1:] != tuple(input_shape):
             raise ValueError(f"calibration images must be [N, {', '.join(map(str, input_shape))}]"
                              f", got {list(images.shape)}")
