@@ -5,7 +5,7 @@ Members:
 * ``manifest.json`` — ``format`` (``ofa-search-binary-package``), ``format_version``,
   ``arch`` / ``space`` / ``unit``, ``input_shape`` (one sample, ``[C, H, W]``), the
   ``steps``, and the file names of the segments and layers below;
-* ``segments/<i>.onnx`` — the full-precision segments (batch dimension ``N``);
+* ``segments/<i>.onnx`` — the non-binary segments, fp32 or QDQ int8 (batch dimension ``N``);
 * ``layers/<i>.bits`` — binary weight signs, ``[O, C]`` in C order, one bit each, least
   significant bit first, set = −1 (see :func:`~ofa_search.binary.packing.pack_bits_dense`):
   ``ceil(O·C / 8)`` bytes, 32× less than fp32;
