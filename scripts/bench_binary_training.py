@@ -16,7 +16,9 @@ learns from labels in every step):
 - ``one-stage``: ``binary:4`` (binary weights and activations from the start);
 - ``no-distill``: the sampled subnets learn from the labels;
 - ``share-0.5`` / ``share-1``: a sampled stage is binary with probability 0.5 / 1 in the
-  binary phases (``--binary-share``).
+  binary phases (``--binary-share``);
+- ``share-1-fp32-smallest``: share 1 for the random subnets while the sandwich's smallest
+  subnet stays fp32 (``TrainConfig.precision_fp32_smallest``).
 
 Each run then reports the test accuracy at 28 px (all test images, BN recalibrated) of
 the largest and smallest subnets in fp32 and with every stage binary, and of the fp32
@@ -55,6 +57,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "no-distill": {"schedule": TWO_STAGE, "precision_distill": False},
     "share-0.5": {"schedule": TWO_STAGE, "binary_share": 0.5},
     "share-1": {"schedule": TWO_STAGE, "binary_share": 1.0},
+    "share-1-fp32-smallest": {"schedule": TWO_STAGE, "binary_share": 1.0,
+                              "precision_fp32_smallest": True},
 }
 RESOLUTION = 28
 SUBNETS = ("fp32_largest", "fp32_smallest", "binary_largest", "binary_smallest")

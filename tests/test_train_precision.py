@@ -74,6 +74,12 @@ def test_binary_share_sets_how_often_a_stage_is_binary_and_distill_the_loss() ->
     assert half.precision_weights() == (0.25, 0.25, 0.5)
     with pytest.raises(ValueError, match="binary_share must be in"):
         PrecisionStrategy(MP, binary_share=1.5)
+    kept = PrecisionStrategy(MP, n_random=2, seed=0, binary_share=1.0, fp32_smallest=True)
+    kept.begin_epoch(2)
+    for _ in range(10):
+        _, smallest, *random = kept.step()
+        assert smallest.arch == kept.smallest and set(smallest.arch.precisions) == {"fp32"}
+        assert all(set(t.arch.precisions) == {"binary"} for t in random)
 
 
 def test_precision_phase_validation() -> None:

@@ -124,7 +124,8 @@ class TrainConfig:
             For ``precision``, ``binary_share`` (probability of a binary stage in the
             phases that offer binary; ``None``: uniform over the phase's precisions) and
             ``precision_distill`` (sampled subnets learn from the fp32 largest's soft
-            output; off: from labels) go to :class:`PrecisionStrategy`.
+            output; off: from labels) and ``precision_fp32_smallest`` (the sandwich's
+            smallest subnet stays fp32) go to :class:`PrecisionStrategy`.
         epochs, batch_size (per rank), lr (peak), momentum, nesterov, weight_decay (not on
             BN parameters and biases), warmup_epochs (linear, at the start of every
             lr segment), label_smoothing, kd_ratio, grad_clip (max global L2 norm or None).
@@ -179,6 +180,7 @@ class TrainConfig:
     precision_phases: tuple[PrecisionPhase, ...] | None = None
     binary_share: float | None = None
     precision_distill: bool = True
+    precision_fp32_smallest: bool = False
     arch: str | None = None
     epochs: int = 5
     batch_size: int = 64
@@ -260,9 +262,10 @@ class TrainConfig:
                   "ps_phases needs strategy='ps' and at least one phase")
             object.__setattr__(self, "ps_phases", tuple(self.ps_phases))
         check(self.strategy == "precision" or (self.binary_share is None
-                                                and self.precision_distill),
-              "binary_share and precision_distill apply to strategy 'precision' only, got "
-              f"strategy {self.strategy!r}")
+                                                and self.precision_distill
+                                                and not self.precision_fp32_smallest),
+              "binary_share, precision_distill and precision_fp32_smallest apply to "
+              f"strategy 'precision' only, got strategy {self.strategy!r}")
         check(self.binary_share is None or 0 <= self.binary_share <= 1,
               f"binary_share must be in [0, 1] or None, got {self.binary_share!r}")
         if self.precision_phases is not None:
@@ -422,6 +425,7 @@ def _make_strategy(config: TrainConfig) -> TrainingStrategy:
             config.space, epochs=config.epochs, lr=config.lr)
         options["binary_share"] = config.binary_share
         options["distill"] = config.precision_distill
+        options["fp32_smallest"] = config.precision_fp32_smallest
     if config.strategy == "standalone":
         assert config.arch is not None  # checked by TrainConfig
         options["arch"] = parse_arch(config.arch, config.space)

@@ -451,6 +451,9 @@ class PrecisionStrategy(SandwichStrategy):
             phase offers fp32, int8 and binary; an all-binary 4-stage subnet 1 in 81).
         distill: the sampled subnets learn from the fp32 largest subnet's soft output
             (in-place distillation); ``False``: from the labels, like the largest.
+        fp32_smallest: the sandwich's smallest subnet stays fp32 in every phase (only the
+            random subnets take the phase's precisions), so that the fp32 smallest keeps
+            its own training step.
     """
 
     name = "precision"
@@ -458,13 +461,15 @@ class PrecisionStrategy(SandwichStrategy):
     def __init__(self, space: str | SearchSpace, width_mult: float | None = None, *,
                  phases: Sequence[PrecisionPhase] | None = None, n_random: int = 2,
                  binary_share: float | None = None, distill: bool = True,
-                 seed: int = 0, resolutions: Sequence[int] | None = None) -> None:
+                 fp32_smallest: bool = False, seed: int = 0,
+                 resolutions: Sequence[int] | None = None) -> None:
         super().__init__(space, width_mult, n_random=n_random, seed=seed,
                          resolutions=resolutions)
         if binary_share is not None and not 0 <= binary_share <= 1:
             raise ValueError(f"binary_share must be in [0, 1] or None, got {binary_share!r}")
         self.binary_share = binary_share
         self.distill = distill
+        self.fp32_smallest = fp32_smallest
         self.phases = tuple(default_precision_phases(self.space) if phases is None
                             else phases)
         if not self.phases:
@@ -502,8 +507,9 @@ class PrecisionStrategy(SandwichStrategy):
         precisions = self.phase.precisions
         weights = self.precision_weights()
         loss: LossKind = "inplace" if self.distill else "labels"
-        smallest = self.smallest.replace(precisions=tuple(
-            draw_precision(precisions, self.rng, weights) for _ in range(self.space.num_stages)))
+        smallest = self.smallest if self.fp32_smallest else self.smallest.replace(
+            precisions=tuple(draw_precision(precisions, self.rng, weights)
+                             for _ in range(self.space.num_stages)))
         tasks = [SubnetTask(self.largest, "labels"), SubnetTask(smallest, loss)]
         tasks += [SubnetTask(sample_arch(self.space, self.width_mult, self.choices, self.rng,
                                          precisions, weights), loss)
