@@ -19,11 +19,11 @@ import dataclasses
 import json
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import torch
+from _ablation import kept_result, run_variants
 
 from ofa_search.atomic import atomic_write_text
 from ofa_search.data import load_dataset
@@ -56,10 +56,9 @@ def variants(base: TrainConfig) -> dict[str, TrainConfig]:
 
 def run_one(name: str, config: TrainConfig, out_dir: str) -> dict[str, Any]:
     torch.set_num_threads(1)
-    path = Path(out_dir) / f"{name}.json"
-    if path.exists():
-        result: dict[str, Any] = json.loads(path.read_text())
-        return result
+    kept = kept_result(out_dir, name)
+    if kept is not None:
+        return kept
     start = time.perf_counter()
     trained = run_training(dataclasses.replace(config, out_dir=str(Path(out_dir) / name),
                                                resume=(Path(out_dir) / name /
@@ -74,7 +73,7 @@ def run_one(name: str, config: TrainConfig, out_dir: str) -> dict[str, Any]:
     for label, arch in (("largest", strategy.largest), ("smallest", strategy.smallest)):
         result[f"test_acc_{label}"] = evaluate_arch(trained.supernet, arch, data,
                                                      split="test", seed=0)
-    atomic_write_text(path, json.dumps(result, indent=2) + "\n")
+    atomic_write_text(Path(out_dir) / f"{name}.json", json.dumps(result, indent=2) + "\n")
     return result
 
 
@@ -99,13 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.only:
         runs = {k: v for k, v in runs.items() if k in args.only}
     args.out_dir.mkdir(parents=True, exist_ok=True)
-    with ProcessPoolExecutor(max_workers=args.jobs) as pool:
-        futures = {name: pool.submit(run_one, name, config, str(args.out_dir))
-                   for name, config in runs.items()}
-        results = {}
-        for name, future in futures.items():
-            results[name] = future.result()
-            print(f"[bench_bignas] {name} done", file=sys.stderr, flush=True)
+    results = run_variants(run_one, runs, args.out_dir, args.jobs, "bench_bignas")
     floor = None
     if "ofa" in results and "ofa-seed1" in results:
         floor = {k: abs(results["ofa"][k] - results["ofa-seed1"][k])

@@ -36,11 +36,11 @@ import dataclasses
 import json
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import torch
+from _ablation import kept_result, run_variants
 
 from ofa_search.atomic import atomic_write_text
 from ofa_search.data import load_dataset
@@ -90,10 +90,9 @@ def score(checkpoint: Path, config: TrainConfig, names: tuple[str, ...]) -> dict
 
 def run_one(name: str, config: TrainConfig, out_dir: str) -> dict[str, Any]:
     torch.set_num_threads(1)
-    path = Path(out_dir) / f"{name}.json"
-    if path.exists():
-        result: dict[str, Any] = json.loads(path.read_text())
-        return result
+    kept = kept_result(out_dir, name)
+    if kept is not None:
+        return kept
     run_dir = Path(out_dir) / name
     start = time.perf_counter()
     trained = run_training(dataclasses.replace(
@@ -101,7 +100,7 @@ def run_one(name: str, config: TrainConfig, out_dir: str) -> dict[str, Any]:
     seconds = time.perf_counter() - start
     result = {"variant": name, "seconds": seconds, "step": trained.step,
               "config": config.to_dict(), **score(trained.checkpoint, config, SUBNETS)}
-    atomic_write_text(path, json.dumps(result, indent=2) + "\n")
+    atomic_write_text(Path(out_dir) / f"{name}.json", json.dumps(result, indent=2) + "\n")
     return result
 
 
@@ -148,13 +147,7 @@ def main(argv: list[str] | None = None) -> int:
         runs[name] = dataclasses.replace(base, precision_phases=phases, **options)
     args.out_dir.mkdir(parents=True, exist_ok=True)
     start = start_scores(args.fp32_checkpoint, base, args.out_dir)
-    with ProcessPoolExecutor(max_workers=args.jobs) as pool:
-        futures = {name: pool.submit(run_one, name, config, str(args.out_dir))
-                   for name, config in runs.items()}
-        results = {}
-        for name, future in futures.items():
-            results[name] = future.result()
-            print(f"[bench_binary_training] {name} done", file=sys.stderr, flush=True)
+    results = run_variants(run_one, runs, args.out_dir, args.jobs, "bench_binary_training")
     floor = None
     if "two-stage" in results and "two-stage-seed1" in results:
         floor = {k: abs(results["two-stage"][k] - results["two-stage-seed1"][k])
