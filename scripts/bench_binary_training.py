@@ -18,7 +18,7 @@ learns from labels in every step):
 - ``share-0.5`` / ``share-1``: a sampled stage is binary with probability 0.5 / 1 in the
   binary phases (``--binary-share``);
 - ``share-1-fp32-smallest``: share 1 for the random subnets while the sandwich's smallest
-  subnet stays fp32 (``TrainConfig.precision_fp32_smallest``).
+  subnet stays fp32 (``--fp32-smallest``).
 
 Each run then reports the test accuracy at 28 px (all test images, BN recalibrated) of
 the largest and smallest subnets in fp32 and with every stage binary, and of the fp32

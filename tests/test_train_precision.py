@@ -153,7 +153,8 @@ def test_cli_precision_schedule_trains_the_phases_given(
             str(fp32.checkpoint), "--out", str(tmp_path / "run"), "-r", "16",
             "--steps-per-epoch", "1", "--batch-size", "16", "--quiet"]
     out = CliRunner().invoke(app, [*base, "--precision-schedule", "int8:1,binary:1@0.002",
-                                   "--binary-share", "0.75", "--no-distill"])
+                                   "--binary-share", "0.75", "--no-distill",
+                                   "--fp32-smallest"])
     assert out.exit_code == 0, out.output
     _, meta = load_supernet(tmp_path / "run" / "checkpoint.pt")
     assert meta["epoch"] == 2
@@ -161,13 +162,15 @@ def test_cli_precision_schedule_trains_the_phases_given(
         == [("int8", 1, 0.05), ("binary", 1, 0.002)]
     assert meta["config"]["binary_share"] == 0.75
     assert meta["config"]["precision_distill"] is False
+    assert meta["config"]["precision_fp32_smallest"] is True
     for args, message in [
         (["--precision-schedule", "int8:0"], "error: --precision-schedule: precision schedule "
                                               "entry 'int8:0': needs EPOCHS >= 1"),
         (["--strategy", "sandwich", "--precision-schedule", "int8:1"],
          "error: --precision-schedule applies to --strategy precision only"),
         (["--strategy", "sandwich", "--binary-share", "0.5"],
-         "error: --binary-share and --no-distill apply to --strategy precision only"),
+         "error: --binary-share, --no-distill and --fp32-smallest apply to --strategy "
+         "precision only"),
     ]:
         with pytest.raises(SystemExit) as exited:
             main([*base, *args])

@@ -107,6 +107,9 @@ def train_cmd(
     distill: Annotated[bool, typer.Option(
         "--distill/--no-distill", help="precision only: the sampled subnets learn from "
         "the fp32 largest subnet's output (default) or from the labels")] = True,
+    fp32_smallest: Annotated[bool, typer.Option(
+        "--fp32-smallest", help="precision only: the sandwich's smallest subnet stays fp32 "
+        "(only the random subnets take low precisions)")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
 ) -> None:
     """Train a supernet (under torchrun for several processes); writes OUT/checkpoint.pt."""
@@ -124,9 +127,9 @@ def train_cmd(
         if bad:
             raise OfaSearchError(f"--resolutions: space {space!r} has resolutions "
                                  f"{list(offered)}, not {bad}")
-    if strategy != "precision" and (binary_share is not None or not distill):
-        raise OfaSearchError("--binary-share and --no-distill apply to --strategy precision "
-                             "only")
+    if strategy != "precision" and (binary_share is not None or not distill or fp32_smallest):
+        raise OfaSearchError("--binary-share, --no-distill and --fp32-smallest apply to "
+                             "--strategy precision only")
     phases = None
     if precision_schedule is not None:
         if strategy != "precision":
@@ -148,6 +151,7 @@ def train_cmd(
                          checkpoint_every=checkpoint_every, ema_decay=ema_decay,
                          num_workers=workers, precision_phases=phases,
                          binary_share=binary_share, precision_distill=distill,
+                         precision_fp32_smallest=fp32_smallest,
                          resolutions=tuple(dict.fromkeys(resolutions)) if resolutions else None)
     path = train(with_recipe(config, recipe))
     if not quiet:
