@@ -163,12 +163,12 @@ def main(argv: list[str] | None = None) -> int:
     atomic_write_text(args.out_dir / "results.json", text)
     if args.record is not None:
         atomic_write_text(args.record, text)
-    print(f"{'variant':<18} {'steps':>5} " + " ".join(f"{k:>15}" for k in SUBNETS)
+    print(f"{'variant':<22} {'steps':>5} " + " ".join(f"{k:>15}" for k in SUBNETS)
           + f" {'minutes':>8}")
-    print(f"{'fp32 start':<18} {'':>5} {start['fp32_largest']:>15.4f} "
+    print(f"{'fp32 start':<22} {'':>5} {start['fp32_largest']:>15.4f} "
           f"{start['fp32_smallest']:>15.4f}")
     for name, row in results.items():
-        print(f"{name:<18} {row['step']:>5} " + " ".join(f"{row[k]:>15.4f}" for k in SUBNETS)
+        print(f"{name:<22} {row['step']:>5} " + " ".join(f"{row[k]:>15.4f}" for k in SUBNETS)
               + f" {row['seconds'] / 60:>8.1f}")
     if floor is not None:
         print("noise floor (|two-stage seed 0 - seed 1|): "
