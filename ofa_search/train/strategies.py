@@ -72,14 +72,12 @@ class Choices:
 def draw_precision(precisions: Sequence[str], rng: np.random.Generator,
                    weights: Sequence[float] | None = None) -> str:
     """One of ``precisions``: uniformly (``weights`` ``None``; nothing drawn for one
-    precision) or with the given probabilities (one ``rng.random()`` draw)."""
+    precision) or with the given probabilities (``weights`` summing to 1)."""
     if weights is None:
         if len(precisions) == 1:
             return precisions[0]
         return precisions[int(rng.integers(len(precisions)))]
-    cumulative = np.cumsum(weights)
-    index = int(np.searchsorted(cumulative, rng.random() * cumulative[-1], side="right"))
-    return precisions[min(index, len(precisions) - 1)]
+    return precisions[int(rng.choice(len(precisions), p=weights))]
 
 
 def sample_arch(space: SearchSpace, width_mult: float, choices: Choices,
