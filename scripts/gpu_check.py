@@ -10,17 +10,21 @@ is recorded and the next one runs; stages that no longer fit the budget are skip
    step against the CPU; ``tests/profiling/test_torch_backend.py``: the PyTorch latency
    backend, fp16/bf16 and CUDA graphs against the CPU).
 2. ``train_step``: ``scripts/bench_train_step.py`` on ``ofa_mbv3`` at 224 px, batch 256,
-   the sandwich step in fp32 and bf16 (channels-last), with a profile of the top ops;
-   then the ``torch.compile`` variant in a stage of its own (its compile time counted).
+   the sandwich step in fp32 and bf16 (channels-last), with a profile of the top ops.
 3. ``table_b1`` and ``table_b64``: ``scripts/bench_latency.py`` with the PyTorch backend
    (fp16, CUDA graphs) profiling ``<gpu>-torch-fp16-b{1,64}`` for ``ofa_mbv3`` w1.0 at a
    few resolutions and validating it on 30 held-out subnets.
+4. ``fmnist`` (with ``--fmnist-data DIR``): ``scripts/gpu_fmnist.py``, a Fashion-MNIST
+   supernet trained with progressive shrinking (bf16) for at most ``--fmnist-limit``
+   seconds, then its largest and smallest subnets scored on the test split.
+5. ``train_step_compile``: the ``torch.compile`` variant of the step (compile time counted).
 
 Writes ``OUT_DIR/gpu_check.json`` (host, versions, each stage's status, time and output
-tail, the test counts), ``gpu_train_step.json``, ``gpu_train_step_compile.json``, and
-the tables and validation reports. Needs only torch, numpy, onnx, pytest and this
-package's core (no optuna, typer or TVM). ``--quick`` shrinks every stage (a dry run on
-the CPU: ``--device cpu``).
+tail, the test counts), ``gpu_train_step.json``, ``gpu_train_step_compile.json``,
+``gpu_fmnist.json``, and the tables and validation reports (8 files at most: the run
+folder of the Fashion-MNIST supernet is a temporary one). Needs only torch, numpy, onnx,
+pytest and this package's core (no optuna, typer or TVM). ``--quick`` shrinks every stage
+(a dry run on the CPU: ``--device cpu``).
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ import platform
 import re
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -112,6 +117,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget", type=float, default=480.0)
     parser.add_argument("--quick", action="store_true", help="tiny stages (a dry run)")
     parser.add_argument("--device", default="cuda")
+    parser.add_argument("--fmnist-data", type=Path, default=None,
+                        help="Fashion-MNIST's IDX files: also train and score a supernet "
+                        "on them (scripts/gpu_fmnist.py)")
+    parser.add_argument("--fmnist-epochs", type=int, default=3,
+                        help="epochs per progressive-shrinking phase")
+    parser.add_argument("--fmnist-limit", type=float, default=200.0,
+                        help="seconds of Fashion-MNIST training before it is stopped and "
+                        "scored")
     args = parser.parse_args(argv)
     out = args.out_dir.resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -135,11 +148,6 @@ def main(argv: list[str] | None = None) -> int:
                                 str(out / "gpu_train_step.json"), *step_args, "--variants",
                                 *dict.fromkeys(["fp32-cl", f"{half}-cl"]), "--profile"],
                  limit=150)
-    runner.stage("train_step_compile", [py, "scripts/bench_train_step.py",
-                                        str(out / "gpu_train_step_compile.json"), *step_args,
-                                        "--variants", f"{half}-cl-compile"], limit=120,
-                 min_time=60)
-
     resolutions = ["128"] if args.quick else ["160", "224"]
     for batch_size in ("1", "2") if args.quick else ("1", "64"):
         device_id = f"{short}-torch-fp16-b{batch_size}"
@@ -152,6 +160,23 @@ def main(argv: list[str] | None = None) -> int:
             "--n", "3" if args.quick else "30", "--time-cap", "0.02", "--rounds", "2",
             "--overhead-archs", "2" if args.quick else "5", "--tables-dir", str(out)],
             limit=160)
+
+    if args.fmnist_data is not None:
+        # the training stops in time for its scoring (~60 s) to fit the budget
+        left = runner.deadline - time.monotonic() - 70
+        limit = round(min(20.0 if args.quick else args.fmnist_limit, left))
+        runner.stage("fmnist", [py, "scripts/gpu_fmnist.py", str(out / "gpu_fmnist.json"),
+                                "--data-dir", str(args.fmnist_data), "--device", args.device,
+                                "--amp", "off" if args.device == "cpu" else "bf16",
+                                "--epochs", "1" if args.quick else str(args.fmnist_epochs),
+                                "--train-limit", str(limit),
+                                "--checkpoint-every", "5" if args.quick else "100", "--run-dir",
+                                str(Path(tempfile.mkdtemp(prefix="gpu_fmnist_")))],
+                     limit=limit + 90, min_time=90)
+    runner.stage("train_step_compile", [py, "scripts/bench_train_step.py",
+                                        str(out / "gpu_train_step_compile.json"), *step_args,
+                                        "--variants", f"{half}-cl-compile"], limit=120,
+                 min_time=60)
 
     record["stages"] = runner.stages
     record["seconds"] = round(args.budget - (runner.deadline - time.monotonic()), 1)

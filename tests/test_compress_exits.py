@@ -29,6 +29,7 @@ from ofa_search.compress import (
     expected_latency,
 )
 from ofa_search.compress._context import load_subnet
+from ofa_search.compress.exit_onnx import TOLERANCE
 from ofa_search.compress.exits import new_exit_net, train_exit_heads
 from ofa_search.compress.finetune import STATE_NAME, FinetuneConfig, load_state
 from ofa_search.compress.latency import prefix_prices, resolve_target
@@ -210,9 +211,11 @@ def test_exits_end_to_end_resumed_and_verified(checkpoint: Path, tmp_path: Path)
     with torch.no_grad():
         expected = [t.numpy() for t in trained.net.eval()(x)]
     for got, want in zip(session.run(None, {"input": x.numpy()}), expected, strict=True):
-        # float32 summation order differs between ONNX Runtime and torch: errors scale with
-        # the logits' magnitude (up to ~80 here), not with each logit's own
-        np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * np.abs(want).max() + 1e-5)
+        # float32 summation order differs between ONNX Runtime and torch (and between hosts'
+        # kernels): errors scale with the logits' magnitude (~100 on random inputs), not with
+        # each logit's own; CI saw 1.4e-5 of the largest on an AVX-512 host
+        np.testing.assert_allclose(got, want, rtol=0,
+                                   atol=TOLERANCE * np.abs(want).max() + 1e-5)
 
     # the report is the formula applied to the test shares
     report, lat = result.report, result.latency

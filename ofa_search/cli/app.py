@@ -53,9 +53,12 @@ for _module in COMMAND_MODULES:
 
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: input errors become one line and exit code 2."""
-    import optuna  # deferred: keeps `import ofa_search.cli` free of Optuna
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)  # our own progress is enough
+    try:
+        import optuna  # deferred: keeps `import ofa_search.cli` free of Optuna
+    except ImportError:
+        pass  # a GPU host without it still trains, evaluates and profiles (issue 21)
+    else:
+        optuna.logging.set_verbosity(optuna.logging.WARNING)  # our own progress is enough
     try:
         app(args=argv, standalone_mode=False)
     except OfaSearchError as exc:

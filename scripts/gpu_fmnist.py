@@ -1,0 +1,110 @@
+"""Fashion-MNIST supernet on one device, time-boxed: train, then score the largest and the
+smallest subnet (issue 21's accuracy target), with the run's wall time.
+
+    python scripts/gpu_fmnist.py OUT.json [--data-dir DIR] [--strategy ps] [--epochs 3]
+        [--batch-size 256] [--lr 0.1] [--device cuda] [--amp bf16] [--train-limit 170]
+        [--run-dir DIR]
+
+Trains ``mbv3_small28`` on Fashion-MNIST with ``--strategy`` (``ps``: once-for-all's six
+phases, ``--epochs`` each; ``sandwich``: ``--epochs`` in all) in a child process that is
+stopped after ``--train-limit`` seconds; checkpoints every ``--checkpoint-every`` steps,
+so a stopped run is still scored (its last checkpoint; the record says how far it got).
+Then both subnets, at the space's largest resolution, are scored on the 10,000 test images
+after BN recalibration, on the same device. Writes ``OUT.json`` atomically. Needs only
+torch, numpy and this package's core (no optuna, typer or TVM).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import time
+from pathlib import Path
+from typing import Any
+
+SPACE = "mbv3_small28"
+
+
+def _train(config: dict[str, Any]) -> None:
+    from ofa_search.train import TrainConfig, train
+
+    train(TrainConfig(**config))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("out", type=Path)
+    parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--strategy", default="ps", choices=("ps", "sandwich"))
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--lr", type=float, default=0.1)
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--amp", default="bf16")
+    parser.add_argument("--train-limit", type=float, default=170.0,
+                        help="seconds of training before the run is stopped and scored")
+    parser.add_argument("--checkpoint-every", type=int, default=100)
+    parser.add_argument("--run-dir", type=Path, default=None,
+                        help="the training run's folder (default: OUT without .json)")
+    args = parser.parse_args(argv)
+
+    import torch
+
+    from ofa_search.arch import Arch
+    from ofa_search.data import load_dataset
+    from ofa_search.train import evaluate_arch, load_supernet
+    from ofa_search.units import count_params
+
+    run_dir = args.run_dir or args.out.with_suffix("")
+    config = {"space": SPACE, "dataset": "fashion-mnist", "data_dir": args.data_dir,
+              "strategy": args.strategy, "epochs": args.epochs,
+              "batch_size": args.batch_size, "lr": args.lr, "warmup_epochs": 0,
+              "out_dir": str(run_dir), "device": args.device, "amp": args.amp,
+              "checkpoint_every": args.checkpoint_every, "quiet": False}
+    start = time.monotonic()
+    # spawn: the child starts its own CUDA context (a forked CUDA one would be unusable)
+    child = multiprocessing.get_context("spawn").Process(target=_train, args=(config,))
+    child.start()
+    child.join(args.train_limit)
+    stopped = child.is_alive()
+    if stopped:
+        child.terminate()
+        child.join()
+    train_s = time.monotonic() - start
+    record: dict[str, Any] = {"benchmark": "gpu_fmnist", "config": config,
+                              "train_limit_s": args.train_limit, "train_s": round(train_s, 1),
+                              "stopped_at_limit": stopped, "exit_code": child.exitcode,
+                              "device_name": (torch.cuda.get_device_name(0)
+                                              if torch.cuda.is_available() else "cpu")}
+    checkpoint = run_dir / "checkpoint.pt"
+    if checkpoint.exists():
+        net, meta = load_supernet(checkpoint)
+        net.to(args.device)
+        record["checkpoint_epoch"] = meta["epoch"]
+        record["checkpoint_step"] = meta.get("step")
+        record["total_epochs"] = (6 * args.epochs if args.strategy == "ps" else args.epochs)
+        scores = {}
+        for name in ("largest", "smallest"):
+            arch = getattr(Arch, name)(SPACE)
+            data = load_dataset("fashion-mnist", data_dir=args.data_dir,
+                                in_channels=net.space.in_channels, resolution=arch.resolution)
+            eval_start = time.monotonic()
+            accuracy = evaluate_arch(net, arch, data, split="test")
+            scores[name] = {"arch": arch.to_string(), "params": count_params(arch),
+                            "test_accuracy": accuracy,
+                            "eval_s": round(time.monotonic() - eval_start, 1)}
+            print(f"{name}: {accuracy:.4f} test accuracy ({count_params(arch)} params)",
+                  flush=True)
+        record["subnets"] = scores
+    record["wall_s"] = round(time.monotonic() - start, 1)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = args.out.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    tmp.replace(args.out)
+    print(f"wrote {args.out}")
+    return 0 if checkpoint.exists() else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
