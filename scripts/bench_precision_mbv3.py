@@ -74,11 +74,14 @@ def sanitized_command(argv: Sequence[str]) -> str:
 
 
 def host_record() -> dict[str, Any]:
+    from ofa_search.ort_options import int8_needs_exact_kernels
     from ofa_search.profiling.host import cpu_flags, host_info, read_cpuinfo
 
     flags = cpu_flags(read_cpuinfo())
     info = host_info()
     info["int8_popcount_flags"] = {flag: flag in flags for flag in CPU_FLAGS}
+    # ONNX Runtime's exact u8×u8 kernels (session.x64quantprecision): only without VNNI
+    info["ort_exact_int8_kernels"] = int8_needs_exact_kernels()
     return info
 
 

@@ -4,11 +4,14 @@ that the model step is measured apart from the data pipeline.
 
     python scripts/bench_train_step.py OUT.json [--device auto] [--space ofa_mbv3]
         [--resolution 224] [--batch-size 256] [--steps 20] [--warmup 5]
-        [--variants fp32 fp32-cl bf16-cl bf16-cl-compile] [--profile] [--threads N]
+        [--variants fp32 fp32-cl bf16-cl bf16-cl-compile] [--profile] [--profile-steps 3]
+        [--threads N]
 
 Variants: ``fp32`` (contiguous layout), ``-cl`` channels-last, ``bf16``/``fp16`` autocast,
 ``-compile`` the supernet wrapped in ``torch.compile`` (its compile time is the warm-up's
-excess over a steady step, reported apart). Each variant gets a fresh supernet from the
+excess over a steady step, reported apart), ``-nobench`` cuDNN's heuristics instead of
+its timed choice of conv algorithms (``torch.backends.cudnn.benchmark``, on by default as
+in training). Each variant gets a fresh supernet from the
 same seed and the same arch sequence. ``--profile`` adds the top operators of a few
 profiled steps (torch profiler, self time on the device). Prints a table and writes JSON
 (atomically). Runs where only torch, numpy and this package's core are installed (the GPU
@@ -38,7 +41,7 @@ from ofa_search.train import (
     resolve_device,
 )
 
-VARIANTS = ("fp32", "fp32-cl", "bf16-cl", "fp16-cl", "bf16-cl-compile")
+VARIANTS = ("fp32", "fp32-cl", "bf16-cl", "fp16-cl", "bf16-cl-compile", "bf16-cl-nobench")
 
 
 def _sync(device: torch.device) -> None:
@@ -46,19 +49,22 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _variant(name: str) -> tuple[str, bool, bool]:
+def _variant(name: str) -> tuple[str, bool, bool, bool]:
     parts = name.split("-")
     amp = {"fp32": "off", "bf16": "bf16", "fp16": "fp16"}.get(parts[0])
-    if amp is None or any(p not in ("cl", "compile") for p in parts[1:]):
+    if amp is None or any(p not in ("cl", "compile", "nobench") for p in parts[1:]):
         raise SystemExit(f"unknown variant {name!r}; known: {', '.join(VARIANTS)}")
-    return amp, "cl" in parts, "compile" in parts
+    return amp, "cl" in parts, "compile" in parts, "nobench" not in parts
 
 
 def run_variant(name: str, args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
-    amp_mode, channels_last, compiled = _variant(name)
+    amp_mode, channels_last, compiled, cudnn_benchmark = _variant(name)
     config = TrainConfig(space=args.space, dataset="digits", batch_size=args.batch_size,
                          amp=amp_mode, channels_last=channels_last, seed=args.seed,
-                         device=str(device), n_random=args.n_random)
+                         device=str(device), n_random=args.n_random,
+                         cudnn_benchmark=cudnn_benchmark)
+    # as run_training sets it on CUDA (the CPU ignores it)
+    torch.backends.cudnn.benchmark = cudnn_benchmark
     strategy = make_strategy("sandwich", args.space, None, seed=args.seed,
                              resolutions=(args.resolution,), n_random=args.n_random)
     net = Supernet(args.space, strategy.width_mult,
@@ -96,7 +102,8 @@ def run_variant(name: str, args: argparse.Namespace, device: torch.device) -> di
     per_step = seconds / args.steps
     row: dict[str, Any] = {
         "variant": name, "amp": amp_mode, "channels_last": channels_last,
-        "compiled": compiled, "steps": args.steps, "seconds": seconds,
+        "compiled": compiled, "cudnn_benchmark": cudnn_benchmark, "steps": args.steps,
+        "seconds": seconds,
         "step_ms": 1000 * per_step, "img_s": args.batch_size / per_step,
         "subnet_img_s": args.batch_size * (2 + args.n_random) / per_step,
         "warmup_s": sum(warm_times),
@@ -106,7 +113,8 @@ def run_variant(name: str, args: argparse.Namespace, device: torch.device) -> di
     if device.type == "cuda":
         row["peak_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
     if args.profile:
-        row["top_ops"] = _profile(step, strategy, x, y, optimizer, net, device)
+        row["top_ops"] = _profile(step, strategy, x, y, optimizer, net, device,
+                                  n=args.profile_steps)
     return row
 
 
@@ -146,6 +154,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--variants", nargs="+", default=["fp32", "fp32-cl", "bf16-cl"])
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--profile-steps", type=int, default=3,
+                        help="steps the profile covers (its numbers are per step)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -5,20 +5,27 @@ runs this file on the GPU host and records the result."""
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 
 from ofa_search.arch import Arch
 from ofa_search.nn import Supernet, extract
+from ofa_search.space import get_space, register_space
 from ofa_search.train import TrainConfig, run_training
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(),
                                 reason="needs a CUDA GPU (torch.cuda.is_available() is False)")
 
 SPACES = ("mbv3_small28", "ofa_mbv3")
-STEP = TrainConfig(space="mbv3_small28", dataset="digits", batch_size=32, resolutions=(24,),
+# dropout draws from the device's generator (different numbers on the GPU and the CPU), so
+# the parity step runs a copy of the space without it
+NO_DROPOUT = register_space(replace(get_space("mbv3_small28"), name="mbv3_small28_nodropout",
+                                    dropout=0.0))
+STEP = TrainConfig(space=NO_DROPOUT.name, dataset="digits", batch_size=32, resolutions=(24,),
                    epochs=1, steps_per_epoch=1, lr=0.05, quiet=True, seed=7, n_random=1,
                    augment=False, channels_last=False)
 
@@ -71,3 +78,22 @@ def test_autocast_runs_resume_mid_epoch_on_the_gpu(tmp_path: Path, amp: str) -> 
     assert done.step == 6
     assert all(torch.isfinite(v).all() for v in done.supernet.state_dict().values()
                if v.is_floating_point())
+
+
+@pytest.mark.parametrize("benchmark", [True, False])
+def test_cudnn_benchmark_is_set_for_the_run_and_restored(tmp_path: Path,
+                                                         benchmark: bool) -> None:
+    seen: list[bool] = []
+    conv2d = torch.nn.functional.conv2d
+
+    def spy(*args: Any, **kwargs: Any) -> torch.Tensor:
+        seen.append(torch.backends.cudnn.benchmark)
+        return conv2d(*args, **kwargs)
+
+    before = torch.backends.cudnn.benchmark
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(torch.nn.functional, "conv2d", spy)
+        run_training(dataclasses.replace(STEP, device="cuda", cudnn_benchmark=benchmark,
+                                         out_dir=str(tmp_path)))
+    assert seen and set(seen) == {benchmark}
+    assert torch.backends.cudnn.benchmark is before

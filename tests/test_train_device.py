@@ -126,6 +126,15 @@ def test_device_and_amp_options_are_checked(tmp_path: Path) -> None:
             run_training(dataclasses.replace(TINY, device="cuda", out_dir=str(tmp_path / "y")))
 
 
+def test_cudnn_benchmark_is_recorded_and_the_cpu_leaves_the_flag(tmp_path: Path) -> None:
+    before = torch.backends.cudnn.benchmark
+    run_training(dataclasses.replace(TINY, epochs=1, steps_per_epoch=1, cudnn_benchmark=False,
+                                     out_dir=str(tmp_path)))
+    assert torch.backends.cudnn.benchmark is before
+    assert load_checkpoint(tmp_path / "checkpoint.pt")["config"]["cudnn_benchmark"] is False
+    assert TINY.cudnn_benchmark  # on by default, as once-for-all trains
+
+
 # -- BigNAS's recipe (issue 21) ----------------------------------------------------------
 def test_exp_constant_schedule_decays_to_its_floor_and_holds() -> None:
     from ofa_search.train import scheduled_lr

@@ -82,6 +82,9 @@ def train_cmd(
         "--device", help="auto (a CUDA GPU when there is one), cpu, cuda or cuda:N")] = "auto",
     amp: Annotated[str, typer.Option(
         "--amp", help="autocast: off, bf16, or fp16 (CUDA only)")] = "off",
+    cudnn_benchmark: Annotated[bool, typer.Option(
+        "--cudnn-benchmark/--no-cudnn-benchmark", help="CUDA: let cuDNN pick the fastest "
+        "conv algorithms by timing them (once-for-all's setting)")] = True,
     checkpoint_every: Annotated[int | None, typer.Option(
         "--checkpoint-every", min=1, help="also checkpoint every N optimizer steps (a run "
         "killed mid-epoch resumes from there with --resume)")] = None,
@@ -148,6 +151,7 @@ def train_cmd(
                          out_dir=str(out), resume=resume, quiet=quiet,
                          init_checkpoint=None if init is None else str(init),
                          steps_per_epoch=steps_per_epoch, device=device, amp=amp,
+                         cudnn_benchmark=cudnn_benchmark,
                          checkpoint_every=checkpoint_every, ema_decay=ema_decay,
                          num_workers=workers, precision_phases=phases,
                          binary_share=binary_share, precision_distill=distill,

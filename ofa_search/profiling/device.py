@@ -19,7 +19,7 @@ from types import MappingProxyType
 from typing import Any
 
 from ofa_search.errors import FileFormatError, OfaSearchError
-from ofa_search.profiling.host import llvm_cpu_name, read_cpuinfo
+from ofa_search.profiling.host import llvm_cpu_name, llvm_extra_features, read_cpuinfo
 from ofa_search.space import PRECISIONS
 from ofa_search.versioning import require_version
 
@@ -55,11 +55,16 @@ TargetValue = str | int | bool | tuple[str, ...]
 
 
 def default_llvm_target(threads: int, cpuinfo: Mapping[str, str] | None = None) -> dict[str, Any]:
-    """The TVM target dict for this host: ``llvm`` with the host's ``mcpu`` when known."""
-    mcpu = llvm_cpu_name(read_cpuinfo() if cpuinfo is None else cpuinfo)
+    """The TVM target dict for this host: ``llvm`` with the host's ``mcpu`` when known, and
+    the ``mattr`` features it has beyond a generic ``x86-64-vN`` level."""
+    info = read_cpuinfo() if cpuinfo is None else cpuinfo
+    mcpu = llvm_cpu_name(info)
     target: dict[str, Any] = {"kind": "llvm"}
     if mcpu is not None:
         target["mcpu"] = mcpu
+    extra = llvm_extra_features(info)
+    if extra:
+        target["mattr"] = extra
     target["num-cores"] = threads
     return target
 

@@ -96,6 +96,25 @@ def llvm_cpu_name(cpuinfo: Mapping[str, str]) -> str | None:
     return None
 
 
+_BEYOND_X86_64_V4 = {"avx512_vnni": "+avx512vnni", "avx512_vpopcntdq": "+avx512vpopcntdq",
+                     "avx512_bitalg": "+avx512bitalg", "avx512_vbmi": "+avx512vbmi",
+                     "avx512_vbmi2": "+avx512vbmi2", "avx_vnni": "+avxvnni"}
+"""/proc/cpuinfo flag → LLVM feature, for the int8 and popcount instructions that no
+``x86-64-vN`` level includes."""
+
+
+def llvm_extra_features(cpuinfo: Mapping[str, str]) -> list[str]:
+    """LLVM ``-mattr`` features this CPU has beyond the ``x86-64-vN`` level that
+    :func:`llvm_cpu_name` falls back to (VNNI, VPOPCNTDQ, BITALG, VBMI): without them a
+    CPU with no known model name gets no dot-product or vector popcount instructions.
+    Empty when :func:`llvm_cpu_name` names a micro-architecture (it implies its own)."""
+    name = llvm_cpu_name(cpuinfo)
+    if name is None or not name.startswith("x86-64-v"):
+        return []
+    flags = cpu_flags(cpuinfo)
+    return sorted(feature for flag, feature in _BEYOND_X86_64_V4.items() if flag in flags)
+
+
 def known_llvm_cpu_names() -> frozenset[str]:
     """Every name :func:`llvm_cpu_name` can return."""
     return frozenset({*_INTEL_FAMILY6.values(), "cascadelake", "x86-64-v2", "x86-64-v3",

@@ -145,6 +145,10 @@ class TrainConfig:
             ``LOCAL_RANK``. Evaluation and BN recalibration run on the same device.
         amp: autocast of forward passes and losses: ``off`` (fp32), ``bf16``, or ``fp16``
             (CUDA only, with a gradient scaler that is checkpointed).
+        cudnn_benchmark: on CUDA, let cuDNN time its algorithms for each new conv shape
+            and keep the fastest (``torch.backends.cudnn.benchmark``, as once-for-all's
+            training script sets it); the flag is restored when the run ends. Its choices
+            can differ between runs, so a resumed GPU run is exact only up to them.
         checkpoint_every: also write the checkpoint (and the metrics so far) every this many
             optimizer steps, so that a run killed mid-epoch resumes from there, bit for
             bit; ``None``: at epoch ends only.
@@ -201,6 +205,7 @@ class TrainConfig:
     channels_last: bool = True
     device: str = "auto"
     amp: str = "off"
+    cudnn_benchmark: bool = True
     checkpoint_every: int | None = None
     num_workers: int | None = None
     lr_schedule: str = "cosine"
@@ -613,6 +618,9 @@ def run_training(config: TrainConfig) -> TrainResult:
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
         own_group = True
+    benchmark = torch.backends.cudnn.benchmark
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = config.cudnn_benchmark
     try:
         # module construction and dropout draw from the default generators: fork them so
         # that the caller's global RNG state is left as it was
@@ -620,6 +628,7 @@ def run_training(config: TrainConfig) -> TrainResult:
         with torch.random.fork_rng(devices=forked, device_type=device.type):
             return _run(config, rank, world, device, amp)
     finally:
+        torch.backends.cudnn.benchmark = benchmark
         if own_group:
             dist.destroy_process_group()
 

@@ -22,7 +22,6 @@ from binary_helpers import MP, binary_arch, eval_net
 from ofa_search.arch import Arch, parse_arch
 from ofa_search.binary import BinaryPackage, tvm_available, write_binary_package
 from ofa_search.binary.archive import FORMAT_VERSION, MANIFEST
-from ofa_search.binary.formats import MIXED_RELATIVE_TOLERANCE
 from ofa_search.binary.program import AddStep, BinaryStep, OnnxStep
 from ofa_search.data import iterate_batches, load_dataset
 from ofa_search.errors import FileFormatError
@@ -137,6 +136,12 @@ MIXED = "r20_w1.0_k3e3-k5e4@binary_k7e4-k3e3@int8_k3e4-k5e3@binary_k5e3-k3e6@int
 """Binary, int8, binary, int8 stages: segments alternate between the two precisions."""
 INT8_AFTER_BINARY = "r20_w1.0_k3e3-k5e4@binary_k7e4-k3e3@binary_k3e4-k5e3@int8_k5e3-k3e6@int8"
 """Int8 stages only after the binary ones: no int8 rounding reaches a binary sign."""
+RANDOM_MIXED_BOUND = 0.6
+"""Relative logit error allowed for MIXED with random weights, where sign flips weigh most:
+measured 0.25–0.44 over weight seeds 0–4 on an Intel Xeon with AVX512-VNNI (0.44 for
+seed 0) and 0.29 for seed 0 on an AMD EPYC; trained networks give 0.10–0.20, within
+``MIXED_RELATIVE_TOLERANCE`` (0.35), which exports verify against. A miswired package is
+off by about the logits' whole range (≥ 1)."""
 
 
 def test_int8_stages_go_into_qdq_segments_beside_binary_layers(tmp_path: Path) -> None:
@@ -145,7 +150,7 @@ def test_int8_stages_go_into_qdq_segments_beside_binary_layers(tmp_path: Path) -
     batches = [x.numpy() for x, _ in itertools.islice(iterate_batches(
         digits.train, 32, shuffle=True, generator=torch.Generator().manual_seed(0)), 4)]
     x, _ = next(iterate_batches(digits.test, 48, shuffle=False))
-    for arch, tolerance in ((MIXED, MIXED_RELATIVE_TOLERANCE),
+    for arch, tolerance in ((MIXED, RANDOM_MIXED_BOUND),
                             (INT8_AFTER_BINARY, INT8_RELATIVE_TOLERANCE)):
         net = build_static(parse_arch(arch, MP), torch.Generator().manual_seed(0))
         recalibrate_bn(net, [torch.from_numpy(b) for b in batches])
@@ -165,7 +170,9 @@ def test_int8_stages_go_into_qdq_segments_beside_binary_layers(tmp_path: Path) -
             expected = net(x).numpy()
         # random weights: tiny logit ranges, where ORT's extra output roundings (which
         # flip binary signs downstream in MIXED) weigh most; trained nets: formats.py
-        assert relative_logit_error(package.run(x.numpy()), expected) <= tolerance
+        got = package.run(x.numpy())
+        assert relative_logit_error(got, expected) <= tolerance
+        assert np.corrcoef(got.ravel(), expected.ravel())[0, 1] >= 0.7
     # binary-only archs ignore calibration images: the package is the same file
     binary = eval_net(binary_arch(("binary",) * 4))
     plain = write_binary_package(binary, tmp_path / "plain.ofab").read_bytes()

@@ -96,7 +96,9 @@ def test_presets() -> None:
 
 def test_default_tvm_target_follows_the_host() -> None:
     profile = DeviceProfile.local_tvm(threads=2)
-    assert dict(profile.target or {}) == default_llvm_target(2)
+    # the profile freezes lists (mattr) into tuples
+    assert dict(profile.target or {}) == {k: tuple(v) if isinstance(v, list) else v
+                                          for k, v in default_llvm_target(2).items()}
     mcpu = llvm_cpu_name(read_cpuinfo())
     assert (profile.target or {}).get("mcpu") == mcpu
 

@@ -9,6 +9,7 @@ from ofa_search.profiling.host import (
     FLAGS_OF_INTEREST,
     known_llvm_cpu_names,
     llvm_cpu_name,
+    llvm_extra_features,
     read_cpuinfo,
 )
 
@@ -51,6 +52,21 @@ def test_read_cpuinfo_takes_the_first_processor() -> None:
 ])
 def test_llvm_cpu_name(info: dict[str, str], expected: str | None) -> None:
     assert llvm_cpu_name(info) == expected
+
+
+@pytest.mark.parametrize(("info", "expected"), [
+    # an Intel model missing from the table (a VM's "Intel Xeon Processor", model 167):
+    # the generic level, plus the dot-product and popcount features it has
+    (cpu("GenuineIntel", 6, 167, AVX512 + " avx512_vnni avx512_vpopcntdq avx512_bitalg"),
+     ["+avx512bitalg", "+avx512vnni", "+avx512vpopcntdq"]),
+    (cpu("GenuineIntel", 6, 250), []),
+    # a named micro-architecture implies its features
+    (cpu("GenuineIntel", 6, 207, AVX512 + " avx512_vnni avx512_vpopcntdq"), []),
+    (cpu("AuthenticAMD", 25, 17, AVX512 + " avx512_vnni"), []),
+    ({}, []),
+])
+def test_llvm_extra_features(info: dict[str, str], expected: list[str]) -> None:
+    assert llvm_extra_features(info) == expected
 
 
 def test_every_cpu_name_is_known_to_llvm() -> None:
