@@ -107,6 +107,9 @@ def run_variant(name: str, args: argparse.Namespace, device: torch.device) -> di
         "step_ms": 1000 * per_step, "img_s": args.batch_size / per_step,
         "subnet_img_s": args.batch_size * (2 + args.n_random) / per_step,
         "warmup_s": sum(warm_times),
+        # each warm-up step: the first steps meet conv shapes the backends have not seen
+        # (cuDNN builds, or with benchmark mode times, a plan per new shape)
+        "warmup_step_ms": [round(1000 * t, 1) for t in warm_times],
         "warmup_excess_s": max(0.0, sum(warm_times) - args.warmup * per_step),
         "final_loss": losses[-1],
     }
