@@ -1,0 +1,40 @@
+"""``scripts/gpu_fmnist.py`` (the GPU check's Fashion-MNIST stage), run on the CPU on a
+tiny Fashion-MNIST: a run that finishes is scored; one stopped before its first
+checkpoint says so and fails."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from test_data import write_fashion
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "gpu_fmnist.py"
+
+
+def _run(tmp_path: Path, name: str, *args: str) -> tuple[int, dict]:
+    out = tmp_path / f"{name}.json"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [str(SCRIPT.parents[1]), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run([sys.executable, str(SCRIPT), str(out), "--data-dir",
+                           str(tmp_path / "data"), "--device", "cpu", "--amp", "off",
+                           "--batch-size", "16", "--run-dir", str(tmp_path / name), *args],
+                          capture_output=True, text=True, timeout=600, env=env)
+    return proc.returncode, json.loads(out.read_text())
+
+
+def test_a_finished_run_is_scored_and_a_stopped_one_says_so(tmp_path: Path) -> None:
+    write_fashion(tmp_path / "data")  # 45 train images: 3 steps per epoch
+    code, record = _run(tmp_path, "done", "--epochs", "1", "--train-limit", "300")
+    assert code == 0 and record["exit_code"] == 0 and not record["stopped_at_limit"]
+    assert record["total_epochs"] == 6 and record["checkpoint_epoch"] == 6
+    largest, smallest = record["subnets"]["largest"], record["subnets"]["smallest"]
+    assert largest["params"] > smallest["params"] == 132_266
+    assert all(0.0 <= s["test_accuracy"] <= 1.0 for s in (largest, smallest))
+
+    # stopped long before the child has imported torch: nothing to score
+    code, record = _run(tmp_path, "stopped", "--train-limit", "0.01")
+    assert code == 1 and record["stopped_at_limit"] and "subnets" not in record
