@@ -29,8 +29,9 @@ VNNI_FLAGS = frozenset({"avx512_vnni", "avx_vnni"})
 
 def int8_needs_exact_kernels(flags: frozenset[str] | None = None) -> bool:
     """Whether this host's (or, given ``flags``, such a CPU's) u8×s8 int8 kernels can
-    saturate: an x86-64 CPU without VNNI. Where the flags cannot be read (not Linux), the
-    answer is yes, the safe one."""
+    saturate: an x86-64 CPU without VNNI. Other architectures: no (the option is
+    x86-64's). An x86-64 host whose flags cannot be read (no ``/proc/cpuinfo``): yes, the
+    safe answer."""
     if flags is None:
         if platform.machine().lower() not in ("x86_64", "amd64"):
             return False  # the option applies to x86-64 only
