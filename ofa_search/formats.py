@@ -113,7 +113,7 @@ def write_verified(fmt: ArtefactFormat, net: StaticSubnet, folder: Path, x: torc
         tolerance = fmt.tolerance_of(net)
         if not diff <= tolerance:  # also catches NaN
             raise VerificationError(f"{fmt.name} artefact{label} differs from the PyTorch "
-                                    f"{what} by {diff:.3g} > tolerance {tolerance:.0e}")
+                                    f"{what} by {diff:.3g} > tolerance {tolerance:.3g}")
         os.replace(pending, final)
     finally:
         pending.unlink(missing_ok=True)
