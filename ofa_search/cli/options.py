@@ -20,7 +20,9 @@ ForceOpt = Annotated[bool, typer.Option("--force", help="replace what the worksp
 SpaceOpt = Annotated[str, typer.Option("--space", "-s", help="search-space preset name")]
 DEFAULT_SPACE = "mbv3_small28"
 DeviceOpt = Annotated[str, typer.Option("--device", "-d", help="device id, e.g. cpu-ort-1t")]
-PrecisionOpt = Annotated[str | None, typer.Option("--precision", help="default fp32")]
+PrecisionOpt = Annotated[str | None, typer.Option(
+    "--precision", help="fp32, int8, binary (each stage fp32 or that precision), mixed (each "
+    "stage fp32, int8 or binary) or any (the best answer of every mode); default fp32")]
 LatencyKindOpt = Annotated[str | None, typer.Option(
     "--latency-predictor", help="lut or learned (default: learned when fitted)")]
 CalibImagesOpt = Annotated[int, typer.Option(

@@ -114,7 +114,9 @@ class DeviceContext:
         confidence without calibration is a :class:`CalibrationError`."""
         explicit = confidence is not None
         level = check_confidence(confidence) if confidence is not None else DEFAULT_CONFIDENCE
-        modes = ("fp32",) if self.precision == "fp32" else ("fp32", self.precision)
+        # an answer's own mode (fp32 ONNX, int8 QDQ or binary package) is one of the
+        # precisions its search mode allows per stage
+        modes = mode_precisions(self.precision)
         try:
             if self.intervals is None:
                 raise CalibrationError(self._uncalibrated())

@@ -37,12 +37,14 @@ PRECISION_MODES: dict[str, tuple[str, ...]] = {
     "fp32": ("fp32",),
     "int8": ("fp32", "int8"),
     "binary": ("fp32", "binary"),
+    "mixed": ("fp32", "int8", "binary"),
 }
 """What a query's precision allows per stage: ``fp32`` only fp32 stages; ``int8`` and
 ``binary`` let the search choose, stage by stage, between fp32 and that precision (a
-searched ``s{S}.p`` parameter). ``any`` (:data:`ANY_PRECISION`) is the best answer of
-all three modes, so every answer exports as one artefact (an int8 QDQ model or a binary
-package)."""
+searched ``s{S}.p`` parameter); ``mixed`` between all three, so one network can hold int8
+and binary stages. ``any`` (:data:`ANY_PRECISION`) is the best answer of every mode the
+device's table prices. Every answer exports as one artefact: fp32 ONNX, an int8 QDQ
+model, or a binary package (which holds int8 segments beside its binary layers)."""
 
 ANY_PRECISION = "any"
 

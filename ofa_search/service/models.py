@@ -30,7 +30,7 @@ class QueryRequest(BaseModel):
     latency_ms: float = Field(gt=0, allow_inf_nan=False,
                               description="latency budget in milliseconds (a finite number)")
     precision: str | None = Field(default=None, pattern=PRECISION_PATTERN,
-                                  description="fp32 (default), int8, binary, …")
+                                  description="fp32 (default), int8, binary, mixed or any")
     confidence: float | None = Field(
         default=None, gt=0, lt=1, allow_inf_nan=False, description="the answer's calibrated "
         "latency bound at this confidence must fit the budget (default 0.9 on a calibrated "

@@ -1,4 +1,4 @@
-"""Precision as a search dimension: the fp32 / int8 / binary modes and ``any``, on a
+"""Precision as a search dimension: the fp32 / int8 / binary / mixed modes and ``any``, on a
 mixed-precision device table whose unit latencies are a known function of MACs."""
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ def test_table_units_cover_each_precision_once() -> None:
 
 
 def test_each_mode_searches_its_own_per_stage_precisions(engine: QueryEngine) -> None:
-    assert engine.modes(DEVICE) == ["fp32", "int8", "binary"]
+    assert engine.modes(DEVICE) == ["fp32", "int8", "binary", "mixed"]
     budget = 1.3 * engine.min_latency_ms(DEVICE, "fp32")
     answers = {mode: engine.query(DEVICE, budget, mode) for mode in engine.modes(DEVICE)}
     assert set(answers["fp32"].arch.precisions) == {"fp32"}
@@ -77,8 +77,24 @@ def test_any_is_infeasible_only_below_every_mode(engine: QueryEngine) -> None:
     assert info.value.min_latency_ms == pytest.approx(min(lows.values()))
     between = (max(lows["int8"], lows["binary"]) + lows["fp32"]) / 2
     answer = engine.query(DEVICE, between, "any")  # no fp32-only arch fits
-    assert answer.precision in ("int8", "binary")
+    assert answer.precision in ("int8", "binary", "mixed")
     assert set(answer.arch.precisions) - {"fp32"}
+
+
+def test_mixed_mode_puts_int8_and_binary_stages_in_one_network(engine: QueryEngine) -> None:
+    """Under a tight budget the best network holds both low precisions (binary where it
+    saves the most time, int8 where accuracy matters): only ``mixed`` can answer it."""
+    budget = 1.05 * engine.min_latency_ms(DEVICE, "fp32")
+    answers = {mode: engine.query(DEVICE, budget, mode) for mode in engine.modes(DEVICE)}
+    mixed = answers["mixed"]
+    assert {"int8", "binary"} <= set(mixed.arch.precisions)
+    assert mixed.predicted_latency_ms <= budget
+    assert mixed.predicted_accuracy > max(answers[m].predicted_accuracy
+                                          for m in ("fp32", "int8", "binary"))
+    assert engine.min_latency_ms(DEVICE, "mixed") == pytest.approx(
+        min(engine.min_latency_ms(DEVICE, m) for m in ("int8", "binary")))
+    # priced on its own, a mixed network runs as a binary package
+    assert engine.price(DEVICE, mixed.arch).precision == "binary"
 
 
 def test_unknown_or_unprofiled_precisions_are_refused(tmp_path) -> None:
