@@ -51,21 +51,33 @@ _KEYS = {"format", "format_version", "arch", "space", "unit", "input_shape", "si
 _LAYER_KEYS = {"in_channels", "out_channels", "act", "bits", "affine", "input_affine"}
 
 
+_ZIP_TIME = (1980, 1, 1, 0, 0, 0)
+"""Every member's timestamp (ZIP's earliest): the same program gives the same bytes, whenever
+it is written."""
+
+
+def _zip_entry(name: str, compress_type: int = zipfile.ZIP_STORED) -> zipfile.ZipInfo:
+    info = zipfile.ZipInfo(name, date_time=_ZIP_TIME)
+    info.compress_type = compress_type
+    info.external_attr = 0o644 << 16  # rw-r--r-- where an unzip tool extracts it
+    return info
+
+
 def program_to_bytes(program: BinaryProgram) -> bytes:
-    """The package archive of ``program``."""
+    """The package archive of ``program`` (deterministic: no write time in it)."""
     segments = [f"segments/{i}.onnx" for i in range(len(program.segments))]
     layers: list[dict[str, Any]] = []
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_STORED) as archive:
         for name, model in zip(segments, program.segments, strict=True):
-            archive.writestr(name, model)
+            archive.writestr(_zip_entry(name), model)
         for i, layer in enumerate(program.layers):
             names = {key: f"layers/{i}.{key}" for key in ("bits", "affine", "input_affine")}
             signs = unpack_signs(layer.weights.reshape(layer.out_channels, -1),
                                  layer.in_channels)
-            archive.writestr(names["bits"], pack_bits_dense(signs))
-            archive.writestr(names["affine"], _floats(layer.scale, layer.bias))
-            archive.writestr(names["input_affine"],
+            archive.writestr(_zip_entry(names["bits"]), pack_bits_dense(signs))
+            archive.writestr(_zip_entry(names["affine"]), _floats(layer.scale, layer.bias))
+            archive.writestr(_zip_entry(names["input_affine"]),
                              _floats(layer.input_scale, layer.input_shift))
             layers.append({"in_channels": layer.in_channels, "out_channels": layer.out_channels,
                            "act": layer.act, **names})
@@ -76,8 +88,8 @@ def program_to_bytes(program: BinaryProgram) -> bytes:
             "segments": segments, "layers": layers,
             "steps": [step_to_dict(step) for step in program.steps],
         }
-        archive.writestr(MANIFEST, json.dumps(manifest, indent=1) + "\n",
-                         compress_type=zipfile.ZIP_DEFLATED)
+        archive.writestr(_zip_entry(MANIFEST, zipfile.ZIP_DEFLATED),
+                         json.dumps(manifest, indent=1) + "\n")
     return buffer.getvalue()
 
 

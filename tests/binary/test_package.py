@@ -120,6 +120,20 @@ def test_written_atomically_and_overwritten(tmp_path: Path) -> None:
     assert zipfile.is_zipfile(path)
 
 
+def test_the_same_net_gives_the_same_bytes_at_any_time(tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """No write time in the archive (CI once saw two writes a second apart differ)."""
+    import time
+
+    net = eval_net(binary_arch(("binary",) * 4), seed=1)
+    first = write_binary_package(net, tmp_path / "a.ofab").read_bytes()
+    later = time.localtime(time.time() + 86_400 * 400)
+    monkeypatch.setattr(time, "localtime", lambda *_: later)
+    assert write_binary_package(net, tmp_path / "b.ofab").read_bytes() == first
+    with zipfile.ZipFile(tmp_path / "b.ofab") as archive:
+        assert {info.date_time for info in archive.infolist()} == {(1980, 1, 1, 0, 0, 0)}
+
+
 def test_refuses_training_mode_and_binary_weights_only() -> None:
     net = eval_net(binary_arch(("binary",) * 4))
     with pytest.raises(ValueError, match="eval mode"):
