@@ -10,7 +10,8 @@ is recorded and the next one runs; stages that no longer fit the budget are skip
    step against the CPU; ``tests/profiling/test_torch_backend.py``: the PyTorch latency
    backend, fp16/bf16 and CUDA graphs against the CPU).
 2. ``train_step``: ``scripts/bench_train_step.py`` on ``ofa_mbv3`` at 224 px, batch 256,
-   the sandwich step in fp32 and bf16 (channels-last), with a profile of the top ops.
+   the sandwich step in bf16 channels-last with cuDNN's benchmark mode on and off, after
+   30 warm-up steps, with a profile of the top ops.
 3. ``table_b1`` and ``table_b64``: ``scripts/bench_latency.py`` with the PyTorch backend
    (fp16, CUDA graphs) profiling ``<gpu>-torch-fp16-b{1,64}`` for ``ofa_mbv3`` w1.0 at a
    few resolutions and validating it on 30 held-out subnets.

@@ -9,15 +9,15 @@ Trains ``mbv3_small28`` on Fashion-MNIST with ``--strategy`` (``ps``: once-for-a
 phases, ``--epochs`` each; ``sandwich``: ``--epochs`` in all) in a child process that is
 stopped after ``--train-limit`` seconds; checkpoints every ``--checkpoint-every`` steps,
 so a stopped run is still scored (its last checkpoint; the record says how far it got).
-Then both subnets, at the space's largest resolution, are scored on the 10,000 test images
-after BN recalibration, on the same device. Writes ``OUT.json`` atomically. Needs only
+Then the largest subnet (at the largest resolution) and the smallest (at the smallest)
+are scored on the 10,000 test images after BN recalibration, on the same device. Writes
+``OUT.json`` atomically. Needs only
 torch, numpy and this package's core (no optuna, typer or TVM).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing
 import time
 from pathlib import Path
@@ -52,6 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from ofa_search.arch import Arch
+    from ofa_search.atomic import atomic_write_json
     from ofa_search.data import load_dataset
     from ofa_search.train import evaluate_arch, load_supernet
     from ofa_search.units import count_params
@@ -99,9 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         record["subnets"] = scores
     record["wall_s"] = round(time.monotonic() - start, 1)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
-    tmp.replace(args.out)
+    atomic_write_json(args.out, record, indent=2)
     print(f"wrote {args.out}")
     return 0 if checkpoint.exists() else 1
 
