@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import functools
 import platform
-from pathlib import Path
 from typing import Any
+
+from ofa_search.cpuinfo import cpu_flags, read_cpuinfo
 
 X64_QUANT_PRECISION = "session.x64quantprecision"
 VNNI_FLAGS = frozenset({"avx512_vnni", "avx_vnni"})
@@ -43,15 +44,7 @@ def int8_needs_exact_kernels(flags: frozenset[str] | None = None) -> bool:
 
 @functools.cache
 def _cpu_flags() -> frozenset[str]:
-    try:
-        text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return frozenset()
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() == "flags":
-            return frozenset(value.split())
-    return frozenset()
+    return cpu_flags(read_cpuinfo())  # once per process: the CPU does not change
 
 
 def exact_int8(options: Any) -> Any:

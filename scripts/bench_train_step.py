@@ -61,9 +61,8 @@ def run_variant(name: str, args: argparse.Namespace, device: torch.device) -> di
     amp_mode, channels_last, compiled, cudnn_benchmark = _variant(name)
     config = TrainConfig(space=args.space, dataset="digits", batch_size=args.batch_size,
                          amp=amp_mode, channels_last=channels_last, seed=args.seed,
-                         device=str(device), n_random=args.n_random,
-                         cudnn_benchmark=cudnn_benchmark)
-    # as run_training sets it on CUDA (the CPU ignores it)
+                         device=str(device), n_random=args.n_random)
+    # the step runs outside run_training, which would set it: set here (the CPU ignores it)
     torch.backends.cudnn.benchmark = cudnn_benchmark
     strategy = make_strategy("sandwich", args.space, None, seed=args.seed,
                              resolutions=(args.resolution,), n_random=args.n_random)

@@ -86,10 +86,11 @@ def main(argv: list[str] | None = None) -> int:
         record["checkpoint_step"] = meta.get("step")
         record["total_epochs"] = (6 * args.epochs if args.strategy == "ps" else args.epochs)
         scores = {}
+        # loaded once: calibration and evaluation serve batches at each arch's resolution
+        data = load_dataset("fashion-mnist", data_dir=args.data_dir,
+                            in_channels=net.space.in_channels)
         for name in ("largest", "smallest"):
             arch = getattr(Arch, name)(SPACE)
-            data = load_dataset("fashion-mnist", data_dir=args.data_dir,
-                                in_channels=net.space.in_channels, resolution=arch.resolution)
             eval_start = time.monotonic()
             accuracy = evaluate_arch(net, arch, data, split="test")
             scores[name] = {"arch": arch.to_string(), "params": count_params(arch),

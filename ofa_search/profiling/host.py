@@ -10,8 +10,9 @@ import os
 import platform
 from collections.abc import Mapping
 from importlib import metadata
-from pathlib import Path
 from typing import Any
+
+from ofa_search.cpuinfo import cpu_flags, read_cpuinfo
 
 FLAGS_OF_INTEREST: tuple[str, ...] = ("avx2", "avx512f", "avx512_vnni", "avx512_vpopcntdq")
 """CPU flags that change which kernels the backends can emit (fp32 SIMD, int8, popcount)."""
@@ -31,33 +32,6 @@ _INTEL_FAMILY6: dict[int, str] = {
     165: "skylake", 170: "meteorlake", 173: "graniterapids", 174: "graniterapids",
     183: "raptorlake", 186: "raptorlake", 191: "raptorlake", 207: "emeraldrapids",
 }
-
-
-def read_cpuinfo(text: str | None = None) -> dict[str, str]:
-    """The first processor block of ``/proc/cpuinfo`` (or of ``text``) as lower-case keys.
-
-    Returns an empty dict where the file does not exist (macOS, Windows).
-    """
-    if text is None:
-        path = Path("/proc/cpuinfo")
-        if not path.is_file():
-            return {}
-        text = path.read_text(encoding="utf-8", errors="replace")
-    info: dict[str, str] = {}
-    for line in text.splitlines():
-        if not line.strip():
-            if info:
-                break
-            continue
-        key, sep, value = line.partition(":")
-        if sep:
-            info.setdefault(key.strip().lower(), value.strip())
-    return info
-
-
-def cpu_flags(cpuinfo: Mapping[str, str]) -> frozenset[str]:
-    """The CPU feature flags (``flags`` on x86, ``features`` on Arm)."""
-    return frozenset((cpuinfo.get("flags") or cpuinfo.get("features") or "").split())
 
 
 def llvm_cpu_name(cpuinfo: Mapping[str, str]) -> str | None:

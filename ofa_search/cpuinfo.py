@@ -1,0 +1,38 @@
+"""This host's ``/proc/cpuinfo``: the first processor block and its feature flags.
+
+A core module (no third-party imports), so that the lowest layers (ONNX Runtime's session
+options, :mod:`ofa_search.ort_options`) can ask for CPU flags;
+:mod:`ofa_search.profiling.host` builds its host records on it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+
+def read_cpuinfo(text: str | None = None) -> dict[str, str]:
+    """The first processor block of ``/proc/cpuinfo`` (or of ``text``) as lower-case keys.
+
+    Returns an empty dict where the file does not exist (macOS, Windows).
+    """
+    if text is None:
+        path = Path("/proc/cpuinfo")
+        if not path.is_file():
+            return {}
+        text = path.read_text(encoding="utf-8", errors="replace")
+    info: dict[str, str] = {}
+    for line in text.splitlines():
+        if not line.strip():
+            if info:
+                break
+            continue
+        key, sep, value = line.partition(":")
+        if sep:
+            info.setdefault(key.strip().lower(), value.strip())
+    return info
+
+
+def cpu_flags(cpuinfo: Mapping[str, str]) -> frozenset[str]:
+    """The CPU feature flags (``flags`` on x86, ``features`` on Arm)."""
+    return frozenset((cpuinfo.get("flags") or cpuinfo.get("features") or "").split())
