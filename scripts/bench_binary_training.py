@@ -18,7 +18,9 @@ learns from labels in every step):
 - ``share-0.5`` / ``share-1``: a sampled stage is binary with probability 0.5 / 1 in the
   binary phases (``--binary-share``);
 - ``share-1-fp32-smallest``: share 1 for the random subnets while the sandwich's smallest
-  subnet stays fp32 (``--fp32-smallest``).
+  subnet stays fp32 (``--fp32-smallest``);
+- ``adamw-share-1-fp32-smallest``: the same with AdamW at lr 1e-3 instead of SGD at
+  ``--lr`` (``--optimizer adamw``; Adam is what binary networks are trained with).
 
 Each run then reports the test accuracy at 28 px (all test images, BN recalibrated) of
 the largest and smallest subnets in fp32 and with every stage binary, and of the fp32
@@ -50,6 +52,7 @@ from ofa_search.train.strategies import parse_precision_schedule
 
 SPACE = "mbv3_small28_mp"
 TWO_STAGE = "binary-weights:1,binary:3"
+ADAMW_LR = 1e-3  # Adam's usual fine-tuning rate; the SGD variants take --lr
 VARIANTS: dict[str, dict[str, Any]] = {
     "two-stage": {"schedule": TWO_STAGE},
     "two-stage-seed1": {"schedule": TWO_STAGE, "seed": 1},
@@ -59,6 +62,9 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "share-1": {"schedule": TWO_STAGE, "binary_share": 1.0},
     "share-1-fp32-smallest": {"schedule": TWO_STAGE, "binary_share": 1.0,
                               "precision_fp32_smallest": True},
+    "adamw-share-1-fp32-smallest": {"schedule": TWO_STAGE, "binary_share": 1.0,
+                                    "precision_fp32_smallest": True, "optimizer": "adamw",
+                                    "lr": ADAMW_LR},
 }
 RESOLUTION = 28
 SUBNETS = ("fp32_largest", "fp32_smallest", "binary_largest", "binary_smallest")
@@ -143,8 +149,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.only and name not in args.only:
             continue
         options = {k: v for k, v in spec.items() if k != "schedule"}
-        phases = parse_precision_schedule(spec["schedule"], SPACE, lr=args.lr)
-        runs[name] = dataclasses.replace(base, precision_phases=phases, **options)
+        lr = options.pop("lr", args.lr)
+        phases = parse_precision_schedule(spec["schedule"], SPACE, lr=lr)
+        runs[name] = dataclasses.replace(base, precision_phases=phases, lr=lr, **options)
     args.out_dir.mkdir(parents=True, exist_ok=True)
     start = start_scores(args.fp32_checkpoint, base, args.out_dir)
     results = run_variants(run_one, runs, args.out_dir, args.jobs, "bench_binary_training")

@@ -51,13 +51,16 @@ def _rows(path: Path) -> list[dict[str, Any]]:
     return [{k: v for k, v in row.items() if k not in TIMING_FIELDS} for row in rows]
 
 
-@pytest.mark.parametrize(("strategy", "every", "saves"), [
-    ("sandwich", 3, 1),  # killed at step 3 of 4 in epoch 1 (in-place distillation)
-    ("ps", 3, 3),        # 3rd write: step 6, mid-epoch 2 with the frozen teacher
+@pytest.mark.parametrize(("strategy", "every", "saves", "optimizer"), [
+    ("sandwich", 3, 1, "sgd"),  # killed at step 3 of 4 in epoch 1 (in-place distillation)
+    ("ps", 3, 3, "sgd"),        # 3rd write: step 6, mid-epoch 2 with the frozen teacher
+    ("sandwich", 3, 1, "adamw"),  # Adam's moments and step counts are checkpointed too
 ])
 def test_mid_epoch_resume_is_bit_for_bit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                         strategy: str, every: int, saves: int) -> None:
+                                         strategy: str, every: int, saves: int,
+                                         optimizer: str) -> None:
     config = dataclasses.replace(TINY, strategy=strategy, checkpoint_every=every,
+                                 optimizer=optimizer,
                                  epochs=1 if strategy == "ps" else 2,
                                  stop_after_epochs=3 if strategy == "ps" else None)
     straight = run_training(dataclasses.replace(config, out_dir=str(tmp_path / "a")))
@@ -69,6 +72,9 @@ def test_mid_epoch_resume_is_bit_for_bit(tmp_path: Path, monkeypatch: pytest.Mon
     assert killed_at["epoch_step"] > 0, "the kill must fall inside an epoch"
     ckpt = load_checkpoint(tmp_path / "b" / "checkpoint.pt")
     assert (ckpt["step"], ckpt["epoch_step"]) == (killed_at["step"], killed_at["epoch_step"])
+    moments = {key for state in ckpt["optimizer"]["state"].values() for key in state}
+    assert moments == ({"exp_avg", "exp_avg_sq", "step"} if optimizer == "adamw"
+                       else {"momentum_buffer"})
     resumed = run_training(dataclasses.replace(config, out_dir=str(tmp_path / "b"),
                                                resume=True))
     assert (resumed.epoch, resumed.step) == (straight.epoch, straight.step)
@@ -208,6 +214,8 @@ def test_bignas_recipe_options_and_errors() -> None:
             dataclasses.replace(TINY, ema_decay=bad)
     with pytest.raises(TrainingError, match="lr_schedule must be one of cosine, exp_constant"):
         dataclasses.replace(TINY, lr_schedule="step")
+    with pytest.raises(TrainingError, match="optimizer must be one of sgd, adamw, got 'lamb'"):
+        dataclasses.replace(TINY, optimizer="lamb")
     net = Supernet("mbv3_small28", generator=torch.Generator())
     default, everything = param_groups(net, 0.1), param_groups(net, 0.1, True)
     assert len(default[1]["params"]) > 0 and len(everything[1]["params"]) == 0

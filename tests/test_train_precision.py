@@ -154,7 +154,8 @@ def test_cli_precision_schedule_trains_the_phases_given(
             "--steps-per-epoch", "1", "--batch-size", "16", "--quiet"]
     out = CliRunner().invoke(app, [*base, "--precision-schedule", "int8:1,binary:1@0.002",
                                    "--binary-share", "0.75", "--no-distill",
-                                   "--fp32-smallest"])
+                                   "--fp32-smallest", "--optimizer", "adamw",
+                                   "--weight-decay", "0"])
     assert out.exit_code == 0, out.output
     _, meta = load_supernet(tmp_path / "run" / "checkpoint.pt")
     assert meta["epoch"] == 2
@@ -163,6 +164,7 @@ def test_cli_precision_schedule_trains_the_phases_given(
     assert meta["config"]["binary_share"] == 0.75
     assert meta["config"]["precision_distill"] is False
     assert meta["config"]["precision_fp32_smallest"] is True
+    assert (meta["config"]["optimizer"], meta["config"]["weight_decay"]) == ("adamw", 0.0)
     for args, message in [
         (["--precision-schedule", "int8:0"], "error: --precision-schedule: precision schedule "
                                               "entry 'int8:0': needs EPOCHS >= 1"),
@@ -171,6 +173,8 @@ def test_cli_precision_schedule_trains_the_phases_given(
         (["--strategy", "sandwich", "--binary-share", "0.5"],
          "error: --binary-share, --no-distill and --fp32-smallest apply to --strategy "
          "precision only"),
+        (["--optimizer", "adam"], "error: --optimizer must be one of sgd, adamw, got 'adam'"),
+        (["--weight-decay", "inf"], "error: --weight-decay must be a finite number, got inf"),
     ]:
         with pytest.raises(SystemExit) as exited:
             main([*base, *args])

@@ -172,6 +172,9 @@ def _define(spec: BlockSpec) -> list[Any]:
     inputs = [x, u1, v1, w1, a1, b1, wdw, bdw]
 
     pack1 = _pack("pack1", x, u1, v1, n, c, spec.padded_pixels)
+    # the input NHWC: the expand's cyclic shortcut reads channels m mod C of one pixel,
+    # which in NCHW would be a gather over C cache lines per vector
+    xt = te.compute((n, spec.pixels, c), lambda b, p, ch: x[b, ch, p], name="xt")
     kw1 = te.reduce_axis((0, num_words(c)), name="kw1")
     acc1 = te.compute((n, spec.pixels, mid), lambda b, p, m: te.sum(
         tirx.popcount(pack1[b, kw1, p] ^ w1[kw1, m]).astype("int32"), axis=kw1), name="acc1")
@@ -182,7 +185,7 @@ def _define(spec: BlockSpec) -> list[Any]:
         inside = tirx.all(h >= 0, h < spec.height, w >= 0, w < w_in)
         p = h * w_in + w
         value = _activation(a1[m] * (c - 2 * acc1[b, p, m]).astype(f) + b1[m]
-                            + x[b, tirx.floormod(m, c), p], spec.expand_act)
+                            + xt[b, p, tirx.floormod(m, c)], spec.expand_act)
         return tirx.if_then_else(inside, value, tirx.const(0.0, f))
 
     e = te.compute((n, hp_n, wp_n, mid), expanded, name="e")  # zero-padded, NHWC
@@ -227,27 +230,44 @@ def _define(spec: BlockSpec) -> list[Any]:
     # the project's shortcut reads channels o mod M < min(O, M) only: just those go NCHW
     t = te.compute((n, min(out, mid), opix), gated, name="t")
     inputs += [u2, v2, w2, a2, b2]
-    words2 = num_words(mid)
-    bit2 = te.reduce_axis((0, min(WORD_BITS, mid)), name="pack2_bit")
+    full, tail = divmod(mid, WORD_BITS)
 
-    def sign_bit2(b: Any, p: Any, kw: Any) -> Any:
-        channel = kw * WORD_BITS + bit2
-        real = tirx.min(channel, mid - 1)
-        value = gated(b, real, p) * u2[real] + v2[real]
-        one = tirx.const(1, "uint64") << bit2.astype("uint64")
-        return tirx.Select(tirx.all(channel < mid, value < tirx.const(0.0, f)), one,
-                           tirx.const(0, "uint64"))
+    def sign_bits(name: str, bits: int) -> tuple[Any, Any]:
+        """A reduce axis of ``bits`` bits and ``sign_bit(b, p, channel)``, that bit of a
+        word: every channel read exists, so the reads are contiguous with no bound check
+        (a clamped index for a partial last word made the whole reduction several times
+        slower)."""
+        bit = te.reduce_axis((0, bits), name=f"{name}_bit")
 
-    # packed per pixel from the NHWC output (a reduction over contiguous channels)
-    pack2 = te.compute((n, opix, words2), lambda b, p, kw: te.sum(sign_bit2(b, p, kw),
-                                                                 axis=bit2), name="pack2")
-    kw2 = te.reduce_axis((0, words2), name="kw2")
-    acc2 = te.compute((n, out, opix), lambda b, o, p: te.sum(
-        tirx.popcount(pack2[b, p, kw2] ^ w2[o, kw2]).astype("int32"), axis=kw2), name="acc2")
+        def sign_bit(b: Any, p: Any, channel: Any) -> Any:
+            value = gated(b, channel, p) * u2[channel] + v2[channel]
+            one = tirx.const(1, "uint64") << bit.astype("uint64")
+            return tirx.Select(value < tirx.const(0.0, f), one, tirx.const(0, "uint64"))
+
+        return bit, sign_bit
+
+    # packed per pixel from the NHWC output (a reduction over contiguous channels): the
+    # whole words, then the last, partial one (its missing bits 0, as the weights expect)
+    count: list[Any] = []
+    if full:
+        bit2, sign_bit2 = sign_bits("pack2", WORD_BITS)
+        pack2 = te.compute((n, opix, full), lambda b, p, kw: te.sum(
+            sign_bit2(b, p, kw * WORD_BITS + bit2), axis=bit2), name="pack2")
+        kw2 = te.reduce_axis((0, full), name="kw2")
+        acc2 = te.compute((n, out, opix), lambda b, o, p: te.sum(
+            tirx.popcount(pack2[b, p, kw2] ^ w2[o, kw2]).astype("int32"), axis=kw2),
+            name="acc2")
+        count.append(lambda b, o, p: acc2[b, o, p])
+    if tail:
+        bitt, sign_bitt = sign_bits("pack2_tail", tail)
+        pack2_tail = te.compute((n, opix), lambda b, p: te.sum(
+            sign_bitt(b, p, full * WORD_BITS + bitt), axis=bitt), name="pack2_tail")
+        count.append(lambda b, o, p: tirx.popcount(pack2_tail[b, p] ^ w2[o, full])
+                     .astype("int32"))
 
     def project(b: Any, o: Any, p: Any) -> Any:
-        value = a2[o] * (mid - 2 * acc2[b, o, p]).astype(f) + b2[o] \
-            + t[b, tirx.floormod(o, mid), p]
+        ones = count[0](b, o, p) if len(count) == 1 else count[0](b, o, p) + count[1](b, o, p)
+        value = a2[o] * (mid - 2 * ones).astype(f) + b2[o] + t[b, tirx.floormod(o, mid), p]
         return value + x[b, o, p] if spec.residual else value
 
     y = te.compute((n, out, opix), project, name="y")
@@ -260,7 +280,6 @@ def _schedule(spec: BlockSpec, tensors: list[Any]) -> Any:
 
     sch = tvm.s_tir.Schedule(te.create_prim_func(tensors))
     mid_lanes = _lanes(spec.mid_channels)
-    words2 = num_words(spec.mid_channels)
 
     def pack(name: str, lanes: int) -> None:
         block = sch.get_sblock(name)
@@ -272,15 +291,24 @@ def _schedule(spec: BlockSpec, tensors: list[Any]) -> Any:
 
     # 1-2: expand
     pack("pack1", spec.in_lanes)
-    acc1 = sch.get_sblock("acc1")
-    b, p, m, kk = sch.get_loops(acc1)
-    po, pi = sch.split(p, [None, row_tile(spec.pixels, 4)])
-    mo, mi = sch.split(m, [None, mid_lanes])
-    sch.reorder(b, po, mo, kk, pi, mi)
-    sch.vectorize(mi)
-    sch.decompose_reduction(acc1, kk)
+    # the expand GEMM of one pixel is computed where the pixel is expanded, so its int32
+    # accumulators stay in registers instead of an [HW, M] buffer written and read back
     e = sch.get_sblock("e")
-    sch.vectorize(sch.split(sch.get_loops(e)[-1], [None, mid_lanes])[-1])
+    acc1 = sch.get_sblock("acc1")
+    sch.compute_at(acc1, sch.get_loops(e)[2])
+    loops = sch.get_loops(acc1)[3:]  # (m) or (m, kw): compute_at drops loops of extent 1
+    if len(loops) == 2:
+        sch.reorder(loops[1], loops[0])
+    sch.vectorize(sch.split(loops[0], [None, mid_lanes])[-1])
+    sch.decompose_reduction(acc1, sch.get_loops(acc1)[3])
+    m = sch.get_loops(e)[3]
+    if spec.mid_channels % spec.in_channels == 0:
+        # m = r·C + ch: the shortcut's channel m mod C is ch, so vectors over ch read the
+        # NHWC input contiguously (vectors over m would gather across the wrap at C)
+        _, ch = sch.split(m, [None, spec.in_channels])
+        sch.vectorize(sch.split(ch, [None, _lanes(spec.in_channels)])[-1])
+    else:
+        sch.vectorize(sch.split(m, [None, mid_lanes])[-1])
     # 3: depthwise, up to 7 output pixels of a row × one channel vector in registers
     dws = sch.get_sblock("dws")
     b, p, m, ri, rj = sch.get_loops(dws)
@@ -306,8 +334,10 @@ def _schedule(spec: BlockSpec, tensors: list[Any]) -> Any:
     b, m, p = sch.get_loops(t)
     sch.vectorize(sch.split(p, [None, spec.out_lanes])[-1])
     # 6: project
-    pack2 = sch.get_sblock("pack2")
-    sch.decompose_reduction(pack2, sch.get_loops(pack2)[-1])
+    full, tail = divmod(spec.mid_channels, WORD_BITS)
+    for name in ("pack2",) * bool(full) + ("pack2_tail",) * bool(tail):
+        pack2 = sch.get_sblock(name)
+        sch.decompose_reduction(pack2, sch.get_loops(pack2)[-1])
     # y reads t (a block outside the GEMM's loops): compute the GEMM tile under y instead
     y = sch.get_sblock("y")
     b, o, p = sch.get_loops(y)
@@ -315,26 +345,30 @@ def _schedule(spec: BlockSpec, tensors: list[Any]) -> Any:
     po, pi = sch.split(p, [None, spec.out_lanes])
     sch.reorder(b, oo, po, oi, pi)
     sch.vectorize(pi)
-    acc2 = sch.get_sblock("acc2")
-    sch.compute_at(acc2, po)
-    # compute_at leaves out loops of extent 1: name the ones that are there
-    extents = {"oi": row_tile(spec.out_channels), "pi": spec.out_lanes, "kk": words2}
-    names = [name for name, extent in extents.items() if extent > 1]
-    loops = dict(zip(names, sch.get_loops(acc2)[3:], strict=True))
-    if "kk" in loops:
-        sch.reorder(*[loops[name] for name in ("kk", "oi", "pi") if name in loops])
-    sch.vectorize(loops["pi"])
-    sch.decompose_reduction(acc2, loops.get("kk", loops.get("oi", loops["pi"])))
+    if full:
+        acc2 = sch.get_sblock("acc2")
+        sch.compute_at(acc2, po)
+        # compute_at leaves out loops of extent 1: name the ones that are there
+        extents = {"oi": row_tile(spec.out_channels), "pi": spec.out_lanes, "kk": full}
+        names = [name for name, extent in extents.items() if extent > 1]
+        loops = dict(zip(names, sch.get_loops(acc2)[3:], strict=True))
+        if "kk" in loops:
+            sch.reorder(*[loops[name] for name in ("kk", "oi", "pi") if name in loops])
+        sch.vectorize(loops["pi"])
+        sch.decompose_reduction(acc2, loops.get("kk", loops.get("oi", loops["pi"])))
     return sch.mod
 
 
 def _vectorize_reduction(sch: Any, name: str, lanes: int) -> None:
-    """Block ``name`` with loops (batch, channel, reduction): the reduction moves inside
-    the outer channel loop and ``lanes`` channels are vectorized."""
+    """Block ``name`` with loops (batch, channel, reduction), reading its operand
+    ``[reduction, channel]`` row by row: the reduction loop goes outside the channel loop,
+    so the operand streams contiguously while the channel accumulators stay in L1 (the
+    other order reads one vector per row, a stride of a whole row between reads), and
+    ``lanes`` channels are vectorized."""
     block = sch.get_sblock(name)
     b, channel, reduce = sch.get_loops(block)
     outer, inner = sch.split(channel, [None, lanes])
-    sch.reorder(b, outer, reduce, inner)
+    sch.reorder(b, reduce, outer, inner)
     sch.vectorize(inner)
     sch.decompose_reduction(block, reduce)
 

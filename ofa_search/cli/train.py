@@ -63,6 +63,12 @@ def train_cmd(
         "ofa-workspace/supernet"),
     batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 64,
     lr: Annotated[float, typer.Option("--lr")] = 0.05,
+    optimizer: Annotated[str, typer.Option(
+        "--optimizer", help="sgd (Nesterov momentum 0.9; once-for-all's) or adamw (Adam "
+        "with decoupled weight decay, as binary networks are trained)")] = "sgd",
+    weight_decay: Annotated[float, typer.Option(
+        "--weight-decay", min=0.0, help="on weights, not on BN parameters and "
+        "biases")] = 3e-5,
     warmup_epochs: Annotated[int, typer.Option("--warmup-epochs", min=0)] = 0,
     data_dir: Annotated[Path | None, typer.Option("--data-dir")] = None,
     seed: SeedOpt = 0,
@@ -117,13 +123,23 @@ def train_cmd(
 ) -> None:
     """Train a supernet (under torchrun for several processes); writes OUT/checkpoint.pt."""
     # deferred: each command imports only the library parts it runs (CLI start-up)
-    from ofa_search.train import SUPERNET_STRATEGIES, TrainConfig, train, with_recipe
+    from ofa_search.train import (
+        OPTIMIZERS,
+        SUPERNET_STRATEGIES,
+        TrainConfig,
+        train,
+        with_recipe,
+    )
     from ofa_search.train.strategies import parse_precision_schedule
 
     if strategy not in SUPERNET_STRATEGIES:
         raise OfaSearchError(f"--strategy must be one of {', '.join(SUPERNET_STRATEGIES)}, got "
                              f"{strategy!r}")
     check_finite(lr, "--lr")
+    check_finite(weight_decay, "--weight-decay", positive=False)
+    if optimizer not in OPTIMIZERS:
+        raise OfaSearchError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got "
+                             f"{optimizer!r}")
     if resolutions:
         offered = get_space(space).resolutions
         bad = sorted({r for r in resolutions if r not in offered})
@@ -147,7 +163,8 @@ def train_cmd(
         torch.set_num_threads(threads)
     config = TrainConfig(space=space, dataset=data, data_dir=None if data_dir is None
                          else str(data_dir), strategy=strategy, epochs=epochs,
-                         batch_size=batch_size, lr=lr, warmup_epochs=warmup_epochs, seed=seed,
+                         batch_size=batch_size, lr=lr, optimizer=optimizer,
+                         weight_decay=weight_decay, warmup_epochs=warmup_epochs, seed=seed,
                          out_dir=str(out), resume=resume, quiet=quiet,
                          init_checkpoint=None if init is None else str(init),
                          steps_per_epoch=steps_per_epoch, device=device, amp=amp,

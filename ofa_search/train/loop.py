@@ -1,7 +1,8 @@
-"""The supernet training loop: SGD + Nesterov, warm-up + cosine, gradient accumulation over
-the subnets of each step, distillation, clipping, JSONL metrics, atomic checkpoints,
-bit-for-bit resume (from epoch ends, or mid-epoch with ``checkpoint_every``), CPU or CUDA
-with optional bf16/fp16 autocast, and DDP under ``torchrun`` (gloo on CPU, NCCL on CUDA).
+"""The supernet training loop: SGD + Nesterov (or AdamW), warm-up + cosine, gradient
+accumulation over the subnets of each step, distillation, clipping, JSONL metrics, atomic
+checkpoints, bit-for-bit resume (from epoch ends, or mid-epoch with ``checkpoint_every``),
+CPU or CUDA with optional bf16/fp16 autocast, and DDP under ``torchrun`` (gloo on CPU,
+NCCL on CUDA).
 
 Randomness: the supernet's initialisation, the data order and augmentation, and the
 archs each come from a generator seeded from ``TrainConfig.seed``. Dropout draws from
@@ -75,6 +76,8 @@ _DEVICE_RE = re.compile(r"auto|cpu|cuda(:\d+)?")
 LR_SCHEDULES = ("cosine", "exp_constant")
 """Learning-rate decays of :class:`TrainConfig`: cosine to 0 (once-for-all), or BigNAS's
 exponential decay with a constant ending (see :func:`scheduled_lr`)."""
+OPTIMIZERS = ("sgd", "adamw")
+"""Optimizers of :class:`TrainConfig` (see :func:`make_optimizer`)."""
 EXP_FLOOR = 0.05
 """``exp_constant``: the learning rate ends at this fraction of its peak (BigNAS: 5 %)..."""
 EXP_DECAY_SPAN = 0.75
@@ -129,6 +132,10 @@ class TrainConfig:
         epochs, batch_size (per rank), lr (peak), momentum, nesterov, weight_decay (not on
             BN parameters and biases), warmup_epochs (linear, at the start of every
             lr segment), label_smoothing, kd_ratio, grad_clip (max global L2 norm or None).
+        optimizer: ``sgd`` (with ``momentum`` and ``nesterov``; once-for-all's) or
+            ``adamw`` (Adam with decoupled weight decay, β₁ = ``momentum``; what binary
+            networks are trained with: Liu et al., "How do Adam and training strategies
+            help BNNs optimization?", ICML 2021, arXiv:2106.11309).
         resolutions: restrict the sampled resolutions (default: all of the space).
         data_resolution: side at which batches are served (default: the largest sampled
             resolution); the supernet resizes to each arch's resolution.
@@ -192,6 +199,7 @@ class TrainConfig:
     momentum: float = 0.9
     nesterov: bool = True
     weight_decay: float = 3e-5
+    optimizer: str = "sgd"
     warmup_epochs: int = 0
     label_smoothing: float = 0.1
     kd_ratio: float = 1.0
@@ -250,6 +258,8 @@ class TrainConfig:
         check(not is_streamed_dataset(self.dataset) or self.augment,
               f"dataset {self.dataset!r} is streamed with its training augmentation; "
               "augment must stay on")
+        check(self.optimizer in OPTIMIZERS, f"optimizer must be one of "
+              f"{', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
         check(self.lr_schedule in LR_SCHEDULES, f"lr_schedule must be one of "
               f"{', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}")
         check(not self.regularize_largest_only or self.strategy == "sandwich",
@@ -386,9 +396,18 @@ def _ema_avg_fn(decay: float) -> Callable[..., None]:
     return update
 
 
+def make_optimizer(net: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    """``config.optimizer`` over ``net``'s parameters (:func:`param_groups`)."""
+    groups = param_groups(net, config.weight_decay, config.decay_bn_and_bias)
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=config.lr, betas=(config.momentum, 0.999))
+    return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum,
+                           nesterov=config.nesterov)
+
+
 def param_groups(net: nn.Module, weight_decay: float,
                  decay_bn_and_bias: bool = False) -> list[dict[str, Any]]:
-    """Two SGD groups: weights with decay; BN parameters and biases (1-D) without (with
+    """Two optimizer groups: weights with decay; BN parameters and biases (1-D) without (with
     ``decay_bn_and_bias``, all parameters decay)."""
     decay: list[nn.Parameter] = []
     no_decay: list[nn.Parameter] = []
@@ -661,10 +680,7 @@ def _run(config: TrainConfig, rank: int, world: int, device: torch.device,
     if config.zero_gamma:
         net.zero_residual_gammas()
     net.to(device)
-    optimizer = torch.optim.SGD(param_groups(net, config.weight_decay,
-                                             config.decay_bn_and_bias),
-                                lr=config.lr, momentum=config.momentum,
-                                nesterov=config.nesterov)
+    optimizer = make_optimizer(net, config)
     data_gen = torch.Generator().manual_seed(config.seed + 1)
     pos = _Position(dropout=torch.Generator().manual_seed(config.seed + 2).get_state())
     if device.type == "cuda":
