@@ -32,6 +32,7 @@ atomically, with the host (CPU model, int8 / popcount flags, package versions).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import statistics
@@ -343,6 +344,7 @@ def binary_steps(package: Any, x: np.ndarray, runs: int, warmup: int = 3) -> dic
     program = package.program
     steps = program.steps
     labels: dict[int, tuple[str, str]] = {}
+    specs: dict[int, Any] = {}  # each fused block's compiled shape (for block_stages)
     times: dict[int, list[float]] = defaultdict(list)
     glue: list[float] = []
     e2e: list[float] = []
@@ -357,6 +359,7 @@ def binary_steps(package: Any, x: np.ndarray, runs: int, warmup: int = 3) -> dic
             start = time.perf_counter()
             if fused is not None:
                 plan, block = fused
+                specs[index] = block.spec(values[plan.input].shape)
                 values[plan.output] = block(values[plan.input])
                 category = "tvm fused block (1x1 + dw + 1x1)"
                 label = (f"fused block {plan.expand.in_channels}->{plan.expand.out_channels}"
@@ -404,7 +407,54 @@ def binary_steps(package: Any, x: np.ndarray, runs: int, warmup: int = 3) -> dic
             "steps": len(steps), "executed_steps": len(per_step),
             "ort_segments": len(program.segments), "binary_layers": len(program.layers),
             "by_category_ms": dict(sorted(by_category.items(), key=lambda kv: -kv[1])),
-            "per_step": per_step}
+            "per_step": per_step,
+            "block_stages": block_stages([(labels[key][1], spec)
+                                          for key, spec in sorted(specs.items())], runs)}
+
+
+def block_stages(blocks: list[tuple[str, Any]], runs: int,
+                 rounds: int = 5) -> list[dict[str, Any]]:
+    """What each stage of each fused block costs: the block compiled up to each stage in
+    turn (:func:`ofa_search.binary.tvm_block.stage_program`: expand = bit packing, expand
+    GEMM, BN, shortcut and activation into the zero-bordered NHWC tensor; depthwise;
+    squeeze-excite; nchw = the gated channels the project's shortcut reads, copied to NCHW;
+    project = bit packing, project GEMM, BN, shortcuts), each prefix timed on seeded random
+    arguments (``runs`` calls per round, prefixes interleaved over ``rounds``, median of the
+    rounds' means); a stage's cost is its prefix minus the one before."""
+    from ofa_search.binary._tvm import import_tvm
+    from ofa_search.binary.tvm_block import STAGES, stage_program
+
+    tvm = import_tvm()
+    rng = np.random.default_rng(0)
+    out = []
+    for label, spec in blocks:
+        stages = [st for st in STAGES if st != "squeeze_excite" or spec.se_channels]
+        calls = {}
+        for stage in stages:
+            func, shapes = stage_program(spec, stage)
+            args = [tvm.runtime.tensor(
+                rng.integers(0, 2**63, size=shape, dtype=np.uint64) if dtype == "uint64"
+                else (0.5 * rng.standard_normal(shape)).astype(dtype), tvm.cpu())
+                for shape, dtype in shapes]
+            calls[stage] = (func, args)
+        samples: dict[str, list[float]] = defaultdict(list)
+        for r in range(rounds + 1):  # the first round warms up
+            for stage in stages:
+                func, args = calls[stage]
+                start = time.perf_counter()
+                for _ in range(runs):
+                    func(*args)
+                if r:
+                    samples[stage].append(1e3 * (time.perf_counter() - start) / runs)
+        cumulative = {st: statistics.median(samples[st]) for st in stages}
+        previous = 0.0
+        stage_ms = {}
+        for st in stages:
+            stage_ms[st] = cumulative[st] - previous
+            previous = cumulative[st]
+        out.append({"label": label, "spec": dataclasses.asdict(spec), "stage_ms": stage_ms,
+                    "block_ms": cumulative["project"]})
+    return out
 
 
 # -- one (subnet, resolution) ---------------------------------------------------------------
@@ -572,6 +622,17 @@ def print_breakdown(row: dict[str, Any]) -> None:
         print(f"    {'end to end (package.run)':<34}{bb['run_ms']:>9.3f}")
         slow = sorted(bb["per_step"], key=lambda st: -st["ms"])[:3]
         print("    slowest steps: " + "; ".join(f"{st['label']} {st['ms']:.3f}" for st in slow))
+        if bb.get("block_stages"):
+            names = ("expand", "depthwise", "squeeze_excite", "nchw", "project")
+            print("  fused blocks stage by stage (ms; each stage = its prefix minus the one "
+                  "before; 112/56/28/14/7 = input side):")
+            print(f"    {'block':<34}" + "".join(f"{n[:9]:>10}" for n in names)
+                  + f"{'block':>9}")
+            for blk in bb["block_stages"]:
+                side = blk["spec"]["height"]
+                print(f"    {blk['label'] + f' @{side}':<34}" + "".join(
+                    f"{_f(blk['stage_ms'].get(n), '.3f'):>10}" for n in names)
+                    + f"{blk['block_ms']:>9.3f}")
 
 
 # -- main -----------------------------------------------------------------------------------

@@ -280,6 +280,7 @@ def _schedule(spec: BlockSpec, tensors: list[Any]) -> Any:
 
     sch = tvm.s_tir.Schedule(te.create_prim_func(tensors))
     mid_lanes = _lanes(spec.mid_channels)
+    present = _op_names(tensors[-1])  # a prefix of the block (stage_program) has fewer
 
     def pack(name: str, lanes: int) -> None:
         block = sch.get_sblock(name)
@@ -291,6 +292,8 @@ def _schedule(spec: BlockSpec, tensors: list[Any]) -> Any:
 
     # 1-2: expand
     pack("pack1", spec.in_lanes)
+    if "e" not in present:
+        return sch.mod
     # the expand GEMM of one pixel is computed where the pixel is expanded, so its int32
     # accumulators stay in registers instead of an [HW, M] buffer written and read back
     e = sch.get_sblock("e")
@@ -309,6 +312,8 @@ def _schedule(spec: BlockSpec, tensors: list[Any]) -> Any:
         sch.vectorize(sch.split(ch, [None, _lanes(spec.in_channels)])[-1])
     else:
         sch.vectorize(sch.split(m, [None, mid_lanes])[-1])
+    if "d" not in present:
+        return sch.mod
     # 3: depthwise, up to 7 output pixels of a row × one channel vector in registers
     dws = sch.get_sblock("dws")
     b, p, m, ri, rj = sch.get_loops(dws)
@@ -323,16 +328,20 @@ def _schedule(spec: BlockSpec, tensors: list[Any]) -> Any:
     sch.vectorize(sch.get_loops(d)[-1])
     sch.decompose_reduction(dws, ri)
     # 4: squeeze-excite
-    if spec.se_channels:
+    if "se_gate" in present:
         _vectorize_reduction(sch, "se_sum", mid_lanes)
         _vectorize_reduction(sch, "se_red", _lanes(spec.se_channels))
         _vectorize_reduction(sch, "se_gate_sum", mid_lanes)
         gate = sch.get_sblock("se_gate")
         sch.vectorize(sch.split(sch.get_loops(gate)[-1], [None, mid_lanes])[-1])
+    if "t" not in present:
+        return sch.mod
     # 5: NCHW gated copy
     t = sch.get_sblock("t")
     b, m, p = sch.get_loops(t)
     sch.vectorize(sch.split(p, [None, spec.out_lanes])[-1])
+    if "y" not in present:
+        return sch.mod
     # 6: project
     full, tail = divmod(spec.mid_channels, WORD_BITS)
     for name in ("pack2",) * bool(full) + ("pack2_tail",) * bool(tail):
@@ -357,6 +366,51 @@ def _schedule(spec: BlockSpec, tensors: list[Any]) -> Any:
         sch.vectorize(loops["pi"])
         sch.decompose_reduction(acc2, loops.get("kk", loops.get("oi", loops["pi"])))
     return sch.mod
+
+
+def _op_names(tensor: Any) -> set[str]:
+    """Names of the ops ``tensor`` is computed from, its own included."""
+    names = {tensor.op.name}
+    for source in getattr(tensor.op, "input_tensors", ()):
+        names |= _op_names(source)
+    return names
+
+
+#: stages of a fused block, in order, and the tensor each ends at (:func:`stage_program`)
+STAGES = {"expand": "e", "depthwise": "d", "squeeze_excite": "se_gate", "nchw": "t",
+          "project": "y"}
+
+
+def stage_program(spec: BlockSpec, stage: str) -> tuple[Any, list[tuple[tuple[int, ...], str]]]:
+    """The fused block of ``spec`` computed only up to ``stage`` (a key of
+    :data:`STAGES`), compiled as the block is, and its arguments' shapes and dtypes (the
+    inputs it reads, then its output). Timing the stages in order tells what each adds
+    (``scripts/bench_binary_block.py``).
+
+    Raises ``ValueError`` for an unknown stage or one the block does not have
+    (``squeeze_excite`` without SE)."""
+    import_tvm()
+    tensors = _define(spec)
+    name = STAGES.get(stage)
+    if name is None:
+        raise ValueError(f"stage must be one of {', '.join(STAGES)}, got {stage!r}")
+    out = _find_tensor(tensors[-1], name)
+    if out is None:
+        raise ValueError(f"this block has no {stage} stage (se_channels=0)")
+    inputs = [t for t in tensors[:-1] if t.op.name in _op_names(out)]
+    chosen = [*inputs, out]
+    shapes = [(tuple(int(d) for d in t.shape), str(t.dtype)) for t in chosen]
+    return compile_for_host(_schedule(spec, chosen)), shapes
+
+
+def _find_tensor(tensor: Any, name: str) -> Any:
+    if tensor.op.name == name:
+        return tensor
+    for source in getattr(tensor.op, "input_tensors", ()):
+        found = _find_tensor(source, name)
+        if found is not None:
+            return found
+    return None
 
 
 def _vectorize_reduction(sch: Any, name: str, lanes: int) -> None:

@@ -165,3 +165,38 @@ def test_unfolded_batch_norm_is_folded_and_extra_nodes_refused() -> None:
     assert np.abs(dw.weight - arrays["w"][:, 0] * factor[:, None, None]).max() < 1e-5
     assert np.abs(dw.bias - (arrays["b"] - arrays["mu"] * factor)).max() < 1e-5
     assert parse_depthwise_segment(_depthwise_graph(extra=True)) is None
+
+
+@needs_tvm
+def test_stage_programs_end_at_each_stage_and_the_last_is_the_block() -> None:
+    from ofa_search.binary.tvm_block import STAGES, TvmBlock, stage_program
+
+    spec = UNITS["residual-se-k7"]  # 24 → 144 → 24, k7, SE 40, 7 px
+    (plan,) = find_blocks(_program(_block(spec, seed=1), spec))
+    block = TvmBlock(plan)
+    x = np.random.default_rng(0).standard_normal(
+        (1, spec.in_channels, spec.in_size, spec.in_size)).astype(np.float32)
+    expected = block(x)
+    bspec = block.spec(x.shape)
+    outputs = {stage: stage_program(bspec, stage)[1][-1] for stage in STAGES}
+    rows = bspec.dw_rows * bspec.out_width  # whole rows covering the padded pixels
+    assert outputs == {
+        "expand": ((1, max(7 + 6, bspec.dw_rows - 1 + 7), 7 + 6, 144), "float32"),
+        "depthwise": ((1, rows, 144), "float32"),
+        "squeeze_excite": ((1, 144), "float32"),
+        "nchw": ((1, 24, bspec.padded_out_pixels), "float32"),
+        "project": ((1, 24, bspec.padded_out_pixels), "float32"),
+    }
+    # the whole block's prefix is the block: same arguments, same output
+    func, _, y_buf, args = block._call_for(x.shape)
+    project, shapes = stage_program(bspec, "project")
+    assert [tuple(a.shape) for a in args] == [shape for shape, _ in shapes]
+    y_buf[...] = 0.0
+    project(*args)
+    assert np.array_equal(y_buf[..., :49].reshape(expected.shape), expected)
+    with pytest.raises(ValueError, match="stage must be one of expand, depthwise"):
+        stage_program(bspec, "pack")
+    plain = TvmBlock(find_blocks(_program(_block(UNITS["residual-k5"], seed=2),
+                                          UNITS["residual-k5"]))[0])
+    with pytest.raises(ValueError, match="this block has no squeeze_excite stage"):
+        stage_program(plain.spec((1, 16, 14, 14)), "squeeze_excite")
