@@ -188,7 +188,7 @@ def test_stage_programs_end_at_each_stage_and_the_last_is_the_block() -> None:
         "project": ((1, 24, bspec.padded_out_pixels), "float32"),
     }
     # the whole block's prefix is the block: same arguments, same output
-    func, _, y_buf, args = block._call_for(x.shape)
+    _, _, y_buf, args = block._call_for(x.shape)
     project, shapes = stage_program(bspec, "project")
     assert [tuple(a.shape) for a in args] == [shape for shape, _ in shapes]
     y_buf[...] = 0.0
