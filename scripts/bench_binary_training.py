@@ -167,6 +167,9 @@ def main(argv: list[str] | None = None) -> int:
               "variants": VARIANTS, "fp32_start": start, "noise_floor": floor,
               "runs": list(results.values())}
     text = json.dumps(record, indent=2) + "\n"
+    # the record names no folder of this machine: the two paths as the docs write them
+    text = text.replace(str(args.fp32_checkpoint), "FP32/supernet/checkpoint.pt").replace(
+        str(args.out_dir), "OUT_DIR")
     atomic_write_text(args.out_dir / "results.json", text)
     if args.record is not None:
         atomic_write_text(args.record, text)

@@ -23,7 +23,9 @@ convs, 1×1 convs on 1×1 maps (SE and head) and other convs, each by precision;
 conversions; (de)quantisation; the rest), by conv kind (kernel, stride) and by op type,
 with the executor's overhead (run time minus node time); for the binary package,
 each step timed from outside (ORT segments, fused TVM blocks, TVM 1×1 layers, adds) and
-the Python loop's share. Also the cost of one ``session.run`` call on a trivial model.
+the Python loop's share, and each fused block stage by stage (the block compiled up to
+each stage, :func:`ofa_search.binary.tvm_block.stage_program`). Also the cost of one
+``session.run`` call on a trivial model.
 
 Prints tables and writes ``OUT`` (default ``results/bench_precision_mbv3.json``)
 atomically, with the host (CPU model, int8 / popcount flags, package versions).

@@ -6,19 +6,25 @@ instead of three kernels and an add: at these sizes (a few thousand values) the 
 overhead, not the arithmetic, is what a block costs. Stages, all in one TensorIR function:
 
 1. ``pack1[n, k, p]``: sign bits of the expand's thresholded input (``u·x + v``), words
-   over input channels, vectorised over pixels (NCHW input);
-2. ``acc1[n, p, m]``: XNOR–popcount GEMM, vectorised over mid channels (``vpopcntq``);
-   ``e[n, hp, wp, m] = act(a·(C − 2·acc1) + b + x[n, m mod C, p])``, NHWC with the
-   depthwise conv's zero border (one scalar condition per pixel);
+   over input channels, vectorised over pixels (NCHW input); ``xt``: the input NHWC, for
+   the expand's cyclic shortcut;
+2. ``acc1[n, p, m]``: XNOR–popcount GEMM, vectorised over mid channels (``vpopcntq``),
+   computed one pixel at a time where that pixel is expanded, so its accumulators never
+   leave registers; ``e[n, hp, wp, m] = act(a·(C − 2·acc1) + b + xt[n, p, m mod C])``,
+   NHWC with the depthwise conv's zero border (one scalar condition per pixel), vectorised
+   over ``m mod C`` where ``C`` divides ``M`` (contiguous shortcut reads);
 3. ``dws``/``d``: the depthwise conv (BN folded) and ``act``, a row of up to 7 output pixels
    × one channel vector accumulated in registers, so the stride costs nothing;
-4. squeeze-excite (when present): channel means, two small GEMVs, hard sigmoid; the gate
-   is applied where the gated values are read;
+4. squeeze-excite (when present): channel means, two small GEMVs (each streaming its
+   weights row by row), hard sigmoid; the gate is applied where the gated values are read;
 5. ``pack2[n, p, k]``: the project's sign words per pixel, a reduction over contiguous NHWC
-   channels (LLVM vectorises it); ``t[n, o, p]``: the first ``min(O, M)`` gated channels in
-   NCHW, all the project's cyclic shortcut reads;
+   channels (LLVM vectorises it), whole words apart from the last, partial one
+   (``pack2_tail``), so no read needs a bound check; ``t[n, o, p]``: the first
+   ``min(O, M)`` gated channels in NCHW, all the project's cyclic shortcut reads;
 6. ``acc2``/``y``: the project GEMM vectorised over pixels, with folded BN, the cyclic
    shortcut and the block's residual, written NCHW.
+
+:func:`stage_program` compiles the block up to each stage, to time what each adds.
 
 Intermediate tensors live in the function's workspace. Pixel axes of the NCHW buffers are
 padded to whole vectors (16 or 8 lanes); the depthwise conv computes whole extra output
