@@ -391,7 +391,7 @@ def stage_program(spec: BlockSpec, stage: str) -> tuple[Any, list[tuple[tuple[in
     """The fused block of ``spec`` computed only up to ``stage`` (a key of
     :data:`STAGES`), compiled as the block is, and its arguments' shapes and dtypes (the
     inputs it reads, then its output). Timing the stages in order tells what each adds
-    (``scripts/bench_binary_block.py``).
+    (``block_stages`` in ``scripts/bench_precision_mbv3.py``).
 
     Raises ``ValueError`` for an unknown stage or one the block does not have
     (``squeeze_excite`` without SE)."""
