@@ -1,4 +1,5 @@
-"""This host's ``/proc/cpuinfo``: the first processor block and its feature flags.
+"""This host's ``/proc/cpuinfo``: the first processor block and its feature flags; and
+:func:`kept_affinity`, which undoes what TVM's thread-pool setup does to the caller.
 
 A core module (no third-party imports), so that the lowest layers (ONNX Runtime's session
 options, :mod:`ofa_search.ort_options`) can ask for CPU flags;
@@ -7,7 +8,9 @@ options, :mod:`ofa_search.ort_options`) can ask for CPU flags;
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import contextlib
+import os
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 
@@ -36,3 +39,17 @@ def read_cpuinfo(text: str | None = None) -> dict[str, str]:
 def cpu_flags(cpuinfo: Mapping[str, str]) -> frozenset[str]:
     """The CPU feature flags (``flags`` on x86, ``features`` on Arm)."""
     return frozenset((cpuinfo.get("flags") or cpuinfo.get("features") or "").split())
+
+
+@contextlib.contextmanager
+def kept_affinity() -> Iterator[None]:
+    """Restore the calling thread's CPU affinity on exit. TVM pins the thread that
+    configures its pool (``runtime.config_threadpool``) to one core; every thread pool
+    that thread creates later (ONNX Runtime's, PyTorch's, a DataLoader's workers) would
+    inherit that one core. A no-op where the OS has no affinity (macOS, Windows)."""
+    affinity = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
+    try:
+        yield
+    finally:
+        if affinity is not None:
+            os.sched_setaffinity(0, affinity)

@@ -9,11 +9,11 @@ from __future__ import annotations
 import functools
 import importlib
 import math
-import os
 from typing import Any
 
 import numpy as np
 
+from ofa_search.cpuinfo import kept_affinity
 from ofa_search.errors import OfaSearchError
 from ofa_search.profiling.device import default_llvm_target
 
@@ -67,12 +67,8 @@ def set_threads(threads: int) -> int:
     if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
         raise ValueError(f"threads must be a positive integer, got {threads=}")
     configure, count = _pool_functions()
-    affinity = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
-    try:
+    with kept_affinity():
         configure(_AFFINITY_BIG_CORES, threads)
-    finally:
-        if affinity is not None:
-            os.sched_setaffinity(0, affinity)
     return int(count())
 
 

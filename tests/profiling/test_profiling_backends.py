@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import subprocess
 import sys
@@ -256,6 +257,20 @@ def test_tvm_thread_count_is_checked() -> None:
 
     with pytest.raises(BackendUnavailableError, match="set TVM_NUM_THREADS>=2"):
         _configure_threads(lambda mode, n: None, lambda: 1, 2, "of this process")
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_getaffinity"), reason="no CPU affinity on this OS")
+def test_tvm_thread_pool_setup_keeps_the_callers_cpu_affinity() -> None:
+    """TVM pins the thread that configures its pool to one core; after a local TVM
+    profile every pool that thread made later (PyTorch's, ONNX Runtime's, a DataLoader's
+    workers) ran on that core (measured: {0, 1} became {0})."""
+    tvm = pytest.importorskip("tvm")
+    from ofa_search.profiling.backends.tvm_backend import _configure_threads
+
+    before = os.sched_getaffinity(0)
+    _configure_threads(tvm.get_global_func("runtime.config_threadpool"),
+                       tvm.get_global_func("runtime.NumThreads"), 1, "of this process")
+    assert os.sched_getaffinity(0) == before
 
 
 def test_tvm_workload_keys_depend_on_shapes_only_through_the_workloads() -> None:

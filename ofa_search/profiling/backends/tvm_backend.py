@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import onnx
 
+from ofa_search.cpuinfo import kept_affinity
 from ofa_search.profiling.backends.base import (
     BackendUnavailableError,
     Inputs,
@@ -41,7 +42,8 @@ _AFFINITY_BIG_CORES = 1  # TVM's ThreadGroup::AffinityMode::kBig
 
 def _configure_threads(config_threadpool: Any, num_threads: Any, threads: int,
                        where: str) -> None:
-    config_threadpool(_AFFINITY_BIG_CORES, threads)
+    with kept_affinity():  # TVM pins the configuring thread to one core
+        config_threadpool(_AFFINITY_BIG_CORES, threads)
     got = int(num_threads())
     if got != threads:
         raise BackendUnavailableError(
