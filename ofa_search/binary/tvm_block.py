@@ -286,7 +286,7 @@ def _schedule(spec: BlockSpec, tensors: list[Any]) -> Any:
 
     sch = tvm.s_tir.Schedule(te.create_prim_func(tensors))
     mid_lanes = _lanes(spec.mid_channels)
-    present = _op_names(tensors[-1])  # a prefix of the block (stage_program) has fewer
+    present = _ops(tensors[-1])  # a prefix of the block (stage_program) has fewer ops
 
     def pack(name: str, lanes: int) -> None:
         block = sch.get_sblock(name)
@@ -374,12 +374,17 @@ def _schedule(spec: BlockSpec, tensors: list[Any]) -> Any:
     return sch.mod
 
 
-def _op_names(tensor: Any) -> set[str]:
-    """Names of the ops ``tensor`` is computed from, its own included."""
-    names = {tensor.op.name}
-    for source in getattr(tensor.op, "input_tensors", ()):
-        names |= _op_names(source)
-    return names
+def _ops(tensor: Any) -> dict[str, Any]:
+    """The tensors ``tensor`` is computed from, itself included, by op name (each visited
+    once)."""
+    found: dict[str, Any] = {}
+    pending = [tensor]
+    while pending:
+        t = pending.pop()
+        if t.op.name not in found:
+            found[t.op.name] = t
+            pending.extend(getattr(t.op, "input_tensors", ()))
+    return found
 
 
 #: stages of a fused block, in order, and the tensor each ends at (:func:`stage_program`)
@@ -400,23 +405,13 @@ def stage_program(spec: BlockSpec, stage: str) -> tuple[Any, list[tuple[tuple[in
     name = STAGES.get(stage)
     if name is None:
         raise ValueError(f"stage must be one of {', '.join(STAGES)}, got {stage!r}")
-    out = _find_tensor(tensors[-1], name)
+    out = _ops(tensors[-1]).get(name)
     if out is None:
         raise ValueError(f"this block has no {stage} stage (se_channels=0)")
-    inputs = [t for t in tensors[:-1] if t.op.name in _op_names(out)]
-    chosen = [*inputs, out]
+    reads = _ops(out)
+    chosen = [*(t for t in tensors[:-1] if t.op.name in reads), out]
     shapes = [(tuple(int(d) for d in t.shape), str(t.dtype)) for t in chosen]
     return compile_for_host(_schedule(spec, chosen)), shapes
-
-
-def _find_tensor(tensor: Any, name: str) -> Any:
-    if tensor.op.name == name:
-        return tensor
-    for source in getattr(tensor.op, "input_tensors", ()):
-        found = _find_tensor(source, name)
-        if found is not None:
-            return found
-    return None
 
 
 def _vectorize_reduction(sch: Any, name: str, lanes: int) -> None:
