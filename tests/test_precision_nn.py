@@ -24,6 +24,13 @@ def test_binary_sign_maps_zero_to_plus_one_with_clipped_identity_gradient() -> N
     assert y.tolist() == [-1.0, -1.0, 1.0, 1.0, 1.0]
     y.sum().backward()
     assert x.grad is not None and x.grad.tolist() == [0.0, 1.0, 1.0, 1.0, 0.0]
+    # the boundary of the clip passes the gradient, and values are exactly ±1 (no
+    # rounding residue from a straight-through sum) at any magnitude
+    x = torch.tensor([-1.0, 1.0, 1e-30, -3e7, 0.1 + 0.2], requires_grad=True)
+    y = binary_sign(x)
+    assert y.tolist() == [-1.0, 1.0, 1.0, -1.0, 1.0]
+    y.backward(torch.tensor([2.0, 3.0, 4.0, 5.0, 6.0]))
+    assert x.grad is not None and x.grad.tolist() == [2.0, 3.0, 4.0, 0.0, 6.0]
 
 
 def test_binary_weight_is_sign_times_mean_abs_per_output_channel() -> None:
@@ -36,6 +43,13 @@ def test_cyclic_shortcut_repeats_and_truncates_channels() -> None:
     x = torch.arange(3.0).reshape(1, 3, 1, 1)
     assert cyclic_channels(x, 7).flatten().tolist() == [0, 1, 2, 0, 1, 2, 0]
     assert cyclic_channels(x, 2).flatten().tolist() == [0, 1]
+    # a channel repeated r times gets the sum of its r copies' gradients
+    x = torch.randn(2, 3, 4, 4).to(memory_format=torch.channels_last).requires_grad_()
+    assert cyclic_channels(x, 6).is_contiguous(memory_format=torch.channels_last)
+    y = cyclic_channels(x, 7)
+    y.backward(torch.ones_like(y))
+    assert x.grad is not None
+    assert x.grad[:, :, 0, 0].tolist() == [[3.0, 2.0, 2.0], [3.0, 2.0, 2.0]]
 
 
 def test_int8_weight_lies_on_a_per_channel_127_level_grid() -> None:
