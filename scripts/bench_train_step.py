@@ -5,13 +5,16 @@ that the model step is measured apart from the data pipeline.
     python scripts/bench_train_step.py OUT.json [--device auto] [--space ofa_mbv3]
         [--resolution 224] [--batch-size 256] [--steps 20] [--warmup 5]
         [--variants fp32 fp32-cl bf16-cl bf16-cl-compile] [--profile] [--profile-steps 3]
-        [--threads N]
+        [--threads N] [--strategy sandwich|precision] [--precision-phase binary]
+        [--binary-share P] [--fp32-smallest]
 
 Variants: ``fp32`` (contiguous layout), ``-cl`` channels-last, ``bf16``/``fp16`` autocast,
 ``-compile`` the supernet wrapped in ``torch.compile`` (its compile time is the warm-up's
 excess over a steady step, reported apart), ``-nobench`` cuDNN's heuristics instead of
 its timed choice of conv algorithms (``torch.backends.cudnn.benchmark``, on by default as
-in training). Each variant gets a fresh supernet from the
+in training). ``--strategy precision`` times the low-precision fine-tuning step instead
+(one phase of ``--precision-phase``, e.g. ``binary`` on ``mbv3_small28_mp``, with the
+sampling options of ``train --strategy precision``). Each variant gets a fresh supernet from the
 same seed and the same arch sequence. ``--profile`` adds the top operators of a few
 profiled steps (torch profiler, self time on the device). Prints a table and writes JSON
 (atomically). Runs where only torch, numpy and this package's core are installed (the GPU
@@ -40,6 +43,7 @@ from ofa_search.train import (
     param_groups,
     resolve_device,
 )
+from ofa_search.train.strategies import PrecisionStrategy, default_precision_phases
 
 VARIANTS = ("fp32", "fp32-cl", "bf16-cl", "fp16-cl", "bf16-cl-compile", "bf16-cl-nobench")
 
@@ -64,10 +68,22 @@ def run_variant(name: str, args: argparse.Namespace, device: torch.device) -> di
                          device=str(device), n_random=args.n_random)
     # the step runs outside run_training, which would set it: set here (the CPU ignores it)
     torch.backends.cudnn.benchmark = cudnn_benchmark
-    strategy = make_strategy("sandwich", args.space, None, seed=args.seed,
-                             resolutions=(args.resolution,), n_random=args.n_random)
+    options: dict[str, Any] = {}
+    if args.strategy == "precision":
+        phase = next((p for p in default_precision_phases(args.space)
+                      if p.name == args.precision_phase), None)
+        if phase is None:
+            raise SystemExit(f"space {args.space!r} has no precision phase "
+                             f"{args.precision_phase!r}")
+        options = {"phases": (phase,), "binary_share": args.binary_share,
+                   "fp32_smallest": args.fp32_smallest}
+    strategy = make_strategy(args.strategy, args.space, None, seed=args.seed,
+                             resolutions=(args.resolution,), n_random=args.n_random,
+                             **options)
     net = Supernet(args.space, strategy.width_mult,
                    generator=torch.Generator().manual_seed(args.seed)).to(device)
+    if isinstance(strategy, PrecisionStrategy):
+        net.set_binary_activations(strategy.binary_activations)
     if channels_last:
         net = net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     optimizer = torch.optim.SGD(param_groups(net, config.weight_decay), lr=0.01, momentum=0.9,
@@ -155,6 +171,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--variants", nargs="+", default=["fp32", "fp32-cl", "bf16-cl"])
+    parser.add_argument("--strategy", choices=("sandwich", "precision"), default="sandwich")
+    parser.add_argument("--precision-phase", default="binary",
+                        help="with --strategy precision: the phase whose step is timed")
+    parser.add_argument("--binary-share", type=float, default=None)
+    parser.add_argument("--fp32-smallest", action="store_true")
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--profile-steps", type=int, default=3,
                         help="steps the profile covers (its numbers are per step)")
@@ -172,7 +193,9 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": "train_step", "command": "python scripts/bench_train_step.py "
         + " ".join(sys.argv[1:] if argv is None else argv),
         "device": str(device), "device_name": device_name, "torch": torch.__version__,
-        "threads": torch.get_num_threads(), "space": args.space,
+        "threads": torch.get_num_threads(), "space": args.space, "strategy": args.strategy,
+        **({"precision_phase": args.precision_phase, "binary_share": args.binary_share,
+            "fp32_smallest": args.fp32_smallest} if args.strategy == "precision" else {}),
         "resolution": args.resolution, "batch_size": args.batch_size,
         "subnets_per_step": 2 + args.n_random, "rows": rows,
     }
