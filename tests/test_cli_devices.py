@@ -23,6 +23,19 @@ def test_devices_lists_shipped_tables(tmp_path: Path) -> None:
     assert {"cpu-ort-1t", "cpu-ort-2t", "note10-tflite"} <= ids
 
 
+def test_devices_text_keeps_one_column_for_long_ids(tmp_path: Path) -> None:
+    hw = tmp_path / "hw_profiles"
+    hw.mkdir()
+    long_id = "local-cpu-ort-1t-with-a-long-name"
+    find_table("cpu-ort-1t").save(hw / f"{long_id}.json")
+    out = cli("devices", "--workspace", str(tmp_path))
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert any(line.startswith(long_id + " ") for line in lines)
+    # the backend column starts at the same offset on every line
+    assert len({line.index("onnxruntime") for line in lines if "onnxruntime" in line}) == 1
+
+
 def test_latency_of_the_note10_tutorial_arch(tmp_path: Path) -> None:
     out = cli("latency", "--device", "note10-tflite", json.dumps(NOTE10_ARCH), "--json",
               "--workspace", str(tmp_path))

@@ -23,12 +23,13 @@ def devices_cmd(ctx: typer.Context, workspace: WorkspaceOpt, as_json: JsonOpt = 
     if as_json:
         emit_json([info.to_dict() for info in infos])
         return
+    width = max([20, *(len(info.device_id) for info in infos)])  # one column for every id
     for info in infos:
         if info.error:
-            typer.echo(f"{info.device_id:<20} unreadable: {info.error}")
+            typer.echo(f"{info.device_id:<{width}} unreadable: {info.error}")
         else:
             state = "" if info.complete else "  (incomplete)"
-            typer.echo(f"{info.device_id:<20} {info.backend:<12} {info.space} "
+            typer.echo(f"{info.device_id:<{width}} {info.backend:<12} {info.space} "
                        f"w{info.width_mult} r{list(info.resolutions)} "
                        f"{info.entries} units{state}")
 
