@@ -224,6 +224,29 @@ def test_unavailable_execution_provider_lists_the_available_ones() -> None:
         get_backend(profile)
 
 
+def test_onnxruntime_io_binding_runs_and_measures_like_plain_runs(
+        model: tuple[onnx.ModelProto, dict[str, np.ndarray]]) -> None:
+    pytest.importorskip("onnxruntime")
+    from ofa_search.profiling.backends.onnxruntime_backend import (
+        OnnxRuntimeBackend,
+        binding_device,
+    )
+
+    assert binding_device("CUDAExecutionProvider") == "cuda"
+    assert binding_device("CPUExecutionProvider") is None
+    profile = DeviceProfile.local_onnxruntime()
+    assert OnnxRuntimeBackend(profile).io_binding_device is None  # off on the CPU by default
+    proto, inputs = model
+    with OnnxRuntimeBackend(profile, timing=TIMING, io_binding=True) as bound:
+        assert bound.io_binding_device == "cpu"
+        outputs = bound.run(proto, inputs)
+        for got, want in zip(outputs, reference(proto, inputs), strict=True):
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+        # the binding is made once per measurement and reused by every timed run
+        result = bound.measure(proto, inputs)
+        assert result.count >= TIMING.min_runs and 0 < result.min_ms <= result.median_ms
+
+
 @pytest.mark.parametrize(("kind", "module", "pip"), [
     ("onnxruntime", "onnxruntime", "pip install onnxruntime"),
     ("tvm", "tvm", "pip install 'ofa-search[tvm]'"),
