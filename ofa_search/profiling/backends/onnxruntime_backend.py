@@ -51,14 +51,17 @@ class _OrtModel(LoadedModel):
         self._timing = timing
         self._ort = ort
         self._device = device
+        self._bound_inputs: list[Any] = []
         self.input_names = tuple(i.name for i in session.get_inputs())
 
     def _binding(self, feeds: dict[str, np.ndarray]) -> Any:
         """The session's IO binding with ``feeds`` copied to the device once and the
         outputs left there (device 0, the provider's default)."""
         binding = self._session.io_binding()
-        for name, value in feeds.items():
-            value = self._ort.OrtValue.ortvalue_from_numpy(value, self._device, 0)
+        # kept with the model: an OrtValue on "cpu" wraps its numpy array without a copy
+        self._bound_inputs = [self._ort.OrtValue.ortvalue_from_numpy(value, self._device, 0)
+                              for value in feeds.values()]
+        for name, value in zip(feeds, self._bound_inputs, strict=True):
             binding.bind_ortvalue_input(name, value)
         for output in self._session.get_outputs():
             binding.bind_output(output.name, self._device, 0)
@@ -88,6 +91,7 @@ class _OrtModel(LoadedModel):
 
     def close(self) -> None:
         self._session = None
+        self._bound_inputs = []
 
 
 class OnnxRuntimeBackend(LatencyBackend):
