@@ -21,6 +21,10 @@ learns from labels in every step):
   subnet stays fp32 (``--fp32-smallest``);
 - ``adamw-share-1-fp32-smallest``: the same with AdamW at lr 5e-4 instead of SGD at
   ``--lr`` (``--optimizer adamw``; Adam is what binary networks are trained with).
+- ``adamw-no-scale``, ``adamw-no-shortcut``, ``adamw-no-threshold``: that AdamW variant
+  with one ingredient of the binary convs switched off (``TrainConfig.binary_ablation``):
+  XNOR-Net's per-channel weight scale, Bi-Real Net's real-valued shortcut, or the input
+  batch norm that sets the sign's threshold (ReActNet's learned threshold).
 
 Each run then reports the test accuracy at 28 px (all test images, BN recalibrated) of
 the largest and smallest subnets in fp32 and with every stage binary, and of the fp32
@@ -46,6 +50,7 @@ from _ablation import kept_result, run_variants
 
 from ofa_search.atomic import atomic_write_text
 from ofa_search.data import load_dataset
+from ofa_search.nn.binary import BINARY_INGREDIENTS
 from ofa_search.profiling.host import host_info
 from ofa_search.train import TrainConfig, evaluate_arch, load_supernet, make_strategy, run_training
 from ofa_search.train.strategies import parse_precision_schedule
@@ -66,6 +71,9 @@ VARIANTS: dict[str, dict[str, Any]] = {
                                     "precision_fp32_smallest": True, "optimizer": "adamw",
                                     "lr": ADAMW_LR},
 }
+for _ingredient in BINARY_INGREDIENTS:
+    VARIANTS[f"adamw-no-{_ingredient}"] = {**VARIANTS["adamw-share-1-fp32-smallest"],
+                                           "binary_ablation": (_ingredient,)}
 RESOLUTION = 28
 SUBNETS = ("fp32_largest", "fp32_smallest", "binary_largest", "binary_smallest")
 

@@ -8,6 +8,7 @@ import pytest
 import torch
 from supernet_helpers import calibrated_supernet
 
+from ofa_search.binary.layer import PackedPointwise
 from ofa_search.arch import Arch
 from ofa_search.nn import extract
 from ofa_search.nn.binary import BinaryPointwise, binary_sign, binary_weight, cyclic_channels
@@ -138,3 +139,57 @@ def test_binary_input_bn_thresholds_relu_outputs_into_both_signs() -> None:
     with torch.no_grad():
         signs = binary_sign(layer.in_bn(x))
     assert 0.3 < float((signs > 0).float().mean()) < 0.7
+
+
+def test_binary_ablation_switches_each_ingredient_off_in_supernet_and_extraction() -> None:
+    net = calibrated_supernet(MP)
+    gen = torch.Generator().manual_seed(3)
+    with torch.no_grad():  # thresholds away from 0, so that the input BNs change signs
+        for name, module in net.named_modules():
+            if name.endswith("_in_bn"):
+                module.bias.copy_(torch.randn(module.bias.shape, generator=gen))
+    arch = Arch.largest(MP).replace(precisions=("binary",) * 4)
+    x = torch.randn(2, 1, arch.resolution, arch.resolution, generator=gen)
+    with torch.no_grad():
+        full = net(x, arch)
+    outputs = {}
+    for ingredient in ("scale", "shortcut", "threshold"):
+        net.set_binary_ablation([ingredient])
+        static = extract(net, arch).eval()
+        blocks = [m for m in static.modules() if isinstance(m, BinaryPointwise)]
+        assert blocks and all(b.ablated == {ingredient} for b in blocks)
+        with torch.no_grad():
+            outputs[ingredient] = net(x, arch)
+            # the extracted subnet computes what the supernet computes, ablated
+            assert float((static(x) - outputs[ingredient]).abs().max()) <= 1e-5
+        assert not torch.allclose(outputs[ingredient], full)
+        with pytest.raises(ValueError, match=f"has {ingredient} switched off"):
+            PackedPointwise.from_module(blocks[0])
+    net.set_binary_ablation(())
+    with torch.no_grad():
+        assert torch.equal(net(x, arch), full)
+    with pytest.raises(ValueError, match="unknown binary ingredient"):
+        net.set_binary_ablation(["scales"])
+
+
+def test_binary_pointwise_ablations_compute_what_they_name() -> None:
+    layer = BinaryPointwise(4, 8).eval()
+    with torch.no_grad():
+        layer.in_bn.bias.fill_(5.0)  # a threshold that makes every input sign +1
+        layer.conv.weight.mul_(3.0)
+    x = torch.randn(2, 4, 3, 3, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        layer.ablated = frozenset({"shortcut"})
+        no_shortcut = layer(x)
+        signs = torch.ones_like(x)
+        w = layer.conv.weight
+        alpha = w.abs().mean(dim=(1, 2, 3), keepdim=True)
+        expected = layer.bn(torch.nn.functional.conv2d(signs, alpha * torch.sign(w)))
+        assert torch.allclose(no_shortcut, expected, atol=1e-6)
+        layer.ablated = frozenset({"shortcut", "scale"})
+        expected = layer.bn(torch.nn.functional.conv2d(signs, torch.sign(w)))
+        assert torch.allclose(layer(x), expected, atol=1e-6)
+        layer.ablated = frozenset({"shortcut", "threshold"})  # sign of x itself
+        expected = layer.bn(torch.nn.functional.conv2d(binary_sign(x), alpha * torch.sign(w)))
+        assert torch.allclose(layer(x), expected, atol=1e-6)
+    assert "ablated=['shortcut', 'threshold']" in repr(layer)

@@ -180,3 +180,29 @@ def test_cli_precision_schedule_trains_the_phases_given(
             main([*base, *args])
         assert exited.value.code == 2
         assert message in capsys.readouterr().err
+
+
+def test_binary_ablation_is_validated_kept_in_the_checkpoint_and_checked_on_resume(
+        tmp_path: Path) -> None:
+    from ofa_search.train import TrainingError, load_supernet
+
+    with pytest.raises(TrainingError, match="unknown binary ingredient.*scales"):
+        dataclasses.replace(FP32, space=MP, strategy="precision", binary_ablation=("scales",))
+    with pytest.raises(TrainingError, match="needs a space with binary stages"):
+        dataclasses.replace(FP32, binary_ablation=("shortcut",))
+    fp32 = run_training(dataclasses.replace(FP32, out_dir=str(tmp_path / "fp32"),
+                                            steps_per_epoch=1))
+    config = dataclasses.replace(FP32, space=MP, strategy="precision", lr=0.01,
+                                 init_checkpoint=str(fp32.checkpoint),
+                                 binary_ablation=("threshold", "shortcut"),
+                                 out_dir=str(tmp_path / "abl"), stop_after_epochs=1)
+    assert config.binary_ablation == ("shortcut", "threshold")
+    result = run_training(config)
+    net, meta = load_supernet(result.checkpoint)
+    assert meta["config"]["binary_ablation"] == ["shortcut", "threshold"]
+    assert {frozenset(b.binary_ablated) for b in net.elastic_blocks()} == {
+        frozenset({"shortcut", "threshold"})}
+    with pytest.raises(TrainingError, match="binary_ablation"):
+        run_training(dataclasses.replace(config, binary_ablation=(), resume=True,
+                                         stop_after_epochs=None))
+    run_training(dataclasses.replace(config, resume=True, stop_after_epochs=None))

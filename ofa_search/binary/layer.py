@@ -128,6 +128,10 @@ class PackedPointwise:
         if module.training:
             raise ValueError("put the network in eval mode before packing (BN must use its "
                              "running statistics)")
+        if getattr(module, "ablated", frozenset()):
+            raise ValueError(f"this BinaryPointwise has {', '.join(sorted(module.ablated))} "
+                             "switched off (an ablation): only complete binary layers can be "
+                             "packed")
         weight = module.conv.weight.detach().double().cpu().numpy()
         alpha = np.abs(weight).mean(axis=(1, 2, 3))
         out_factor, out_shift = bn_affine(module.bn)

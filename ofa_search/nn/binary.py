@@ -20,12 +20,20 @@ norm, plus a real-valued shortcut of its input ``x`` (Bi-Real Net): the input's
 channels repeated cyclically to the output width (channel ``o`` takes input channel
 ``o mod C_in``), so the shortcut exists for any pair of widths without parameters.
 
+Each of the three design choices above can be switched off for an ablation
+(:data:`BINARY_INGREDIENTS`: ``scale``, the XNOR-Net scale; ``shortcut``, the real-valued
+shortcut; ``threshold``, the input BN), through ``BinaryPointwise.ablated`` or the
+supernet's :meth:`~ofa_search.nn.supernet.Supernet.set_binary_ablation`. Such layers train
+and evaluate, but are not deployable: the binary package refuses them.
+
 ``sign`` maps 0 to +1 (``torch.sign(0)`` is 0, which is not a binary value); its gradient
 is the clipped identity (1 where ``|x| ≤ 1``, else 0). Training is two-staged (Bi-Real,
 ReActNet): with ``binary_activations`` off, only the weights are binary.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterable
 
 import torch
 import torch.nn.functional as F
@@ -57,9 +65,25 @@ def weight_scale(weight: torch.Tensor) -> torch.Tensor:
     return weight.abs().mean(dim=(1, 2, 3), keepdim=True)
 
 
-def binary_weight(weight: torch.Tensor) -> torch.Tensor:
-    """``α_o · sign(w)`` with a straight-through gradient to ``w``."""
-    return weight_scale(weight) * binary_sign(weight)
+BINARY_INGREDIENTS = ("scale", "shortcut", "threshold")
+"""The parts of a binary 1×1 conv that an ablation may switch off (module docstring)."""
+
+
+def check_ablation(ablated: Iterable[str]) -> frozenset[str]:
+    """``ablated`` as a set of :data:`BINARY_INGREDIENTS`, or a one-line ``ValueError``."""
+    names = frozenset([ablated] if isinstance(ablated, str) else ablated)
+    unknown = sorted(names - set(BINARY_INGREDIENTS))
+    if unknown:
+        raise ValueError(f"unknown binary ingredient(s) {', '.join(unknown)}; known: "
+                         f"{', '.join(BINARY_INGREDIENTS)}")
+    return names
+
+
+def binary_weight(weight: torch.Tensor, scale: bool = True) -> torch.Tensor:
+    """``α_o · sign(w)`` (``sign(w)`` without ``scale``) with a straight-through gradient
+    to ``w``."""
+    signs = binary_sign(weight)
+    return weight_scale(weight) * signs if scale else signs
 
 
 def cyclic_channels(x: torch.Tensor, channels: int) -> torch.Tensor:
@@ -74,10 +98,10 @@ def cyclic_channels(x: torch.Tensor, channels: int) -> torch.Tensor:
 
 
 def binary_pointwise(x: torch.Tensor, weight: torch.Tensor,
-                     binary_activations: bool = True) -> torch.Tensor:
+                     binary_activations: bool = True, scale: bool = True) -> torch.Tensor:
     """The binary 1×1 conv of ``x`` with ``weight`` (``[out, in, 1, 1]``), no shortcut."""
     xb = binary_sign(x) if binary_activations else x
-    return F.conv2d(xb, binary_weight(weight))
+    return F.conv2d(xb, binary_weight(weight, scale))
 
 
 class BinaryPointwise(nn.Module):
@@ -86,6 +110,9 @@ class BinaryPointwise(nn.Module):
     Attributes:
         binary_activations: binarize the input (the final, deployable form) or only the
             weights (the first training stage).
+        ablated: the :data:`BINARY_INGREDIENTS` switched off (an ablation; empty by
+            default). Without ``threshold`` the input BN is skipped (it stays in the
+            state dict).
     """
 
     def __init__(self, in_channels: int, out_channels: int, act: nn.Module | None = None,
@@ -97,12 +124,17 @@ class BinaryPointwise(nn.Module):
         self.bn = nn.BatchNorm2d(out_channels)
         self.act = act
         self.binary_activations = binary_activations
+        self.ablated: frozenset[str] = frozenset()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.bn(binary_pointwise(self.in_bn(x), self.conv.weight,
-                                       self.binary_activations))
-        out = out + cyclic_channels(x, self.out_channels)
+        ablated = self.ablated
+        n = x if "threshold" in ablated else self.in_bn(x)
+        out = self.bn(binary_pointwise(n, self.conv.weight, self.binary_activations,
+                                       "scale" not in ablated))
+        if "shortcut" not in ablated:
+            out = out + cyclic_channels(x, self.out_channels)
         return out if self.act is None else self.act(out)
 
     def extra_repr(self) -> str:
-        return f"binary_activations={self.binary_activations}"
+        ablated = f", ablated={sorted(self.ablated)}" if self.ablated else ""
+        return f"binary_activations={self.binary_activations}{ablated}"

@@ -33,7 +33,8 @@ class ElasticMBConv(nn.Module):
     offers ``binary``, separate batch norms for the binary expand and project convs, on
     their inputs (the threshold of the sign) and outputs (whose statistics differ from the
     fp32 convs' over the same latent weights).
-    ``binary_activations`` is the two-stage switch of :mod:`ofa_search.nn.binary`.
+    ``binary_activations`` is the two-stage switch of :mod:`ofa_search.nn.binary`, and
+    ``binary_ablated`` the ingredients of its binary convs switched off for an ablation.
     """
 
     def __init__(self, space: SearchSpace, stage: StageSpec, in_channels: int,
@@ -66,6 +67,7 @@ class ElasticMBConv(nn.Module):
             self.binary_project_in_bn = DynamicBatchNorm2d(max_mid)
             self.binary_project_bn = nn.BatchNorm2d(out_channels)
         self.binary_activations = True
+        self.binary_ablated: frozenset[str] = frozenset()
 
     def mid_channels(self, expand: int) -> int:
         return self.space.mid_channels(self.in_channels, expand)
@@ -105,18 +107,24 @@ class ElasticMBConv(nn.Module):
         if (self.binary_expand_bn is None or self.binary_project_bn is None
                 or self.binary_expand_in_bn is None or self.binary_project_in_bn is None):
             raise ValueError(f"space {self.space.name!r} has no binary precision")
-        acts = self.binary_activations
+        acts, ablated = self.binary_activations, self.binary_ablated
+        scale, threshold = "scale" not in ablated, "threshold" not in ablated
+        shortcut = "shortcut" not in ablated
         w = self.expand_conv.active_weight(mid, x.shape[1])
-        out = (self.binary_expand_bn(binary_pointwise(self.binary_expand_in_bn(x), w, acts))
-               + cyclic_channels(x, mid))
+        n = self.binary_expand_in_bn(x) if threshold else x
+        out = self.binary_expand_bn(binary_pointwise(n, w, acts, scale))
+        if shortcut:
+            out = out + cyclic_channels(x, mid)
         out = self.act(out)
         out = self.act(self.depthwise_bn(self.depthwise(out, kernel)))
         if self.se is not None:
             out = self.se(out, self.space.se_channels(mid))
         w = self.project.active_weight(self.out_channels, mid)
-        out = (self.binary_project_bn(binary_pointwise(self.binary_project_in_bn(out), w, acts))
-               + cyclic_channels(out, self.out_channels))
-        return out + x if self.residual else out
+        n = self.binary_project_in_bn(out) if threshold else out
+        projected = self.binary_project_bn(binary_pointwise(n, w, acts, scale))
+        if shortcut:
+            projected = projected + cyclic_channels(out, self.out_channels)
+        return projected + x if self.residual else projected
 
     def unit(self, in_size: int, kernel: int, expand: int, precision: str = "fp32") -> MBConvUnit:
         mid = self.mid_channels(expand)
@@ -154,6 +162,7 @@ class ElasticMBConv(nn.Module):
             block.project.bn.load_state_dict(self.binary_project_bn.state_dict())
             block.expand.binary_activations = self.binary_activations
             block.project.binary_activations = self.binary_activations
+            block.expand.ablated = block.project.ablated = self.binary_ablated
             return block
         expand, project = block.expand, block.project
         assert isinstance(expand, nn.Sequential) and isinstance(project, nn.Sequential)

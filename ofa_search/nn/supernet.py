@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ofa_search.arch import Arch
 from ofa_search.errors import InvalidArchError
+from ofa_search.nn.binary import check_ablation
 from ofa_search.nn.elastic_block import ElasticMBConv
 from ofa_search.nn.static import ConvBNAct, Head, MBConv, init_weights
 from ofa_search.space import SearchSpace, get_space
@@ -110,6 +113,15 @@ class Supernet(nn.Module):
         of two-stage binary training); extracted subnets inherit the setting."""
         for block in self.elastic_blocks():
             block.binary_activations = enabled
+
+    def set_binary_ablation(self, ablated: Iterable[str]) -> None:
+        """Switch off these :data:`~ofa_search.nn.binary.BINARY_INGREDIENTS` in every
+        ``binary`` stage (an ablation; ``()`` restores them). Extracted subnets inherit the
+        setting; the binary package refuses ablated layers. Raises ``ValueError`` for an
+        unknown name."""
+        names = check_ablation(ablated)
+        for block in self.elastic_blocks():
+            block.binary_ablated = names
 
     def sort_channels(self) -> None:
         """Importance-sort the hidden channels of every elastic block (in place; the largest

@@ -106,6 +106,11 @@ def load_supernet(checkpoint: str | os.PathLike[str]) -> tuple[Supernet, dict[st
     meta = {k: v for k, v in data.items()
             if k not in ("model", "ema", "teacher", "optimizer", "scaler")}
     meta["weights"] = weights
+    ablation = (meta.get("config") or {}).get("binary_ablation") or ()
+    try:
+        net.set_binary_ablation(ablation)
+    except ValueError as exc:
+        raise FileFormatError(f"{checkpoint}: {exc}") from None
     return net.eval(), meta
 
 

@@ -52,6 +52,7 @@ from ofa_search.data import (
 )
 from ofa_search.errors import OfaSearchError
 from ofa_search.nn import Supernet
+from ofa_search.nn.binary import check_ablation
 from ofa_search.space import get_space
 from ofa_search.train.bn_calibration import evaluate_arch, evaluate_arch_stream
 from ofa_search.train.checkpoint import load_checkpoint, load_init_weights, save_checkpoint
@@ -129,6 +130,10 @@ class TrainConfig:
             ``precision_distill`` (sampled subnets learn from the fp32 largest's soft
             output; off: from labels) and ``precision_fp32_smallest`` (the sandwich's
             smallest subnet stays fp32) go to :class:`PrecisionStrategy`.
+        binary_ablation: binary ingredients switched off in every ``binary`` stage
+            (:data:`~ofa_search.nn.binary.BINARY_INGREDIENTS`: ``scale``, ``shortcut``,
+            ``threshold``), to measure what each is worth; the checkpoint keeps the setting
+            and loads with it, and its ablated subnets cannot be packaged.
         epochs, batch_size (per rank), lr (peak), momentum, nesterov, weight_decay (not on
             BN parameters and biases), warmup_epochs (linear, at the start of every
             lr segment), label_smoothing, kd_ratio, grad_clip (max global L2 norm or None).
@@ -192,6 +197,7 @@ class TrainConfig:
     binary_share: float | None = None
     precision_distill: bool = True
     precision_fp32_smallest: bool = False
+    binary_ablation: tuple[str, ...] = ()
     arch: str | None = None
     epochs: int = 5
     batch_size: int = 64
@@ -281,6 +287,13 @@ class TrainConfig:
                                                 and not self.precision_fp32_smallest),
               "binary_share, precision_distill and precision_fp32_smallest apply to "
               f"strategy 'precision' only, got strategy {self.strategy!r}")
+        try:
+            ablation = check_ablation(self.binary_ablation)
+        except ValueError as exc:
+            raise TrainingError(f"binary_ablation: {exc}") from None
+        object.__setattr__(self, "binary_ablation", tuple(sorted(ablation)))
+        check(not ablation or "binary" in get_space(self.space).precisions,
+              f"binary_ablation needs a space with binary stages; {self.space!r} has none")
         check(self.binary_share is None or 0 <= self.binary_share <= 1,
               f"binary_share must be in [0, 1] or None, got {self.binary_share!r}")
         if self.precision_phases is not None:
@@ -293,6 +306,7 @@ class TrainConfig:
         data = dataclasses.asdict(self)
         if data["resolutions"] is not None:
             data["resolutions"] = list(data["resolutions"])
+        data["binary_ablation"] = list(data["binary_ablation"])
         for key in ("ps_phases", "precision_phases"):
             if data[key] is not None:
                 data[key] = [
@@ -679,6 +693,7 @@ def _run(config: TrainConfig, rank: int, world: int, device: torch.device,
                    generator=torch.Generator().manual_seed(config.seed))
     if config.zero_gamma:
         net.zero_residual_gammas()
+    net.set_binary_ablation(config.binary_ablation)
     net.to(device)
     optimizer = make_optimizer(net, config)
     data_gen = torch.Generator().manual_seed(config.seed + 1)
@@ -929,6 +944,10 @@ def _restore(path: Path, config: TrainConfig, strategy: TrainingStrategy, net: S
     found = (ckpt["space"], ckpt["width_mult"], ckpt["strategy"].get("name"))
     if found != expected:
         raise TrainingError(f"{path} is a run of space/width/strategy {found}, not {expected}")
+    ablation = sorted((ckpt.get("config") or {}).get("binary_ablation") or [])
+    if ablation != list(config.binary_ablation):
+        raise TrainingError(f"{path} is a run with binary_ablation {ablation}, not "
+                            f"{list(config.binary_ablation)}")
     step = int(ckpt["step"])
     if int(ckpt["scheduler"]["step"]) != step:
         raise TrainingError(f"{path}: scheduler and optimizer steps disagree")
