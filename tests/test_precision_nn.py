@@ -8,8 +8,8 @@ import pytest
 import torch
 from supernet_helpers import calibrated_supernet
 
-from ofa_search.binary.layer import PackedPointwise
 from ofa_search.arch import Arch
+from ofa_search.binary.layer import PackedPointwise
 from ofa_search.nn import extract
 from ofa_search.nn.binary import BinaryPointwise, binary_sign, binary_weight, cyclic_channels
 from ofa_search.nn.quant import Int8ActQuant, QConv2d, int8_weight

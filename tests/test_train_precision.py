@@ -186,7 +186,7 @@ def test_binary_ablation_is_validated_kept_in_the_checkpoint_and_checked_on_resu
         tmp_path: Path) -> None:
     from ofa_search.train import TrainingError, load_supernet
 
-    with pytest.raises(TrainingError, match="unknown binary ingredient.*scales"):
+    with pytest.raises(TrainingError, match=r"unknown binary ingredient.*scales"):
         dataclasses.replace(FP32, space=MP, strategy="precision", binary_ablation=("scales",))
     with pytest.raises(TrainingError, match="needs a space with binary stages"):
         dataclasses.replace(FP32, binary_ablation=("shortcut",))
