@@ -3,6 +3,7 @@ and one-line errors."""
 
 from __future__ import annotations
 
+import multiprocessing
 import subprocess
 import sys
 from pathlib import Path
@@ -196,3 +197,5 @@ def test_unreadable_image_is_one_line_naming_the_file(tmp_path: Path, workers: i
                                      num_workers=workers))
     text = str(caught.value)
     assert text.startswith(f"cannot read image {bad}:") and "\n" not in text
+    # the failed loader's workers are stopped at once, not when its iterator is collected
+    assert multiprocessing.active_children() == []

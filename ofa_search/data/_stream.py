@@ -307,6 +307,14 @@ def _one_line_errors(batches: Iterator[Batch]) -> Iterator[Batch]:
             raise
         last = text.rstrip().splitlines()[-1]
         raise DatasetError(last.split(f"{type(exc).__name__}: ", 1)[-1]) from None
+    finally:
+        # an error, or a consumer that stops early, leaves PyTorch's iterator alive (the
+        # exception's traceback holds it) with its workers running and registered with
+        # PyTorch's SIGCHLD check, which then fails whatever runs in the main thread when
+        # one of them exits: stop them now (exhausted iterators have already)
+        shutdown = getattr(batches, "_shutdown_workers", None)
+        if shutdown is not None:
+            shutdown()
 
 
 def stream_loader(dataset: Dataset[tuple[torch.Tensor, int]], *, batch_size: int,
