@@ -24,7 +24,9 @@ learns from labels in every step):
 - ``adamw-no-scale``, ``adamw-no-shortcut``, ``adamw-no-threshold``: that AdamW variant
   with one ingredient of the binary convs switched off (``TrainConfig.binary_ablation``):
   XNOR-Net's per-channel weight scale, Bi-Real Net's real-valued shortcut, or the input
-  batch norm that sets the sign's threshold (ReActNet's learned threshold).
+  batch norm that sets the sign's threshold (ReActNet's learned threshold);
+  ``adamw-share-1-fp32-smallest-seed1`` and ``adamw-no-shortcut-seed1``: two of them again
+  with seed 1.
 
 Each run then reports the test accuracy at 28 px (all test images, BN recalibrated) of
 the largest and smallest subnets in fp32 and with every stage binary, and of the fp32
@@ -74,6 +76,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
 for _ingredient in BINARY_INGREDIENTS:
     VARIANTS[f"adamw-no-{_ingredient}"] = {**VARIANTS["adamw-share-1-fp32-smallest"],
                                            "binary_ablation": (_ingredient,)}
+for _name in ("adamw-share-1-fp32-smallest", "adamw-no-shortcut"):  # their noise floor
+    VARIANTS[f"{_name}-seed1"] = {**VARIANTS[_name], "seed": 1}
 RESOLUTION = 28
 SUBNETS = ("fp32_largest", "fp32_smallest", "binary_largest", "binary_smallest")
 
