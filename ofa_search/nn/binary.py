@@ -33,7 +33,7 @@ ReActNet): with ``binary_activations`` off, only the weights are binary.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 import torch.nn.functional as F
@@ -104,6 +104,20 @@ def binary_pointwise(x: torch.Tensor, weight: torch.Tensor,
     return F.conv2d(xb, binary_weight(weight, scale))
 
 
+def binary_block(x: torch.Tensor, in_bn: Callable[[torch.Tensor], torch.Tensor],
+                 weight: torch.Tensor, bn: Callable[[torch.Tensor], torch.Tensor],
+                 out_channels: int, binary_activations: bool = True,
+                 ablated: frozenset[str] = frozenset()) -> torch.Tensor:
+    """Input BN → binary 1×1 conv → BN → + cyclic shortcut of ``x`` (no activation), with
+    the ``ablated`` parts off: what :class:`BinaryPointwise` and the supernet's binary
+    stages compute."""
+    n = x if "threshold" in ablated else in_bn(x)
+    out = bn(binary_pointwise(n, weight, binary_activations, "scale" not in ablated))
+    if "shortcut" not in ablated:
+        out = out + cyclic_channels(x, out_channels)
+    return out
+
+
 class BinaryPointwise(nn.Module):
     """Input BN → binary 1×1 conv → BN → + real-valued cyclic shortcut [→ activation].
 
@@ -127,12 +141,8 @@ class BinaryPointwise(nn.Module):
         self.ablated: frozenset[str] = frozenset()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        ablated = self.ablated
-        n = x if "threshold" in ablated else self.in_bn(x)
-        out = self.bn(binary_pointwise(n, self.conv.weight, self.binary_activations,
-                                       "scale" not in ablated))
-        if "shortcut" not in ablated:
-            out = out + cyclic_channels(x, self.out_channels)
+        out = binary_block(x, self.in_bn, self.conv.weight, self.bn, self.out_channels,
+                           self.binary_activations, self.ablated)
         return out if self.act is None else self.act(out)
 
     def extra_repr(self) -> str:

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ofa_search.nn.binary import BinaryPointwise, binary_pointwise, cyclic_channels
+from ofa_search.nn.binary import BinaryPointwise, binary_block
 from ofa_search.nn.dynamic import (
     DynamicBatchNorm2d,
     DynamicDepthwiseConv2d,
@@ -108,23 +108,16 @@ class ElasticMBConv(nn.Module):
                 or self.binary_expand_in_bn is None or self.binary_project_in_bn is None):
             raise ValueError(f"space {self.space.name!r} has no binary precision")
         acts, ablated = self.binary_activations, self.binary_ablated
-        scale, threshold = "scale" not in ablated, "threshold" not in ablated
-        shortcut = "shortcut" not in ablated
         w = self.expand_conv.active_weight(mid, x.shape[1])
-        n = self.binary_expand_in_bn(x) if threshold else x
-        out = self.binary_expand_bn(binary_pointwise(n, w, acts, scale))
-        if shortcut:
-            out = out + cyclic_channels(x, mid)
-        out = self.act(out)
+        out = self.act(binary_block(x, self.binary_expand_in_bn, w, self.binary_expand_bn,
+                                    mid, acts, ablated))
         out = self.act(self.depthwise_bn(self.depthwise(out, kernel)))
         if self.se is not None:
             out = self.se(out, self.space.se_channels(mid))
         w = self.project.active_weight(self.out_channels, mid)
-        n = self.binary_project_in_bn(out) if threshold else out
-        projected = self.binary_project_bn(binary_pointwise(n, w, acts, scale))
-        if shortcut:
-            projected = projected + cyclic_channels(out, self.out_channels)
-        return projected + x if self.residual else projected
+        out = binary_block(out, self.binary_project_in_bn, w, self.binary_project_bn,
+                           self.out_channels, acts, ablated)
+        return out + x if self.residual else out
 
     def unit(self, in_size: int, kernel: int, expand: int, precision: str = "fp32") -> MBConvUnit:
         mid = self.mid_channels(expand)
