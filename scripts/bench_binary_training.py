@@ -27,6 +27,9 @@ learns from labels in every step):
   batch norm that sets the sign's threshold (ReActNet's learned threshold);
   ``adamw-share-1-fp32-smallest-seed1`` and ``adamw-no-shortcut-seed1``: two of them again
   with seed 1.
+- ``adamw-binary-largest``: that AdamW variant with the all-binary largest subnet in
+  place of one random subnet in each binary step (``--binary-largest``: the sandwich rule
+  for the binary subspace); ``adamw-binary-largest-seed1``: the same with seed 1.
 
 Each run then reports the test accuracy at 28 px (all test images, BN recalibrated) of
 the largest and smallest subnets in fp32 and with every stage binary, and of the fp32
@@ -76,7 +79,10 @@ VARIANTS: dict[str, dict[str, Any]] = {
 for _ingredient in BINARY_INGREDIENTS:
     VARIANTS[f"adamw-no-{_ingredient}"] = {**VARIANTS["adamw-share-1-fp32-smallest"],
                                            "binary_ablation": (_ingredient,)}
-for _name in ("adamw-share-1-fp32-smallest", "adamw-no-shortcut"):  # their noise floor
+VARIANTS["adamw-binary-largest"] = {**VARIANTS["adamw-share-1-fp32-smallest"],
+                                   "precision_binary_largest": True}
+for _name in ("adamw-share-1-fp32-smallest", "adamw-no-shortcut",
+              "adamw-binary-largest"):  # their noise floor
     VARIANTS[f"{_name}-seed1"] = {**VARIANTS[_name], "seed": 1}
 RESOLUTION = 28
 SUBNETS = ("fp32_largest", "fp32_smallest", "binary_largest", "binary_smallest")

@@ -80,6 +80,19 @@ def test_binary_share_sets_how_often_a_stage_is_binary_and_distill_the_loss() ->
         _, smallest, *random = kept.step()
         assert smallest.arch == kept.smallest and set(smallest.arch.precisions) == {"fp32"}
         assert all(set(t.arch.precisions) == {"binary"} for t in random)
+    top = PrecisionStrategy(MP, n_random=2, seed=0, binary_share=1.0, binary_largest=True)
+    all_binary = top.largest.replace(precisions=("binary",) * top.space.num_stages)
+    top.begin_epoch(0)  # the int8 phase offers no binary: two random subnets, as before
+    assert [t.arch for t in top.step()[2:]] != [all_binary] and len(top.step()) == 4
+    top.begin_epoch(2)
+    for _ in range(5):
+        tasks = top.step()
+        assert len(tasks) == 4 and tasks[2].arch == all_binary and tasks[2].loss == "inplace"
+        assert tasks[3].arch != all_binary and set(tasks[3].arch.precisions) == {"binary"}
+    with pytest.raises(ValueError, match="needs n_random >= 1, got 0"):
+        PrecisionStrategy(MP, n_random=0, binary_largest=True)
+    with pytest.raises(ValueError, match="needs a space with binary stages"):
+        PrecisionStrategy("mbv3_small28_int8", binary_largest=True)
 
 
 def test_precision_phase_validation() -> None:
@@ -154,7 +167,7 @@ def test_cli_precision_schedule_trains_the_phases_given(
             "--steps-per-epoch", "1", "--batch-size", "16", "--quiet"]
     out = CliRunner().invoke(app, [*base, "--precision-schedule", "int8:1,binary:1@0.002",
                                    "--binary-share", "0.75", "--no-distill",
-                                   "--fp32-smallest", "--optimizer", "adamw",
+                                   "--fp32-smallest", "--binary-largest", "--optimizer", "adamw",
                                    "--weight-decay", "0"])
     assert out.exit_code == 0, out.output
     _, meta = load_supernet(tmp_path / "run" / "checkpoint.pt")
@@ -164,6 +177,7 @@ def test_cli_precision_schedule_trains_the_phases_given(
     assert meta["config"]["binary_share"] == 0.75
     assert meta["config"]["precision_distill"] is False
     assert meta["config"]["precision_fp32_smallest"] is True
+    assert meta["config"]["precision_binary_largest"] is True
     assert (meta["config"]["optimizer"], meta["config"]["weight_decay"]) == ("adamw", 0.0)
     for args, message in [
         (["--precision-schedule", "int8:0"], "error: --precision-schedule: precision schedule "
@@ -171,8 +185,11 @@ def test_cli_precision_schedule_trains_the_phases_given(
         (["--strategy", "sandwich", "--precision-schedule", "int8:1"],
          "error: --precision-schedule applies to --strategy precision only"),
         (["--strategy", "sandwich", "--binary-share", "0.5"],
-         "error: --binary-share, --no-distill and --fp32-smallest apply to --strategy "
-         "precision only"),
+         "error: --binary-share, --no-distill, --fp32-smallest and --binary-largest apply to "
+         "--strategy precision only"),
+        (["--strategy", "sandwich", "--binary-largest"],
+         "error: --binary-share, --no-distill, --fp32-smallest and --binary-largest apply to "
+         "--strategy precision only"),
         (["--optimizer", "adam"], "error: --optimizer must be one of sgd, adamw, got 'adam'"),
         (["--weight-decay", "inf"], "error: --weight-decay must be a finite number, got inf"),
     ]:

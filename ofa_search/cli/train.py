@@ -119,6 +119,9 @@ def train_cmd(
     fp32_smallest: Annotated[bool, typer.Option(
         "--fp32-smallest", help="precision only: the sandwich's smallest subnet stays fp32 "
         "(only the random subnets take low precisions)")] = False,
+    binary_largest: Annotated[bool, typer.Option(
+        "--binary-largest", help="precision only: in the binary phases the largest subnet "
+        "with every stage binary takes one random subnet's place in each step")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
 ) -> None:
     """Train a supernet (under torchrun for several processes); writes OUT/checkpoint.pt."""
@@ -146,9 +149,10 @@ def train_cmd(
         if bad:
             raise OfaSearchError(f"--resolutions: space {space!r} has resolutions "
                                  f"{list(offered)}, not {bad}")
-    if strategy != "precision" and (binary_share is not None or not distill or fp32_smallest):
-        raise OfaSearchError("--binary-share, --no-distill and --fp32-smallest apply to "
-                             "--strategy precision only")
+    if strategy != "precision" and (binary_share is not None or not distill or fp32_smallest
+                                    or binary_largest):
+        raise OfaSearchError("--binary-share, --no-distill, --fp32-smallest and "
+                             "--binary-largest apply to --strategy precision only")
     phases = None
     if precision_schedule is not None:
         if strategy != "precision":
@@ -173,6 +177,7 @@ def train_cmd(
                          num_workers=workers, precision_phases=phases,
                          binary_share=binary_share, precision_distill=distill,
                          precision_fp32_smallest=fp32_smallest,
+                         precision_binary_largest=binary_largest,
                          resolutions=tuple(dict.fromkeys(resolutions)) if resolutions else None)
     path = train(with_recipe(config, recipe))
     if not quiet:

@@ -128,8 +128,10 @@ class TrainConfig:
             For ``precision``, ``binary_share`` (probability of a binary stage in the
             phases that offer binary; ``None``: uniform over the phase's precisions) and
             ``precision_distill`` (sampled subnets learn from the fp32 largest's soft
-            output; off: from labels) and ``precision_fp32_smallest`` (the sandwich's
-            smallest subnet stays fp32) go to :class:`PrecisionStrategy`.
+            output; off: from labels), ``precision_fp32_smallest`` (the sandwich's
+            smallest subnet stays fp32) and ``precision_binary_largest`` (the all-binary
+            largest subnet replaces a random one in the binary phases) go to
+            :class:`PrecisionStrategy`.
         binary_ablation: binary ingredients switched off in every ``binary`` stage
             (:data:`~ofa_search.nn.binary.BINARY_INGREDIENTS`: ``scale``, ``shortcut``,
             ``threshold``), to measure what each is worth; the checkpoint keeps the setting
@@ -197,6 +199,7 @@ class TrainConfig:
     binary_share: float | None = None
     precision_distill: bool = True
     precision_fp32_smallest: bool = False
+    precision_binary_largest: bool = False
     binary_ablation: tuple[str, ...] = ()
     arch: str | None = None
     epochs: int = 5
@@ -284,9 +287,18 @@ class TrainConfig:
             object.__setattr__(self, "ps_phases", tuple(self.ps_phases))
         check(self.strategy == "precision" or (self.binary_share is None
                                                 and self.precision_distill
-                                                and not self.precision_fp32_smallest),
-              "binary_share, precision_distill and precision_fp32_smallest apply to "
-              f"strategy 'precision' only, got strategy {self.strategy!r}")
+                                                and not self.precision_fp32_smallest
+                                                and not self.precision_binary_largest),
+              "binary_share, precision_distill, precision_fp32_smallest and "
+              "precision_binary_largest apply to strategy 'precision' only, got strategy "
+              f"{self.strategy!r}")
+        check(not self.precision_binary_largest or self.n_random >= 1,
+              "precision_binary_largest takes a random subnet's place: it needs "
+              f"n_random >= 1, got {self.n_random}")
+        check(not self.precision_binary_largest
+              or "binary" in get_space(self.space).precisions,
+              f"precision_binary_largest needs a space with binary stages; {self.space!r} "
+              "has none")
         try:
             ablation = check_ablation(self.binary_ablation)
         except ValueError as exc:
@@ -464,6 +476,7 @@ def _make_strategy(config: TrainConfig) -> TrainingStrategy:
         options["binary_share"] = config.binary_share
         options["distill"] = config.precision_distill
         options["fp32_smallest"] = config.precision_fp32_smallest
+        options["binary_largest"] = config.precision_binary_largest
     if config.strategy == "standalone":
         assert config.arch is not None  # checked by TrainConfig
         options["arch"] = parse_arch(config.arch, config.space)

@@ -452,6 +452,10 @@ class PrecisionStrategy(SandwichStrategy):
         fp32_smallest: the sandwich's smallest subnet stays fp32 in every phase (only the
             random subnets take the phase's precisions), so that the fp32 smallest keeps
             its own training step.
+        binary_largest: in phases that offer ``binary``, the largest arch with every stage
+            binary takes the first random subnet's place, so that the top of the binary
+            subspace is trained in every step (the sandwich rule applied to it); needs
+            ``n_random >= 1``.
     """
 
     name = "precision"
@@ -459,12 +463,19 @@ class PrecisionStrategy(SandwichStrategy):
     def __init__(self, space: str | SearchSpace, width_mult: float | None = None, *,
                  phases: Sequence[PrecisionPhase] | None = None, n_random: int = 2,
                  binary_share: float | None = None, distill: bool = True,
-                 fp32_smallest: bool = False, seed: int = 0,
+                 fp32_smallest: bool = False, binary_largest: bool = False, seed: int = 0,
                  resolutions: Sequence[int] | None = None) -> None:
         super().__init__(space, width_mult, n_random=n_random, seed=seed,
                          resolutions=resolutions)
         if binary_share is not None and not 0 <= binary_share <= 1:
             raise ValueError(f"binary_share must be in [0, 1] or None, got {binary_share!r}")
+        if binary_largest and "binary" not in self.space.precisions:
+            raise ValueError(f"binary_largest needs a space with binary stages; "
+                             f"{self.space.name!r} has none")
+        if binary_largest and n_random < 1:
+            raise ValueError("binary_largest takes a random subnet's place: it needs "
+                             f"n_random >= 1, got {n_random}")
+        self.binary_largest = binary_largest
         self.binary_share = binary_share
         self.distill = distill
         self.fp32_smallest = fp32_smallest
@@ -509,9 +520,14 @@ class PrecisionStrategy(SandwichStrategy):
             precisions=tuple(draw_precision(precisions, self.rng, weights)
                              for _ in range(self.space.num_stages)))
         tasks = [SubnetTask(self.largest, "labels"), SubnetTask(smallest, loss)]
+        n_random = self.n_random
+        if self.binary_largest and "binary" in precisions:
+            tasks.append(SubnetTask(self.largest.replace(
+                precisions=("binary",) * self.space.num_stages), loss))
+            n_random -= 1
         tasks += [SubnetTask(sample_arch(self.space, self.width_mult, self.choices, self.rng,
                                          precisions, weights), loss)
-                  for _ in range(self.n_random)]
+                  for _ in range(n_random)]
         return tasks
 
 
