@@ -11,8 +11,15 @@ from supernet_helpers import calibrated_supernet
 from ofa_search.arch import Arch
 from ofa_search.binary.layer import PackedPointwise
 from ofa_search.nn import extract
-from ofa_search.nn.binary import BinaryPointwise, binary_sign, binary_weight, cyclic_channels
+from ofa_search.nn.binary import (
+    BINARY_INGREDIENTS,
+    BinaryPointwise,
+    binary_sign,
+    binary_weight,
+    cyclic_channels,
+)
 from ofa_search.nn.quant import Int8ActQuant, QConv2d, int8_weight
+from ofa_search.nn.static import MBConv
 from ofa_search.train.bn_calibration import recalibrate_bn
 
 MP = "mbv3_small28_mp"
@@ -153,18 +160,27 @@ def test_binary_ablation_switches_each_ingredient_off_in_supernet_and_extraction
     with torch.no_grad():
         full = net(x, arch)
     outputs = {}
-    for ingredient in ("scale", "shortcut", "threshold"):
+    for ingredient in BINARY_INGREDIENTS:
         net.set_binary_ablation([ingredient])
         static = extract(net, arch).eval()
         blocks = [m for m in static.modules() if isinstance(m, BinaryPointwise)]
-        assert blocks and all(b.ablated == {ingredient} for b in blocks)
+        if ingredient == "expand_shortcut":  # the expand convs lose theirs, not the project's
+            mbconvs = [m for m in static.modules()
+                       if isinstance(m, MBConv) and isinstance(m.expand, BinaryPointwise)]
+            assert mbconvs and all(m.expand.ablated == {"shortcut"}
+                                   and m.project.ablated == set() for m in mbconvs)
+            blocks = [m.expand for m in mbconvs]
+        off = "shortcut" if ingredient == "expand_shortcut" else ingredient
+        assert blocks and all(b.ablated == {off} for b in blocks)
         with torch.no_grad():
             outputs[ingredient] = net(x, arch)
             # the extracted subnet computes what the supernet computes, ablated
             assert float((static(x) - outputs[ingredient]).abs().max()) <= 1e-5
         assert not torch.allclose(outputs[ingredient], full)
-        with pytest.raises(ValueError, match=f"has {ingredient} switched off"):
+        with pytest.raises(ValueError, match=f"has {off} switched off"):
             PackedPointwise.from_module(blocks[0])
+    # without only the expand convs' shortcuts, neither the full set nor no shortcut at all
+    assert not torch.allclose(outputs["expand_shortcut"], outputs["shortcut"])
     net.set_binary_ablation(())
     with torch.no_grad():
         assert torch.equal(net(x, arch), full)

@@ -22,9 +22,11 @@ channels repeated cyclically to the output width (channel ``o`` takes input chan
 
 Each of the three design choices above can be switched off for an ablation
 (:data:`BINARY_INGREDIENTS`: ``scale``, the XNOR-Net scale; ``shortcut``, the real-valued
-shortcut; ``threshold``, the input BN), through ``BinaryPointwise.ablated`` or the
-supernet's :meth:`~ofa_search.nn.supernet.Supernet.set_binary_ablation`. Such layers train
-and evaluate, but are not deployable: the binary package refuses them.
+shortcut; ``threshold``, the input BN; ``expand_shortcut``, the shortcut of an MBConv's
+expand conv only, which :func:`mbconv_ablation` turns into each conv's own set), through
+``BinaryPointwise.ablated`` or the supernet's
+:meth:`~ofa_search.nn.supernet.Supernet.set_binary_ablation`. Such layers train and evaluate,
+but are not deployable: the binary package refuses them.
 
 ``sign`` maps 0 to +1 (``torch.sign(0)`` is 0, which is not a binary value); its gradient
 is the clipped identity (1 where ``|x| ≤ 1``, else 0). Training is two-staged (Bi-Real,
@@ -65,8 +67,15 @@ def weight_scale(weight: torch.Tensor) -> torch.Tensor:
     return weight.abs().mean(dim=(1, 2, 3), keepdim=True)
 
 
-BINARY_INGREDIENTS = ("scale", "shortcut", "threshold")
+BINARY_INGREDIENTS = ("scale", "shortcut", "threshold", "expand_shortcut")
 """The parts of a binary 1×1 conv that an ablation may switch off (module docstring)."""
+
+
+def mbconv_ablation(ablated: frozenset[str]) -> tuple[frozenset[str], frozenset[str]]:
+    """The ingredients switched off in an MBConv block's expand and project convs, from
+    the block's ``ablated`` set: ``expand_shortcut`` is the expand conv's ``shortcut``."""
+    own = ablated - {"expand_shortcut"}
+    return (own | {"shortcut"} if "expand_shortcut" in ablated else own), own
 
 
 def check_ablation(ablated: Iterable[str]) -> frozenset[str]:
@@ -126,7 +135,8 @@ class BinaryPointwise(nn.Module):
             weights (the first training stage).
         ablated: the :data:`BINARY_INGREDIENTS` switched off (an ablation; empty by
             default). Without ``threshold`` the input BN is skipped (it stays in the
-            state dict).
+            state dict). ``expand_shortcut`` is an MBConv block's setting
+            (:func:`mbconv_ablation`); a lone layer takes ``shortcut`` instead.
     """
 
     def __init__(self, in_channels: int, out_channels: int, act: nn.Module | None = None,

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ofa_search.nn.binary import BinaryPointwise, binary_block
+from ofa_search.nn.binary import BinaryPointwise, binary_block, mbconv_ablation
 from ofa_search.nn.dynamic import (
     DynamicBatchNorm2d,
     DynamicDepthwiseConv2d,
@@ -107,16 +107,17 @@ class ElasticMBConv(nn.Module):
         if (self.binary_expand_bn is None or self.binary_project_bn is None
                 or self.binary_expand_in_bn is None or self.binary_project_in_bn is None):
             raise ValueError(f"space {self.space.name!r} has no binary precision")
-        acts, ablated = self.binary_activations, self.binary_ablated
+        acts = self.binary_activations
+        expand_ablated, project_ablated = mbconv_ablation(self.binary_ablated)
         w = self.expand_conv.active_weight(mid, x.shape[1])
         out = self.act(binary_block(x, self.binary_expand_in_bn, w, self.binary_expand_bn,
-                                    mid, acts, ablated))
+                                    mid, acts, expand_ablated))
         out = self.act(self.depthwise_bn(self.depthwise(out, kernel)))
         if self.se is not None:
             out = self.se(out, self.space.se_channels(mid))
         w = self.project.active_weight(self.out_channels, mid)
         out = binary_block(out, self.binary_project_in_bn, w, self.binary_project_bn,
-                           self.out_channels, acts, ablated)
+                           self.out_channels, acts, project_ablated)
         return out + x if self.residual else out
 
     def unit(self, in_size: int, kernel: int, expand: int, precision: str = "fp32") -> MBConvUnit:
@@ -155,7 +156,7 @@ class ElasticMBConv(nn.Module):
             block.project.bn.load_state_dict(self.binary_project_bn.state_dict())
             block.expand.binary_activations = self.binary_activations
             block.project.binary_activations = self.binary_activations
-            block.expand.ablated = block.project.ablated = self.binary_ablated
+            block.expand.ablated, block.project.ablated = mbconv_ablation(self.binary_ablated)
             return block
         expand, project = block.expand, block.project
         assert isinstance(expand, nn.Sequential) and isinstance(project, nn.Sequential)
