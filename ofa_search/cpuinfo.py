@@ -1,5 +1,6 @@
 """This host's ``/proc/cpuinfo``: the first processor block and its feature flags; and
-:func:`kept_affinity`, which undoes what TVM's thread-pool setup does to the caller.
+:func:`kept_affinity` and :func:`configure_tvm_pool`, which keep TVM's thread-pool setup
+from pinning the caller to one core.
 
 A core module (no third-party imports), so that the lowest layers (ONNX Runtime's session
 options, :mod:`ofa_search.ort_options`) can ask for CPU flags;
@@ -10,8 +11,12 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
+from typing import Any
+
+TVM_AFFINITY_BIG_CORES = 1
+"""TVM's ``ThreadGroup::AffinityMode::kBig``: the pool's threads on the big cores."""
 
 
 def read_cpuinfo(text: str | None = None) -> dict[str, str]:
@@ -53,3 +58,10 @@ def kept_affinity() -> Iterator[None]:
     finally:
         if affinity is not None:
             os.sched_setaffinity(0, affinity)
+
+
+def configure_tvm_pool(config_threadpool: Callable[..., Any], threads: int) -> None:
+    """Ask a TVM thread pool (``runtime.config_threadpool``, local or over RPC) for
+    ``threads`` threads on the big cores, keeping the caller's CPU affinity."""
+    with kept_affinity():
+        config_threadpool(TVM_AFFINITY_BIG_CORES, threads)

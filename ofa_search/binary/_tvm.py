@@ -13,13 +13,12 @@ from typing import Any
 
 import numpy as np
 
-from ofa_search.cpuinfo import kept_affinity
+from ofa_search.cpuinfo import configure_tvm_pool
 from ofa_search.errors import OfaSearchError
 from ofa_search.profiling.device import default_llvm_target
 
 _PIP = "'ofa-search[tvm]'"  # the extra (ofa_search/extras.py)
 _ALIGNMENT = 64  # bytes; TVM refuses to wrap less aligned memory
-_AFFINITY_BIG_CORES = 1  # TVM's ThreadGroup::AffinityMode::kBig
 
 
 class TvmUnavailableError(OfaSearchError, RuntimeError):
@@ -67,8 +66,7 @@ def set_threads(threads: int) -> int:
     if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
         raise ValueError(f"threads must be a positive integer, got {threads=}")
     configure, count = _pool_functions()
-    with kept_affinity():
-        configure(_AFFINITY_BIG_CORES, threads)
+    configure_tvm_pool(configure, threads)
     return int(count())
 
 

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from ofa_search.cpuinfo import kept_affinity
+from ofa_search.cpuinfo import configure_tvm_pool
 from ofa_search.profiling.backends.base import (
     BackendUnavailableError,
     Inputs,
@@ -37,13 +37,11 @@ _ISA_FEATURES = {"avx2": "avx2", "fma": "fma", "avx512f": "avx512f", "avx512bw":
                  "avx512vpopcntdq": "avx512_vpopcntdq"}
 """LLVM feature name → /proc/cpuinfo flag, for the instruction sets tuned kernels use."""
 _PIP = "'ofa-search[tvm]'"  # the extra (ofa_search/extras.py)
-_AFFINITY_BIG_CORES = 1  # TVM's ThreadGroup::AffinityMode::kBig
 
 
 def _configure_threads(config_threadpool: Any, num_threads: Any, threads: int,
                        where: str) -> None:
-    with kept_affinity():  # TVM pins the configuring thread to one core
-        config_threadpool(_AFFINITY_BIG_CORES, threads)
+    configure_tvm_pool(config_threadpool, threads)  # TVM pins the configuring thread
     got = int(num_threads())
     if got != threads:
         raise BackendUnavailableError(
