@@ -6,6 +6,7 @@ from __future__ import annotations
 import multiprocessing
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -103,6 +104,33 @@ GLOBAL_RNG_UNTOUCHED = """if True:
     assert torch.equal(torch.get_rng_state(), state), "the global generator was drawn from"
 """
 
+
+def test_loader_workers_start_from_a_fork_server_while_other_threads_run(tree: Path) -> None:
+    # a worker forked beside a running thread can inherit a lock that thread holds and
+    # hang; such a loader hung the suite (a service test's event-loop thread was alive)
+    train = open_image_stream(tree, 16).train
+    expected = _batches(stream_loader(train, batch_size=4, max_images=7, seed=3,
+                                      num_workers=0))
+    stop = threading.Event()
+    other = threading.Thread(target=stop.wait, daemon=True)
+    other.start()
+    try:
+        loader = stream_loader(train, batch_size=4, max_images=7, seed=3, num_workers=2)
+        batches = _batches(loader)
+        assert loader.multiprocessing_context.get_start_method() == "forkserver"
+    finally:
+        stop.set()
+        other.join()
+    for (x1, y1), (x2, y2) in zip(expected, batches, strict=True):
+        assert torch.equal(x1, x2) and torch.equal(y1, y2)
+    if threading.active_count() == 1:  # no thread of an earlier test left in this process
+        _batches(loader)
+        assert loader.multiprocessing_context is None  # forked, as PyTorch does by default
+    # a context the caller sets is kept, threads or not
+    chosen = stream_loader(train, batch_size=4, max_images=7, seed=3, num_workers=2)
+    chosen.multiprocessing_context = "spawn"
+    chosen._choose_context()
+    assert chosen.multiprocessing_context.get_start_method() == "spawn"
 
 def test_loader_subset_is_seeded_capped_and_independent_of_workers(tree: Path) -> None:
     train = open_image_stream(tree, 16).train

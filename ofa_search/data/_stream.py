@@ -20,11 +20,13 @@ naming the file, whichever process decoded it.
 from __future__ import annotations
 
 import math
+import multiprocessing
 import os
+import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -292,10 +294,33 @@ def subset_indices(n: int, max_images: int | None, seed: int) -> torch.Tensor:
 
 class StreamLoader(DataLoader[tuple[torch.Tensor, int]]):
     """A ``DataLoader`` whose workers' :class:`DatasetError` exceptions arrive with their own
-    one-line message (PyTorch re-raises them with the worker's traceback in the text)."""
+    one-line message (PyTorch re-raises them with the worker's traceback in the text).
+
+    Its workers are forked (PyTorch's default on Linux) while this process runs one Python
+    thread, and started from a fork server while it runs more (an HTTP service, a client's
+    event loop): a child forked beside a running thread can inherit a lock that thread
+    held and wait on it forever, which hung a loader of the test suite. The batches are the
+    same either way. A ``multiprocessing_context`` set by the caller is kept.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._auto_context: Any = None  # the context this class chose last, if any
+        super().__init__(*args, **kwargs)
 
     def __iter__(self) -> Iterator[Batch]:  # type: ignore[override]
+        self._choose_context()
         return _one_line_errors(super().__iter__())
+
+    def _choose_context(self) -> None:
+        if self.num_workers > 0 and self.multiprocessing_context is self._auto_context:
+            self._auto_context = (multiprocessing.get_context("forkserver")
+                                  if threading.active_count() > 1 and _has_forkserver()
+                                  else None)
+            self.multiprocessing_context = self._auto_context
+
+
+def _has_forkserver() -> bool:
+    return "forkserver" in multiprocessing.get_all_start_methods()
 
 
 def _one_line_errors(batches: Iterator[Batch]) -> Iterator[Batch]:

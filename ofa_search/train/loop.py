@@ -134,8 +134,9 @@ class TrainConfig:
             :class:`PrecisionStrategy`.
         binary_ablation: binary ingredients switched off in every ``binary`` stage
             (:data:`~ofa_search.nn.binary.BINARY_INGREDIENTS`: ``scale``, ``shortcut``,
-            ``threshold``, ``expand_shortcut``), to measure what each is worth; the checkpoint keeps the setting
-            and loads with it, and its ablated subnets cannot be packaged.
+            ``threshold``, ``expand_shortcut``), to measure what each is worth; the
+            checkpoint keeps the setting and loads with it, and its ablated subnets cannot
+            be packaged.
         epochs, batch_size (per rank), lr (peak), momentum, nesterov, weight_decay (not on
             BN parameters and biases), warmup_epochs (linear, at the start of every
             lr segment), label_smoothing, kd_ratio, grad_clip (max global L2 norm or None).
