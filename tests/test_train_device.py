@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -285,3 +286,44 @@ def test_streamed_imagenet_folder_trains_and_resumes_mid_epoch(
     with pytest.raises(TrainingError, match="is RGB; space 'mbv3_small28' takes 1-channel"):
         run_training(dataclasses.replace(TINY, dataset="imagenet", data_dir=str(root),
                                          out_dir=str(tmp_path / "c")))
+
+
+def test_a_thread_drawing_from_the_default_generator_does_not_change_a_run(
+        tmp_path: Path) -> None:
+    # dropout draws from a generator of its own: a thread that draws from PyTorch's
+    # default one meanwhile (a service's export builds modules) left the suite's resume
+    # test with different weights
+    config = dataclasses.replace(TINY, epochs=1)
+    alone = run_training(dataclasses.replace(config, out_dir=str(tmp_path / "a")))
+    stop, draws = threading.Event(), [0]
+
+    def draw() -> None:
+        while not stop.is_set():
+            torch.rand(8)
+            draws[0] += 1
+
+    other = threading.Thread(target=draw, daemon=True)
+    other.start()
+    try:
+        beside = run_training(dataclasses.replace(config, out_dir=str(tmp_path / "b")))
+    finally:
+        stop.set()
+        other.join()
+    assert draws[0] > 0
+    a, b = alone.supernet.state_dict(), beside.supernet.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+
+def test_seeded_dropout_gives_nn_dropouts_mask_for_the_same_state() -> None:
+    from ofa_search.nn.static import SeededDropout
+
+    x = torch.randn(16, 32, generator=torch.Generator().manual_seed(0))
+    seeded = SeededDropout(0.3)
+    seeded.generator = torch.Generator().manual_seed(11)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(11)
+        expected = torch.nn.Dropout(0.3)(x)
+    assert torch.equal(seeded(x), expected)  # records made before it still reproduce
+    assert not torch.equal(seeded(x), expected)  # its generator moved on
+    assert torch.equal(seeded.eval()(x), x)

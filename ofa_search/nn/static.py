@@ -97,6 +97,24 @@ class MBConv(nn.Module):
         return out + x if self.residual else out
 
 
+class SeededDropout(nn.Dropout):
+    """``nn.Dropout`` that draws its mask from ``generator`` when one is set (on the input's
+    device), so that no other code drawing from PyTorch's default generator meanwhile (a
+    thread of a service, a module built elsewhere) changes it. Without a generator, and in
+    eval mode, it is ``nn.Dropout``. On the CPU, the same generator state gives the same
+    mask as ``nn.Dropout`` given that state as the default generator's."""
+
+    generator: torch.Generator | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0 or self.generator is None:
+            return super().forward(x)
+        if self.p == 1:
+            return x * 0.0
+        noise = torch.empty_like(x).bernoulli_(1 - self.p, generator=self.generator)
+        return x * noise.div_(1 - self.p)
+
+
 class Head(nn.Module):
     """Final expand (1×1 conv+BN+h-swish) → global mean → feature mix (1×1 conv+h-swish) →
     dropout → linear classifier."""
@@ -108,7 +126,7 @@ class Head(nn.Module):
             nn.Conv2d(unit.expand_channels, unit.mix_channels, 1, bias=False),
             make_act("hswish"),
         )
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = SeededDropout(dropout)
         self.classifier = nn.Linear(unit.mix_channels, unit.num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -5,11 +5,11 @@ CPU or CUDA with optional bf16/fp16 autocast, and DDP under ``torchrun`` (gloo o
 NCCL on CUDA).
 
 Randomness: the supernet's initialisation, the data order and augmentation, and the
-archs each come from a generator seeded from ``TrainConfig.seed``. Dropout draws from
-PyTorch's default generator, so the loop runs inside ``torch.random.fork_rng`` with that
-generator set to a state of its own (seeded, checkpointed); the caller's global RNG state
-is untouched afterwards. On CUDA, dropout draws from the device's generator instead, which
-is seeded and checkpointed the same way.
+archs each come from a generator seeded from ``TrainConfig.seed``, and so does dropout
+(:class:`~ofa_search.nn.static.SeededDropout`, on the training device; checkpointed), so
+that no other thread drawing from PyTorch's default generator changes a run. Module
+construction draws from the default generators, so the loop runs inside
+``torch.random.fork_rng``: the caller's global RNG state is untouched afterwards.
 """
 
 from __future__ import annotations
@@ -53,6 +53,7 @@ from ofa_search.data import (
 from ofa_search.errors import OfaSearchError
 from ofa_search.nn import Supernet
 from ofa_search.nn.binary import check_ablation
+from ofa_search.nn.static import SeededDropout
 from ofa_search.space import get_space
 from ofa_search.train.bn_calibration import evaluate_arch, evaluate_arch_stream
 from ofa_search.train.checkpoint import load_checkpoint, load_init_weights, save_checkpoint
@@ -694,11 +695,6 @@ class _Position:
     dropout_cuda: torch.Tensor | None = None
 
 
-def _dropout_state(device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
-    cuda = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
-    return torch.get_rng_state(), cuda
-
-
 def _run(config: TrainConfig, rank: int, world: int, device: torch.device,
          amp: Autocast) -> TrainResult:
     strategy = _strategy_for(config)
@@ -785,16 +781,26 @@ def _run(config: TrainConfig, rank: int, world: int, device: torch.device,
         pending.append(row)
         every = config.checkpoint_every
         if every is not None and pos.step % every == 0 and pos.epoch_step < steps_per_epoch:
-            pos.dropout, pos.dropout_cuda = _dropout_state(device)
+            pos.dropout, pos.dropout_cuda = dropout_state()
             if rank == 0:
                 _append_jsonl(metrics_path, pending)
                 save_checkpoint(ckpt_path, state())
             pending.clear()
 
-    assert pos.dropout is not None
-    torch.set_rng_state(pos.dropout)  # inside run_training's fork_rng
-    if pos.dropout_cuda is not None and device.type == "cuda":
-        torch.cuda.set_rng_state(pos.dropout_cuda, device)
+    # dropout draws from a generator of its own, which nothing else in the process draws
+    # from (another thread using PyTorch's default generator would change the run)
+    dropout_gen = torch.Generator(device)
+    start = pos.dropout_cuda if device.type == "cuda" else pos.dropout
+    assert start is not None
+    dropout_gen.set_state(start)
+    head_dropout = net.head.dropout
+    assert isinstance(head_dropout, SeededDropout)
+    head_dropout.generator = dropout_gen
+
+    def dropout_state() -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        if device.type == "cuda":
+            return pos.dropout, dropout_gen.get_state()
+        return dropout_gen.get_state(), pos.dropout_cuda
     while pos.epoch < stop:
         # resumed mid-epoch, _restore left data_gen at this epoch's start: same batch order
         resumed_mid_epoch = pos.epoch_step > 0
@@ -833,7 +839,7 @@ def _run(config: TrainConfig, rank: int, world: int, device: torch.device,
         pos.epoch_step = 0
         if world > 1:
             _average_buffers(net, world)
-        pos.dropout, pos.dropout_cuda = _dropout_state(device)
+        pos.dropout, pos.dropout_cuda = dropout_state()
         summary: dict[str, Any] = {
             "event": "epoch_end", "epoch": pos.epoch, "step": pos.step,
             "loss": sum(r["loss"] for r in lines) / max(1, len(lines)),
