@@ -670,7 +670,7 @@ def run_training(config: TrainConfig) -> TrainResult:
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = config.cudnn_benchmark
     try:
-        # module construction and dropout draw from the default generators: fork them so
+        # module construction draws from the default generators: fork them so
         # that the caller's global RNG state is left as it was
         forked = [device.index] if device.type == "cuda" else []
         with torch.random.fork_rng(devices=forked, device_type=device.type):
@@ -848,15 +848,14 @@ def _run(config: TrainConfig, rank: int, world: int, device: torch.device,
         if resumed_mid_epoch:
             summary["resumed_at_step"] = pos.step - len(lines)
         if config.eval_each_epoch and rank == 0:
-            with torch.random.fork_rng(devices=[]):  # keep the dropout stream intact
-                for label, arch in (("largest", strategy.largest),
-                                    ("smallest", strategy.smallest)):
-                    served = net if ema is None else _ema_supernet(ema)
-                    summary[f"val_acc_{label}"] = (
-                        evaluate_arch_stream(served, arch, data, seed=config.seed,
-                                             num_workers=config.num_workers).accuracy
-                        if isinstance(data, ImageStreamSplits)
-                        else evaluate_arch(served, arch, data, seed=config.seed))
+            for label, arch in (("largest", strategy.largest),
+                                ("smallest", strategy.smallest)):
+                served = net if ema is None else _ema_supernet(ema)
+                summary[f"val_acc_{label}"] = (
+                    evaluate_arch_stream(served, arch, data, seed=config.seed,
+                                         num_workers=config.num_workers).accuracy
+                    if isinstance(data, ImageStreamSplits)
+                    else evaluate_arch(served, arch, data, seed=config.seed))
             net.train()
         if rank == 0:
             _append_jsonl(metrics_path, [*pending, summary])
