@@ -177,8 +177,16 @@ def test_binary_ablation_switches_each_ingredient_off_in_supernet_and_extraction
             # the extracted subnet computes what the supernet computes, ablated
             assert float((static(x) - outputs[ingredient]).abs().max()) <= 1e-5
         assert not torch.allclose(outputs[ingredient], full)
-        with pytest.raises(ValueError, match=f"has {off} switched off"):
-            PackedPointwise.from_module(blocks[0])
+        if off == "shortcut":  # deployable: the packed layer leaves the shortcut out
+            packed = PackedPointwise.from_module(blocks[0])
+            assert packed.shortcut is False
+            layer_in = torch.randn(1, blocks[0].in_channels, 3, 3, generator=gen)
+            with torch.no_grad():
+                expected = blocks[0](layer_in).numpy()
+            assert np.abs(packed.run(layer_in.numpy()) - expected).max() <= 1e-4
+        else:
+            with pytest.raises(ValueError, match=f"has {off} switched off"):
+                PackedPointwise.from_module(blocks[0])
     # without only the expand convs' shortcuts, neither the full set nor no shortcut at all
     assert not torch.allclose(outputs["expand_shortcut"], outputs["shortcut"])
     net.set_binary_ablation(())

@@ -168,7 +168,8 @@ def test_cli_precision_schedule_trains_the_phases_given(
     out = CliRunner().invoke(app, [*base, "--precision-schedule", "int8:1,binary:1@0.002",
                                    "--binary-share", "0.75", "--no-distill",
                                    "--fp32-smallest", "--binary-largest", "--optimizer", "adamw",
-                                   "--weight-decay", "0"])
+                                   "--weight-decay", "0", "--binary-ablation",
+                                   "expand_shortcut"])
     assert out.exit_code == 0, out.output
     _, meta = load_supernet(tmp_path / "run" / "checkpoint.pt")
     assert meta["epoch"] == 2
@@ -179,17 +180,23 @@ def test_cli_precision_schedule_trains_the_phases_given(
     assert meta["config"]["precision_fp32_smallest"] is True
     assert meta["config"]["precision_binary_largest"] is True
     assert (meta["config"]["optimizer"], meta["config"]["weight_decay"]) == ("adamw", 0.0)
+    assert meta["config"]["binary_ablation"] == ["expand_shortcut"]
     for args, message in [
         (["--precision-schedule", "int8:0"], "error: --precision-schedule: precision schedule "
                                               "entry 'int8:0': needs EPOCHS >= 1"),
         (["--strategy", "sandwich", "--precision-schedule", "int8:1"],
          "error: --precision-schedule applies to --strategy precision only"),
         (["--strategy", "sandwich", "--binary-share", "0.5"],
-         "error: --binary-share, --no-distill, --fp32-smallest and --binary-largest apply to "
-         "--strategy precision only"),
+         "error: --binary-share, --no-distill, --fp32-smallest, --binary-largest and "
+         "--binary-ablation apply to --strategy precision only"),
         (["--strategy", "sandwich", "--binary-largest"],
-         "error: --binary-share, --no-distill, --fp32-smallest and --binary-largest apply to "
-         "--strategy precision only"),
+         "error: --binary-share, --no-distill, --fp32-smallest, --binary-largest and "
+         "--binary-ablation apply to --strategy precision only"),
+        (["--strategy", "sandwich", "--binary-ablation", "scale"],
+         "error: --binary-share, --no-distill, --fp32-smallest, --binary-largest and "
+         "--binary-ablation apply to --strategy precision only"),
+        (["--binary-ablation", "scales"], "error: binary_ablation: unknown binary "
+         "ingredient(s) scales; known: scale, shortcut, threshold, expand_shortcut"),
         (["--optimizer", "adam"], "error: --optimizer must be one of sgd, adamw, got 'adam'"),
         (["--weight-decay", "inf"], "error: --weight-decay must be a finite number, got inf"),
     ]:

@@ -14,6 +14,10 @@ Members:
 * ``layers/<i>.input_affine`` — ``float32`` little-endian ``[2, C]``: the folded input BN
   (factor, shift) whose sign the layer takes (see :mod:`ofa_search.binary.layer`).
 
+A layer entry holds ``"shortcut": false`` for a layer without its cyclic shortcut, and no
+``shortcut`` key otherwise, so packages of complete layers keep their bytes (and a reader
+that predates the key refuses a package that needs it, naming the key).
+
 Reading is strict: anything that is not a zip, lacks the manifest, names another format or
 version, has unknown keys, or whose members are missing, damaged (zip CRC) or of the wrong
 size raises :class:`~ofa_search.errors.FileFormatError`.
@@ -49,6 +53,7 @@ SIGN_BITS = "lsb-first, set=-1, clear=+1 (x >= 0)"
 _KEYS = {"format", "format_version", "arch", "space", "unit", "input_shape", "sign_bits",
          "segments", "layers", "steps"}
 _LAYER_KEYS = {"in_channels", "out_channels", "act", "bits", "affine", "input_affine"}
+_OPTIONAL_LAYER_KEYS = {"shortcut"}
 
 
 _ZIP_TIME = (1980, 1, 1, 0, 0, 0)
@@ -80,7 +85,8 @@ def program_to_bytes(program: BinaryProgram) -> bytes:
             archive.writestr(_zip_entry(names["input_affine"]),
                              _floats(layer.input_scale, layer.input_shift))
             layers.append({"in_channels": layer.in_channels, "out_channels": layer.out_channels,
-                           "act": layer.act, **names})
+                           "act": layer.act, **names,
+                           **({} if layer.shortcut else {"shortcut": False})})
         manifest = {
             "format": FORMAT, "format_version": FORMAT_VERSION, "arch": program.arch,
             "space": program.space, "unit": program.unit,
@@ -169,9 +175,15 @@ def _member(archive: zipfile.ZipFile, name: str, source: str) -> bytes:
 
 
 def _read_layer(archive: zipfile.ZipFile, entry: Any, source: str) -> PackedPointwise:
-    if not isinstance(entry, Mapping) or set(entry) != _LAYER_KEYS:
-        raise FileFormatError(f"{source}: a layer entry must have exactly the keys "
-                              f"{sorted(_LAYER_KEYS)}, got {entry!r}")
+    if not isinstance(entry, Mapping) or not _LAYER_KEYS <= set(entry) \
+            or set(entry) - _LAYER_KEYS - _OPTIONAL_LAYER_KEYS:
+        raise FileFormatError(f"{source}: a layer entry must have the keys "
+                              f"{sorted(_LAYER_KEYS)} and may have {sorted(_OPTIONAL_LAYER_KEYS)}"
+                              f", got {entry!r}")
+    shortcut = entry.get("shortcut", True)
+    if not isinstance(shortcut, bool):
+        raise FileFormatError(f"{source}: a layer's shortcut must be true or false, got "
+                              f"{shortcut!r}")
     c, o = entry["in_channels"], entry["out_channels"]
     if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in (c, o)):
         raise FileFormatError(f"{source}: bad layer channels in={c!r} out={o!r}")
@@ -182,7 +194,7 @@ def _read_layer(archive: zipfile.ZipFile, entry: Any, source: str) -> PackedPoin
         signs = unpack_bits_dense(bits, (o, c, 1, 1))
         return PackedPointwise(weights=pack_weights(signs), in_channels=c, scale=scale,
                                bias=bias, act=entry["act"], input_scale=input_scale,
-                               input_shift=input_shift)
+                               input_shift=input_shift, shortcut=shortcut)
     except ValueError as exc:
         raise FileFormatError(f"{source}: bad binary layer {entry['bits']}: {exc}") from None
 

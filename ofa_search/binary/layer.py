@@ -14,8 +14,10 @@ give ``a_o = γ_o·α_o / √(σ²_o + ε)``, ``b_o = β_o − γ_o·μ_o / √(
 where ``dot_o`` is the exact integer binary dot product of packed signs.
 :class:`PackedPointwise` holds exactly that: packed weight signs, ``u``, ``v``, ``a``, ``b``
 and the activation; :meth:`PackedPointwise.run` is the NumPy implementation (the TVM one is
-:mod:`ofa_search.binary.tvm_pointwise`). A ``BinaryPointwise`` without an input BN (older
-code) packs with ``u = 1``, ``v = 0``.
+':mod:`ofa_search.binary.tvm_pointwise`). A ``BinaryPointwise`` without an input BN (older
+code) packs with ``u = 1``, ``v = 0``; one trained without its cyclic shortcut (the
+``shortcut`` or ``expand_shortcut`` ablation of :mod:`ofa_search.nn.binary`) packs with
+``shortcut=False``, which drops the ``x_(o mod C)`` term.
 """
 
 from __future__ import annotations
@@ -72,7 +74,7 @@ def bn_affine(bn: nn.BatchNorm2d) -> tuple[np.ndarray, np.ndarray]:
 
 @dataclass(frozen=True, eq=False)
 class PackedPointwise:
-    """``act(scale ⊙ dot + bias + cyclic(x))`` for a binary 1×1 conv; see the module doc.
+    """``act(scale ⊙ dot + bias [+ cyclic(x)])`` for a binary 1×1 conv; see the module doc.
 
     Attributes:
         weights: packed weight signs, ``uint64 [O, 1, 1, words(in_channels)]``.
@@ -83,6 +85,8 @@ class PackedPointwise:
         input_scale: ``float32 [C]``, the folded input BN factor ``u`` (signs are taken of
             ``u·x + v``).
         input_shift: ``float32 [C]``, the folded input BN shift ``v``.
+        shortcut: add the cyclic shortcut ``x_(o mod C)`` (Bi-Real Net's real-valued
+            shortcut); ``False`` for a layer trained without it.
     """
 
     weights: np.ndarray
@@ -92,6 +96,7 @@ class PackedPointwise:
     act: str | None
     input_scale: np.ndarray
     input_shift: np.ndarray
+    shortcut: bool = True
 
     def __post_init__(self) -> None:
         words = num_words(self.in_channels)
@@ -112,6 +117,8 @@ class PackedPointwise:
                 raise ValueError(f"{name} has non-finite values")
         if self.act is not None and self.act not in ACTIVATIONS:
             raise ValueError(f"unknown activation {self.act!r}; known: {', '.join(ACTIVATIONS)}")
+        if not isinstance(self.shortcut, bool):
+            raise ValueError(f"shortcut must be a bool, got {self.shortcut!r}")
 
     @property
     def out_channels(self) -> int:
@@ -119,7 +126,8 @@ class PackedPointwise:
 
     @classmethod
     def from_module(cls, module: BinaryPointwise) -> PackedPointwise:
-        """Pack an eval-mode :class:`BinaryPointwise` (binary activations on)."""
+        """Pack an eval-mode :class:`BinaryPointwise` (binary activations on; without its
+        shortcut where it was trained so)."""
         if not isinstance(module, BinaryPointwise):
             raise TypeError(f"expected a BinaryPointwise, got {type(module).__name__}")
         if not module.binary_activations:
@@ -128,10 +136,11 @@ class PackedPointwise:
         if module.training:
             raise ValueError("put the network in eval mode before packing (BN must use its "
                              "running statistics)")
-        if getattr(module, "ablated", frozenset()):
-            raise ValueError(f"this BinaryPointwise has {', '.join(sorted(module.ablated))} "
-                             "switched off (an ablation): only complete binary layers can be "
-                             "packed")
+        ablated = frozenset(getattr(module, "ablated", frozenset()))
+        if ablated - {"shortcut"}:
+            raise ValueError(f"this BinaryPointwise has {', '.join(sorted(ablated))} "
+                             "switched off (an ablation): only binary layers with their scale "
+                             "and threshold can be packed")
         weight = module.conv.weight.detach().double().cpu().numpy()
         alpha = np.abs(weight).mean(axis=(1, 2, 3))
         out_factor, out_shift = bn_affine(module.bn)
@@ -144,7 +153,8 @@ class PackedPointwise:
                    scale=(alpha * out_factor).astype(np.float32),
                    bias=out_shift.astype(np.float32), act=activation_name(module.act),
                    input_scale=in_factor.astype(np.float32),
-                   input_shift=in_shift.astype(np.float32))
+                   input_shift=in_shift.astype(np.float32),
+                   shortcut="shortcut" not in ablated)
 
     def check_input(self, x: np.ndarray) -> np.ndarray:
         """``x`` as a float32 ``[N, C, H, W]`` array, or a ``ValueError``."""
@@ -162,5 +172,6 @@ class PackedPointwise:
         dot = c - 2 * popcount_dot(words, self.weights.reshape(self.out_channels, -1))
         y = dot.astype(np.float32) * self.scale + self.bias  # [N·H·W, O]
         y = np.ascontiguousarray(y.reshape(n, h, w, -1).transpose(0, 3, 1, 2))
-        y += x[:, np.arange(self.out_channels) % c]
+        if self.shortcut:
+            y += x[:, np.arange(self.out_channels) % c]
         return apply_activation(y, self.act)

@@ -24,6 +24,9 @@ overhead, not the arithmetic, is what a block costs. Stages, all in one TensorIR
 6. ``acc2``/``y``: the project GEMM vectorised over pixels, with folded BN, the cyclic
    shortcut and the block's residual, written NCHW.
 
+A conv packed without its cyclic shortcut (``PackedPointwise.shortcut``) leaves its term
+out: no ``xt`` for the expand, no ``t`` for the project.
+
 :func:`stage_program` compiles the block up to each stage, to time what each adds.
 
 Intermediate tensors live in the function's workspace. Pixel axes of the NCHW buffers are
@@ -73,6 +76,8 @@ class BlockSpec:
     dw_act: str
     se_channels: int
     residual: bool
+    expand_shortcut: bool = True
+    project_shortcut: bool = True
 
     @property
     def out_height(self) -> int:
@@ -180,7 +185,8 @@ def _define(spec: BlockSpec) -> list[Any]:
     pack1 = _pack("pack1", x, u1, v1, n, c, spec.padded_pixels)
     # the input NHWC: the expand's cyclic shortcut reads channels m mod C of one pixel,
     # which in NCHW would be a gather over C cache lines per vector
-    xt = te.compute((n, spec.pixels, c), lambda b, p, ch: x[b, ch, p], name="xt")
+    xt = (te.compute((n, spec.pixels, c), lambda b, p, ch: x[b, ch, p], name="xt")
+          if spec.expand_shortcut else None)
     kw1 = te.reduce_axis((0, num_words(c)), name="kw1")
     acc1 = te.compute((n, spec.pixels, mid), lambda b, p, m: te.sum(
         tirx.popcount(pack1[b, kw1, p] ^ w1[kw1, m]).astype("int32"), axis=kw1), name="acc1")
@@ -190,8 +196,10 @@ def _define(spec: BlockSpec) -> list[Any]:
         h, w = hp - pad, wp - pad
         inside = tirx.all(h >= 0, h < spec.height, w >= 0, w < w_in)
         p = h * w_in + w
-        value = _activation(a1[m] * (c - 2 * acc1[b, p, m]).astype(f) + b1[m]
-                            + xt[b, p, tirx.floormod(m, c)], spec.expand_act)
+        value = a1[m] * (c - 2 * acc1[b, p, m]).astype(f) + b1[m]
+        if xt is not None:
+            value = value + xt[b, p, tirx.floormod(m, c)]
+        value = _activation(value, spec.expand_act)
         return tirx.if_then_else(inside, value, tirx.const(0.0, f))
 
     e = te.compute((n, hp_n, wp_n, mid), expanded, name="e")  # zero-padded, NHWC
@@ -234,7 +242,8 @@ def _define(spec: BlockSpec) -> list[Any]:
             return d[b, p, m]
 
     # the project's shortcut reads channels o mod M < min(O, M) only: just those go NCHW
-    t = te.compute((n, min(out, mid), opix), gated, name="t")
+    t = (te.compute((n, min(out, mid), opix), gated, name="t") if spec.project_shortcut
+         else None)
     inputs += [u2, v2, w2, a2, b2]
     full, tail = divmod(mid, WORD_BITS)
 
@@ -273,7 +282,9 @@ def _define(spec: BlockSpec) -> list[Any]:
 
     def project(b: Any, o: Any, p: Any) -> Any:
         ones = count[0](b, o, p) if len(count) == 1 else count[0](b, o, p) + count[1](b, o, p)
-        value = a2[o] * (mid - 2 * ones).astype(f) + b2[o] + t[b, tirx.floormod(o, mid), p]
+        value = a2[o] * (mid - 2 * ones).astype(f) + b2[o]
+        if t is not None:
+            value = value + t[b, tirx.floormod(o, mid), p]
         return value + x[b, o, p] if spec.residual else value
 
     y = te.compute((n, out, opix), project, name="y")
@@ -311,7 +322,7 @@ def _schedule(spec: BlockSpec, tensors: list[Any]) -> Any:
     sch.vectorize(sch.split(loops[0], [None, mid_lanes])[-1])
     sch.decompose_reduction(acc1, sch.get_loops(acc1)[3])
     m = sch.get_loops(e)[3]
-    if spec.mid_channels % spec.in_channels == 0:
+    if spec.expand_shortcut and spec.mid_channels % spec.in_channels == 0:
         # m = r·C + ch: the shortcut's channel m mod C is ch, so vectors over ch read the
         # NHWC input contiguously (vectors over m would gather across the wrap at C)
         _, ch = sch.split(m, [None, spec.in_channels])
@@ -340,12 +351,10 @@ def _schedule(spec: BlockSpec, tensors: list[Any]) -> Any:
         _vectorize_reduction(sch, "se_gate_sum", mid_lanes)
         gate = sch.get_sblock("se_gate")
         sch.vectorize(sch.split(sch.get_loops(gate)[-1], [None, mid_lanes])[-1])
-    if "t" not in present:
-        return sch.mod
-    # 5: NCHW gated copy
-    t = sch.get_sblock("t")
-    b, m, p = sch.get_loops(t)
-    sch.vectorize(sch.split(p, [None, spec.out_lanes])[-1])
+    if "t" in present:  # 5: NCHW gated copy (for the project's shortcut)
+        t = sch.get_sblock("t")
+        b, m, p = sch.get_loops(t)
+        sch.vectorize(sch.split(p, [None, spec.out_lanes])[-1])
     if "y" not in present:
         return sch.mod
     # 6: project
@@ -399,7 +408,7 @@ def stage_program(spec: BlockSpec, stage: str) -> tuple[Any, list[tuple[tuple[in
     (``block_stages`` in ``scripts/bench_precision_mbv3.py``).
 
     Raises ``ValueError`` for an unknown stage or one the block does not have
-    (``squeeze_excite`` without SE)."""
+    (``squeeze_excite`` without SE, ``nchw`` without the project's shortcut)."""
     import_tvm()
     tensors = _define(spec)
     name = STAGES.get(stage)
@@ -407,7 +416,8 @@ def stage_program(spec: BlockSpec, stage: str) -> tuple[Any, list[tuple[tuple[in
         raise ValueError(f"stage must be one of {', '.join(STAGES)}, got {stage!r}")
     out = _ops(tensors[-1]).get(name)
     if out is None:
-        raise ValueError(f"this block has no {stage} stage (se_channels=0)")
+        why = "se_channels=0" if stage == "squeeze_excite" else "no project shortcut"
+        raise ValueError(f"this block has no {stage} stage ({why})")
     reads = _ops(out)
     chosen = [*(t for t in tensors[:-1] if t.op.name in reads), out]
     shapes = [(tuple(int(d) for d in t.shape), str(t.dtype)) for t in chosen]
@@ -473,7 +483,7 @@ class TvmBlock:
         return BlockSpec(int(n), p.expand.in_channels, int(h), int(w), p.expand.out_channels,
                          p.project.out_channels, p.depthwise.kernel, p.depthwise.stride,
                          str(p.expand.act), p.depthwise.act, p.depthwise.se_channels,
-                         p.residual)
+                         p.residual, p.expand.shortcut, p.project.shortcut)
 
     def _call_for(self, shape: tuple[int, ...]) -> _Call:
         call = self._calls.get(shape)

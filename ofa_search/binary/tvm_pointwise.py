@@ -9,7 +9,8 @@ Three TE stages for :class:`~ofa_search.binary.layer.PackedPointwise`, all with 
 2. ``acc[n, o, p] = Σ_k popcount(packed[n, k, p] ^ W[o, k])``: the XNOR–popcount GEMM,
    output channels in register tiles of up to 8, pixels in ``uint64`` vector lanes;
 3. ``y[n, o, p] = act(a_o · (C − 2·acc) + b_o + x[n, o mod C, p])``: folded BN, cyclic
-   shortcut and activation, computed at the GEMM tile while it is in registers.
+   shortcut (left out for a layer without one) and activation, computed at the GEMM tile
+   while it is in registers.
 
 So a binary layer costs one call from Python, with no NumPy passes in between.
 """
@@ -44,6 +45,7 @@ class PointwiseSpec:
     out_channels: int
     act: str | None
     parallel: bool = False
+    shortcut: bool = True
 
     @property
     def words(self) -> int:
@@ -97,12 +99,13 @@ def _define(spec: PointwiseSpec) -> list[Any]:
     k = te.reduce_axis((0, words), name="k")
     acc = te.compute((n, out, pix), lambda b, o, p: te.sum(
         tirx.popcount(packed[b, k, p] ^ weights[o, k]).astype("int64"), axis=k), name="acc")
-    y = te.compute(
-        (n, out, pix),
-        lambda b, o, p: _activation(
-            scale[o] * (c - 2 * acc[b, o, p]).astype("float32") + bias[o]
-            + x[b, tirx.floormod(o, c), p], spec.act),
-        name="y")
+
+    def affine(b: Any, o: Any, p: Any) -> Any:
+        value = scale[o] * (c - 2 * acc[b, o, p]).astype("float32") + bias[o]
+        return value + x[b, tirx.floormod(o, c), p] if spec.shortcut else value
+
+    y = te.compute((n, out, pix), lambda b, o, p: _activation(affine(b, o, p), spec.act),
+                   name="y")
     return [x, in_scale, in_shift, weights, scale, bias, y]
 
 
@@ -170,7 +173,8 @@ class TvmPointwise:
         """The compile-time spec for inputs of ``shape`` ``[N, C, H, W]``."""
         n, _, h, w = shape
         return PointwiseSpec(int(n), int(h * w), self.layer.in_channels,
-                             self.layer.out_channels, self.layer.act, self.parallel)
+                             self.layer.out_channels, self.layer.act, self.parallel,
+                             self.layer.shortcut)
 
     def _call_for(self, shape: tuple[int, ...]) -> _Call:
         call = self._calls.get(shape)

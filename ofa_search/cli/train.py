@@ -122,6 +122,11 @@ def train_cmd(
     binary_largest: Annotated[bool, typer.Option(
         "--binary-largest", help="precision only: in the binary phases the largest subnet "
         "with every stage binary takes one random subnet's place in each step")] = False,
+    binary_ablation: Annotated[list[str] | None, typer.Option(
+        "--binary-ablation", help="precision only, repeatable: switch off one ingredient "
+        "of every binary conv (scale, shortcut, threshold, or expand_shortcut: the "
+        "shortcut of each block's expand conv); subnets trained so are exported only "
+        "where the binary kernels hold them")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
 ) -> None:
     """Train a supernet (under torchrun for several processes); writes OUT/checkpoint.pt."""
@@ -150,9 +155,10 @@ def train_cmd(
             raise OfaSearchError(f"--resolutions: space {space!r} has resolutions "
                                  f"{list(offered)}, not {bad}")
     if strategy != "precision" and (binary_share is not None or not distill or fp32_smallest
-                                    or binary_largest):
-        raise OfaSearchError("--binary-share, --no-distill, --fp32-smallest and "
-                             "--binary-largest apply to --strategy precision only")
+                                    or binary_largest or binary_ablation):
+        raise OfaSearchError("--binary-share, --no-distill, --fp32-smallest, "
+                             "--binary-largest and --binary-ablation apply to --strategy "
+                             "precision only")
     phases = None
     if precision_schedule is not None:
         if strategy != "precision":
@@ -178,6 +184,7 @@ def train_cmd(
                          binary_share=binary_share, precision_distill=distill,
                          precision_fp32_smallest=fp32_smallest,
                          precision_binary_largest=binary_largest,
+                         binary_ablation=tuple(binary_ablation or ()),
                          resolutions=tuple(dict.fromkeys(resolutions)) if resolutions else None)
     path = train(with_recipe(config, recipe))
     if not quiet:

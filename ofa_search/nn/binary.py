@@ -25,8 +25,10 @@ Each of the three design choices above can be switched off for an ablation
 shortcut; ``threshold``, the input BN; ``expand_shortcut``, the shortcut of an MBConv's
 expand conv only, which :func:`mbconv_ablation` turns into each conv's own set), through
 ``BinaryPointwise.ablated`` or the supernet's
-:meth:`~ofa_search.nn.supernet.Supernet.set_binary_ablation`. Such layers train and evaluate,
-but are not deployable: the binary package refuses them.
+:meth:`~ofa_search.nn.supernet.Supernet.set_binary_ablation`. Such layers train and evaluate;
+those without a shortcut are deployable too (the binary package and its kernels leave the
+shortcut out, :class:`~ofa_search.binary.layer.PackedPointwise`), the other ablations are
+refused by the binary package.
 
 ``sign`` maps 0 to +1 (``torch.sign(0)`` is 0, which is not a binary value); its gradient
 is the clipped identity (1 where ``|x| ≤ 1``, else 0). Training is two-staged (Bi-Real,

@@ -117,7 +117,8 @@ class Supernet(nn.Module):
     def set_binary_ablation(self, ablated: Iterable[str]) -> None:
         """Switch off these :data:`~ofa_search.nn.binary.BINARY_INGREDIENTS` in every
         ``binary`` stage (an ablation; ``()`` restores them). Extracted subnets inherit the
-        setting; the binary package refuses ablated layers. Raises ``ValueError`` for an
+        setting; the binary package holds layers without their shortcut and refuses the other
+        ablations. Raises ``ValueError`` for an
         unknown name."""
         names = check_ablation(ablated)
         for block in self.elastic_blocks():

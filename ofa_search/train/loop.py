@@ -136,8 +136,9 @@ class TrainConfig:
         binary_ablation: binary ingredients switched off in every ``binary`` stage
             (:data:`~ofa_search.nn.binary.BINARY_INGREDIENTS`: ``scale``, ``shortcut``,
             ``threshold``, ``expand_shortcut``), to measure what each is worth; the
-            checkpoint keeps the setting and loads with it, and its ablated subnets cannot
-            be packaged.
+            checkpoint keeps the setting and loads with it; subnets without a shortcut
+            (``shortcut``, ``expand_shortcut``) package and run as trained, the other
+            ablations cannot be packaged.
         epochs, batch_size (per rank), lr (peak), momentum, nesterov, weight_decay (not on
             BN parameters and biases), warmup_epochs (linear, at the start of every
             lr segment), label_smoothing, kd_ratio, grad_clip (max global L2 norm or None).

@@ -46,6 +46,33 @@ def test_packed_block_matches_torch(c: int, o: int, act: nn.Module | None,
     assert np.array_equal(run(x.numpy()), got)  # reused buffers do not leak between calls
 
 
+@pytest.mark.parametrize(("c", "o", "act"), [CASES[0], CASES[3]])
+@pytest.mark.parametrize("backend", ["numpy", "tvm"])
+def test_layer_trained_without_its_shortcut_packs_without_it(
+        c: int, o: int, act: nn.Module | None, backend: str) -> None:
+    if backend == "tvm" and not tvm_available():
+        pytest.skip("TVM is not installed")
+    module = make_layer(c, o, act, seed=c)
+    x = torch.randn(2, c, 5, 6, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        with_shortcut = module(x).numpy()
+        module.ablated = frozenset({"shortcut"})
+        expected = module(x).numpy()
+    packed = PackedPointwise.from_module(module)
+    assert packed.shortcut is False
+    if backend == "tvm":
+        from ofa_search.binary.tvm_pointwise import TvmPointwise
+
+        got = TvmPointwise(packed)(x.numpy())
+    else:
+        got = packed.run(x.numpy())
+    assert np.abs(got - expected).max() < 1e-4
+    assert np.abs(got - with_shortcut).max() > 0.1
+    module.ablated = frozenset({"shortcut", "scale"})
+    with pytest.raises(ValueError, match="has scale, shortcut switched off"):
+        PackedPointwise.from_module(module)
+
+
 def test_input_bn_sets_the_sign_threshold() -> None:
     """The input BN decides the signs: a shift moves them, the scale's sign flips them."""
     module = make_layer(16, 16, None, 0)
@@ -91,3 +118,5 @@ def test_invalid_fields_and_inputs() -> None:
                         u, v)
     with pytest.raises(ValueError, match="unknown activation 'gelu'"):
         PackedPointwise(packed.weights, 8, packed.scale, packed.bias, "gelu", u, v)
+    with pytest.raises(ValueError, match="shortcut must be a bool, got 0"):
+        PackedPointwise(packed.weights, 8, packed.scale, packed.bias, None, u, v, 0)  # type: ignore[arg-type]

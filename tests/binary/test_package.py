@@ -41,6 +41,21 @@ ARCHS = {
     "binary-fp32-sampled": binary_arch(("binary", "fp32", "binary", "fp32"), seed=3),
     "last-stage-binary": binary_arch(("fp32", "fp32", "fp32", "binary"), seed=5),
 }
+WITHOUT_SHORTCUT = {  # trained with binary_ablation expand_shortcut / shortcut
+    "no-expand-shortcut": (binary_arch(("binary",) * 4, seed=7), ("expand",)),
+    "no-shortcut": (binary_arch(("binary", "fp32") * 2, seed=8), ("expand", "project")),
+}
+
+
+def drop_shortcuts(net: torch.nn.Module, convs: tuple[str, ...]) -> None:
+    """The cyclic shortcut of the binary ``convs`` (``expand``/``project``) of every binary
+    block switched off, as extraction from an ablated supernet leaves them."""
+    for m in net.modules():
+        if isinstance(m, MBConv) and m.precision == "binary":
+            for conv in convs:
+                layer = getattr(m, conv)
+                if isinstance(layer, BinaryPointwise):
+                    layer.ablated = frozenset({"shortcut"})
 
 
 @pytest.fixture(scope="module")
@@ -51,10 +66,30 @@ def packages(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Any, P
     for i, (name, arch) in enumerate(ARCHS.items()):
         net = eval_net(arch, seed=i)
         out[name] = (net, write_binary_package(net, folder / f"{name}.ofab"))
+    for i, (name, (arch, convs)) in enumerate(WITHOUT_SHORTCUT.items()):
+        net = eval_net(arch, seed=10 + i)
+        drop_shortcuts(net, convs)
+        out[name] = (net, write_binary_package(net, folder / f"{name}.ofab"))
     return out
 
 
-@pytest.mark.parametrize("name", list(ARCHS))
+def test_layers_without_shortcut_are_marked_in_the_manifest_only(
+        packages: dict[str, tuple[Any, Path]]) -> None:
+    """A layer without its shortcut is ``"shortcut": false`` in its entry; complete layers
+    have no key (their packages keep the bytes they had), and the flag survives loading."""
+    for name, (net, path) in packages.items():
+        with zipfile.ZipFile(path) as archive:
+            layers = json.loads(archive.read(MANIFEST))["layers"]
+        loaded = BinaryPackage.load(path, backend="numpy").program.layers
+        modules = [m for m in net.modules() if isinstance(m, BinaryPointwise)]
+        expected = ["shortcut" not in m.ablated for m in modules]
+        assert [entry.get("shortcut", True) for entry in layers] == expected
+        assert [layer.shortcut for layer in loaded] == expected
+        assert all(entry.get("shortcut") is not True for entry in layers)
+        assert (False in expected) == (name in WITHOUT_SHORTCUT)
+
+
+@pytest.mark.parametrize("name", [*ARCHS, *WITHOUT_SHORTCUT])
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_logits_match_pytorch(packages: dict[str, tuple[Any, Path]], name: str,
                               backend: str) -> None:
@@ -264,6 +299,10 @@ CORRUPTIONS: dict[str, tuple[Callable[[bytes], bytes], str]] = {
     "short member": (lambda d: rewrite(d, member=_short_bits), "take [0-9]+ bytes"),
     "damaged member": (_crc_damage, "member 'layers/0.bits' is damaged"),
     "bad step": (lambda d: rewrite(d, _bad_step), "reads undefined value"),
+    "bad shortcut": (lambda d: rewrite(d, lambda doc: doc["layers"][0].__setitem__(
+        "shortcut", "no")), "a layer's shortcut must be true or false, got 'no'"),
+    "unknown layer key": (lambda d: rewrite(d, lambda doc: doc["layers"][0].__setitem__(
+        "residual", False)), "a layer entry must have the keys"),
 }
 
 

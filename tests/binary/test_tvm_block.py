@@ -77,6 +77,36 @@ def test_fused_block_matches_pytorch(name: str) -> None:
         assert np.abs(block(x.numpy()) - got).max() == 0.0  # buffers reused, same result
 
 
+@needs_tvm
+@pytest.mark.parametrize("name", ["residual-se-k7", "odd-s2-3words", "odd-narrow-mid"])
+@pytest.mark.parametrize("convs", [("expand",), ("expand", "project")])
+def test_fused_block_without_shortcuts_matches_pytorch(name: str,
+                                                       convs: tuple[str, ...]) -> None:
+    """Binary convs trained without their cyclic shortcut (``binary_ablation``) run fused
+    without it: no NHWC input copy for the expand, no NCHW copy for the project."""
+    from ofa_search.binary.tvm_block import TvmBlock, stage_program
+
+    spec = UNITS[name]
+    module = _block(spec, seed=3)
+    x = torch.randn(2, spec.in_channels, spec.in_size, spec.in_size,
+                    generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        full = module(x).numpy()
+        for conv in convs:
+            getattr(module, conv).ablated = frozenset({"shortcut"})
+        expected = module(x).numpy()
+    (plan,) = find_blocks(_program(module, spec))
+    block = TvmBlock(plan)
+    bspec = block.spec(tuple(x.shape))
+    assert (bspec.expand_shortcut, bspec.project_shortcut) == (False, "project" not in convs)
+    got = block(x.numpy())
+    assert np.abs(got - expected).max() <= TOLERANCE
+    assert np.abs(got - full).max() > 0.1
+    if "project" in convs:
+        with pytest.raises(ValueError, match="no nchw stage \\(no project shortcut\\)"):
+            stage_program(bspec, "nchw")
+
+
 def test_depthwise_segment_parsed_back() -> None:
     spec = UNITS["residual-se-k7"]
     module = _block(spec, seed=3)
