@@ -181,6 +181,21 @@ def test_cli_precision_schedule_trains_the_phases_given(
     assert meta["config"]["precision_binary_largest"] is True
     assert (meta["config"]["optimizer"], meta["config"]["weight_decay"]) == ("adamw", 0.0)
     assert meta["config"]["binary_ablation"] == ["expand_shortcut"]
+    # trained without the expand convs' shortcuts, its binary subnets export as trained
+    import json
+    import zipfile
+
+    from ofa_search.arch import Arch
+    from ofa_search.export import export
+
+    arch = Arch.largest(MP).replace(resolution=16, precisions=("binary",) * 4)
+    result = export(tmp_path / "run" / "checkpoint.pt", arch, "binary", tmp_path / "pkg",
+                    measure=False, verify_samples=4)
+    with zipfile.ZipFile(result.artefact) as archive:
+        layers = json.loads(archive.read("manifest.json"))["layers"]
+    # expand then project in every block: the expand without its shortcut, the project with
+    assert [entry.get("shortcut", True) for entry in layers] == [False, True] * (
+        len(layers) // 2) and layers
     for args, message in [
         (["--precision-schedule", "int8:0"], "error: --precision-schedule: precision schedule "
                                               "entry 'int8:0': needs EPOCHS >= 1"),
