@@ -42,14 +42,12 @@ GROUPS: dict[str, tuple[str, ...]] = {
     "depthwise_bn": (".depthwise_bn.weight", ".depthwise_bn.bias"),
     "se": (".se.",),
 }
-"""Shared tensors of the elastic blocks (``stages.*``), by suffix or infix."""
+"""Shared tensors of the elastic blocks (``stages.*``), by a part of their names."""
 RESOLUTION = 28
 
 
 def _in_group(key: str, group: str) -> bool:
-    return key.startswith("stages.") and any(
-        key.endswith(p) if p.endswith("weight") or p.endswith("bias") else p in key
-        for p in GROUPS[group])
+    return key.startswith("stages.") and any(part in key for part in GROUPS[group])
 
 
 def subnet_archs(space: str, num_stages: int) -> dict[str, Arch]:

@@ -849,9 +849,9 @@ def _run(config: TrainConfig, rank: int, world: int, device: torch.device,
         if resumed_mid_epoch:
             summary["resumed_at_step"] = pos.step - len(lines)
         if config.eval_each_epoch and rank == 0:
+            served = net if ema is None else _ema_supernet(ema)
             for label, arch in (("largest", strategy.largest),
                                 ("smallest", strategy.smallest)):
-                served = net if ema is None else _ema_supernet(ema)
                 summary[f"val_acc_{label}"] = (
                     evaluate_arch_stream(served, arch, data, seed=config.seed,
                                          num_workers=config.num_workers).accuracy
