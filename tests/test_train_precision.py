@@ -169,7 +169,7 @@ def test_cli_precision_schedule_trains_the_phases_given(
                                    "--binary-share", "0.75", "--no-distill",
                                    "--fp32-smallest", "--binary-largest", "--optimizer", "adamw",
                                    "--weight-decay", "0", "--binary-ablation",
-                                   "expand_shortcut"])
+                                   "expand_shortcut", "--random-subnets", "1"])
     assert out.exit_code == 0, out.output
     _, meta = load_supernet(tmp_path / "run" / "checkpoint.pt")
     assert meta["epoch"] == 2
@@ -181,6 +181,7 @@ def test_cli_precision_schedule_trains_the_phases_given(
     assert meta["config"]["precision_binary_largest"] is True
     assert (meta["config"]["optimizer"], meta["config"]["weight_decay"]) == ("adamw", 0.0)
     assert meta["config"]["binary_ablation"] == ["expand_shortcut"]
+    assert meta["config"]["n_random"] == 1
     # trained without the expand convs' shortcuts, its binary subnets export as trained
     import json
     import zipfile
@@ -212,6 +213,10 @@ def test_cli_precision_schedule_trains_the_phases_given(
          "--binary-ablation apply to --strategy precision only"),
         (["--binary-ablation", "scales"], "error: binary_ablation: unknown binary "
          "ingredient(s) scales; known: scale, shortcut, threshold, expand_shortcut"),
+        (["--binary-largest", "--random-subnets", "0"], "error: --binary-largest takes a "
+         "random subnet's place: it needs --random-subnets >= 1"),
+        (["--strategy", "spos", "--random-subnets", "1"],
+         "error: --random-subnets applies to --strategy sandwich and precision only"),
         (["--optimizer", "adam"], "error: --optimizer must be one of sgd, adamw, got 'adam'"),
         (["--weight-decay", "inf"], "error: --weight-decay must be a finite number, got inf"),
     ]:
