@@ -127,10 +127,10 @@ def train_cmd(
         "of every binary conv (scale, shortcut, threshold, or expand_shortcut: the "
         "shortcut of each block's expand conv); subnets trained so are exported only "
         "where the binary kernels hold them")] = None,
-    random_subnets: Annotated[int, typer.Option(
+    random_subnets: Annotated[int | None, typer.Option(
         "--random-subnets", min=0, help="sandwich and precision: random subnets per step "
-        "beside the largest and the smallest (--binary-largest takes one of them; "
-        "--random-subnets 1 with it trains no random binary subnet)")] = 2,
+        "beside the largest and the smallest (default 2; --binary-largest takes one of "
+        "them, so --random-subnets 1 with it trains no random binary subnet)")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
 ) -> None:
     """Train a supernet (under torchrun for several processes); writes OUT/checkpoint.pt."""
@@ -163,10 +163,10 @@ def train_cmd(
         raise OfaSearchError("--binary-share, --no-distill, --fp32-smallest, "
                              "--binary-largest and --binary-ablation apply to --strategy "
                              "precision only")
-    if random_subnets != 2 and strategy not in ("sandwich", "precision"):
+    if random_subnets is not None and strategy not in ("sandwich", "precision"):
         raise OfaSearchError("--random-subnets applies to --strategy sandwich and precision "
                              "only")
-    if binary_largest and random_subnets < 1:
+    if binary_largest and random_subnets == 0:
         raise OfaSearchError("--binary-largest takes a random subnet's place: it needs "
                              "--random-subnets >= 1")
     phases = None
@@ -195,7 +195,8 @@ def train_cmd(
                          precision_fp32_smallest=fp32_smallest,
                          precision_binary_largest=binary_largest,
                          binary_ablation=tuple(binary_ablation or ()),
-                         n_random=random_subnets,
+                         n_random=(TrainConfig.n_random if random_subnets is None
+                                   else random_subnets),
                          resolutions=tuple(dict.fromkeys(resolutions)) if resolutions else None)
     path = train(with_recipe(config, recipe))
     if not quiet:
