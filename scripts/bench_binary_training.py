@@ -26,7 +26,7 @@ learns from labels in every step):
   XNOR-Net's per-channel weight scale, Bi-Real Net's real-valued shortcut, or the input
   batch norm that sets the sign's threshold (ReActNet's learned threshold);
   ``adamw-no-expand_shortcut``: without the shortcut of each block's expand conv only
-  (the project conv keeps its own);
+  (the project conv keeps its own); ``adamw-no-project_shortcut``: the reverse;
   ``adamw-share-1-fp32-smallest-seed1`` and ``adamw-no-shortcut-seed1``: two of them again
   with seed 1.
 - ``adamw-binary-largest``: that AdamW variant with the all-binary largest subnet in

@@ -164,13 +164,14 @@ def test_binary_ablation_switches_each_ingredient_off_in_supernet_and_extraction
         net.set_binary_ablation([ingredient])
         static = extract(net, arch).eval()
         blocks = [m for m in static.modules() if isinstance(m, BinaryPointwise)]
-        if ingredient == "expand_shortcut":  # the expand convs lose theirs, not the project's
+        if ingredient in ("expand_shortcut", "project_shortcut"):  # one conv of each block
             mbconvs = [m for m in static.modules()
                        if isinstance(m, MBConv) and isinstance(m.expand, BinaryPointwise)]
-            assert mbconvs and all(m.expand.ablated == {"shortcut"}
-                                   and m.project.ablated == set() for m in mbconvs)
-            blocks = [m.expand for m in mbconvs]
-        off = "shortcut" if ingredient == "expand_shortcut" else ingredient
+            loses, keeps = ("expand", "project")[::1 if ingredient == "expand_shortcut" else -1]
+            assert mbconvs and all(getattr(m, loses).ablated == {"shortcut"}
+                                   and getattr(m, keeps).ablated == set() for m in mbconvs)
+            blocks = [getattr(m, loses) for m in mbconvs]
+        off = "shortcut" if ingredient.endswith("_shortcut") else ingredient
         assert blocks and all(b.ablated == {off} for b in blocks)
         with torch.no_grad():
             outputs[ingredient] = net(x, arch)
@@ -187,8 +188,11 @@ def test_binary_ablation_switches_each_ingredient_off_in_supernet_and_extraction
         else:
             with pytest.raises(ValueError, match=f"has {off} switched off"):
                 PackedPointwise.from_module(blocks[0])
-    # without only the expand convs' shortcuts, neither the full set nor no shortcut at all
-    assert not torch.allclose(outputs["expand_shortcut"], outputs["shortcut"])
+    # without only the expand (or project) convs' shortcuts: neither the full set, nor no
+    # shortcut at all, nor each other
+    for one in ("expand_shortcut", "project_shortcut"):
+        assert not torch.allclose(outputs[one], outputs["shortcut"])
+    assert not torch.allclose(outputs["expand_shortcut"], outputs["project_shortcut"])
     net.set_binary_ablation(())
     with torch.no_grad():
         assert torch.equal(net(x, arch), full)

@@ -169,7 +169,8 @@ def test_cli_precision_schedule_trains_the_phases_given(
                                    "--binary-share", "0.75", "--no-distill",
                                    "--fp32-smallest", "--binary-largest", "--optimizer", "adamw",
                                    "--weight-decay", "0", "--binary-ablation",
-                                   "expand_shortcut", "--random-subnets", "1"])
+                                   "expand_shortcut", "--random-subnets", "1",
+                                   "--depthwise-lr-scale", "0.5"])
     assert out.exit_code == 0, out.output
     _, meta = load_supernet(tmp_path / "run" / "checkpoint.pt")
     assert meta["epoch"] == 2
@@ -182,6 +183,7 @@ def test_cli_precision_schedule_trains_the_phases_given(
     assert (meta["config"]["optimizer"], meta["config"]["weight_decay"]) == ("adamw", 0.0)
     assert meta["config"]["binary_ablation"] == ["expand_shortcut"]
     assert meta["config"]["n_random"] == 1
+    assert meta["config"]["depthwise_lr_scale"] == 0.5
     # trained without the expand convs' shortcuts, its binary subnets export as trained
     import json
     import zipfile
@@ -212,7 +214,8 @@ def test_cli_precision_schedule_trains_the_phases_given(
          "error: --binary-share, --no-distill, --fp32-smallest, --binary-largest and "
          "--binary-ablation apply to --strategy precision only"),
         (["--binary-ablation", "scales"], "error: binary_ablation: unknown binary "
-         "ingredient(s) scales; known: scale, shortcut, threshold, expand_shortcut"),
+         "ingredient(s) scales; known: scale, shortcut, threshold, expand_shortcut, "
+         "project_shortcut"),
         (["--binary-largest", "--random-subnets", "0"], "error: --binary-largest takes a "
          "random subnet's place: it needs --random-subnets >= 1"),
         (["--strategy", "spos", "--random-subnets", "1"],
@@ -250,3 +253,35 @@ def test_binary_ablation_is_validated_kept_in_the_checkpoint_and_checked_on_resu
         run_training(dataclasses.replace(config, binary_ablation=(), resume=True,
                                          stop_after_epochs=None))
     run_training(dataclasses.replace(config, resume=True, stop_after_epochs=None))
+
+
+def test_depthwise_lr_scale_runs_the_depthwise_convs_slower_and_resumes_only_as_run(
+        tmp_path: Path) -> None:
+    from ofa_search.nn.dynamic import DynamicDepthwiseConv2d
+    from ofa_search.train import TrainingError, param_groups
+    from ofa_search.train.checkpoint import load_checkpoint
+
+    net = Supernet("mbv3_small28", generator=torch.Generator().manual_seed(0))
+    assert len(param_groups(net, 0.1)) == 2  # no third group at scale 1
+    decay, no_decay, depthwise = param_groups(net, 0.1, depthwise_lr_scale=0.25)
+    expected = {id(p) for m in net.modules() if isinstance(m, DynamicDepthwiseConv2d)
+                for p in m.parameters()} | {id(net.first_block.depthwise[0].weight)}
+    assert expected and {id(p) for p in depthwise["params"]} == expected
+    assert (depthwise["lr_scale"], depthwise["weight_decay"]) == (0.25, 0.1)
+    # the stem conv (1 input channel, so 1 channel per group too) is not a depthwise conv
+    assert any(p.ndim == 4 and p.shape[1] == 1 for p in decay["params"])
+    assert sum(len(g["params"]) for g in (decay, no_decay, depthwise)) == len(
+        list(net.parameters()))
+
+    config = dataclasses.replace(FP32, out_dir=str(tmp_path / "run"), steps_per_epoch=2,
+                                 epochs=1, depthwise_lr_scale=0.5)
+    run_training(config)
+    groups = load_checkpoint(tmp_path / "run" / "checkpoint.pt")["optimizer"]["param_groups"]
+    assert [g.get("lr_scale") for g in groups] == [None, None, 0.5]
+    assert groups[2]["lr"] == pytest.approx(0.5 * groups[0]["lr"]) and groups[0]["lr"] > 0
+    with pytest.raises(TrainingError, match=r"is a run with depthwise_lr_scale 0\.5, not 1\.0"):
+        run_training(dataclasses.replace(config, depthwise_lr_scale=1.0, epochs=2,
+                                         resume=True))
+    for bad in (0.0, 1.5, -1.0):
+        with pytest.raises(TrainingError, match="depthwise_lr_scale must be in"):
+            dataclasses.replace(FP32, depthwise_lr_scale=bad)

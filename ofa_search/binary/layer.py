@@ -16,7 +16,8 @@ where ``dot_o`` is the exact integer binary dot product of packed signs.
 and the activation; :meth:`PackedPointwise.run` is the NumPy implementation (the TVM one is
 ':mod:`ofa_search.binary.tvm_pointwise`). A ``BinaryPointwise`` without an input BN (older
 code) packs with ``u = 1``, ``v = 0``; one trained without its cyclic shortcut (the
-``shortcut`` or ``expand_shortcut`` ablation of :mod:`ofa_search.nn.binary`) packs with
+``shortcut``, ``expand_shortcut`` or ``project_shortcut`` ablation of
+:mod:`ofa_search.nn.binary`) packs with
 ``shortcut=False``, which drops the ``x_(o mod C)`` term.
 """
 

@@ -69,6 +69,10 @@ def train_cmd(
     weight_decay: Annotated[float, typer.Option(
         "--weight-decay", min=0.0, help="on weights, not on BN parameters and "
         "biases")] = 3e-5,
+    depthwise_lr_scale: Annotated[float, typer.Option(
+        "--depthwise-lr-scale", help="the depthwise convs "
+        "learn at the learning rate times this scale (e.g. 0.2 to keep the fp32 subnets' "
+        "shared depthwise weights from drifting under binary training)")] = 1.0,
     warmup_epochs: Annotated[int, typer.Option("--warmup-epochs", min=0)] = 0,
     data_dir: Annotated[Path | None, typer.Option("--data-dir")] = None,
     seed: SeedOpt = 0,
@@ -124,9 +128,9 @@ def train_cmd(
         "with every stage binary takes one random subnet's place in each step")] = False,
     binary_ablation: Annotated[list[str] | None, typer.Option(
         "--binary-ablation", help="precision only, repeatable: switch off one ingredient "
-        "of every binary conv (scale, shortcut, threshold, or expand_shortcut: the "
-        "shortcut of each block's expand conv); subnets trained so are exported only "
-        "where the binary kernels hold them")] = None,
+        "of every binary conv (scale, shortcut, threshold, or expand_shortcut / "
+        "project_shortcut: the shortcut of each block's expand / project conv only); "
+        "subnets trained so are exported only where the binary kernels hold them")] = None,
     random_subnets: Annotated[int | None, typer.Option(
         "--random-subnets", min=0, help="sandwich and precision: random subnets per step "
         "beside the largest and the smallest (default 2; --binary-largest takes one of "
@@ -149,6 +153,10 @@ def train_cmd(
                              f"{strategy!r}")
     check_finite(lr, "--lr")
     check_finite(weight_decay, "--weight-decay", positive=False)
+    check_finite(depthwise_lr_scale, "--depthwise-lr-scale")
+    if depthwise_lr_scale > 1:
+        raise OfaSearchError(f"--depthwise-lr-scale must be in (0, 1], got "
+                             f"{depthwise_lr_scale!r}")
     if optimizer not in OPTIMIZERS:
         raise OfaSearchError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got "
                              f"{optimizer!r}")
@@ -184,7 +192,8 @@ def train_cmd(
     config = TrainConfig(space=space, dataset=data, data_dir=None if data_dir is None
                          else str(data_dir), strategy=strategy, epochs=epochs,
                          batch_size=batch_size, lr=lr, optimizer=optimizer,
-                         weight_decay=weight_decay, warmup_epochs=warmup_epochs, seed=seed,
+                         weight_decay=weight_decay, depthwise_lr_scale=depthwise_lr_scale,
+                         warmup_epochs=warmup_epochs, seed=seed,
                          out_dir=str(out), resume=resume, quiet=quiet,
                          init_checkpoint=None if init is None else str(init),
                          steps_per_epoch=steps_per_epoch, device=device, amp=amp,

@@ -22,8 +22,9 @@ channels repeated cyclically to the output width (channel ``o`` takes input chan
 
 Each of the three design choices above can be switched off for an ablation
 (:data:`BINARY_INGREDIENTS`: ``scale``, the XNOR-Net scale; ``shortcut``, the real-valued
-shortcut; ``threshold``, the input BN; ``expand_shortcut``, the shortcut of an MBConv's
-expand conv only, which :func:`mbconv_ablation` turns into each conv's own set), through
+shortcut; ``threshold``, the input BN; ``expand_shortcut`` and ``project_shortcut``, the
+shortcut of an MBConv's expand or project conv only, which :func:`mbconv_ablation` turns
+into each conv's own set), through
 ``BinaryPointwise.ablated`` or the supernet's
 :meth:`~ofa_search.nn.supernet.Supernet.set_binary_ablation`. Such layers train and evaluate;
 those without a shortcut are deployable too (the binary package and its kernels leave the
@@ -69,15 +70,17 @@ def weight_scale(weight: torch.Tensor) -> torch.Tensor:
     return weight.abs().mean(dim=(1, 2, 3), keepdim=True)
 
 
-BINARY_INGREDIENTS = ("scale", "shortcut", "threshold", "expand_shortcut")
+BINARY_INGREDIENTS = ("scale", "shortcut", "threshold", "expand_shortcut", "project_shortcut")
 """The parts of a binary 1×1 conv that an ablation may switch off (module docstring)."""
 
 
 def mbconv_ablation(ablated: frozenset[str]) -> tuple[frozenset[str], frozenset[str]]:
     """The ingredients switched off in an MBConv block's expand and project convs, from
-    the block's ``ablated`` set: ``expand_shortcut`` is the expand conv's ``shortcut``."""
-    own = ablated - {"expand_shortcut"}
-    return (own | {"shortcut"} if "expand_shortcut" in ablated else own), own
+    the block's ``ablated`` set: ``expand_shortcut`` is the expand conv's ``shortcut``,
+    ``project_shortcut`` the project conv's."""
+    own = ablated - {"expand_shortcut", "project_shortcut"}
+    return ((own | {"shortcut"} if "expand_shortcut" in ablated else own),
+            (own | {"shortcut"} if "project_shortcut" in ablated else own))
 
 
 def check_ablation(ablated: Iterable[str]) -> frozenset[str]:
@@ -137,8 +140,8 @@ class BinaryPointwise(nn.Module):
             weights (the first training stage).
         ablated: the :data:`BINARY_INGREDIENTS` switched off (an ablation; empty by
             default). Without ``threshold`` the input BN is skipped (it stays in the
-            state dict). ``expand_shortcut`` is an MBConv block's setting
-            (:func:`mbconv_ablation`); a lone layer takes ``shortcut`` instead.
+            state dict). ``expand_shortcut`` and ``project_shortcut`` are an MBConv
+            block's settings (:func:`mbconv_ablation`); a lone layer takes ``shortcut``.
     """
 
     def __init__(self, in_channels: int, out_channels: int, act: nn.Module | None = None,

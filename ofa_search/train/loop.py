@@ -135,13 +135,18 @@ class TrainConfig:
             :class:`PrecisionStrategy`.
         binary_ablation: binary ingredients switched off in every ``binary`` stage
             (:data:`~ofa_search.nn.binary.BINARY_INGREDIENTS`: ``scale``, ``shortcut``,
-            ``threshold``, ``expand_shortcut``), to measure what each is worth; the
+            ``threshold``, ``expand_shortcut``, ``project_shortcut``), to measure what
+            each is worth; the
             checkpoint keeps the setting and loads with it; subnets without a shortcut
-            (``shortcut``, ``expand_shortcut``) package and run as trained, the other
+            (``shortcut``, ``expand_shortcut``, ``project_shortcut``) package and run as
+            trained, the other
             ablations cannot be packaged.
         epochs, batch_size (per rank), lr (peak), momentum, nesterov, weight_decay (not on
             BN parameters and biases), warmup_epochs (linear, at the start of every
             lr segment), label_smoothing, kd_ratio, grad_clip (max global L2 norm or None).
+        depthwise_lr_scale: run the depthwise convs' parameters at the learning rate times
+            this scale in (0, 1] (:func:`param_groups`), e.g. to keep the fp32 subnets'
+            shared depthwise weights from drifting while binary subnets train on them.
         optimizer: ``sgd`` (with ``momentum`` and ``nesterov``; once-for-all's) or
             ``adamw`` (Adam with decoupled weight decay, β₁ = ``momentum``; what binary
             networks are trained with: Liu et al., "How do Adam and training strategies
@@ -211,6 +216,7 @@ class TrainConfig:
     momentum: float = 0.9
     nesterov: bool = True
     weight_decay: float = 3e-5
+    depthwise_lr_scale: float = 1.0
     optimizer: str = "sgd"
     warmup_epochs: int = 0
     label_smoothing: float = 0.1
@@ -254,6 +260,9 @@ class TrainConfig:
                                 weight_decay=self.weight_decay,
                                 label_smoothing=self.label_smoothing, kd_ratio=self.kd_ratio,
                                 grad_clip=self.grad_clip)
+        check(isinstance(self.depthwise_lr_scale, (int, float))
+              and 0 < self.depthwise_lr_scale <= 1,
+              f"depthwise_lr_scale must be in (0, 1], got {self.depthwise_lr_scale!r}")
         check(self.warmup_epochs >= 0, f"warmup_epochs must be >= 0, got {self.warmup_epochs!r}")
         check(self.steps_per_epoch is None or self.steps_per_epoch >= 1,
               f"steps_per_epoch must be >= 1, got {self.steps_per_epoch!r}")
@@ -427,23 +436,38 @@ def _ema_avg_fn(decay: float) -> Callable[..., None]:
 
 def make_optimizer(net: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
     """``config.optimizer`` over ``net``'s parameters (:func:`param_groups`)."""
-    groups = param_groups(net, config.weight_decay, config.decay_bn_and_bias)
+    groups = param_groups(net, config.weight_decay, config.decay_bn_and_bias,
+                          config.depthwise_lr_scale)
     if config.optimizer == "adamw":
         return torch.optim.AdamW(groups, lr=config.lr, betas=(config.momentum, 0.999))
     return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum,
                            nesterov=config.nesterov)
 
 
-def param_groups(net: nn.Module, weight_decay: float,
-                 decay_bn_and_bias: bool = False) -> list[dict[str, Any]]:
+def param_groups(net: nn.Module, weight_decay: float, decay_bn_and_bias: bool = False,
+                 depthwise_lr_scale: float = 1.0) -> list[dict[str, Any]]:
     """Two optimizer groups: weights with decay; BN parameters and biases (1-D) without (with
-    ``decay_bn_and_bias``, all parameters decay)."""
+    ``decay_bn_and_bias``, all parameters decay). With a ``depthwise_lr_scale`` other than 1,
+    a third group holds the depthwise convs' parameters (their weights and elastic kernel
+    transforms, with decay), tagged ``lr_scale``: the training loop runs it at the
+    scheduled learning rate times that scale."""
+    depthwise = ({id(p) for m in net.modules()
+                  if isinstance(m, nn.Conv2d) and 1 < m.groups == m.in_channels
+                  for p in m.parameters()} if depthwise_lr_scale != 1 else set())
     decay: list[nn.Parameter] = []
     no_decay: list[nn.Parameter] = []
+    scaled: list[nn.Parameter] = []
     for _, param in net.named_parameters():
-        (no_decay if param.ndim <= 1 and not decay_bn_and_bias else decay).append(param)
-    return [{"params": decay, "weight_decay": weight_decay},
-            {"params": no_decay, "weight_decay": 0.0}]
+        if id(param) in depthwise:
+            scaled.append(param)
+        else:
+            (no_decay if param.ndim <= 1 and not decay_bn_and_bias else decay).append(param)
+    groups = [{"params": decay, "weight_decay": weight_decay},
+              {"params": no_decay, "weight_decay": 0.0}]
+    if depthwise:
+        groups.append({"params": scaled, "weight_decay": weight_decay,
+                       "lr_scale": depthwise_lr_scale})
+    return groups
 
 
 def soft_cross_entropy(logits: torch.Tensor, target_probs: torch.Tensor) -> torch.Tensor:
@@ -936,7 +960,7 @@ def _train_epoch(batches: Iterator[tuple[torch.Tensor, torch.Tensor]], step: int
         lr = scheduled_lr(step, segments, steps_per_epoch, config.warmup_epochs,
                           config.lr_schedule)
         for group in optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_scale", 1.0)
         loss = runner(strategy.step(), x, y, optimizer, net.parameters())
         step += 1
         now = time.perf_counter()  # img/s includes batch preparation
@@ -968,6 +992,10 @@ def _restore(path: Path, config: TrainConfig, strategy: TrainingStrategy, net: S
     if ablation != list(config.binary_ablation):
         raise TrainingError(f"{path} is a run with binary_ablation {ablation}, not "
                             f"{list(config.binary_ablation)}")
+    lr_scale = (ckpt.get("config") or {}).get("depthwise_lr_scale", 1.0)
+    if lr_scale != config.depthwise_lr_scale:
+        raise TrainingError(f"{path} is a run with depthwise_lr_scale {lr_scale}, not "
+                            f"{config.depthwise_lr_scale}")
     step = int(ckpt["step"])
     if int(ckpt["scheduler"]["step"]) != step:
         raise TrainingError(f"{path}: scheduler and optimizer steps disagree")

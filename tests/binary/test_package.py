@@ -41,8 +41,9 @@ ARCHS = {
     "binary-fp32-sampled": binary_arch(("binary", "fp32", "binary", "fp32"), seed=3),
     "last-stage-binary": binary_arch(("fp32", "fp32", "fp32", "binary"), seed=5),
 }
-WITHOUT_SHORTCUT = {  # trained with binary_ablation expand_shortcut / shortcut
+WITHOUT_SHORTCUT = {  # trained with binary_ablation expand_/project_shortcut / shortcut
     "no-expand-shortcut": (binary_arch(("binary",) * 4, seed=7), ("expand",)),
+    "no-project-shortcut": (binary_arch(("binary",) * 4, seed=9), ("project",)),
     "no-shortcut": (binary_arch(("binary", "fp32") * 2, seed=8), ("expand", "project")),
 }
 
