@@ -221,3 +221,42 @@ def test_binary_pointwise_ablations_compute_what_they_name() -> None:
         expected = layer.bn(torch.nn.functional.conv2d(binary_sign(x), alpha * torch.sign(w)))
         assert torch.allclose(layer(x), expected, atol=1e-6)
     assert "ablated=['shortcut', 'threshold']" in repr(layer)
+
+
+def test_own_binary_weights_start_as_copies_then_part_from_the_fp32_ones() -> None:
+    net = calibrated_supernet(MP)
+    gen = torch.Generator().manual_seed(4)
+    binary = Arch.largest(MP).replace(precisions=("binary",) * 4)
+    fp32 = Arch.largest(MP)
+    x = torch.randn(2, 1, binary.resolution, binary.resolution, generator=gen)
+    with torch.no_grad():
+        before = {"binary": net(x, binary), "fp32": net(x, fp32)}
+    shared = len(net.state_dict())
+    net.set_binary_weights(True)
+    blocks = net.elastic_blocks()
+    assert all(b.binary_expand_conv is not None and b.binary_project is not None
+               for b in blocks)
+    assert len(net.state_dict()) == shared + 2 * len(blocks)
+    with torch.no_grad():  # copies: nothing computes differently yet
+        assert torch.equal(net(x, binary), before["binary"])
+        # the binary convs' own weights move: binary subnets change, fp32 ones do not
+        for block in blocks:
+            assert block.binary_project is not None
+            block.binary_project.weight.neg_()
+        moved = net(x, binary)
+        assert not torch.allclose(moved, before["binary"])
+        assert torch.equal(net(x, fp32), before["fp32"])
+        # ... and the other way round
+        for block in blocks:
+            block.project.weight.mul_(0.5)
+        assert torch.equal(net(x, binary), moved)
+        assert not torch.allclose(net(x, fp32), before["fp32"])
+        # the extracted binary subnet holds the own weights
+        assert float((extract(net, binary).eval()(x) - moved).abs().max()) <= 1e-5
+        net.copy_binary_weights()
+        assert all(torch.equal(b.binary_project.weight, b.project.weight)  # type: ignore[union-attr]
+                   for b in blocks)
+    net.set_binary_weights(False)
+    assert len(net.state_dict()) == shared and blocks[0].binary_project is None
+    with pytest.raises(ValueError, match="space 'mbv3_small28' has no binary precision"):
+        calibrated_supernet("mbv3_small28").set_binary_weights(True)

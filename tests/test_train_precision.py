@@ -170,7 +170,7 @@ def test_cli_precision_schedule_trains_the_phases_given(
                                    "--fp32-smallest", "--binary-largest", "--optimizer", "adamw",
                                    "--weight-decay", "0", "--binary-ablation",
                                    "expand_shortcut", "--random-subnets", "1",
-                                   "--depthwise-lr-scale", "0.5"])
+                                   "--depthwise-lr-scale", "0.5", "--binary-weights", "own"])
     assert out.exit_code == 0, out.output
     _, meta = load_supernet(tmp_path / "run" / "checkpoint.pt")
     assert meta["epoch"] == 2
@@ -184,7 +184,9 @@ def test_cli_precision_schedule_trains_the_phases_given(
     assert meta["config"]["binary_ablation"] == ["expand_shortcut"]
     assert meta["config"]["n_random"] == 1
     assert meta["config"]["depthwise_lr_scale"] == 0.5
-    # trained without the expand convs' shortcuts, its binary subnets export as trained
+    assert meta["config"]["binary_weights"] == "own"
+    # trained without the expand convs' shortcuts (and with binary weights of their own),
+    # its binary subnets export as trained
     import json
     import zipfile
 
@@ -218,10 +220,16 @@ def test_cli_precision_schedule_trains_the_phases_given(
          "project_shortcut"),
         (["--binary-largest", "--random-subnets", "0"], "error: --binary-largest takes a "
          "random subnet's place: it needs --random-subnets >= 1"),
+        (["--strategy", "sandwich", "--binary-weights", "own"],
+         "error: --binary-weights applies to --strategy precision only"),
+        (["--binary-weights", "separate"],
+         "error: --binary-weights must be one of shared, own, got 'separate'"),
         (["--strategy", "spos", "--random-subnets", "1"],
          "error: --random-subnets applies to --strategy sandwich and precision only"),
         (["--optimizer", "adam"], "error: --optimizer must be one of sgd, adamw, got 'adam'"),
         (["--weight-decay", "inf"], "error: --weight-decay must be a finite number, got inf"),
+        (["--depthwise-lr-scale", "1.5"],
+         "error: --depthwise-lr-scale must be in (0, 1], got 1.5"),
     ]:
         with pytest.raises(SystemExit) as exited:
             main([*base, *args])
@@ -285,3 +293,40 @@ def test_depthwise_lr_scale_runs_the_depthwise_convs_slower_and_resumes_only_as_
     for bad in (0.0, 1.5, -1.0):
         with pytest.raises(TrainingError, match="depthwise_lr_scale must be in"):
             dataclasses.replace(FP32, depthwise_lr_scale=bad)
+
+
+def test_own_binary_weights_start_from_the_init_and_are_kept_apart(tmp_path: Path) -> None:
+    from ofa_search.train import TrainingError, load_supernet
+    from ofa_search.train.checkpoint import load_checkpoint
+
+    fp32 = run_training(dataclasses.replace(FP32, out_dir=str(tmp_path / "fp32")))
+    start = load_checkpoint(fp32.checkpoint)["model"]
+    # the init loads the fp32 weights and copies them into the binary convs' own ones
+    net = Supernet(MP, generator=torch.Generator().manual_seed(5))
+    net.set_binary_weights(True)
+    load_init_weights(net, fp32.checkpoint)
+    state = net.state_dict()
+    own = [k for k in state if ".binary_expand_conv." in k or ".binary_project." in k]
+    assert own and all(
+        torch.equal(state[k], start[k.replace("binary_expand_conv", "expand_conv")
+                                    .replace("binary_project", "project")]) for k in own)
+    config = TrainConfig(space=MP, dataset="digits", strategy="precision", batch_size=16,
+                         resolutions=(16,), epochs=1, steps_per_epoch=2, lr=0.01, quiet=True,
+                         n_random=1, precision_phases=None, binary_share=1.0,
+                         init_checkpoint=str(fp32.checkpoint), binary_weights="own",
+                         out_dir=str(tmp_path / "run"))
+    result = run_training(config)
+    tuned, meta = load_supernet(result.checkpoint)
+    assert meta["config"]["binary_weights"] == "own"
+    block = tuned.elastic_blocks()[0]
+    assert block.binary_expand_conv is not None  # trained apart: no longer equal
+    assert not torch.equal(block.binary_expand_conv.weight, block.expand_conv.weight)
+    with pytest.raises(TrainingError, match="is a run with binary_weights 'own', not 'shared'"):
+        run_training(dataclasses.replace(config, binary_weights="shared", epochs=2,
+                                         resume=True))
+    for bad, message in [({"binary_weights": "separate"}, "binary_weights must be one of "
+                          "shared, own, got 'separate'"),
+                         ({"binary_weights": "own", "space": "mbv3_small28"},
+                          "binary_weights 'own' needs a space with binary stages")]:
+        with pytest.raises(TrainingError, match=message):
+            dataclasses.replace(FP32, **bad)

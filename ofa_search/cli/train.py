@@ -131,6 +131,11 @@ def train_cmd(
         "of every binary conv (scale, shortcut, threshold, or expand_shortcut / "
         "project_shortcut: the shortcut of each block's expand / project conv only); "
         "subnets trained so are exported only where the binary kernels hold them")] = None,
+    binary_weights: Annotated[str, typer.Option(
+        "--binary-weights", help="precision only: shared (the binary 1×1 convs binarize "
+        "the fp32 convs' weights) or own (latent weights of their own, started as copies "
+        "of the fp32 ones, so that binary training leaves those to the fp32 subnets)")
+    ] = "shared",
     random_subnets: Annotated[int | None, typer.Option(
         "--random-subnets", min=0, help="sandwich and precision: random subnets per step "
         "beside the largest and the smallest (default 2; --binary-largest takes one of "
@@ -140,6 +145,7 @@ def train_cmd(
     """Train a supernet (under torchrun for several processes); writes OUT/checkpoint.pt."""
     # deferred: each command imports only the library parts it runs (CLI start-up)
     from ofa_search.train import (
+        BINARY_WEIGHTS,
         OPTIMIZERS,
         SUPERNET_STRATEGIES,
         TrainConfig,
@@ -171,6 +177,11 @@ def train_cmd(
         raise OfaSearchError("--binary-share, --no-distill, --fp32-smallest, "
                              "--binary-largest and --binary-ablation apply to --strategy "
                              "precision only")
+    if binary_weights not in BINARY_WEIGHTS:
+        raise OfaSearchError(f"--binary-weights must be one of {', '.join(BINARY_WEIGHTS)}, "
+                             f"got {binary_weights!r}")
+    if binary_weights != "shared" and strategy != "precision":
+        raise OfaSearchError("--binary-weights applies to --strategy precision only")
     if random_subnets is not None and strategy not in ("sandwich", "precision"):
         raise OfaSearchError("--random-subnets applies to --strategy sandwich and precision "
                              "only")
@@ -204,6 +215,7 @@ def train_cmd(
                          precision_fp32_smallest=fp32_smallest,
                          precision_binary_largest=binary_largest,
                          binary_ablation=tuple(binary_ablation or ()),
+                         binary_weights=binary_weights,
                          n_random=(TrainConfig.n_random if random_subnets is None
                                    else random_subnets),
                          resolutions=tuple(dict.fromkeys(resolutions)) if resolutions else None)

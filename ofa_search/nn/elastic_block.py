@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -35,6 +37,8 @@ class ElasticMBConv(nn.Module):
     fp32 convs' over the same latent weights).
     ``binary_activations`` is the two-stage switch of :mod:`ofa_search.nn.binary`, and
     ``binary_ablated`` the ingredients of its binary convs switched off for an ablation.
+    The binary convs binarize the fp32 convs' latent weights, or latent weights of their
+    own after :meth:`set_binary_weights` (``binary_expand_conv``, ``binary_project``).
     """
 
     def __init__(self, space: SearchSpace, stage: StageSpec, in_channels: int,
@@ -68,6 +72,33 @@ class ElasticMBConv(nn.Module):
             self.binary_project_bn = nn.BatchNorm2d(out_channels)
         self.binary_activations = True
         self.binary_ablated: frozenset[str] = frozenset()
+        self.binary_expand_conv: DynamicPointwiseConv2d | None = None
+        self.binary_project: DynamicPointwiseConv2d | None = None
+
+    def set_binary_weights(self, own: bool) -> None:
+        """Give the binary expand and project convs latent weights of their own, copies of
+        the fp32 convs' weights as they are now (``own``), or let them binarize the fp32
+        convs' weights again (the default; drops the own ones)."""
+        if "binary" not in self.space.precisions:
+            raise ValueError(f"space {self.space.name!r} has no binary precision")
+        if not own:
+            self.binary_expand_conv = self.binary_project = None
+        elif self.binary_expand_conv is None:
+            self.binary_expand_conv = copy.deepcopy(self.expand_conv)
+            self.binary_project = copy.deepcopy(self.project)
+
+    @torch.no_grad()
+    def copy_binary_weights(self) -> None:
+        """Set the binary convs' own latent weights (if any) to the fp32 convs' weights."""
+        if self.binary_expand_conv is not None and self.binary_project is not None:
+            self.binary_expand_conv.weight.copy_(self.expand_conv.weight)
+            self.binary_project.weight.copy_(self.project.weight)
+
+    def _binary_convs(self) -> tuple[DynamicPointwiseConv2d, DynamicPointwiseConv2d]:
+        """The expand and project convs whose latent weights the binary convs binarize."""
+        if self.binary_expand_conv is not None and self.binary_project is not None:
+            return self.binary_expand_conv, self.binary_project
+        return self.expand_conv, self.project
 
     def mid_channels(self, expand: int) -> int:
         return self.space.mid_channels(self.in_channels, expand)
@@ -109,13 +140,14 @@ class ElasticMBConv(nn.Module):
             raise ValueError(f"space {self.space.name!r} has no binary precision")
         acts = self.binary_activations
         expand_ablated, project_ablated = mbconv_ablation(self.binary_ablated)
-        w = self.expand_conv.active_weight(mid, x.shape[1])
+        expand_conv, project_conv = self._binary_convs()
+        w = expand_conv.active_weight(mid, x.shape[1])
         out = self.act(binary_block(x, self.binary_expand_in_bn, w, self.binary_expand_bn,
                                     mid, acts, expand_ablated))
         out = self.act(self.depthwise_bn(self.depthwise(out, kernel)))
         if self.se is not None:
             out = self.se(out, self.space.se_channels(mid))
-        w = self.project.active_weight(self.out_channels, mid)
+        w = project_conv.active_weight(self.out_channels, mid)
         out = binary_block(out, self.binary_project_in_bn, w, self.binary_project_bn,
                            self.out_channels, acts, project_ablated)
         return out + x if self.residual else out
@@ -140,8 +172,10 @@ class ElasticMBConv(nn.Module):
         block.depthwise[1] = self.depthwise_bn.to_static(mid)
         if self.se is not None:
             block.se = self.se.to_static(mid, unit.se_channels)
-        expand_conv = self.expand_conv.to_static(mid, self.in_channels)
-        project_conv = self.project.to_static(self.out_channels, mid)
+        expand_src, project_src = (self._binary_convs() if unit.precision == "binary"
+                                   else (self.expand_conv, self.project))
+        expand_conv = expand_src.to_static(mid, self.in_channels)
+        project_conv = project_src.to_static(self.out_channels, mid)
         if unit.precision == "binary":
             assert isinstance(block.expand, BinaryPointwise)
             assert isinstance(block.project, BinaryPointwise)
@@ -180,6 +214,9 @@ class ElasticMBConv(nn.Module):
         importance = self.project.weight.abs().sum(dim=(0, 2, 3))
         order = torch.argsort(importance, descending=True, stable=True)
         self.expand_conv.weight.copy_(self.expand_conv.weight[order])
+        if self.binary_expand_conv is not None and self.binary_project is not None:
+            self.binary_expand_conv.weight.copy_(self.binary_expand_conv.weight[order])
+            self.binary_project.weight.copy_(self.binary_project.weight[:, order])
         for bn in (self.expand_bn, self.depthwise_bn, self.binary_expand_bn,
                    self.binary_project_in_bn):
             if bn is not None:

@@ -124,6 +124,22 @@ class Supernet(nn.Module):
         for block in self.elastic_blocks():
             block.binary_ablated = names
 
+    def set_binary_weights(self, own: bool) -> None:
+        """Give every block's binary 1×1 convs latent weights of their own (``own``: copies
+        of the fp32 convs' weights as they are now, trained apart from them from then on),
+        or let them binarize the fp32 convs' shared weights (the default). Raises
+        ``ValueError`` for a space without binary stages."""
+        if "binary" not in self.space.precisions:
+            raise ValueError(f"space {self.space.name!r} has no binary precision")
+        for block in self.elastic_blocks():
+            block.set_binary_weights(own)
+
+    def copy_binary_weights(self) -> None:
+        """Set the binary convs' own latent weights (where they have them) to the fp32
+        convs' weights, e.g. after loading fp32 weights to start from."""
+        for block in self.elastic_blocks():
+            block.copy_binary_weights()
+
     def sort_channels(self) -> None:
         """Importance-sort the hidden channels of every elastic block (in place; the largest
         subnet's function is unchanged)."""

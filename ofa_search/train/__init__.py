@@ -36,6 +36,7 @@ from ofa_search.train.evaluator import supernet_evaluator
 from ofa_search.train.loop import (
     AMP_MODES,
     BIGNAS_EMA_DECAY,
+    BINARY_WEIGHTS,
     LR_SCHEDULES,
     OPTIMIZERS,
     RECIPES,
@@ -69,6 +70,7 @@ from ofa_search.train.strategies import (
 __all__ = [
     "AMP_MODES",
     "BIGNAS_EMA_DECAY",
+    "BINARY_WEIGHTS",
     "CHECKPOINT_FORMAT",
     "CHECKPOINT_VERSION",
     "LR_SCHEDULES",

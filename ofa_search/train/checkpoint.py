@@ -97,6 +97,11 @@ def load_supernet(checkpoint: str | os.PathLike[str]) -> tuple[Supernet, dict[st
     data = load_checkpoint(checkpoint)
     with torch.random.fork_rng(devices=[]):  # module construction draws global numbers
         net = Supernet(data["space"], data["width_mult"], generator=torch.Generator())
+    if (data.get("config") or {}).get("binary_weights", "shared") == "own":
+        try:
+            net.set_binary_weights(True)
+        except ValueError as exc:
+            raise FileFormatError(f"{checkpoint}: {exc}") from None
     weights, state = served_weights(data)
     try:
         net.load_state_dict(state)
@@ -138,8 +143,10 @@ def load_init_weights(net: Supernet, checkpoint: str | os.PathLike[str]) -> None
 
     The checkpoint's space may differ from ``net``'s in name and precisions only (e.g. an
     fp32 ``mbv3_small28`` supernet into ``mbv3_small28_mp``); keys that only low-precision
-    layers have may be missing and keep their fresh values. Anything else that does not
-    fit is a :class:`FileFormatError` naming the keys.
+    layers have may be missing and keep their fresh values, except the binary convs' own
+    latent weights (:meth:`Supernet.set_binary_weights`), which start as copies of the
+    loaded fp32 ones. Anything else that does not fit is a :class:`FileFormatError`
+    naming the keys.
     """
     data = load_checkpoint(checkpoint)
     source = get_space(data["space"])
@@ -154,3 +161,5 @@ def load_init_weights(net: Supernet, checkpoint: str | os.PathLike[str]) -> None
     if missing or result.unexpected_keys:
         raise FileFormatError(f"{checkpoint}: weights do not fit {net.space.name}: missing "
                               f"{missing[:5]}, unexpected {result.unexpected_keys[:5]}")
+    if any(".binary_expand_conv." in k for k in result.missing_keys):
+        net.copy_binary_weights()  # own binary weights start from the fp32 ones

@@ -79,6 +79,8 @@ LR_SCHEDULES = ("cosine", "exp_constant")
 """Learning-rate decays of :class:`TrainConfig`: cosine to 0 (once-for-all), or BigNAS's
 exponential decay with a constant ending (see :func:`scheduled_lr`)."""
 OPTIMIZERS = ("sgd", "adamw")
+BINARY_WEIGHTS = ("shared", "own")
+"""Where binary stages' 1×1 convs take their latent weights (:class:`TrainConfig`)."""
 """Optimizers of :class:`TrainConfig` (see :func:`make_optimizer`)."""
 EXP_FLOOR = 0.05
 """``exp_constant``: the learning rate ends at this fraction of its peak (BigNAS: 5 %)..."""
@@ -141,6 +143,10 @@ class TrainConfig:
             (``shortcut``, ``expand_shortcut``, ``project_shortcut``) package and run as
             trained, the other
             ablations cannot be packaged.
+        binary_weights: ``shared`` (the binary 1×1 convs binarize the fp32 convs' latent
+            weights) or ``own`` (latent weights of their own, started as copies of the
+            fp32 convs' weights after ``init_checkpoint``: binary training then leaves the
+            fp32 1×1 weights to the fp32 subnets; the other layers stay shared).
         epochs, batch_size (per rank), lr (peak), momentum, nesterov, weight_decay (not on
             BN parameters and biases), warmup_epochs (linear, at the start of every
             lr segment), label_smoothing, kd_ratio, grad_clip (max global L2 norm or None).
@@ -209,6 +215,7 @@ class TrainConfig:
     precision_fp32_smallest: bool = False
     precision_binary_largest: bool = False
     binary_ablation: tuple[str, ...] = ()
+    binary_weights: str = "shared"
     arch: str | None = None
     epochs: int = 5
     batch_size: int = 64
@@ -318,6 +325,10 @@ class TrainConfig:
         object.__setattr__(self, "binary_ablation", tuple(sorted(ablation)))
         check(not ablation or "binary" in get_space(self.space).precisions,
               f"binary_ablation needs a space with binary stages; {self.space!r} has none")
+        check(self.binary_weights in BINARY_WEIGHTS, f"binary_weights must be one of "
+              f"{', '.join(BINARY_WEIGHTS)}, got {self.binary_weights!r}")
+        check(self.binary_weights == "shared" or "binary" in get_space(self.space).precisions,
+              f"binary_weights 'own' needs a space with binary stages; {self.space!r} has none")
         check(self.binary_share is None or 0 <= self.binary_share <= 1,
               f"binary_share must be in [0, 1] or None, got {self.binary_share!r}")
         if self.precision_phases is not None:
@@ -729,6 +740,8 @@ def _run(config: TrainConfig, rank: int, world: int, device: torch.device,
     if config.zero_gamma:
         net.zero_residual_gammas()
     net.set_binary_ablation(config.binary_ablation)
+    if config.binary_weights == "own":
+        net.set_binary_weights(True)
     net.to(device)
     optimizer = make_optimizer(net, config)
     data_gen = torch.Generator().manual_seed(config.seed + 1)
@@ -992,6 +1005,10 @@ def _restore(path: Path, config: TrainConfig, strategy: TrainingStrategy, net: S
     if ablation != list(config.binary_ablation):
         raise TrainingError(f"{path} is a run with binary_ablation {ablation}, not "
                             f"{list(config.binary_ablation)}")
+    weights = (ckpt.get("config") or {}).get("binary_weights", "shared")
+    if weights != config.binary_weights:
+        raise TrainingError(f"{path} is a run with binary_weights {weights!r}, not "
+                            f"{config.binary_weights!r}")
     lr_scale = (ckpt.get("config") or {}).get("depthwise_lr_scale", 1.0)
     if lr_scale != config.depthwise_lr_scale:
         raise TrainingError(f"{path} is a run with depthwise_lr_scale {lr_scale}, not "
