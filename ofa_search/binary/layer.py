@@ -17,8 +17,8 @@ and the activation; :meth:`PackedPointwise.run` is the NumPy implementation (the
 ':mod:`ofa_search.binary.tvm_pointwise`). A ``BinaryPointwise`` without an input BN (older
 code) packs with ``u = 1``, ``v = 0``; one trained without its cyclic shortcut (the
 ``shortcut``, ``expand_shortcut`` or ``project_shortcut`` ablation of
-:mod:`ofa_search.nn.binary`) packs with
-``shortcut=False``, which drops the ``x_(o mod C)`` term.
+:mod:`ofa_search.nn.binary`) packs with ``shortcut=False``, which drops the ``x_(o mod C)``
+term.
 """
 
 from __future__ import annotations

@@ -70,9 +70,9 @@ def train_cmd(
         "--weight-decay", min=0.0, help="on weights, not on BN parameters and "
         "biases")] = 3e-5,
     depthwise_lr_scale: Annotated[float, typer.Option(
-        "--depthwise-lr-scale", help="the depthwise convs "
-        "learn at the learning rate times this scale (e.g. 0.2 to keep the fp32 subnets' "
-        "shared depthwise weights from drifting under binary training)")] = 1.0,
+        "--depthwise-lr-scale", help="the depthwise convs learn at the learning rate times "
+        "this scale in (0, 1] (e.g. 0.2 to keep the fp32 subnets' shared depthwise weights "
+        "from drifting under binary training)")] = 1.0,
     warmup_epochs: Annotated[int, typer.Option("--warmup-epochs", min=0)] = 0,
     data_dir: Annotated[Path | None, typer.Option("--data-dir")] = None,
     seed: SeedOpt = 0,

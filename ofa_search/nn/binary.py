@@ -24,8 +24,7 @@ Each of the three design choices above can be switched off for an ablation
 (:data:`BINARY_INGREDIENTS`: ``scale``, the XNOR-Net scale; ``shortcut``, the real-valued
 shortcut; ``threshold``, the input BN; ``expand_shortcut`` and ``project_shortcut``, the
 shortcut of an MBConv's expand or project conv only, which :func:`mbconv_ablation` turns
-into each conv's own set), through
-``BinaryPointwise.ablated`` or the supernet's
+into each conv's own set), through ``BinaryPointwise.ablated`` or the supernet's
 :meth:`~ofa_search.nn.supernet.Supernet.set_binary_ablation`. Such layers train and evaluate;
 those without a shortcut are deployable too (the binary package and its kernels leave the
 shortcut out, :class:`~ofa_search.binary.layer.PackedPointwise`), the other ablations are

@@ -79,9 +79,9 @@ LR_SCHEDULES = ("cosine", "exp_constant")
 """Learning-rate decays of :class:`TrainConfig`: cosine to 0 (once-for-all), or BigNAS's
 exponential decay with a constant ending (see :func:`scheduled_lr`)."""
 OPTIMIZERS = ("sgd", "adamw")
+"""Optimizers of :class:`TrainConfig` (see :func:`make_optimizer`)."""
 BINARY_WEIGHTS = ("shared", "own")
 """Where binary stages' 1×1 convs take their latent weights (:class:`TrainConfig`)."""
-"""Optimizers of :class:`TrainConfig` (see :func:`make_optimizer`)."""
 EXP_FLOOR = 0.05
 """``exp_constant``: the learning rate ends at this fraction of its peak (BigNAS: 5 %)..."""
 EXP_DECAY_SPAN = 0.75
@@ -138,11 +138,9 @@ class TrainConfig:
         binary_ablation: binary ingredients switched off in every ``binary`` stage
             (:data:`~ofa_search.nn.binary.BINARY_INGREDIENTS`: ``scale``, ``shortcut``,
             ``threshold``, ``expand_shortcut``, ``project_shortcut``), to measure what
-            each is worth; the
-            checkpoint keeps the setting and loads with it; subnets without a shortcut
-            (``shortcut``, ``expand_shortcut``, ``project_shortcut``) package and run as
-            trained, the other
-            ablations cannot be packaged.
+            each is worth; the checkpoint keeps the setting and loads with it; subnets
+            without a shortcut (``shortcut``, ``expand_shortcut``, ``project_shortcut``)
+            package and run as trained, the other ablations cannot be packaged.
         binary_weights: ``shared`` (the binary 1×1 convs binarize the fp32 convs' latent
             weights) or ``own`` (latent weights of their own, started as copies of the
             fp32 convs' weights after ``init_checkpoint``: binary training then leaves the
