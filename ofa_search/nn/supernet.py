@@ -129,8 +129,6 @@ class Supernet(nn.Module):
         of the fp32 convs' weights as they are now, trained apart from them from then on),
         or let them binarize the fp32 convs' shared weights (the default). Raises
         ``ValueError`` for a space without binary stages."""
-        if "binary" not in self.space.precisions:
-            raise ValueError(f"space {self.space.name!r} has no binary precision")
         for block in self.elastic_blocks():
             block.set_binary_weights(own)
 

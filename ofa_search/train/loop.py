@@ -999,18 +999,17 @@ def _restore(path: Path, config: TrainConfig, strategy: TrainingStrategy, net: S
     found = (ckpt["space"], ckpt["width_mult"], ckpt["strategy"].get("name"))
     if found != expected:
         raise TrainingError(f"{path} is a run of space/width/strategy {found}, not {expected}")
-    ablation = sorted((ckpt.get("config") or {}).get("binary_ablation") or [])
-    if ablation != list(config.binary_ablation):
-        raise TrainingError(f"{path} is a run with binary_ablation {ablation}, not "
-                            f"{list(config.binary_ablation)}")
-    weights = (ckpt.get("config") or {}).get("binary_weights", "shared")
-    if weights != config.binary_weights:
-        raise TrainingError(f"{path} is a run with binary_weights {weights!r}, not "
-                            f"{config.binary_weights!r}")
-    lr_scale = (ckpt.get("config") or {}).get("depthwise_lr_scale", 1.0)
-    if lr_scale != config.depthwise_lr_scale:
-        raise TrainingError(f"{path} is a run with depthwise_lr_scale {lr_scale}, not "
-                            f"{config.depthwise_lr_scale}")
+    # settings that change the model's or the optimizer's state (a checkpoint older than
+    # a setting ran with its default)
+    saved, wanted = ckpt.get("config") or {}, config.to_dict()
+    defaults: dict[str, Any] = {"binary_ablation": [], "binary_weights": "shared",
+                                "depthwise_lr_scale": 1.0}
+    for key, default in defaults.items():
+        ran = saved.get(key) or default
+        if key == "binary_ablation":
+            ran = sorted(ran)
+        if ran != wanted[key]:
+            raise TrainingError(f"{path} is a run with {key} {ran!r}, not {wanted[key]!r}")
     step = int(ckpt["step"])
     if int(ckpt["scheduler"]["step"]) != step:
         raise TrainingError(f"{path}: scheduler and optimizer steps disagree")
