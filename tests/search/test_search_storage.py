@@ -24,7 +24,16 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 from search_objective import MacsProxy
 from ofa_search.search import load_context, stored_search
 from ofa_search.workspace import Workspace
+import time
+from pathlib import Path
 ctx = load_context(Workspace({ws!r}), "cpu-ort-1t", accuracy=MacsProxy(), latency_kind="lut")
+# Both workers start searching together: a worker still importing when the other had
+# filled the study would add nothing, and the race would not be tested.
+ready = Path({ws!r}).parent
+(ready / "ready-{seed}").touch()
+deadline = time.monotonic() + 60
+while len(list(ready.glob("ready-*"))) < 2 and time.monotonic() < deadline:
+    time.sleep(0.005)
 result, _ = stored_search(ctx, budget_ms=0.2, engine="nsga2", n_trials=60, seed={seed},
                           storage={url!r}, population_size=20, name="shared")
 print(json.dumps([t.user_attrs["arch"] for t in result.new_trials]))
