@@ -65,7 +65,7 @@ def test_channel_sorting_keeps_the_largest_function(space: str) -> None:
     with torch.no_grad():
         before = net(x, arch)
         small_before = net(x, Arch.smallest(space))
-        net.sort_channels()
+        assert net.sort_channels() == len(list(net.elastic_blocks()))
         after = net(x, arch)
         small_after = net(x, Arch.smallest(space))
     assert torch.allclose(before, after, rtol=1e-4, atol=1e-5)  # summation order only
@@ -74,6 +74,16 @@ def test_channel_sorting_keeps_the_largest_function(space: str) -> None:
     for block in net.elastic_blocks():
         importance = block.project.weight.abs().sum(dim=(0, 2, 3))
         assert torch.all(importance[:-1] >= importance[1:])
+
+
+def test_sorting_leaves_a_binary_space_as_it_is() -> None:
+    # the binary convs' shortcuts tie hidden channels to input and output channels by
+    # position: a sorted block would compute other binary subnets (it did, before)
+    space = "mbv3_small28_mp"
+    net = calibrated_supernet(space)
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    assert net.sort_channels() == 0
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
 
 
 def test_sorting_then_extract_is_still_exact() -> None:

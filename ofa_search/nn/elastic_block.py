@@ -207,20 +207,22 @@ class ElasticMBConv(nn.Module):
         return block
 
     @torch.no_grad()
-    def sort_channels(self) -> None:
+    def sort_channels(self) -> bool:
         """Reorder hidden channels by importance (L1 norm of their projection weights,
         largest first), and the squeeze channels of SE by the L1 norm of their expand
-        weights. The block computes the same function afterwards at full width."""
+        weights. The block computes the same function afterwards at full width.
+
+        A block of a space with binary stages is left as it is (returns ``False``): its
+        binary convs' parameter-free shortcuts tie hidden channel ``o`` to input channel
+        ``o mod C_in`` and output channel ``o`` to hidden channel ``o``, so reordering the
+        hidden channels would change every binary subnet."""
+        if self.binary_expand_bn is not None:
+            return False
         importance = self.project.weight.abs().sum(dim=(0, 2, 3))
         order = torch.argsort(importance, descending=True, stable=True)
         self.expand_conv.weight.copy_(self.expand_conv.weight[order])
-        if self.binary_expand_conv is not None and self.binary_project is not None:
-            self.binary_expand_conv.weight.copy_(self.binary_expand_conv.weight[order])
-            self.binary_project.weight.copy_(self.binary_project.weight[:, order])
-        for bn in (self.expand_bn, self.depthwise_bn, self.binary_expand_bn,
-                   self.binary_project_in_bn):
-            if bn is not None:
-                _permute_bn(bn, order)
+        for bn in (self.expand_bn, self.depthwise_bn):
+            _permute_bn(bn, order)
         self.depthwise.weight.copy_(self.depthwise.weight[order])
         self.project.weight.copy_(self.project.weight[:, order])
         if self.se is not None:
@@ -234,6 +236,7 @@ class ElasticMBConv(nn.Module):
             se.reduce.weight.copy_(se.reduce.weight[sq_order])
             se.reduce.bias.copy_(se.reduce.bias[sq_order])
             se.expand.weight.copy_(se.expand.weight[:, sq_order])
+        return True
 
 
 def _permute_bn(bn: nn.BatchNorm2d, order: torch.Tensor) -> None:

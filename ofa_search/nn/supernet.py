@@ -138,8 +138,9 @@ class Supernet(nn.Module):
         for block in self.elastic_blocks():
             block.copy_binary_weights()
 
-    def sort_channels(self) -> None:
+    def sort_channels(self) -> int:
         """Importance-sort the hidden channels of every elastic block (in place; the largest
-        subnet's function is unchanged)."""
-        for block in self.elastic_blocks():
-            block.sort_channels()
+        subnet's function is unchanged) and return how many were sorted: in a space that offers
+        binary, none are, as sorting would change the binary subnets
+        (:meth:`ElasticMBConv.sort_channels`)."""
+        return sum(block.sort_channels() for block in self.elastic_blocks())
