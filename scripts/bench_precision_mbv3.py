@@ -49,7 +49,11 @@ from typing import Any
 import numpy as np
 
 SPACE = "ofa_mbv3_mp"
-VARIANTS = ("fp32", "int8", "binary")
+VARIANTS = ("fp32", "int8", "binary", "binary-no-shortcut")
+DEFAULT_VARIANTS = VARIANTS[:3]
+"""``binary-no-shortcut``: the binary variant of a supernet trained with
+``--binary-ablation shortcut`` (its binary convs have no real-valued shortcut), to price
+what the shortcuts' adds cost."""
 TARGETS = {"int8": 2.0, "binary": 2.5}  # end-to-end speed-up over fp32, 224 px, 1 thread
 TARGET_RESOLUTION = 224
 CPU_FLAGS = ("avx2", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "avx512_vpopcntdq",
@@ -481,8 +485,16 @@ def measure(supernet: Any, arch: Any, variants: Sequence[str], args: argparse.Na
     with tempfile.TemporaryDirectory() as tmp:
         for variant in variants:
             start = time.perf_counter()
-            net = extract(supernet, arch.replace(precisions=(variant,) * n_stages)).eval()
-            if variant == "binary":
+            precision = "binary" if variant.startswith("binary") else variant
+            supernet.set_binary_ablation({"shortcut"} if variant == "binary-no-shortcut"
+                                         else ())
+            net = extract(supernet, arch.replace(precisions=(precision,) * n_stages)).eval()
+            supernet.set_binary_ablation(())
+            if variant == "binary-no-shortcut":
+                path = write_binary_package(net, Path(tmp) / "no_shortcut.ofab")
+                models[variant] = _bind(BinaryPackage.load(path, threads=args.threads).run, x)
+                models[variant]()  # compiles the TVM functions of shapes not seen before
+            elif variant == "binary":
                 path = write_binary_package(net, Path(tmp) / "model.ofab")
                 row["binary_package_bytes"] = path.stat().st_size
                 written = time.perf_counter()
@@ -515,7 +527,7 @@ def measure(supernet: Any, arch: Any, variants: Sequence[str], args: argparse.Na
         ms = {name: t["median_ms"] for name, t in timing.items()}
         row["ms"] = ms
         if "fp32" in ms:
-            row["speedup"] = {v: ms["fp32"] / ms[v] for v in ("int8", "binary") if v in ms}
+            row["speedup"] = {v: ms["fp32"] / ms[v] for v in VARIANTS[1:] if v in ms}
             row["noise_ratio"] = ms["fp32"] / ms["fp32'"]
         if breakdown:
             row["breakdown"] = {variant: ort_profile(onnx_bytes[variant], x, args.threads,
@@ -550,12 +562,12 @@ def summarize(rows: list[dict[str, Any]], resolutions: Sequence[int]) -> dict[st
     for res in resolutions:
         at = [r for r in rows if r["resolution"] == res]
         entry: dict[str, Any] = {"subnets": len(at)}
-        for variant in ("int8", "binary"):
+        for variant in VARIANTS[1:]:
             speeds = [r["speedup"][variant] for r in at if variant in r.get("speedup", {})]
             if speeds:
                 entry[variant] = {"n": len(speeds), "median_speedup": statistics.median(speeds),
                                   "min_speedup": min(speeds), "max_speedup": max(speeds)}
-                if res == TARGET_RESOLUTION:
+                if res == TARGET_RESOLUTION and variant in TARGETS:
                     entry[variant]["target"] = TARGETS[variant]
                     entry[variant]["meets_target"] = (statistics.median(speeds)
                                                       >= TARGETS[variant])
@@ -571,7 +583,7 @@ def print_summary(summary: dict[str, Any], threads: int) -> None:
     print(f"\nsummary ({threads} thread(s)): speed-up over fp32, median [min, max]")
     for res, entry in summary.items():
         parts = []
-        for variant in ("int8", "binary"):
+        for variant in VARIANTS[1:]:
             s = entry.get(variant)
             if s:
                 target = (f", target {s['target']:.1f}x "
@@ -652,7 +664,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=7, help="interleaved timing rounds")
     parser.add_argument("--runs", type=int, default=5, help="timed calls per model and round")
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
+    parser.add_argument("--variants", nargs="+", choices=VARIANTS,
+                        default=list(DEFAULT_VARIANTS))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--calib-images", type=int, default=8,
                         help="standard-normal images for int8 PTQ calibration")
@@ -705,7 +718,7 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[dict[str, Any]] = []
     started = time.perf_counter()
     for i, base in enumerate(archs):
-        variants = [v for v in args.variants if v != "binary" or i < binary_subnets]
+        variants = [v for v in args.variants if not v.startswith("binary") or i < binary_subnets]
         for res in args.resolutions:
             arch = base.replace(resolution=res)
             t0 = time.perf_counter()
