@@ -49,11 +49,10 @@ from typing import Any
 import numpy as np
 
 SPACE = "ofa_mbv3_mp"
+# binary-no-shortcut: the binary variant of a supernet trained with --binary-ablation
+# shortcut (binary convs without their real-valued shortcut): what the shortcuts cost
 VARIANTS = ("fp32", "int8", "binary", "binary-no-shortcut")
 DEFAULT_VARIANTS = VARIANTS[:3]
-"""``binary-no-shortcut``: the binary variant of a supernet trained with
-``--binary-ablation shortcut`` (its binary convs have no real-valued shortcut), to price
-what the shortcuts' adds cost."""
 TARGETS = {"int8": 2.0, "binary": 2.5}  # end-to-end speed-up over fp32, 224 px, 1 thread
 TARGET_RESOLUTION = 224
 CPU_FLAGS = ("avx2", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "avx512_vpopcntdq",

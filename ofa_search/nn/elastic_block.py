@@ -216,7 +216,7 @@ class ElasticMBConv(nn.Module):
         binary convs' parameter-free shortcuts tie hidden channel ``o`` to input channel
         ``o mod C_in`` and output channel ``o`` to hidden channel ``o``, so reordering the
         hidden channels would change every binary subnet."""
-        if self.binary_expand_bn is not None:
+        if "binary" in self.space.precisions:
             return False
         importance = self.project.weight.abs().sum(dim=(0, 2, 3))
         order = torch.argsort(importance, descending=True, stable=True)
