@@ -16,7 +16,7 @@ Runtime's quantiser), calibrated on the calibration images as they arrive at tha
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +45,8 @@ from ofa_search.quant.fold import fold_network
 from ofa_search.quant.quantize import quantize_convs
 
 BATCH_DIM = "N"
+Visit = Callable[[int, dict[str, torch.Tensor], torch.Tensor], None]
+"""``visit(step index, {input name: value}, output value)``: see :func:`trace_subnet`."""
 CALIBRATION_IMAGES = 64
 """Calibration images an int8 segment of a package observes at most (each segment's input
 is computed for all of them at once, so memory grows with the count)."""
@@ -63,9 +65,14 @@ def dynamic_batch(model: onnx.ModelProto) -> onnx.ModelProto:
 class _ProgramBuilder:
     """Collects steps while running the modules once in PyTorch (for the shapes, and for
     the inputs that int8 segments calibrate on). Only the values that later steps read are
-    kept: the current one and the inputs of pending residual adds."""
+    kept: the current one and the inputs of pending residual adds.
 
-    def __init__(self, x: torch.Tensor) -> None:
+    With ``write=False`` nothing is exported or packed (the steps, and the names they
+    read and write, are the same): ``visit(index, inputs, output)`` then sees PyTorch's
+    values of each step's inputs and output (see :func:`trace_subnet`)."""
+
+    def __init__(self, x: torch.Tensor, *, write: bool = True,
+                 visit: Visit | None = None) -> None:
         self.values: dict[str, torch.Tensor] = {INPUT: x}
         self.current = INPUT
         self.pinned: set[str] = set()
@@ -73,6 +80,8 @@ class _ProgramBuilder:
         self.steps: list[Step] = []
         self.segments: list[bytes] = []
         self.layers: list[PackedPointwise] = []
+        self.write, self.visit = write, visit
+        self.counts = {"segments": 0, "layers": 0}
 
     def _new_name(self) -> str:
         return f"v{len(self.steps) + 1}"
@@ -86,21 +95,21 @@ class _ProgramBuilder:
             # eval() also on the wrapper: export_onnx restores the wrapper's mode recursively
             segment = nn.Sequential(*self.pending).eval()
             source = self.values[self.current]
-            if any(isinstance(m, QConv2d) for m in segment.modules()):
-                model = dynamic_batch(int8_segment(segment, source))
-            else:
-                model = dynamic_batch(export_onnx(segment, (1, *source.shape[1:])))
+            if self.write:
+                self.segments.append(segment_bytes(segment, source))
             name = self._new_name()
-            self.steps.append(OnnxStep(len(self.segments), self.current, name))
-            self.segments.append(model.SerializeToString())
+            self.steps.append(OnnxStep(self._count("segments"), self.current, name))
             with torch.no_grad():
                 self._advance(name, segment(source))
             self.pending = []
         return self.current
 
     def _advance(self, name: str, value: torch.Tensor) -> None:
-        """``name`` (holding ``value``) becomes the current value; values no later step
-        reads are dropped."""
+        """``name`` (holding ``value``, the output of the last step) becomes the current
+        value; values no later step reads are dropped."""
+        if self.visit is not None:
+            step = self.steps[-1]
+            self.visit(len(self.steps) - 1, {k: self.values[k] for k in step.inputs()}, value)
         self.values[name] = value
         self.current = name
         for old in [k for k in self.values if k != name and k not in self.pinned]:
@@ -109,8 +118,9 @@ class _ProgramBuilder:
     def binary(self, module: BinaryPointwise) -> None:
         source = self.flush()
         name = self._new_name()
-        self.steps.append(BinaryStep(len(self.layers), source, name))
-        self.layers.append(PackedPointwise.from_module(module))
+        self.steps.append(BinaryStep(self._count("layers"), source, name))
+        if self.write:
+            self.layers.append(PackedPointwise.from_module(module))
         with torch.no_grad():
             self._advance(name, module(self.values[source]))
 
@@ -137,6 +147,11 @@ class _ProgramBuilder:
         if block_input is not None:
             self.add(self.flush(), block_input)
 
+    def _count(self, what: str) -> int:
+        """The index of the next segment or layer."""
+        self.counts[what] += 1
+        return self.counts[what] - 1
+
     def _pointwise_or_fp(self, module: nn.Module) -> None:
         if isinstance(module, BinaryPointwise):
             self.binary(module)
@@ -155,6 +170,16 @@ class _ProgramBuilder:
         else:
             self.steps[-1] = AddStep(last.left, last.right, OUTPUT)
         return self.steps
+
+
+def segment_bytes(segment: nn.Module, source: torch.Tensor) -> bytes:
+    """The serialised ONNX model (batch dimension symbolic) of an eval-mode segment whose
+    input is ``source``: QDQ int8 when it holds int8 convs, else fp32."""
+    if any(isinstance(m, QConv2d) for m in segment.modules()):
+        model = int8_segment(segment, source)
+    else:
+        model = export_onnx(segment, (1, *source.shape[1:]))
+    return dynamic_batch(model).SerializeToString()
 
 
 def int8_segment(segment: nn.Module, samples: torch.Tensor) -> onnx.ModelProto:
@@ -212,6 +237,23 @@ def subnet_program(net: StaticSubnet, calibration: Sequence[np.ndarray] | None =
     return build_program(list(net.units), (c, h, w),
                          calibration=calibration if "int8" in net.arch.precisions else None,
                          arch=net.arch.to_string(), space=net.arch.space)
+
+
+def trace_subnet(net: StaticSubnet, x: torch.Tensor, visit: Visit) -> torch.Tensor:
+    """Run an eval-mode static subnet on ``x`` as its package's steps (the same steps, and
+    names, that :func:`subnet_program` writes), in PyTorch: ``visit`` is called once per
+    step, in order, with the step's index, PyTorch's values of its inputs and of its
+    output. Returns the output (the logits). Nothing is exported; what is not read
+    again is dropped as the walk goes on, so memory stays near one forward pass."""
+    if not isinstance(net, StaticSubnet):
+        raise TypeError(f"expected a StaticSubnet, got {type(net).__name__}")
+    if net.training:
+        raise ValueError("put the network in eval mode (net.eval()) before tracing")
+    builder = _ProgramBuilder(x, write=False, visit=visit)
+    for module in net.units:
+        builder.block(module)
+    builder.finish()
+    return builder.values[builder.current]
 
 
 def write_binary_package(net: StaticSubnet, path: str | os.PathLike[str],

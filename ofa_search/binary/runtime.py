@@ -12,7 +12,7 @@ load time from the stored steps; blocks that do not match the pattern run step b
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -130,30 +130,51 @@ class BinaryPackage:
         if x.ndim != 4 or tuple(x.shape[1:]) != self.input_shape:
             raise ValueError(f"input must be [N, {', '.join(map(str, self.input_shape))}], "
                              f"got {x.shape}")
+        self._set_threads()
+        values: dict[str, np.ndarray] = {INPUT: np.ascontiguousarray(x, dtype=np.float32)}
+        for first, last in self.pieces():
+            values[self.program.steps[last].output] = self._run_piece(first, values)
+        return values[OUTPUT]
+
+    def pieces(self) -> list[tuple[int, int]]:
+        """The ``(first, last)`` step indices of each call :meth:`run` makes, in order: a
+        fused block (several steps) or a single step."""
+        pieces, index = [], 0
+        while index < len(self.program.steps):
+            fused = self._blocks.get(index)
+            last = fused[0].last_step if fused is not None else index
+            pieces.append((index, last))
+            index = last + 1
+        return pieces
+
+    def fused_plan(self, first: int) -> BlockPlan | None:
+        """The fused block that the piece starting at step ``first`` runs, if it is one."""
+        fused = self._blocks.get(first)
+        return None if fused is None else fused[0]
+
+    def run_piece(self, first: int, values: Mapping[str, np.ndarray]) -> np.ndarray:
+        """The output of the piece (see :meth:`pieces`) that starts at step ``first``,
+        reading its inputs by name from ``values`` (float32 arrays)."""
+        self._set_threads()
+        return self._run_piece(first, values)
+
+    def _set_threads(self) -> None:
         if self.backend == "tvm" and self.program.layers:
             set_threads(self.threads)
-        values: dict[str, np.ndarray] = {INPUT: np.ascontiguousarray(x, dtype=np.float32)}
-        steps = self.program.steps
-        index = 0
-        while index < len(steps):
-            step = steps[index]
-            fused = self._blocks.get(index)
-            if fused is not None:
-                plan, block = fused
-                values[plan.output] = block(values[plan.input])
-                index = plan.last_step + 1
-                continue
-            index += 1
-            if isinstance(step, AddStep):
-                out = values[step.left] + values[step.right]
-            elif isinstance(step, BinaryStep):
-                out = self._layers[step.layer](values[step.input])
-            else:
-                session = self._sessions[step.segment]
-                (out,) = session.run(None, {self._input_names[step.segment]:
-                                            values[step.input]})
-            values[step.output] = out
-        return values[OUTPUT]
+
+    def _run_piece(self, first: int, values: Mapping[str, np.ndarray]) -> np.ndarray:
+        fused = self._blocks.get(first)
+        if fused is not None:
+            plan, block = fused
+            return block(values[plan.input])
+        step = self.program.steps[first]
+        if isinstance(step, AddStep):
+            return values[step.left] + values[step.right]
+        if isinstance(step, BinaryStep):
+            return self._layers[step.layer](values[step.input])
+        session = self._sessions[step.segment]
+        (out,) = session.run(None, {self._input_names[step.segment]: values[step.input]})
+        return out
 
     def storage(self) -> dict[str, int | float]:
         """Bytes of the binary weights as stored (one bit each) and as fp32, and their ratio."""
