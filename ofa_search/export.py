@@ -231,6 +231,12 @@ def export(checkpoint: str | os.PathLike[str], arch: str | Arch, format: str,
         fmt, net, folder, x, what="subnet", label=f" of {parsed.to_string()}",
         batches=calibrated.quant_batches() if fmt.calibrated_write is not None else None)
 
+    verification: dict[str, Any] = {
+        "runtime": fmt.runtime, "max_abs_diff": diff, "tolerance": fmt.tolerance_of(net),
+        "samples": int(x.shape[0]), "passed": True}
+    if fmt.agreement is not None:
+        verification["end_to_end"] = fmt.agreement(final, net, x)
+
     if latency is not None and measure:
         say(f"measuring latency on {device}")
         latency.update(_measure_latency(ws, latency["id"], parsed, final, fmt))
@@ -258,9 +264,7 @@ def export(checkpoint: str | os.PathLike[str], arch: str | Arch, format: str,
         "device": latency,
         "artefact": {"format": fmt.name, "file": final.name, "bytes": final.stat().st_size,
                      "sha256": sha256_file(final), "description": fmt.description},
-        "verification": {"runtime": fmt.runtime, "max_abs_diff": diff,
-                         "tolerance": fmt.tolerance_of(net), "samples": int(x.shape[0]),
-                         "passed": True},
+        "verification": verification,
         "versions": tool_versions(),
     }
     card_json, card_md = write_card(folder, card)

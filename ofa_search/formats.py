@@ -55,6 +55,9 @@ class ArtefactFormat:
     float32 arrays). ``precisions``: the stage precisions an artefact can hold.
     ``tolerance_for(net)``: the tolerance for this network when it depends on the
     network (a binary package with int8 segments); else ``tolerance``.
+    ``agreement(path, net, x)``: for a format whose ``verify`` does not compare the outputs
+    end to end (binary packages go piece by piece), the end-to-end facts a card reports
+    beside it, ``{"max_abs_diff", "top1_agreement"}``; they are not checked.
     """
 
     name: str
@@ -67,6 +70,7 @@ class ArtefactFormat:
     calibrated_write: Callable[[StaticSubnet, Path, Sequence[np.ndarray]], None] | None = None
     precisions: tuple[str, ...] = ("fp32",)
     tolerance_for: Callable[[StaticSubnet], float] | None = None
+    agreement: Callable[[Path, StaticSubnet, torch.Tensor], dict[str, float]] | None = None
 
     def tolerance_of(self, net: StaticSubnet) -> float:
         """The verification tolerance for ``net``."""

@@ -16,7 +16,9 @@ Fields (``MODEL_CARD_VERSION`` 1)::
             measured_iqr_ms, measured_runs, not_measured_reason,
             drift {ratio, low, high, drifted, summary}}                     or null
     artefact {format, file, bytes, sha256}
-    verification {runtime, max_abs_diff, tolerance, samples, passed}
+    verification {runtime, max_abs_diff, tolerance, samples, passed,
+                  end_to_end {max_abs_diff, top1_agreement}}   end_to_end: binary packages
+                                                    only (verified piece by piece)
     versions {torch, onnx, onnxruntime, safetensors, ofa-search, python}
 """
 
@@ -76,6 +78,15 @@ def _ms(value: Any) -> str:
     return "n/a" if value is None else f"{float(value):.3f} ms"
 
 
+def _end_to_end(ver: Mapping[str, Any]) -> list[str]:
+    e2e = ver.get("end_to_end")
+    if not e2e:
+        return []
+    return [f"- End to end on the same inputs (not checked: a sign at a near tie can flip): "
+            f"max |Δ| {e2e['max_abs_diff']:.3g}, top-1 agreement "
+            f"{100 * e2e['top1_agreement']:.1f} %"]
+
+
 def render_markdown(card: Mapping[str, Any]) -> str:
     """A short human-readable rendering of a card."""
     arch, data, art = card["arch"], card["dataset"], card["artefact"]
@@ -110,6 +121,7 @@ def render_markdown(card: Mapping[str, Any]) -> str:
         f"`{art['sha256']}`",
         f"- Verified with {ver['runtime']} on {ver['samples']} test inputs: max |Δ| "
         f"{ver['max_abs_diff']:.3g} (tolerance {ver['tolerance']:.0e})",
+        *_end_to_end(ver),
         "- Versions: " + ", ".join(f"{k} {v}" for k, v in card["versions"].items()),
         f"- Created: {card['created']}",
         "",

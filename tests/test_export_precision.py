@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -53,6 +54,17 @@ def test_binary_arch_exports_a_verified_package_that_run_executes(checkpoint: Pa
     assert card["artefact"]["format"] == "binary"
     assert card["verification"]["passed"]
     assert card["verification"]["max_abs_diff"] <= 1e-3
+    # verified piece by piece; the end-to-end comparison is reported beside it
+    e2e = card["verification"]["end_to_end"]
+    assert e2e["max_abs_diff"] >= 0 and 0.9 <= e2e["top1_agreement"] <= 1.0
+    rendered = (tmp_path / "out" / "model_card.md").read_text()
+    assert "End to end on the same inputs" in rendered and "top-1 agreement" in rendered
+    shown = CliRunner().invoke(app, ["export", "-w", str(tmp_path / "ws"), "-c", str(checkpoint),
+                                     "--arch", BINARY, "--out", str(tmp_path / "cli"),
+                                     "--no-measure"])
+    assert shown.exit_code == 0, shown.output
+    assert re.search(r"end to end: max \|Δ\| \S+, top-1 agreement \d+\.\d % \(reported, "
+                     r"not checked\)", shown.output), shown.output
     out = CliRunner().invoke(app, ["run", str(result.artefact), "--data", "digits", "--n",
                                    "40", "--json"])
     assert out.exit_code == 0, out.output

@@ -165,6 +165,16 @@ def _verify(path: Path, net: StaticSubnet, x: torch.Tensor) -> float:
     return relative_logit_error(got, expected)
 
 
+def _agreement(path: Path, net: StaticSubnet, x: torch.Tensor) -> dict[str, float]:
+    """End to end on ``x``: the largest |Δlogit| and the share of equal top-1 classes."""
+    got = BinaryPackage.load(path).run(x.numpy())
+    net.eval()
+    with torch.no_grad():
+        expected = net(x).numpy()
+    return {"max_abs_diff": float(np.max(np.abs(got - expected))),
+            "top1_agreement": float(np.mean(got.argmax(axis=1) == expected.argmax(axis=1)))}
+
+
 def _tolerance(net: StaticSubnet) -> float:
     return MIXED_RELATIVE_TOLERANCE if _has_int8(net) else BINARY_TOLERANCE
 
@@ -174,5 +184,5 @@ BINARY = ArtefactFormat(
     "bit-packed binary package: ONNX fp32 (and QDQ int8) segments + packed 1-bit convs "
     "(ofa-search run)",
     _write, _verify, calibrated_write=_calibrated_write, precisions=("fp32", "int8", "binary"),
-    tolerance_for=_tolerance)
+    tolerance_for=_tolerance, agreement=_agreement)
 register_format(BINARY, replace=True)

@@ -105,6 +105,10 @@ def export_cmd(
     typer.echo(f"verified:  max |Δ| {card['verification']['max_abs_diff']:.3g} with "
                f"{card['verification']['runtime']} (tolerance "
                f"{card['verification']['tolerance']:.0e})")
+    e2e = card["verification"].get("end_to_end")
+    if e2e:
+        typer.echo(f"end to end: max |Δ| {e2e['max_abs_diff']:.3g}, top-1 agreement "
+                   f"{100 * e2e['top1_agreement']:.1f} % (reported, not checked)")
     scored = card["dataset"]
     typer.echo(f"accuracy:  {scored['accuracy']:.4f} on {scored['name']} {scored['split']} "
                f"({scored['samples']} images)")
