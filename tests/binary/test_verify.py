@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import copy
 import itertools
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +33,7 @@ from ofa_search.quant.formats import INT8_RELATIVE_TOLERANCE, relative_logit_err
 from ofa_search.train.bn_calibration import recalibrate_bn
 
 BACKENDS = ["numpy", "tvm"] if tvm_available() else ["numpy"]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def last_binary_layer(net: StaticSubnet) -> BinaryPointwise:
@@ -156,3 +160,20 @@ def test_an_int8_conv_off_by_its_scale_fails_its_piece(
     with torch.no_grad():  # the package was written with weights 1.5x smaller
         conv.weight.mul_(1.5)
     assert BINARY.verify(path, wrong.eval(), x) > MIXED_RELATIVE_TOLERANCE
+
+
+def test_benchmark_script_writes_every_package_verified_piece_by_piece(tmp_path: Path
+                                                                        ) -> None:
+    out = tmp_path / "verify.json"
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "bench_binary_verify.py"), str(out),
+         "--seeds", "1", "--images", "8"],
+        capture_output=True, text=True, timeout=600, check=False)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "per piece" in result.stdout
+    report = json.loads(out.read_text())
+    assert report["benchmark"] == "binary_verify" and len(report["rows"]) == 4
+    for row in report["rows"]:
+        assert row["per_piece_tvm"] <= row["tolerance"]
+        assert row["per_piece_numpy"] <= row["tolerance"]
+        assert 0.0 <= row["top1_agreement"] <= 1.0
