@@ -1,7 +1,8 @@
 """How binary packages compare with the PyTorch subnet: end to end against piece by piece.
 
     python scripts/bench_binary_verify.py [OUT] [--seeds 6] [--images 48]
-        [--checkpoint C --arch A [--arch A2 ...] --data fashion-mnist --test-images 256]
+        [--checkpoint C --arch A [--arch A2 ...] --data fashion-mnist --test-images 256
+         --accuracy-images 2000]
 
 Exports verify a binary package piece by piece
 (:func:`ofa_search.binary.formats.stepwise_difference`); this measures why. For each
@@ -19,7 +20,8 @@ Packages: random-init digits subnets of ``mbv3_small28_mp`` at 20 px (three int8
 archs and one all-binary arch, ``--seeds`` weight seeds each, ``--images`` test images),
 and, with ``--checkpoint``, each ``--arch`` of that supernet with its BN statistics
 recalibrated as ``ofa-search export`` does, on ``--test-images`` test images of its
-dataset. One thread throughout. Writes ``OUT`` (default
+dataset, and the test accuracy of the package and of the PyTorch subnet on the first
+``--accuracy-images``. One thread throughout. Writes ``OUT`` (default
 ``results/bench_binary_verify.json``) atomically, with the host.
 """
 
@@ -75,8 +77,8 @@ def compare(net: Any, path: Path, x: Any) -> dict[str, Any]:
         "top1_agreement": float(np.mean(got.argmax(1) == expected.argmax(1))),
     }
     margin = formats.TIE_MARGIN
-    for name, kwargs in (("tvm", {"backend": "auto"}), ("numpy", {"backend": "numpy"})):
-        loaded = BinaryPackage.load(path, **kwargs)
+    for name in ("tvm", "numpy"):
+        loaded = BinaryPackage.load(path, backend="auto" if name == "tvm" else "numpy")
         row[f"per_piece_{name}"] = formats.stepwise_difference(loaded, net, x,
                                                                relative=relative)
         if name == "tvm":
@@ -127,8 +129,31 @@ def random_rows(seeds: int, images: int, folder: Path) -> list[dict[str, Any]]:
     return rows
 
 
+def accuracies(net: Any, path: Path, split: Any, images: int, resolution: int
+               ) -> dict[str, Any]:
+    """Test accuracy of the package and of the PyTorch subnet on the first ``images``."""
+    import torch
+
+    from ofa_search.binary import BinaryPackage
+    from ofa_search.data import iterate_batches
+
+    package = BinaryPackage.load(path)
+    right = {"package": 0, "pytorch": 0}
+    seen = 0
+    for x, y in iterate_batches(split, 250, shuffle=False, resolution=resolution):
+        x, y = x[:images - seen], y[:images - seen]
+        with torch.no_grad():
+            right["pytorch"] += int((net(x).argmax(1) == y).sum())
+        right["package"] += int((package.run(x.numpy()).argmax(1) == y.numpy()).sum())
+        seen += len(y)
+        if seen >= images:
+            break
+    return {"accuracy_images": seen,
+            **{f"accuracy_{name}": count / seen for name, count in right.items()}}
+
+
 def checkpoint_rows(checkpoint: str, archs: list[str], data_name: str, images: int,
-                    folder: Path) -> list[dict[str, Any]]:
+                    accuracy_images: int, folder: Path) -> list[dict[str, Any]]:
     from ofa_search.binary import write_binary_package
     from ofa_search.data import iterate_batches, load_dataset
     from ofa_search.train.bn_calibration import calibrated_subnet
@@ -147,9 +172,13 @@ def checkpoint_rows(checkpoint: str, archs: list[str], data_name: str, images: i
                                     resolution=parsed.resolution))
         row = {"source": f"{Path(checkpoint).name} on {data_name}",
                "label": ", ".join(parsed.precisions), "seed": None,
-               **compare(net, path, x)}
+               **compare(net, path, x),
+               **accuracies(net, path, data.test, accuracy_images, parsed.resolution)}
         rows.append(row)
         print_row(row)
+        print(f"{'':62s} test accuracy on {row['accuracy_images']} images: package "
+              f"{100 * row['accuracy_package']:.2f} %, PyTorch "
+              f"{100 * row['accuracy_pytorch']:.2f} %", flush=True)
     return rows
 
 
@@ -171,6 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--arch", action="append", default=[])
     parser.add_argument("--data", default="fashion-mnist")
     parser.add_argument("--test-images", type=int, default=256)
+    parser.add_argument("--accuracy-images", type=int, default=2000)
     args = parser.parse_args(argv)
     if args.arch and not args.checkpoint:
         parser.error("--arch needs --checkpoint")
@@ -187,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
         rows = random_rows(args.seeds, args.images, Path(tmp))
         if args.checkpoint:
             rows += checkpoint_rows(args.checkpoint, args.arch, args.data, args.test_images,
-                                    Path(tmp))
+                                    args.accuracy_images, Path(tmp))
     from ofa_search.binary.formats import TIE_MARGIN
 
     command = "python scripts/bench_binary_verify.py " + " ".join(

@@ -46,9 +46,10 @@ quantises int8 conv outputs that the fake-quant PyTorch subnet keeps in float
 half a quantisation step of its threshold flips sign, and the binary layers carry the flip
 on. Measured (torch 2.13, onnxruntime 1.32, Intel Xeon with AVX512-VNNI), 18 random-init
 digits packages of three int8 + binary archs: 0.02–0.09 per piece, 0.02–0.64 end to end;
-three archs of a binary-trained Fashion-MNIST supernet: 0.025–0.065 per piece, 0.33–0.53
-end to end on 200 test images (top-1 agreement 64–87 %; for two of them, the package's
-and PyTorch's accuracy on 2,000 images agree within 0.7 points)."""
+three archs of a binary-trained Fashion-MNIST supernet: 0.036–0.076 per piece, 0.38–0.43
+end to end on 256 test images (top-1 agreement 64–84 %), while the package's and
+PyTorch's test accuracy on 2,000 images agree within 1.6 points
+(``scripts/bench_binary_verify.py``, ``results/bench_binary_verify.json``)."""
 
 
 def _write(net: StaticSubnet, path: Path) -> None:
