@@ -76,26 +76,20 @@ def compare(net: Any, path: Path, x: Any) -> dict[str, Any]:
         "images_over_tolerance": int((per_image > tolerance).sum()),
         "top1_agreement": float(np.mean(got.argmax(1) == expected.argmax(1))),
     }
-    margin = formats.TIE_MARGIN
-    for name in ("tvm", "numpy"):
-        loaded = BinaryPackage.load(path, backend="auto" if name == "tvm" else "numpy")
-        row[f"per_piece_{name}"] = formats.stepwise_difference(loaded, net, x,
-                                                               relative=relative)
-        if name == "tvm":
-            row["backend"], row["fused_blocks"] = loaded.backend, loaded.fused_blocks
-            formats.TIE_MARGIN = 0.0
-            try:
-                row["per_piece_tvm_without_margin"] = formats.stepwise_difference(
-                    loaded, net, x, relative=relative)
-            finally:
-                formats.TIE_MARGIN = margin
+    # the package as loaded above (TVM, fused blocks, when TVM is installed), and NumPy
+    row["backend"], row["fused_blocks"] = package.backend, package.fused_blocks
+    row["per_piece_tvm"] = formats.stepwise_difference(package, net, x, relative=relative)
+    row["per_piece_tvm_without_margin"] = formats.stepwise_difference(
+        package, net, x, relative=relative, tie_margin=0.0)
+    row["per_piece_numpy"] = formats.stepwise_difference(
+        BinaryPackage.load(path, backend="numpy"), net, x, relative=relative)
     shares: list[float] = []
 
     def visit(index: int, inputs: dict[str, Any], _output: Any) -> None:
         step = package.program.steps[index] if index < len(package.program.steps) else None
         if isinstance(step, BinaryStep):
             layer = package.program.layers[step.layer]
-            shares.append(float(formats._near_ties(layer, inputs[step.input].numpy()).mean()))
+            shares.append(float(formats.near_ties(layer, inputs[step.input].numpy()).mean()))
 
     with torch.no_grad():
         trace_subnet(net, x, visit)

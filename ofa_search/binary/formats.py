@@ -71,13 +71,14 @@ that scale) can put it on either side of the threshold. An input of exactly 0 (w
 ReLU and hard-swish clamp to, in every runtime) is never one."""
 
 
-def _near_ties(layer: PackedPointwise, x: np.ndarray) -> np.ndarray:
+def near_ties(layer: PackedPointwise, x: np.ndarray, margin: float = TIE_MARGIN
+               ) -> np.ndarray:
     """``[N, H, W]``: the pixels where some channel of ``x`` (``[N, C, H, W]``, a binary
-    layer's input) is a near tie (:data:`TIE_MARGIN`)."""
+    layer's input) is a near tie (``margin``: see :data:`TIE_MARGIN`)."""
     u = layer.input_scale[None, :, None, None]
     v = layer.input_shift[None, :, None, None]
     scale = np.abs(u) * np.abs(x).max(axis=(0, 2, 3), keepdims=True) + np.abs(v)
-    return ((np.abs(u * x + v) < TIE_MARGIN * scale) & (x != 0)).any(axis=1)
+    return ((np.abs(u * x + v) < margin * scale) & (x != 0)).any(axis=1)
 
 
 def _spread(ties: np.ndarray, kernel: int, stride: int) -> np.ndarray:
@@ -89,13 +90,13 @@ def _spread(ties: np.ndarray, kernel: int, stride: int) -> np.ndarray:
 
 
 def stepwise_difference(package: BinaryPackage, net: StaticSubnet, x: torch.Tensor, *,
-                        relative: bool = False) -> float:
+                        relative: bool = False, tie_margin: float = TIE_MARGIN) -> float:
     """The largest |Δ| between ``package`` and the eval-mode PyTorch subnet ``net`` on
     ``x``, piece by piece: each call the package makes (a fused block or one step, see
     :meth:`BinaryPackage.pieces`) runs on PyTorch's value of its input, and its output is
     compared with PyTorch's, except at the pixels that a near tie before one of the
-    piece's signs (:data:`TIE_MARGIN`) reaches. PyTorch's walk through the steps is itself
-    compared with ``net(x)``, so the steps' wiring is checked too. ``inf`` when the
+    piece's signs (``tie_margin``, :data:`TIE_MARGIN`) reaches. PyTorch's walk through the
+    steps is itself compared with ``net(x)``, so the steps' wiring is checked too. ``inf`` when the
     package holds another arch, or its steps are not the subnet's. ``relative``: each
     difference divided by the range of PyTorch's output of that piece (the int8 measure,
     :func:`~ofa_search.quant.formats.relative_logit_error`, per piece).
@@ -104,7 +105,8 @@ def stepwise_difference(package: BinaryPackage, net: StaticSubnet, x: torch.Tens
     within float rounding of its threshold, the ~1e-6 by which ONNX Runtime's or TVM's
     float parts differ from PyTorch's decide its side, and the flipped bit changes the
     logits by up to tenths. On a trained Fashion-MNIST subnet, 3 of 256 test images did
-    so end to end; given PyTorch's input, one fused block did on one image.
+    so end to end; given PyTorch's input, a fused block still differed by 0.24 without
+    the tie margin (``results/bench_binary_verify.json``).
     """
     if package.arch is not None and package.arch != net.arch.to_string():
         return math.inf
@@ -130,8 +132,8 @@ def stepwise_difference(package: BinaryPackage, net: StaticSubnet, x: torch.Tens
             return
         step = steps[index]
         if isinstance(step, BinaryStep):
-            ties[index] = _near_ties(package.program.layers[step.layer],
-                                     inputs[step.input].numpy())
+            ties[index] = near_ties(package.program.layers[step.layer],
+                                    inputs[step.input].numpy(), tie_margin)
         if index in last_of:
             waiting[index] = {name: value.numpy() for name, value in inputs.items()}
         first = first_of.get(index)

@@ -87,6 +87,8 @@ def test_a_near_tie_decided_by_rounding_passes_piece_by_piece(tmp_path: Path,
         end_to_end = float(np.abs(package.run(x.numpy()) - above(x).numpy()).max())
     assert end_to_end > BINARY_TOLERANCE  # the flipped bit reaches the logits
     assert stepwise_difference(package, above, x) <= 1e-5
+    # the margin is what excuses the flip: without it, the piece with the tie fails
+    assert stepwise_difference(package, above, x, tie_margin=0.0) > BINARY_TOLERANCE
     assert stepwise_difference(package, below, x) <= 1e-5  # the package's own net
 
 
@@ -101,7 +103,8 @@ def test_a_threshold_off_by_more_than_rounding_fails(tmp_path: Path, backend: st
     assert stepwise_difference(package, moved, x) > BINARY_TOLERANCE
 
 
-def test_the_format_verifies_piece_by_piece_and_checks_the_wiring(tmp_path: Path) -> None:
+def test_the_format_verifies_piece_by_piece_and_refuses_another_arch(tmp_path: Path
+                                                                     ) -> None:
     below, above, x = tied_twins(seed=1)
     path = write_binary_package(below, tmp_path / "m.ofab")
     assert BINARY.verify(path, above, x) <= BINARY.tolerance_of(above)
