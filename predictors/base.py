@@ -16,6 +16,10 @@ from ofa_search.arch import Arch
 from ofa_search.atomic import atomic_write_json
 from ofa_search.errors import FileFormatError
 
+LATENCY_KINDS = ("lut", "learned")
+"""The latency predictors a device can have: its table (``lut``) or one fitted on measured
+subnets (``learned``). Here, not in :mod:`predictors.loading`, so the CLI can check the
+name without loading scikit-learn and torch."""
 
 class Predictor(ABC):
     """A model of one scalar property of subnets (latency, accuracy, ...).

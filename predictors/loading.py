@@ -23,10 +23,9 @@ from predictors.accuracy import (
 )
 from predictors.accuracy_gp import GpAccuracyPredictor
 from predictors.accuracy_ofa import OfaAccuracyPredictor
-from predictors.base import Predictor
+from predictors.base import LATENCY_KINDS, Predictor
 from predictors.latency import LearnedLatencyPredictor, LutLatencyPredictor
 
-LATENCY_KINDS = ("lut", "learned")
 REPO_PREDICTOR_DIR = REPO_TABLE_DIR / "predictors"
 
 

@@ -4,8 +4,10 @@ timed (issue 19)."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -60,3 +62,58 @@ def test_the_cli_registers_loaders_for_int8_and_binary() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True)
     assert out.stdout.strip() == "True True"
+
+
+ARCH = "r28_w1.0_k3e3-k3e3_k3e3-k3e3_k3e3-k3e3_k3e3-k3e3"
+BAD_LINES = [  # one per command that checks its input before loading its library parts
+    (["profile", "--device", "x", "--backend", "tensorrt"], "unknown backend 'tensorrt'"),
+    (["profile", "--device", "x", "--tuning-trials", "8"], "apply to --backend tvm only"),
+    (["profile", "pack-db", "--device", "nope"], "no latency table for device 'nope'"),
+    (["profile", "merge-db", "db", "--out", "a-file"], "a-file is a file"),
+    (["profile", "import-ofa", "missing.json", "--device", "x"], "no such file"),
+    (["latency", "--device", "nope", ARCH], "no latency table for device 'nope'"),
+    (["latency", "--device", "cpu-ort-1t", "--predictor", "nn", ARCH],
+     "--predictor must be one of lut, learned"),
+    (["check-device", "--device", "nope"], "no latency table for device 'nope'"),
+    (["query", "--device", "cpu-ort-1t", "--latency-ms", "1", "--workspace", "missing"],
+     "workspace missing does not exist"),
+    (["search", "--device", "cpu-ort-1t", "--budgets", "0.2,x"], "--budgets must be"),
+    (["calibrate", "--device", "cpu-ort-1t", "--latency-predictor", "nn"],
+     "--latency-predictor must be one of"),
+    (["fit-predictors", "--checkpoint", "missing.pt"], "missing.pt is not a file"),
+    (["eval", "-c", "missing.pt", "--arch", ARCH, "--split", "train"],
+     "--split must be val or test"),
+    (["arch", "export", ARCH, "--space", "mbv3_small28", "--out", "a-file/x.onnx"],
+     "a-file is a file"),
+    (["export", "ofa-supernet", "a-file/x.pth"], "a-file is a file"),
+    (["import", "ofa-supernet", "missing.pth", "--workspace", "a-file"], "a-file is a file"),
+    (["demo", "--workspace", "a-file"], "a-file is a file"),
+]
+
+
+def test_bad_input_is_refused_before_torch_is_loaded(tmp_path: Path) -> None:
+    """A mistyped option costs a fraction of a second, not the seconds that loading torch,
+    scikit-learn or TVM takes: each command checks what it can first. (The entry point
+    itself imports Optuna, about 0.1 s, to quieten its logger.)"""
+    (tmp_path / "a-file").write_text("not a folder")
+    code = ("import json, sys\n"
+            "from typer.testing import CliRunner\n"
+            "from ofa_search.cli import main\n"
+            "seen = []\n"
+            "for args in json.loads(sys.argv[1]):\n"
+            "    with CliRunner().isolation() as (out, err, _):\n"
+            "        try:\n"
+            "            main(args)\n"
+            "            code = 0\n"
+            "        except SystemExit as exc:\n"
+            "            code = exc.code\n"
+            "        seen.append([code, (out.getvalue() + err.getvalue()).decode()])\n"
+            "heavy = ('torch', 'sklearn', 'tvm', 'onnxruntime', 'onnx')\n"
+            "print(json.dumps([seen, sorted(m for m in heavy if m in sys.modules)]))")
+    lines = [args for args, _ in BAD_LINES]
+    out = subprocess.run([sys.executable, "-c", code, json.dumps(lines)],
+                         capture_output=True, text=True, check=True, cwd=tmp_path)
+    seen, loaded = json.loads(out.stdout.strip().splitlines()[-1])
+    for (args, message), (exit_code, output) in zip(BAD_LINES, seen, strict=True):
+        assert exit_code == 2 and message in output, (args, exit_code, output)
+    assert loaded == []

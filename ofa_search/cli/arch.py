@@ -85,14 +85,15 @@ def arch_export(arch: ArchArg, space: SpaceOpt,
                 out: Annotated[Path, typer.Option("--out", "-o", help="FILE.onnx")],
                 seed: SeedOpt = 0) -> None:
     """Export a randomly initialised static subnet to ONNX (for latency work)."""
-    # deferred: each command imports only the library parts it runs (CLI start-up)
+    parsed = parse_arch(arch, space)
+    check_writable_file(out, "--out")
+    # deferred until the cheap checks pass: each command imports only the library parts it
+    # runs (CLI start-up)
     import torch
 
     from ofa_search.nn import build_static
     from ofa_search.onnx_export import export_onnx, save_onnx
 
-    parsed = parse_arch(arch, space)
-    check_writable_file(out, "--out")
     net = build_static(parsed, torch.Generator().manual_seed(seed))
     model = export_onnx(net, net.input_shape())
     save_onnx(model, out)

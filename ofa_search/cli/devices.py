@@ -48,15 +48,16 @@ def check_device_cmd(
 ) -> None:
     """Re-time DEVICE's reference subnets here and report this host's speed against its
     table (drift beyond ±10 % is a warning)."""
-    # deferred: each command imports only the library parts it runs (CLI start-up)
-    from ofa_search.profiling.drift import check_drift, clear_scale, save_scale
-
     if rescale and clear:
         raise OfaSearchError("give --rescale or --clear, not both")
     check_device_id(device)
     check_workspace(workspace, must_exist=False, writable=rescale or clear)
     ws = Workspace(workspace)
     table = find_table(device, workspace=workspace)
+    # deferred until the cheap checks pass: each command imports only the library parts it
+    # runs (CLI start-up)
+    from ofa_search.profiling.drift import check_drift, clear_scale, save_scale
+
     if clear:
         removed = clear_scale(ws, device)
         typer.echo(f"{device}: stored ratio removed" if removed
@@ -94,15 +95,13 @@ def latency_cmd(
     """Predicted latency of ARCH on DEVICE, its calibrated upper bound, and (with
     --measure) the measured one."""
     # deferred: each command imports only the library parts it runs (CLI start-up)
-    from ofa_search.profiling.drift import load_scale
+    from predictors.base import LATENCY_KINDS
     from predictors.calibration import (
         DEFAULT_CONFIDENCE,
         CalibrationError,
         check_confidence,
         load_interval_model,
     )
-    from predictors.latency import LearnedLatencyPredictor
-    from predictors.loading import LATENCY_KINDS, load_latency_predictor
 
     if predictor is not None and predictor not in LATENCY_KINDS:
         raise OfaSearchError(f"--predictor must be one of {', '.join(LATENCY_KINDS)}, got "
@@ -114,6 +113,11 @@ def latency_cmd(
     ws = Workspace(workspace)
     table = find_table(device, workspace=workspace)
     parsed = parse_arch(arch, space or table.space)
+    # the predictors (torch, scikit-learn) only once the cheap checks have passed
+    from ofa_search.profiling.drift import load_scale
+    from predictors.latency import LearnedLatencyPredictor
+    from predictors.loading import load_latency_predictor
+
     model, kind = load_latency_predictor(ws, device, predictor)
     stored = load_scale(ws, table)
     scale = 1.0 if stored is None else stored.scale

@@ -134,10 +134,11 @@ def export_supernet_cmd(
 ) -> None:
     """Write the workspace's ofa_mbv3 supernet as once-for-all saves its own (its code
     loads it with OFAMobileNetV3.load_state_dict)."""
-    # deferred: each command imports only the library parts it runs (CLI start-up)
+    check_writable_file(out, "OUT")
+    # deferred until the cheap checks pass: each command imports only the library parts it
+    # runs (CLI start-up)
     from ofa_search.interop import export_ofa_supernet
 
-    check_writable_file(out, "OUT")
     path = export_ofa_supernet(checkpoint or Workspace(workspace).checkpoint, out)
     typer.echo(f"wrote {path}")
 

@@ -31,11 +31,12 @@ def import_supernet_cmd(
 ) -> None:
     """Import an OFAMobileNetV3 checkpoint (ofa_mbv3_d234_e346_k357_w1.0 / _w1.2) as the
     workspace's supernet."""
-    # deferred: each command imports only the library parts it runs (CLI start-up)
-    from ofa_search.interop import import_ofa_supernet
-
     check_workspace(workspace, must_exist=False, writable=True)
     ws = Workspace(workspace)
+    # deferred until the cheap checks pass: each command imports only the library parts it
+    # runs (CLI start-up)
+    from ofa_search.interop import import_ofa_supernet
+
     report = import_ofa_supernet(file, ws.checkpoint, width_mult=width, overwrite=force,
                                  log=None if as_json else typer.echo)
     if as_json:
@@ -57,14 +58,15 @@ def import_predictor_cmd(
     force: ForceOpt = False, as_json: JsonOpt = False,
 ) -> None:
     """Import once-for-all's accuracy predictor as the workspace's accuracy predictor."""
-    # deferred: each command imports only the library parts it runs (CLI start-up)
-    from predictors.accuracy_ofa import load_ofa_accuracy_predictor
-
     check_workspace(workspace, must_exist=False, writable=True)
     ws = Workspace(workspace)
     target = ws.accuracy_predictor
     if target.exists() and not force:
         raise OfaSearchError(f"{target} exists; pass --force to replace it")
+    # deferred until the cheap checks pass: each command imports only the library parts it
+    # runs (CLI start-up)
+    from predictors.accuracy_ofa import load_ofa_accuracy_predictor
+
     res = None
     if resolutions is not None:
         try:

@@ -39,15 +39,16 @@ def fit_predictors_cmd(
 ) -> None:
     """Build the accuracy dataset, fit accuracy and latency predictors, print their
     held-out quality (resumable: cached evaluations and measurements are reused)."""
-    # deferred: each command imports only the library parts it runs (CLI start-up)
-    from ofa_search.train import supernet_evaluator
-    from predictors.fit import fit_predictors, format_quality_table
-
     for name in device or []:
         check_device_id(name)
     check_workspace(workspace, must_exist=False, writable=True)
     if checkpoint is not None and not checkpoint.is_file():
         raise OfaSearchError(f"--checkpoint {checkpoint} is not a file")
+    # deferred until the cheap checks pass: each command imports only the library parts it
+    # runs (CLI start-up)
+    from ofa_search.train import supernet_evaluator
+    from predictors.fit import fit_predictors, format_quality_table
+
     if threads is not None:
         import torch  # deferred: torch only with --threads
 

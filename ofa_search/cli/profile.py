@@ -76,9 +76,6 @@ def profile_cmd(
     cuda_graphs: CudaGraphsOpt = None,
 ) -> None:
     """Measure (or resume) WORKSPACE/hw_profiles/DEVICE.json on this host or an RPC device."""
-    # deferred: each command imports only the library parts it runs (CLI start-up)
-    from ofa_search.profiling.builder import build_table
-
     if ctx.invoked_subcommand is not None:
         return
     if device is None:
@@ -102,6 +99,10 @@ def profile_cmd(
     profile = dataclasses.replace(profile, precisions=chosen, batch_size=batch_size)
     timing = TimingConfig(warmup=3, min_runs=7, max_runs=200, time_cap_s=time_cap)
     check_workspace(workspace, must_exist=False, writable=True)
+    # deferred until the options are checked: bad input is refused without loading torch
+    # (and each subcommand imports only the library parts it runs)
+    from ofa_search.profiling.builder import build_table
+
     out = workspace / "hw_profiles" / f"{device}.json"
     table = build_table(space, profile, resolutions, out, width_mult=width_mult,
                         timing=timing, overhead_archs=overhead_archs, rounds=rounds)
@@ -259,10 +260,11 @@ def merge_db_cmd(
     as_json: JsonOpt = False,
 ) -> None:
     """Join tuning databases: the best record of every workload, in a new folder."""
-    # deferred: each command imports only the library parts it runs (CLI start-up)
+    check_writable_dir(out, "--out")
+    # deferred until the cheap checks pass: each command imports only the library parts it
+    # runs (CLI start-up)
     from ofa_search.profiling.tvm_db import merge_databases
 
-    check_writable_dir(out, "--out")
     result = merge_databases(sources, out)
     _echo(result, as_json, f"wrote {out}: {result['workloads']} workloads (best of "
           f"{result['records']} records)")
@@ -277,12 +279,13 @@ def pack_db_cmd(
     """Pack a tuned TVM table's database beside it (tvm_db/DEVICE.tar.gz, best records
     only) and point the table at it, so that the table can be copied or committed with
     everything it needs."""
-    # deferred: each command imports only the library parts it runs (CLI start-up)
-    from ofa_search.profiling.tvm_space import pack_table_database
-
     check_device_id(device)
     check_workspace(workspace, must_exist=False)
     table = find_table(device, workspace=workspace)
+    # deferred until the device is found: each command imports only the library parts it
+    # runs (CLI start-up)
+    from ofa_search.profiling.tvm_space import pack_table_database
+
     result = pack_table_database(table)
     _echo(result, as_json, f"wrote {result['archive']}: {result['workloads']} workloads, "
           f"{result['bytes'] / 1e6:.2f} MB (best of {result['records']} records); "
@@ -300,13 +303,14 @@ def import_ofa_cmd(
 ) -> None:
     """Import once-for-all's published Note10 latency tables as a device table of the
     ofa_mbv3 space (WORKSPACE/hw_profiles/DEVICE.json)."""
-    # deferred: each command imports only the library parts it runs (CLI start-up)
-    from ofa_search.profiling.ofa_import import import_note10
-
     check_new_device_id(device)
     check_workspace(workspace, must_exist=False, writable=True)
     if not source.is_file():
         raise OfaSearchError(f"no such file: {source}")
+    # deferred until the cheap checks pass: each command imports only the library parts it
+    # runs (CLI start-up)
+    from ofa_search.profiling.ofa_import import import_note10
+
     table = import_note10(source, width_mult=width_mult, device_id=device)
     if not table.resolutions:
         raise OfaSearchError(f"{source}: no resolution of ofa_mbv3 at width {width_mult} is "

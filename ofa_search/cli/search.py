@@ -39,7 +39,7 @@ def _parse_budgets(text: str | None) -> list[float]:
 
 
 def _check_latency_kind(kind: str | None) -> None:
-    from predictors.loading import LATENCY_KINDS  # deferred: predictors.loading loads torch
+    from predictors.base import LATENCY_KINDS  # deferred (CLI start-up); numpy only
 
     if kind is not None and kind not in LATENCY_KINDS:
         raise OfaSearchError(f"--latency-predictor must be one of {', '.join(LATENCY_KINDS)}, "
@@ -62,15 +62,16 @@ def query_cmd(
     as_json: JsonOpt = False,
 ) -> None:
     """The most accurate subnet whose latency on DEVICE fits LATENCY_MS."""
-    # deferred: each command imports only the library parts it runs (CLI start-up)
+    _check_latency_kind(latency_kind)
+    check_device_id(device)
+    check_workspace(workspace)
+    # deferred until the cheap checks pass: each command imports only the library parts it
+    # runs (CLI start-up)
     import optuna
 
     from ofa_search.search.query import QueryEngine
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    _check_latency_kind(latency_kind)
-    check_device_id(device)
-    check_workspace(workspace)
     result = QueryEngine(workspace, latency_kind=latency_kind).query(
         device, latency_ms, precision, refine=refine, confidence=confidence)
     if as_json:
@@ -116,7 +117,16 @@ def search_cmd(
     as_json: JsonOpt = False,
 ) -> None:
     """Run and store constrained searches (one per budget) and the device's front."""
-    # deferred: each command imports only the library parts it runs (CLI start-up)
+    _check_latency_kind(latency_kind)
+    budget_list = _parse_budgets(budgets)
+    if not budget_list and not front:
+        raise OfaSearchError("nothing to do: give --budgets and/or --front")
+    check_device_id(device)
+    check_workspace(workspace, must_exist=False, writable=True)
+    if storage is not None and "://" not in storage:  # a journal file: written to
+        check_writable_file(Path(storage), "--storage")
+    # deferred until the cheap checks pass: each command imports only the library parts it
+    # runs (CLI start-up)
     import optuna
     from rich.progress import Progress
 
@@ -128,14 +138,6 @@ def search_cmd(
     if engine not in ENGINES:
         raise OfaSearchError(f"unknown engine {engine!r}; choose one of {list(ENGINES)}")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    _check_latency_kind(latency_kind)
-    budget_list = _parse_budgets(budgets)
-    if not budget_list and not front:
-        raise OfaSearchError("nothing to do: give --budgets and/or --front")
-    check_device_id(device)
-    check_workspace(workspace, must_exist=False, writable=True)
-    if storage is not None and "://" not in storage:  # a journal file: written to
-        check_writable_file(Path(storage), "--storage")
     ctx = load_context(Workspace(workspace), device, precision, latency_kind=latency_kind)
     ctx.accuracy()  # a missing predictor fails here, before any work
     summary: dict[str, Any] = {"device": device, "precision": ctx.precision,
@@ -191,10 +193,11 @@ def calibrate_cmd(
 ) -> None:
     """Measure members of the device's front end to end and calibrate the bounds of
     query answers on them (after `fit-predictors` and `search`)."""
-    # deferred: each command imports only the library parts it runs (CLI start-up)
+    _check_latency_kind(latency_kind)
+    # deferred until the cheap checks pass: each command imports only the library parts it
+    # runs (CLI start-up)
     from ofa_search.search.calibrate import calibrate_answers
 
-    _check_latency_kind(latency_kind)
     result = calibrate_answers(workspace, device, precision, n=n,
                                latency_kind=latency_kind,
                                log=None if as_json else typer.echo)

@@ -40,10 +40,11 @@ def demo(workspace: WorkspaceOpt,
          quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars")] = False,
          ) -> None:
     """The main job on digits: train, profile, fit, front, three queries, export, plot."""
-    # deferred: each command imports only the library parts it runs (CLI start-up)
+    check_workspace(workspace, must_exist=False, writable=True)
+    # deferred until the cheap checks pass: each command imports only the library parts it
+    # runs (CLI start-up)
     from ofa_search.demo.run import run_demo
 
-    check_workspace(workspace, must_exist=False, writable=True)
     run_demo(workspace, space=space, seed=seed, epochs=epochs, n_archs=n_archs,
              n_latency=n_latency, resolutions=resolutions, echo=typer.echo,
              progress=not quiet)
@@ -242,12 +243,13 @@ def eval_cmd(
     as_json: JsonOpt = False,
 ) -> None:
     """Accuracy of one subnet of a trained supernet, after BN recalibration."""
-    # deferred: each command imports only the library parts it runs (CLI start-up)
+    if split not in ("val", "test"):
+        raise OfaSearchError(f"--split must be val or test, got {split!r}")
+    # deferred until the cheap checks pass: each command imports only the library parts it
+    # runs (CLI start-up)
     from ofa_search.data import is_streamed_dataset, load_dataset, open_image_stream
     from ofa_search.train import evaluate_arch, evaluate_arch_stream, load_supernet
 
-    if split not in ("val", "test"):
-        raise OfaSearchError(f"--split must be val or test, got {split!r}")
     net, meta = load_supernet(checkpoint)
     parsed = parse_arch(arch, meta["space"])
     config = meta.get("config") or {}
