@@ -49,8 +49,9 @@ RANDOM_ARCHS = {
 }
 
 
-def compare(net: Any, path: Path, x: Any) -> dict[str, Any]:
-    """End to end and piece by piece, for one package of ``net`` on ``x``."""
+def compare(net: Any, path: Path, package: Any, x: Any) -> dict[str, Any]:
+    """End to end and piece by piece, for ``package`` (loaded from ``path``) of ``net`` on
+    ``x``."""
     import torch
 
     import ofa_search.binary.formats as formats
@@ -63,7 +64,6 @@ def compare(net: Any, path: Path, x: Any) -> dict[str, Any]:
     tolerance = formats.BINARY.tolerance_of(net)
     with torch.no_grad():
         expected = net(x).numpy()
-    package = BinaryPackage.load(path)
     got = package.run(x.numpy())
     per_image = np.abs(got - expected).max(axis=1)
     if relative:
@@ -76,7 +76,7 @@ def compare(net: Any, path: Path, x: Any) -> dict[str, Any]:
         "images_over_tolerance": int((per_image > tolerance).sum()),
         "top1_agreement": float(np.mean(got.argmax(1) == expected.argmax(1))),
     }
-    # the package as loaded above (TVM, fused blocks, when TVM is installed), and NumPy
+    # the package as given (TVM, fused blocks, when TVM is installed), and NumPy
     row["backend"], row["fused_blocks"] = package.backend, package.fused_blocks
     row["per_piece_tvm"] = formats.stepwise_difference(package, net, x, relative=relative)
     row["per_piece_tvm_without_margin"] = formats.stepwise_difference(
@@ -101,7 +101,7 @@ def random_rows(seeds: int, images: int, folder: Path) -> list[dict[str, Any]]:
     import torch
 
     from ofa_search.arch import parse_arch
-    from ofa_search.binary import write_binary_package
+    from ofa_search.binary import BinaryPackage, write_binary_package
     from ofa_search.data import iterate_batches, load_dataset
     from ofa_search.nn import build_static
     from ofa_search.train.bn_calibration import recalibrate_bn
@@ -117,21 +117,19 @@ def random_rows(seeds: int, images: int, folder: Path) -> list[dict[str, Any]]:
         net.eval()
         path = write_binary_package(net, folder / f"r{seed}.ofab", batches)
         row = {"source": "random-init digits", "label": label, "seed": seed,
-               **compare(net, path, x)}
+               **compare(net, path, BinaryPackage.load(path), x)}
         rows.append(row)
         print_row(row)
     return rows
 
 
-def accuracies(net: Any, path: Path, split: Any, images: int, resolution: int
+def accuracies(net: Any, package: Any, split: Any, images: int, resolution: int
                ) -> dict[str, Any]:
     """Test accuracy of the package and of the PyTorch subnet on the first ``images``."""
     import torch
 
-    from ofa_search.binary import BinaryPackage
     from ofa_search.data import iterate_batches
 
-    package = BinaryPackage.load(path)
     right = {"package": 0, "pytorch": 0}
     seen = 0
     for x, y in iterate_batches(split, 250, shuffle=False, resolution=resolution):
@@ -148,7 +146,7 @@ def accuracies(net: Any, path: Path, split: Any, images: int, resolution: int
 
 def checkpoint_rows(checkpoint: str, archs: list[str], data_name: str, images: int,
                     accuracy_images: int, folder: Path) -> list[dict[str, Any]]:
-    from ofa_search.binary import write_binary_package
+    from ofa_search.binary import BinaryPackage, write_binary_package
     from ofa_search.data import iterate_batches, load_dataset
     from ofa_search.train.bn_calibration import calibrated_subnet
     from ofa_search.train.checkpoint import load_supernet_arch
@@ -164,10 +162,11 @@ def checkpoint_rows(checkpoint: str, archs: list[str], data_name: str, images: i
         path = write_binary_package(net, folder / "c.ofab", batches)
         x, _ = next(iterate_batches(data.test, images, shuffle=False,
                                     resolution=parsed.resolution))
+        package = BinaryPackage.load(path)  # compiled once for both measurements
         row = {"source": f"{Path(checkpoint).name} on {data_name}",
                "label": ", ".join(parsed.precisions), "seed": None,
-               **compare(net, path, x),
-               **accuracies(net, path, data.test, accuracy_images, parsed.resolution)}
+               **compare(net, path, package, x),
+               **accuracies(net, package, data.test, accuracy_images, parsed.resolution)}
         rows.append(row)
         print_row(row)
         print(f"{'':62s} test accuracy on {row['accuracy_images']} images: package "
