@@ -4,14 +4,17 @@
         [--space mbv3_small28] [--resolutions 16 20 ...] [--n 100] [--time-cap 0.5]
         [--provider CUDAExecutionProvider] [--batch-size 64] [--tables-dir DIR]
         [--backend torch --torch-device cuda --torch-dtype fp16 --cuda-graphs]
-        [--precision fp32 int8 binary] [--modes mixed]
+        [--precision fp32 int8 binary] [--modes mixed] [--separate-modes]
 
 Profiles with ONNX Runtime (any execution provider it has) or PyTorch (CPU or CUDA) into
 ``--tables-dir`` (default: the shipped tables, ``ofa_search/hw_profiles/``), then writes
 ``RESULTS_DIR/latency_validation_<device>.json`` atomically and prints a summary. A table
 with int8 or binary units (``--precision``, a space with a precision per stage) is
-validated per precision mode, one record each (``…_<device>_<mode>.json``); ``--modes
-mixed`` validates subnets with int8 and binary stages in one network.
+validated per precision mode, one record each (``…_<device>_<mode>.json``), the modes'
+subnets measured in the same interleaved rounds (``--separate-modes``: one mode after
+another); ``--modes mixed`` validates subnets with int8 and binary stages in one network.
+Each record has its noise floor: the MAPE between the first and the last half of its
+rounds (``--rounds 4`` gives two rounds a half).
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from ofa_search.profiling.device import DeviceProfile
 from ofa_search.profiling.lut import REPO_TABLE_DIR, find_table
 from ofa_search.profiling.measure import MEASURE_ROUNDS
 from ofa_search.profiling.timing import TimingConfig
-from ofa_search.profiling.validate import VALIDATION_SEED, validate_table
+from ofa_search.profiling.validate import VALIDATION_SEED, validate_modes
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -65,6 +68,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--modes", nargs="+", default=None,
                         help="precision modes to validate instead (fp32, int8, binary, or "
                              "mixed: int8 and binary stages in one subnet)")
+    parser.add_argument("--separate-modes", action="store_true",
+                        help="validate the precision modes one after another instead of "
+                             "in the same interleaved rounds")
     parser.add_argument("--tables-dir", type=Path, default=REPO_TABLE_DIR,
                         help="where the table is written and looked up")
     args = parser.parse_args(argv)
@@ -87,9 +93,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"profiled {len(table.entries)} units in {time.perf_counter() - start:.1f} s "
               f"(overhead {table.overhead_ms:.4f} ms)")
     table = find_table(args.device, [args.tables_dir])
-    for mode in args.modes or args.precision or table.precisions:
-        report = validate_table(table, args.n, args.seed, timing=timing, rounds=args.rounds,
-                                progress=True, mode=mode)
+    modes = args.modes or args.precision or table.precisions
+    if args.separate_modes:  # one mode after another (how the older records were taken)
+        reports = [report for mode in modes for report in validate_modes(
+            table, (mode,), args.n, args.seed, timing=timing, rounds=args.rounds,
+            progress=True)]
+    else:
+        reports = validate_modes(table, modes, args.n, args.seed, timing=timing,
+                                 rounds=args.rounds, progress=True)
+    for report in reports:
         print("\n".join(report.summary_lines()))
         print(f"wrote {report.save(args.results_dir)}")
     return 0

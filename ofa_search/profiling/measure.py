@@ -133,43 +133,61 @@ def measure_arch(backend: Measurer, arch: Arch, batch_size: int = 1,
     return _once(prepare_arch(backend, arch, batch_size, profile))
 
 
-def measure_rounds(prepared: Sequence[Prepared], rounds: int) -> list[TimingStats]:
-    """Time every model once per round, ``rounds`` times over, and combine each model's
-    rounds (:func:`~ofa_search.profiling.timing.combine_rounds`)."""
+def round_samples(prepared: Sequence[Prepared], rounds: int) -> list[list[TimingStats]]:
+    """Time every model once per round, ``rounds`` times over: each model's rounds, in
+    order."""
     if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
         raise ValueError(f"rounds must be a positive integer, got {rounds!r}")
     per: list[list[TimingStats]] = [[] for _ in prepared]
     for _ in range(rounds):
         for samples, model in zip(per, prepared, strict=True):
             samples.append(model.measure())
-    return [combine_rounds(samples) for samples in per]
+    return per
 
 
-def measure_many(items: Sequence[T], prepare: Callable[[T], Prepared], *,
-                 rounds: int = MEASURE_ROUNDS, chunk: int = CHUNK,
-                 on_result: Callable[[T, TimingStats], None] | None = None
-                 ) -> list[TimingStats]:
-    """Measure ``items`` chunk by chunk: prepare a chunk, time it in interleaved rounds,
-    close it, then report each item's combined stats to ``on_result`` (so a caller can save
-    its progress after every chunk)."""
+def measure_rounds(prepared: Sequence[Prepared], rounds: int) -> list[TimingStats]:
+    """Time every model once per round, ``rounds`` times over, and combine each model's
+    rounds (:func:`~ofa_search.profiling.timing.combine_rounds`)."""
+    return [combine_rounds(samples) for samples in round_samples(prepared, rounds)]
+
+
+def measure_many_rounds(items: Sequence[T], prepare: Callable[[T], Prepared], *,
+                        rounds: int = MEASURE_ROUNDS, chunk: int = CHUNK,
+                        on_result: Callable[[T, list[TimingStats]], None] | None = None
+                        ) -> list[list[TimingStats]]:
+    """Measure ``items`` chunk by chunk: prepare a chunk, time it in interleaved rounds
+    (:func:`round_samples`), close it, then report each item's rounds to ``on_result`` (so
+    a caller can save its progress after every chunk). Returns each item's rounds."""
     if chunk < 1:
         raise ValueError(f"chunk must be >= 1, got {chunk}")
-    out: list[TimingStats] = []
+    out: list[list[TimingStats]] = []
     for start in range(0, len(items), chunk):
         group = items[start:start + chunk]
         prepared: list[Prepared] = []
         try:
             for item in group:
                 prepared.append(prepare(item))
-            stats = measure_rounds(prepared, rounds)
+            samples = round_samples(prepared, rounds)
         finally:
             for model in prepared:
                 model.close()
-        for item, result in zip(group, stats, strict=True):
+        for item, result in zip(group, samples, strict=True):
             if on_result is not None:
                 on_result(item, result)
-        out.extend(stats)
+        out.extend(samples)
     return out
+
+
+def measure_many(items: Sequence[T], prepare: Callable[[T], Prepared], *,
+                 rounds: int = MEASURE_ROUNDS, chunk: int = CHUNK,
+                 on_result: Callable[[T, TimingStats], None] | None = None
+                 ) -> list[TimingStats]:
+    """:func:`measure_many_rounds` with each item's rounds combined
+    (:func:`~ofa_search.profiling.timing.combine_rounds`), as ``on_result`` receives them."""
+    report = None if on_result is None else (
+        lambda item, samples: on_result(item, combine_rounds(samples)))
+    return [combine_rounds(samples) for samples in
+            measure_many_rounds(items, prepare, rounds=rounds, chunk=chunk, on_result=report)]
 
 
 def measure_archs(backend: Measurer, archs: Sequence[Arch], batch_size: int = 1,

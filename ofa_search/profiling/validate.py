@@ -7,13 +7,16 @@ the same path as the table's units, measured on the table's own profile, and com
 
 A table that prices int8 or binary units is validated per precision mode (``mode``): the
 held-out subnets then have each stage fp32 or that precision (at least one stage in it),
-measured as export emits them, as the table's per-mode overhead was fitted.
+measured as export emits them, as the table's per-mode overhead was fitted. Modes
+validated together (:func:`validate_modes`) are measured in the same interleaved rounds,
+and every report carries its noise floor: how well two halves of its own rounds agree.
 """
 
 from __future__ import annotations
 
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,12 +27,19 @@ from tqdm import tqdm
 from ofa_search.arch import Arch
 from ofa_search.atomic import atomic_write_json
 from ofa_search.errors import OfaSearchError
-from ofa_search.metrics import report
+from ofa_search.metrics import mape, report
 from ofa_search.profiling.backends import get_backend
 from ofa_search.profiling.builder import MIXED_MODE, mode_archs
 from ofa_search.profiling.lut import LatencyTable, now_iso
-from ofa_search.profiling.measure import FAST_TIMING, MEASURE_ROUNDS, Measurer, measure_archs
-from ofa_search.profiling.timing import TimingConfig
+from ofa_search.profiling.measure import (
+    FAST_TIMING,
+    MEASURE_ROUNDS,
+    Measurer,
+    default_chunk,
+    measure_many_rounds,
+    prepare_arch,
+)
+from ofa_search.profiling.timing import TimingConfig, TimingStats, combine_rounds
 from ofa_search.space import get_space
 
 VALIDATION_SEED = 2_000_003
@@ -58,6 +68,11 @@ class ValidationReport:
     mode: str = "fp32"
     date: str = field(default_factory=now_iso)
     rows: list[dict[str, Any]] = field(default_factory=list)
+    noise_mape: float | None = None
+    """MAPE between the first and the last half of each subnet's rounds (the noise
+    floor, :func:`validate_modes`); ``None`` with one round."""
+    modes_together: list[str] = field(default_factory=list)
+    """The precision modes measured in the same rounds as this one (itself included)."""
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (rows included)."""
@@ -71,6 +86,9 @@ class ValidationReport:
             f"(seed {self.seed}, precision mode {self.mode})",
             f"  {'RMSE':<22}{self.rmse_ms:.4f} ms  (mean measured {self.mean_measured_ms:.4f} ms)",
             f"  {'MAPE':<22}{100 * self.mape:.2f} %",
+            *([] if self.noise_mape is None else
+              [f"  {'noise floor (MAPE)':<22}{100 * self.noise_mape:.2f} %  "
+               f"(first vs last {self.rounds // 2} of {self.rounds} rounds)"]),
             f"  {'within ±5 %':<22}{100 * self.within_5pct:.1f} %",
             f"  {'within ±10 %':<22}{100 * self.within_10pct:.1f} %",
             f"  {'Kendall tau':<22}{self.kendall_tau:.3f}",
@@ -126,13 +144,41 @@ def heldout_archs(table: LatencyTable, n: int, seed: int = VALIDATION_SEED,
     return mode_archs(table.space, n, seed, table.width_mult, table.resolutions, mode)
 
 
+def noise_halves(samples: list[TimingStats]) -> tuple[TimingStats, TimingStats] | None:
+    """One model's rounds as two measurements: the first ``⌊r/2⌋`` rounds and the last
+    ``⌊r/2⌋`` (each combined as a table's rounds are), or ``None`` for a single round.
+    Their disagreement over many models is the noise floor of a validation."""
+    half = len(samples) // 2
+    if half == 0:
+        return None
+    return combine_rounds(samples[:half]), combine_rounds(samples[-half:])
+
+
 def validate_table(table: LatencyTable, n: int = 100, seed: int = VALIDATION_SEED, *,
                    backend: Measurer | None = None, timing: TimingConfig | None = None,
                    rounds: int = MEASURE_ROUNDS, progress: bool = False,
                    mode: str = "fp32") -> ValidationReport:
-    """Measure ``n`` seeded random subnets on the table's profile (each in ``rounds``
-    interleaved rounds, as tables are measured) and compare. ``mode``: the precision
-    mode of the subnets (:func:`heldout_archs`).
+    """:func:`validate_modes` of one precision mode."""
+    (report,) = validate_modes(table, (mode,), n, seed, backend=backend, timing=timing,
+                               rounds=rounds, progress=progress)
+    return report
+
+
+def validate_modes(table: LatencyTable, modes: Sequence[str] = ("fp32",), n: int = 100,
+                   seed: int = VALIDATION_SEED, *, backend: Measurer | None = None,
+                   timing: TimingConfig | None = None, rounds: int = MEASURE_ROUNDS,
+                   progress: bool = False) -> list[ValidationReport]:
+    """Measure ``n`` seeded random subnets of each precision mode of ``modes``
+    (:func:`heldout_archs`) on the table's profile and compare them with the table: one
+    report per mode, in order.
+
+    The modes' subnets are measured together, alternating (mode 1's first subnet, mode 2's
+    first, …), each in ``rounds`` interleaved rounds as tables are measured: a slow spell
+    of a shared host then slows every mode alike, and the modes' errors can be compared.
+    Each report also carries the validation's own noise floor (``noise_mape``): the MAPE
+    between the first ``⌊rounds/2⌋`` rounds and the last ones of the same subnets
+    (:func:`noise_halves`; ``None`` with one round). A table error near it is as small as
+    this host lets one tell.
 
     Each row keeps the host's 1-minute load average when its chunk was measured: a load
     well above the profile's threads marks a row that other processes may have slowed.
@@ -140,7 +186,11 @@ def validate_table(table: LatencyTable, n: int = 100, seed: int = VALIDATION_SEE
     ``backend`` defaults to the table's own profile's backend; an imported table (no
     profile) needs one passed in.
     """
-    archs = heldout_archs(table, n, seed, mode)  # a mode the table lacks fails first
+    if not modes or len(set(modes)) != len(modes):
+        raise OfaSearchError(f"modes must be distinct and at least one, got {list(modes)}")
+    # a mode the table lacks fails before anything is measured
+    per_mode = {mode: heldout_archs(table, n, seed, mode) for mode in modes}
+    order = [(mode, i) for i in range(n) for mode in modes]
     profile = table.profile()
     owned = backend is None
     if backend is None:
@@ -152,37 +202,55 @@ def validate_table(table: LatencyTable, n: int = 100, seed: int = VALIDATION_SEE
     batch = profile.batch_size if profile is not None else 1
     load_before = _load_avg()
     start = time.perf_counter()
-    rows: list[dict[str, Any]] = []
     try:
-        bar = tqdm(total=n, desc=f"validating {table.device_id} ({mode})",
+        label = "/".join(modes)
+        bar = tqdm(total=len(order), desc=f"validating {table.device_id} ({label})",
                    disable=not progress)
         loads: list[float | None] = []  # when each arch's chunk was done, in order
 
-        def done(arch: Any, stats: Any) -> None:
+        def done(item: Any, samples: Any) -> None:
             loads.append(_load_avg())
             bar.update()
 
-        measured = measure_archs(backend, archs, batch, profile, rounds=rounds,
-                                 on_result=done)
+        measured = measure_many_rounds(
+            order, lambda item: prepare_arch(backend, per_mode[item[0]][item[1]], batch,
+                                             profile),
+            rounds=rounds, chunk=default_chunk(backend), on_result=done)
         bar.close()
-        rows = [{"arch": arch.to_string(), "predicted_ms": table.predict(arch),
-                 "measured_ms": stats.median_ms, "load_1min": load}
-                for arch, stats, load in zip(archs, measured, loads, strict=True)]
     finally:
         if owned:
             close = getattr(backend, "close", None)
             if close is not None:
                 close()
-    pred = np.array([r["predicted_ms"] for r in rows])
-    meas = np.array([r["measured_ms"] for r in rows])
-    m = report(pred, meas)
-    return ValidationReport(
-        device_id=table.device_id, space=table.space, n=n, seed=seed, rmse_ms=m["rmse"],
-        mape=m["mape"], within_5pct=m["within_5pct"], within_10pct=m["within_10pct"],
-        kendall_tau=m["kendall_tau"], mean_measured_ms=float(meas.mean()),
-        validation_wall_s=time.perf_counter() - start,
-        profiling_wall_s=profiling_wall_s(table),
-        overhead_ms=table.overhead_by_mode.get("binary" if mode == MIXED_MODE else mode,
-                                               table.overhead_ms),
-        load_avg=[load_before, _load_avg()], rounds=rounds, mode=mode, rows=rows,
-    )
+    wall = time.perf_counter() - start
+    load_after = _load_avg()
+    reports = []
+    for mode in modes:
+        rows: list[dict[str, Any]] = []
+        for (of, i), samples, load in zip(order, measured, loads, strict=True):
+            if of != mode:
+                continue
+            arch = per_mode[mode][i]
+            row: dict[str, Any] = {"arch": arch.to_string(), "predicted_ms": table.predict(arch),
+                   "measured_ms": combine_rounds(samples).median_ms, "load_1min": load}
+            halves = noise_halves(samples)
+            if halves is not None:
+                row["measured_first_ms"], row["measured_last_ms"] = (
+                    halves[0].median_ms, halves[1].median_ms)
+            rows.append(row)
+        pred = np.array([r["predicted_ms"] for r in rows])
+        meas = np.array([r["measured_ms"] for r in rows])
+        m = report(pred, meas)
+        noise = (None if rounds < 2 else
+                 mape([r["measured_first_ms"] for r in rows],
+                      [r["measured_last_ms"] for r in rows]))
+        reports.append(ValidationReport(
+            device_id=table.device_id, space=table.space, n=n, seed=seed, rmse_ms=m["rmse"],
+            mape=m["mape"], within_5pct=m["within_5pct"], within_10pct=m["within_10pct"],
+            kendall_tau=m["kendall_tau"], mean_measured_ms=float(meas.mean()),
+            validation_wall_s=wall, profiling_wall_s=profiling_wall_s(table),
+            overhead_ms=table.overhead_by_mode.get("binary" if mode == MIXED_MODE else mode,
+                                                   table.overhead_ms),
+            load_avg=[load_before, load_after], rounds=rounds, mode=mode, rows=rows,
+            noise_mape=noise, modes_together=list(modes)))
+    return reports

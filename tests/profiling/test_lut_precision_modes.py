@@ -10,6 +10,7 @@ from table_helpers import write_synthetic_table
 
 from ofa_search.arch import Arch
 from ofa_search.profiling.lut import REPO_TABLE_DIR, LatencyTable, precision_mode
+from ofa_search.profiling.timing import TimingStats
 from ofa_search.workspace import Workspace
 from predictors.latency import LutLatencyPredictor
 
@@ -80,6 +81,47 @@ def test_int8_mode_is_validated_on_mixed_subnets_measured_as_exported(tmp_path: 
     with pytest.raises(OfaSearchError, match=r"prices precisions \['fp32', 'int8'\], "
                                              r"not 'binary': profile it with --precision"):
         validate_table(table, n=2, mode="binary")
+
+
+def test_modes_validated_together_carry_their_noise_floor(tmp_path: Path) -> None:
+    """fp32 and int8 subnets measured in the same rounds: one report per mode, each with
+    the MAPE between the first and the last half of its rounds; one round has none."""
+    import ofa_search.quant  # noqa: F401  (registers the timing of int8 units)
+    from ofa_search.errors import OfaSearchError
+    from ofa_search.metrics import mape
+    from ofa_search.profiling.timing import TimingConfig
+    from ofa_search.profiling.validate import heldout_archs, noise_halves, validate_modes
+
+    ws = Workspace(tmp_path / "ws")
+    table = write_synthetic_table(ws, "mp-two", MP, ("fp32", "int8"), resolutions=(16,))
+    fast = TimingConfig(warmup=1, min_runs=3, max_runs=10, time_cap_s=0.05)
+    fp32, int8 = validate_modes(table, ("fp32", "int8"), n=2, timing=fast, rounds=2)
+    assert (fp32.mode, int8.mode) == ("fp32", "int8")
+    assert fp32.modes_together == int8.modes_together == ["fp32", "int8"]
+    for report in (fp32, int8):
+        expected = heldout_archs(table, 2, mode=report.mode)
+        assert [row["arch"] for row in report.rows] == [a.to_string() for a in expected]
+        first = [row["measured_first_ms"] for row in report.rows]
+        last = [row["measured_last_ms"] for row in report.rows]
+        assert report.noise_mape == pytest.approx(mape(first, last))
+        assert any("noise floor" in line for line in report.summary_lines())
+    (single,) = validate_modes(table, ("int8",), n=1, timing=fast, rounds=1)
+    assert single.noise_mape is None and "measured_first_ms" not in single.rows[0]
+    with pytest.raises(OfaSearchError, match="modes must be distinct"):
+        validate_modes(table, ("int8", "int8"), n=1)
+    with pytest.raises(OfaSearchError, match="not 'binary'"):  # before anything is timed
+        validate_modes(table, ("fp32", "binary"), n=1)
+    stats = [_stats(1.0), _stats(3.0), _stats(2.0), _stats(5.0), _stats(4.0)]
+    halves = noise_halves(stats)
+    assert halves is not None
+    first_half, last_half = halves
+    assert (first_half.median_ms, last_half.median_ms) == (2.0, 4.5)
+    assert noise_halves(stats[:1]) is None
+
+
+def _stats(median: float) -> TimingStats:
+    return TimingStats(median_ms=median, iqr_ms=0.0, mean_ms=median, min_ms=median,
+                       count=1, ci_halfwidth_ms=0.0, converged=True)
 
 
 def test_mixed_mode_validates_int8_and_binary_stages_in_one_package(tmp_path: Path) -> None:

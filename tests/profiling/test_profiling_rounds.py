@@ -12,6 +12,7 @@ from ofa_search.profiling.measure import (
     default_chunk,
     measure_archs,
     measure_many,
+    measure_many_rounds,
     measure_rounds,
 )
 from ofa_search.profiling.timing import combine_rounds
@@ -65,6 +66,10 @@ def test_rounds_interleave_models_and_chunks_close_them() -> None:
                    "open c", "c", "c", "close c"]
     assert seen == [("a", 1.0), ("b", 2.0), ("c", 3.0)]
     assert [s.count for s in out] == [20, 20, 20]
+    log.clear()
+    rounds = measure_many_rounds(["b", "a"], prepare, rounds=3)  # each item's rounds, kept
+    assert log == ["open b", "open a", "b", "a", "b", "a", "b", "a", "close b", "close a"]
+    assert [[s.median_ms for s in r] for r in rounds] == [[2.0] * 3, [1.0] * 3]
 
 
 def test_prepared_models_are_closed_when_a_measurement_fails() -> None:
