@@ -30,7 +30,7 @@ import ofa_search.quant  # noqa: F401  (registers the timing of int8 units)
 from ofa_search.errors import OfaSearchError
 from ofa_search.profiling.builder import build_table
 from ofa_search.profiling.device import DeviceProfile
-from ofa_search.profiling.lut import REPO_TABLE_DIR, find_table
+from ofa_search.profiling.lut import REPO_TABLE_DIR, find_table, unit_agreement
 from ofa_search.profiling.measure import MEASURE_ROUNDS
 from ofa_search.profiling.timing import TimingConfig
 from ofa_search.profiling.validate import VALIDATION_SEED, validate_modes
@@ -92,6 +92,11 @@ def main(argv: list[str] | None = None) -> int:
                             rounds=args.rounds, overhead_archs=args.overhead_archs)
         print(f"profiled {len(table.entries)} units in {time.perf_counter() - start:.1f} s "
               f"(overhead {table.overhead_ms:.4f} ms)")
+        agreement = unit_agreement(table)
+        if agreement is not None:
+            print(agreement.summary())
+            if agreement.noisy:
+                print(agreement.warning(table.device_id))
     table = find_table(args.device, [args.tables_dir])
     modes = args.modes or args.precision or table.precisions
     if args.separate_modes:  # one mode after another (how the older records were taken)

@@ -71,6 +71,7 @@ def test_profile_writes_a_workspace_table(tmp_path: Path) -> None:
               "--time-cap", "0.02", "--overhead-archs", "2", "--rounds", "2",
               "--workspace", str(tmp_path))
     assert out.returncode == 0, out.stderr
+    assert "the rounds of a unit agreed within a median" in out.stdout
     table = find_table("tiny-ort", workspace=tmp_path)
     assert table.space == "mbv3_small28" and list(table.resolutions) == [16]
     arch = Arch.sample("mbv3_small28", 0, resolution=16)

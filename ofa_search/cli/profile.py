@@ -107,6 +107,20 @@ def profile_cmd(
     table = build_table(space, profile, resolutions, out, width_mult=width_mult,
                         timing=timing, overhead_archs=overhead_archs, rounds=rounds)
     typer.echo(f"wrote {out}: {len(table.entries)} units, overhead {table.overhead_ms:.4f} ms")
+    _report_agreement(table)
+
+
+def _report_agreement(table: Any) -> None:
+    """How well the units' rounds agreed; a warning on stderr when the host was busy."""
+    from ofa_search.profiling.lut import unit_agreement
+
+    agreement = unit_agreement(table)
+    if agreement is None:
+        return
+    typer.echo(agreement.summary())
+    warning = agreement.warning(table.device_id)
+    if warning is not None:
+        typer.echo(warning, err=True)
 
 
 def _check_profile_options(spec: Any, resolutions: list[int] | None,

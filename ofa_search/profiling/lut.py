@@ -278,6 +278,69 @@ def precision_mode(arch: Arch) -> str:
     return "int8" if "int8" in arch.precisions else "fp32"
 
 
+QUIET_SPREAD = 0.02
+"""The median relative spread of the units' rounds in tables profiled on a quiet host (1
+thread, CPU)."""
+NOISY_SPREAD = 0.05
+"""A table whose units' rounds disagree by a larger median relative spread was profiled on
+a busy host. Quiet 1-thread CPU tables sit near :data:`QUIET_SPREAD`; two threads on a
+2-core host at 0.07-0.16; a host busy with other work above 0.2
+(docs/benchmarks/precision-mbv3.md)."""
+
+
+@dataclass(frozen=True)
+class UnitAgreement:
+    """How well the rounds of each unit of a table agreed: its spread is
+    ``ci_halfwidth_ms / median_ms`` (for units measured in rounds, the largest distance of
+    a round's median from the median; see
+    :func:`~ofa_search.profiling.timing.combine_rounds`)."""
+
+    units: int
+    converged_share: float
+    median_spread: float
+    p90_spread: float
+
+    @property
+    def noisy(self) -> bool:
+        return self.median_spread > NOISY_SPREAD
+
+    def summary(self) -> str:
+        """One line: the median and 90th-percentile spread and the converged share."""
+        return (f"the rounds of a unit agreed within a median {self.median_spread:.1%} "
+                f"(90th percentile {self.p90_spread:.1%}; {self.converged_share:.0%} of "
+                f"{self.units} units converged)")
+
+    def warning(self, device: str) -> str | None:
+        """A warning naming the fix, when the host was too busy while profiling."""
+        if not self.noisy:
+            return None
+        return (f"warning: {device} was profiled while the host was busy: its units' rounds "
+                f"disagreed by a median {self.median_spread:.1%}, where a quiet host gives "
+                f"about {QUIET_SPREAD:.0%}. Its prices are that uncertain: profile it again "
+                f"under a new device id when the host is quiet")
+
+
+def unit_agreement(table: LatencyTable) -> UnitAgreement | None:
+    """The agreement of ``table``'s unit measurements, or ``None`` when its entries carry no
+    spread (an imported table)."""
+    spreads: list[float] = []
+    converged = 0
+    for entry in table.entries.values():
+        if "ci_halfwidth_ms" not in entry or not _is_number(entry.get("median_ms")):
+            continue
+        median, half = float(entry["median_ms"]), entry["ci_halfwidth_ms"]
+        if median <= 0:
+            continue
+        spreads.append(half / median if _is_number(half) else math.inf)  # None: unbounded
+        converged += bool(entry.get("converged"))
+    if not spreads:
+        return None
+    spreads.sort()
+    return UnitAgreement(units=len(spreads), converged_share=converged / len(spreads),
+                         median_spread=spreads[len(spreads) // 2],
+                         p90_spread=spreads[min(len(spreads) - 1, int(0.9 * len(spreads)))])
+
+
 def _finite(value: Any, name: str) -> float:
     if not _is_number(value):
         raise ValueError(f"{name} must be a finite number, got {value!r}")

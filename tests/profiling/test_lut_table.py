@@ -107,3 +107,34 @@ def test_registry(tmp_path: Path) -> None:
 def test_shipped_tables_are_listed() -> None:
     ids = {info.device_id for info in list_tables()}
     assert "note10-tflite" in ids
+
+
+def test_unit_agreement_tells_a_busy_profile_from_a_quiet_one() -> None:
+    """The median relative spread of the units' rounds: 2 % passes, 20 % warns (naming the
+    fix); an unbounded interval counts as infinitely wide; no intervals at all (an imported
+    table) gives nothing."""
+    from ofa_search.profiling.lut import NOISY_SPREAD, unit_agreement
+
+    table = synthetic_table()
+    assert unit_agreement(table) is None  # entries without intervals
+    keys = sorted(table.entries)
+    for i, key in enumerate(keys):
+        entry = table.entries[key]
+        entry["ci_halfwidth_ms"] = 0.02 * entry["median_ms"]
+        entry["converged"] = i % 2 == 0
+    table.entries[keys[0]]["ci_halfwidth_ms"] = None
+    quiet = unit_agreement(table)
+    assert quiet is not None and not quiet.noisy
+    assert quiet.units == len(keys) and quiet.median_spread == pytest.approx(0.02)
+    assert quiet.p90_spread == pytest.approx(0.02)  # the one unbounded unit is above p90
+    assert quiet.converged_share == pytest.approx((len(keys) + 1) // 2 / len(keys))
+    assert quiet.warning("fake-dev") is None
+    assert "agreed within a median 2.0%" in quiet.summary()
+    for entry in table.entries.values():
+        if entry["ci_halfwidth_ms"] is not None:
+            entry["ci_halfwidth_ms"] = 0.2 * entry["median_ms"]
+    busy = unit_agreement(table)
+    assert busy is not None and busy.noisy and busy.median_spread > NOISY_SPREAD
+    warning = busy.warning("fake-dev")
+    assert warning is not None and warning.startswith("warning: fake-dev was profiled while")
+    assert "median 20.0%" in warning and "profile it again under a new device id" in warning
