@@ -29,6 +29,7 @@ A user's path, each step resumable (the CLI's commands are thin layers over thes
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -37,7 +38,13 @@ from ofa_search.export import ExportResult
 from ofa_search.export import export as export_subnet
 from ofa_search.profiling.builder import build_table
 from ofa_search.profiling.device import DeviceProfile, check_new_device_id
-from ofa_search.profiling.lut import LatencyTable, TableInfo, find_table, list_tables
+from ofa_search.profiling.lut import (
+    LatencyTable,
+    TableInfo,
+    find_table,
+    list_tables,
+    unit_agreement,
+)
 from ofa_search.search.query import QueryEngine, QueryResult
 from ofa_search.train import TrainConfig, supernet_evaluator
 from ofa_search.train import train as train_supernet
@@ -67,12 +74,18 @@ def profile(workspace: WorkspaceLike, device: str, *, space: str = "mbv3_small28
             progress: bool = True) -> LatencyTable:
     """Profile this host with ONNX Runtime (``threads`` threads) into the table
     ``WORKSPACE/hw_profiles/DEVICE.json`` (resumed when it exists); ``ofa-search profile``
-    offers TVM, remote devices and more options."""
+    offers TVM, remote devices and more options. Warns (``UserWarning``) when the units'
+    rounds disagreed as on a busy host (:func:`~ofa_search.profiling.lut.unit_agreement`)."""
     check_new_device_id(device, "device")
     ws = _workspace(workspace)
     check_workspace(ws.root, must_exist=False, writable=True)
-    return build_table(space, DeviceProfile.local_onnxruntime(threads, id=device),
-                       resolutions, ws.hw_profiles_dir / f"{device}.json", progress=progress)
+    table = build_table(space, DeviceProfile.local_onnxruntime(threads, id=device),
+                        resolutions, ws.hw_profiles_dir / f"{device}.json", progress=progress)
+    agreement = unit_agreement(table)
+    warning = None if agreement is None else agreement.warning(device)
+    if warning is not None:
+        warnings.warn(warning.removeprefix("warning: "), UserWarning, stacklevel=2)
+    return table
 
 
 def fit_predictors(workspace: WorkspaceLike, devices: Sequence[str] = (),

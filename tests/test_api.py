@@ -4,6 +4,7 @@ each call against the library object it wraps."""
 from __future__ import annotations
 
 import doctest
+import warnings
 from pathlib import Path
 
 import pytest
@@ -48,3 +49,26 @@ def test_query_devices_latency_and_profile_checks(tmp_path: Path) -> None:
     assert ofa.latency(DEVICE, answer.arch, workspace=ws) > 0
     with pytest.raises(OfaSearchError, match="not a valid device id"):
         ofa.profile(ws, "../x", progress=False)
+
+
+def test_profile_warns_when_its_table_was_measured_on_a_busy_host(tmp_path: Path) -> None:
+    """A complete table (nothing left to measure) whose units' rounds disagreed by 20 %:
+    ``ofa.profile`` returns it with a UserWarning naming the fix; at 2 % it stays quiet."""
+    from table_helpers import write_synthetic_table
+
+    ws = ofa.Workspace(tmp_path / "ws")
+    table = write_synthetic_table(ws, "busy-cpu", "mbv3_small28", ("fp32",), resolutions=(16,))
+    table.complete, table.meta["overhead"] = True, {"archs": 0}
+    for entry in table.entries.values():
+        entry["ci_halfwidth_ms"] = 0.2 * entry["median_ms"]
+    table.save(ws.hw_profiles_dir / "busy-cpu.json")
+    with pytest.warns(UserWarning, match=r"busy-cpu was profiled while the host was busy: "
+                                         r".* median 20\.0%.* under a new device id"):
+        got = ofa.profile(ws, "busy-cpu", resolutions=[16], progress=False)
+    assert got.entries == table.entries
+    for entry in table.entries.values():
+        entry["ci_halfwidth_ms"] = 0.02 * entry["median_ms"]
+    table.save(ws.hw_profiles_dir / "busy-cpu.json")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ofa.profile(ws, "busy-cpu", resolutions=[16], progress=False)
