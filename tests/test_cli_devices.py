@@ -19,8 +19,14 @@ NOTE10_ARCH = {"ks": [5, 3, 3, 3, 5, 3, 3, 3, 7, 7, 3, 3, 5, 5, 7, 3, 3, 3, 5, 3
 def test_devices_lists_shipped_tables(tmp_path: Path) -> None:
     out = cli("devices", "--json", "--workspace", str(tmp_path))
     assert out.returncode == 0, out.stderr
-    ids = {d["device_id"] for d in json.loads(out.stdout)}
-    assert {"cpu-ort-1t", "cpu-ort-2t", "note10-tflite"} <= ids
+    listed = {d["device_id"]: d for d in json.loads(out.stdout)}
+    assert {"cpu-ort-1t", "cpu-ort-2t", "note10-tflite"} <= set(listed)
+    # how well each table's units' rounds agreed: the 2-thread table was measured busy
+    assert listed["cpu-ort-1t"]["unit_spread"] < 0.05 < listed["cpu-ort-2t"]["unit_spread"]
+    assert listed["note10-tflite"]["unit_spread"] is None  # imported: no rounds
+    text = cli("devices", "--workspace", str(tmp_path)).stdout.splitlines()
+    (two,) = [line for line in text if line.startswith("cpu-ort-2t ")]
+    assert two.endswith("(profiled on a busy host)") and "spread 16.3%" in two
 
 
 def test_devices_text_keeps_one_column_for_long_ids(tmp_path: Path) -> None:
@@ -71,7 +77,7 @@ def test_profile_writes_a_workspace_table(tmp_path: Path) -> None:
               "--time-cap", "0.02", "--overhead-archs", "2", "--rounds", "2",
               "--workspace", str(tmp_path))
     assert out.returncode == 0, out.stderr
-    assert "the rounds of a unit agreed within a median" in out.stdout
+    assert "a unit's measurements agreed within a median" in out.stdout
     table = find_table("tiny-ort", workspace=tmp_path)
     assert table.space == "mbv3_small28" and list(table.resolutions) == [16]
     arch = Arch.sample("mbv3_small28", 0, resolution=16)

@@ -145,7 +145,9 @@ def test_devices(client: TestClient) -> None:
     assert one["space"] == SPACE and one["backend"] == "onnxruntime" and one["measurable"]
     assert one["latency_predictor"] == "learned" and one["entries"] > 100
     assert 0 < one["min_latency_ms"] < 1.0 and "path" not in one
-    assert client.get("/devices/note10-tflite").json()["measurable"] is False
+    assert 0 < one["unit_spread"] < 1  # its units' rounds agreed within that (median)
+    imported = client.get("/devices/note10-tflite").json()
+    assert imported["measurable"] is False and imported["unit_spread"] is None
 
 
 @pytest.mark.parametrize("device", ["no-such-device", "..", "a%2F..%2Fb"])

@@ -9,7 +9,7 @@ import typer
 from ofa_search.arch import parse_arch
 from ofa_search.cli.options import ArchArg, JsonOpt, WorkspaceOpt, emit_json, given
 from ofa_search.errors import OfaSearchError
-from ofa_search.profiling.lut import find_table, list_tables, precision_mode
+from ofa_search.profiling.lut import NOISY_SPREAD, find_table, list_tables, precision_mode
 from ofa_search.workspace import Workspace, check_device_id, check_workspace, explicit_workspace
 
 app = typer.Typer()
@@ -29,9 +29,12 @@ def devices_cmd(ctx: typer.Context, workspace: WorkspaceOpt, as_json: JsonOpt = 
             typer.echo(f"{info.device_id:<{width}} unreadable: {info.error}")
         else:
             state = "" if info.complete else "  (incomplete)"
+            spread = "" if info.unit_spread is None else (
+                f", spread {info.unit_spread:.1%}"
+                + ("  (profiled on a busy host)" if info.unit_spread > NOISY_SPREAD else ""))
             typer.echo(f"{info.device_id:<{width}} {info.backend:<12} {info.space} "
                        f"w{info.width_mult} r{list(info.resolutions)} "
-                       f"{info.entries} units{state}")
+                       f"{info.entries} units{spread}{state}")
 
 
 @app.command("check-device")

@@ -306,7 +306,7 @@ class UnitAgreement:
 
     def summary(self) -> str:
         """One line: the median and 90th-percentile spread and the converged share."""
-        return (f"the rounds of a unit agreed within a median {self.median_spread:.1%} "
+        return (f"a unit's measurements agreed within a median {self.median_spread:.1%} "
                 f"(90th percentile {self.p90_spread:.1%}; {self.converged_share:.0%} of "
                 f"{self.units} units converged)")
 
@@ -314,10 +314,10 @@ class UnitAgreement:
         """A warning naming the fix, when the host was too busy while profiling."""
         if not self.noisy:
             return None
-        return (f"warning: {device} was profiled while the host was busy: its units' rounds "
-                f"disagreed by a median {self.median_spread:.1%}, where a quiet host gives "
-                f"about {QUIET_SPREAD:.0%}. Its prices are that uncertain: profile it again "
-                f"under a new device id when the host is quiet")
+        return (f"warning: {device} was profiled while the host was busy: its units' "
+                f"measurements disagreed by a median {self.median_spread:.1%}, where a quiet "
+                f"host gives about {QUIET_SPREAD:.0%}. Its prices are that uncertain: profile "
+                f"it again under a new device id when the host is quiet")
 
 
 def unit_agreement(table: LatencyTable) -> UnitAgreement | None:
@@ -381,13 +381,21 @@ class TableInfo:
     entries: int = 0
     complete: bool = False
     error: str | None = None
+    unit_spread: float | None = None
+    """The median relative spread of its units' rounds (:func:`unit_agreement`; ``None``
+    for an imported table): above :data:`NOISY_SPREAD` it was profiled on a busy host."""
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
         return {"device_id": self.device_id, "path": str(self.path), "space": self.space,
                 "width_mult": self.width_mult, "resolutions": list(self.resolutions),
                 "backend": self.backend, "entries": self.entries, "complete": self.complete,
-                "error": self.error}
+                "error": self.error, "unit_spread": _json_float(self.unit_spread)}
+
+
+def _json_float(value: float | None) -> float | None:
+    """``value`` for JSON: an unbounded spread (every unit unconverged) becomes ``None``."""
+    return value if value is None or math.isfinite(value) else None
 
 
 def _resolve_dirs(dirs: Iterable[str | os.PathLike[str]] | None,
@@ -411,9 +419,11 @@ def list_tables(dirs: Sequence[str | os.PathLike[str]] | None = None, *,
             except (FileFormatError, OSError) as exc:
                 found[path.stem] = TableInfo(path.stem, path, error=str(exc))
                 continue
+            agreement = unit_agreement(table)
             found[path.stem] = TableInfo(
                 path.stem, path, table.space, table.width_mult, table.resolutions,
-                table.device.get("backend"), len(table.entries), table.complete)
+                table.device.get("backend"), len(table.entries), table.complete,
+                unit_spread=None if agreement is None else agreement.median_spread)
     return [found[key] for key in sorted(found)]
 
 
