@@ -21,6 +21,7 @@ LATENCY_KINDS = ("lut", "learned")
 subnets (``learned``). Here, not in :mod:`predictors.loading`, so the CLI can check the
 name without loading scikit-learn and torch."""
 
+
 class Predictor(ABC):
     """A model of one scalar property of subnets (latency, accuracy, ...).
 

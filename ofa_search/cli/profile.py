@@ -26,7 +26,7 @@ from ofa_search.cli.options import (
 from ofa_search.errors import OfaSearchError
 from ofa_search.profiling import DeviceProfile, TimingConfig
 from ofa_search.profiling.device import check_new_device_id
-from ofa_search.profiling.lut import find_table
+from ofa_search.profiling.lut import LatencyTable, find_table, unit_agreement
 from ofa_search.space import get_space
 from ofa_search.workspace import check_device_id, check_workspace
 
@@ -110,10 +110,8 @@ def profile_cmd(
     _report_agreement(table)
 
 
-def _report_agreement(table: Any) -> None:
+def _report_agreement(table: LatencyTable) -> None:
     """How well the units' rounds agreed; a warning on stderr when the host was busy."""
-    from ofa_search.profiling.lut import unit_agreement
-
     agreement = unit_agreement(table)
     if agreement is None:
         return

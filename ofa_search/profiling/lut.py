@@ -320,6 +320,15 @@ class UnitAgreement:
                 f"it again under a new device id when the host is quiet")
 
 
+def unit_spread(table: LatencyTable) -> float | None:
+    """``table``'s median unit spread (:func:`unit_agreement`) for listings and JSON:
+    ``None`` for an imported table, or when most units' intervals are unbounded."""
+    agreement = unit_agreement(table)
+    if agreement is None or not math.isfinite(agreement.median_spread):
+        return None
+    return agreement.median_spread
+
+
 def unit_agreement(table: LatencyTable) -> UnitAgreement | None:
     """The agreement of ``table``'s unit measurements, or ``None`` when its entries carry no
     spread (an imported table)."""
@@ -382,20 +391,15 @@ class TableInfo:
     complete: bool = False
     error: str | None = None
     unit_spread: float | None = None
-    """The median relative spread of its units' rounds (:func:`unit_agreement`; ``None``
-    for an imported table): above :data:`NOISY_SPREAD` it was profiled on a busy host."""
+    """The median relative spread of its units' rounds (:func:`unit_spread`): above
+    :data:`NOISY_SPREAD` it was profiled on a busy host."""
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
         return {"device_id": self.device_id, "path": str(self.path), "space": self.space,
                 "width_mult": self.width_mult, "resolutions": list(self.resolutions),
                 "backend": self.backend, "entries": self.entries, "complete": self.complete,
-                "error": self.error, "unit_spread": _json_float(self.unit_spread)}
-
-
-def _json_float(value: float | None) -> float | None:
-    """``value`` for JSON: an unbounded spread (every unit unconverged) becomes ``None``."""
-    return value if value is None or math.isfinite(value) else None
+                "error": self.error, "unit_spread": self.unit_spread}
 
 
 def _resolve_dirs(dirs: Iterable[str | os.PathLike[str]] | None,
@@ -419,11 +423,10 @@ def list_tables(dirs: Sequence[str | os.PathLike[str]] | None = None, *,
             except (FileFormatError, OSError) as exc:
                 found[path.stem] = TableInfo(path.stem, path, error=str(exc))
                 continue
-            agreement = unit_agreement(table)
             found[path.stem] = TableInfo(
                 path.stem, path, table.space, table.width_mult, table.resolutions,
                 table.device.get("backend"), len(table.entries), table.complete,
-                unit_spread=None if agreement is None else agreement.median_spread)
+                unit_spread=unit_spread(table))
     return [found[key] for key in sorted(found)]
 
 

@@ -184,10 +184,15 @@ def measure_many(items: Sequence[T], prepare: Callable[[T], Prepared], *,
                  ) -> list[TimingStats]:
     """:func:`measure_many_rounds` with each item's rounds combined
     (:func:`~ofa_search.profiling.timing.combine_rounds`), as ``on_result`` receives them."""
-    report = None if on_result is None else (
-        lambda item, samples: on_result(item, combine_rounds(samples)))
-    return [combine_rounds(samples) for samples in
-            measure_many_rounds(items, prepare, rounds=rounds, chunk=chunk, on_result=report)]
+    out: list[TimingStats] = []
+
+    def combined(item: T, samples: list[TimingStats]) -> None:
+        out.append(combine_rounds(samples))
+        if on_result is not None:
+            on_result(item, out[-1])
+
+    measure_many_rounds(items, prepare, rounds=rounds, chunk=chunk, on_result=combined)
+    return out
 
 
 def measure_archs(backend: Measurer, archs: Sequence[Arch], batch_size: int = 1,

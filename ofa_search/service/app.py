@@ -81,7 +81,7 @@ from ofa_search.errors import (
     UnknownSpaceError,
     UnsupportedPrecisionError,
 )
-from ofa_search.profiling.lut import LatencyTable, list_tables, unit_agreement
+from ofa_search.profiling.lut import LatencyTable, list_tables, unit_spread
 from ofa_search.service.exports import (
     CorruptExportError,
     ExportJobs,
@@ -636,11 +636,9 @@ def _add_routes(app: FastAPI, response: type[JSONResponse]) -> None:
         """One device's table: profile, host, space, resolutions, size, predictor."""
         table = state.table(device_id)
         info = _device_summary(state, device_id)
-        agreement = unit_agreement(table)
-        spread = None if agreement is None else agreement.median_spread
         info.update(device=table.device, host=table.host, versions=table.versions,
                     overhead_ms=table.overhead_ms, fingerprint=table.fingerprint,
-                    unit_spread=spread if spread is None or math.isfinite(spread) else None,
+                    unit_spread=unit_spread(table),
                     min_latency_ms=_min_latency(state, device_id),
                     **_calibration_summary(state, device_id))
         return info
