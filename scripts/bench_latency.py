@@ -4,7 +4,7 @@
         [--space mbv3_small28] [--resolutions 16 20 ...] [--n 100] [--time-cap 0.5]
         [--provider CUDAExecutionProvider] [--batch-size 64] [--tables-dir DIR]
         [--backend torch --torch-device cuda --torch-dtype fp16 --cuda-graphs]
-        [--precision fp32 int8 binary] [--modes mixed] [--separate-modes]
+        [--precision fp32 int8 binary] [--modes mixed] [--separate-modes] [--references 5]
 
 Profiles with ONNX Runtime (any execution provider it has) or PyTorch (CPU or CUDA) into
 ``--tables-dir`` (default: the shipped tables, ``ofa_search/hw_profiles/``), then writes
@@ -14,7 +14,10 @@ validated per precision mode, one record each (``…_<device>_<mode>.json``), th
 subnets measured in the same interleaved rounds (``--separate-modes``: one mode after
 another); ``--modes mixed`` validates subnets with int8 and binary stages in one network.
 Each record has its noise floor: the MAPE between the first and the last half of its
-rounds (``--rounds 4`` gives two rounds a half).
+rounds (``--rounds 4`` gives two rounds a half). ``--references K`` times K of the table's
+reference subnets in every round and divides each round by the host's speed in it, so a
+shared host's slow spells (and its drift since profiling) cancel out; each record then
+keeps its raw times and noise floor beside the normalised ones.
 """
 
 from __future__ import annotations
@@ -71,6 +74,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--separate-modes", action="store_true",
                         help="validate the precision modes one after another instead of "
                              "in the same interleaved rounds")
+    parser.add_argument("--references", type=int, default=0,
+                        help="reference subnets of the table timed in every round, whose "
+                             "speed divides that round's times (default 0: raw times)")
     parser.add_argument("--tables-dir", type=Path, default=REPO_TABLE_DIR,
                         help="where the table is written and looked up")
     args = parser.parse_args(argv)
@@ -102,10 +108,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.separate_modes:  # one mode after another (how the older records were taken)
         reports = [report for mode in modes for report in validate_modes(
             table, (mode,), args.n, args.seed, timing=timing, rounds=args.rounds,
-            progress=True)]
+            progress=True, references=args.references)]
     else:
         reports = validate_modes(table, modes, args.n, args.seed, timing=timing,
-                                 rounds=args.rounds, progress=True)
+                                 rounds=args.rounds, progress=True,
+                                 references=args.references)
     for report in reports:
         print("\n".join(report.summary_lines()))
         print(f"wrote {report.save(args.results_dir)}")

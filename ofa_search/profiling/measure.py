@@ -153,28 +153,38 @@ def measure_rounds(prepared: Sequence[Prepared], rounds: int) -> list[TimingStat
 
 def measure_many_rounds(items: Sequence[T], prepare: Callable[[T], Prepared], *,
                         rounds: int = MEASURE_ROUNDS, chunk: int = CHUNK,
-                        on_result: Callable[[T, list[TimingStats]], None] | None = None
+                        on_result: Callable[[T, list[TimingStats]], None] | None = None,
+                        beside: Sequence[T] = (),
+                        on_chunk: Callable[[Sequence[T], list[list[TimingStats]],
+                                            list[list[TimingStats]]], None] | None = None
                         ) -> list[list[TimingStats]]:
     """Measure ``items`` chunk by chunk: prepare a chunk, time it in interleaved rounds
     (:func:`round_samples`), close it, then report each item's rounds to ``on_result`` (so
-    a caller can save its progress after every chunk). Returns each item's rounds."""
+    a caller can save its progress after every chunk). Returns each item's rounds.
+
+    ``beside`` (reference models) are prepared and timed in every chunk too, taking
+    places of it (at least one item per chunk); ``on_chunk`` gets each chunk's items,
+    their rounds and the rounds of ``beside`` in that chunk."""
     if chunk < 1:
         raise ValueError(f"chunk must be >= 1, got {chunk}")
+    step = max(1, chunk - len(beside))
     out: list[list[TimingStats]] = []
-    for start in range(0, len(items), chunk):
-        group = items[start:start + chunk]
+    for start in range(0, len(items), step):
+        group = items[start:start + step]
         prepared: list[Prepared] = []
         try:
-            for item in group:
+            for item in [*group, *beside]:
                 prepared.append(prepare(item))
             samples = round_samples(prepared, rounds)
         finally:
             for model in prepared:
                 model.close()
-        for item, result in zip(group, samples, strict=True):
+        if on_chunk is not None:
+            on_chunk(group, samples[:len(group)], samples[len(group):])
+        for item, result in zip(group, samples, strict=False):
             if on_result is not None:
                 on_result(item, result)
-        out.extend(samples)
+        out.extend(samples[:len(group)])
     return out
 
 

@@ -10,6 +10,10 @@ held-out subnets then have each stage fp32 or that precision (at least one stage
 measured as export emits them, as the table's per-mode overhead was fitted. Modes
 validated together (:func:`validate_modes`) are measured in the same interleaved rounds,
 and every report carries its noise floor: how well two halves of its own rounds agree.
+With ``references`` the table's reference subnets are timed in every round beside the
+held-out ones, and each round's times are divided by that round's host speed (the
+references' median ratio to their times in the table), so the host's slow spells and its
+drift since profiling cancel out.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from ofa_search.errors import OfaSearchError
 from ofa_search.metrics import mape, report
 from ofa_search.profiling.backends import get_backend
 from ofa_search.profiling.builder import MIXED_MODE, mode_archs
+from ofa_search.profiling.drift import references as reference_subnets
 from ofa_search.profiling.lut import LatencyTable, now_iso
 from ofa_search.profiling.measure import (
     FAST_TIMING,
@@ -73,6 +78,13 @@ class ValidationReport:
     floor, :func:`validate_modes`); ``None`` with one round."""
     modes_together: list[str] = field(default_factory=list)
     """The precision modes measured in the same rounds as this one (itself included)."""
+    references: int = 0
+    """Reference subnets timed in every round; with them each row's ``measured_ms`` is
+    on the table's time base (each round divided by that round's host speed) and
+    ``measured_raw_ms`` is as timed."""
+    noise_mape_raw: float | None = None
+    """With references: the noise floor of the raw times (before the host speed is
+    divided out)."""
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (rows included)."""
@@ -89,6 +101,11 @@ class ValidationReport:
             *([] if self.noise_mape is None else
               [f"  {'noise floor (MAPE)':<22}{100 * self.noise_mape:.2f} %  "
                f"(first vs last {self.rounds // 2} of {self.rounds} rounds)"]),
+            *([] if not self.references else
+              [f"  {'host speed':<22}divided out per round ({self.references} reference "
+               f"subnets); raw noise floor "
+               + ("n/a" if self.noise_mape_raw is None
+                  else f"{100 * self.noise_mape_raw:.2f} %")]),
             f"  {'within ±5 %':<22}{100 * self.within_5pct:.1f} %",
             f"  {'within ±10 %':<22}{100 * self.within_10pct:.1f} %",
             f"  {'Kendall tau':<22}{self.kendall_tau:.3f}",
@@ -154,6 +171,19 @@ def noise_halves(samples: list[TimingStats]) -> tuple[TimingStats, TimingStats] 
     return combine_rounds(samples[:half]), combine_rounds(samples[-half:])
 
 
+def host_ratios(reference_rounds: Sequence[Sequence[TimingStats]],
+                table_ms: Sequence[float]) -> np.ndarray:
+    """The host's speed in each round: the median over reference subnets of their round
+    median over their time in the table (> 1: slower than when profiled)."""
+    times = np.array([[s.median_ms for s in rounds] for rounds in reference_rounds])
+    return np.median(times / np.asarray(table_ms, dtype=float)[:, None], axis=0)
+
+
+def normalised(samples: Sequence[TimingStats], ratios: np.ndarray) -> list[float]:
+    """Each round's median divided by that round's host speed."""
+    return [s.median_ms / float(r) for s, r in zip(samples, ratios, strict=True)]
+
+
 def validate_table(table: LatencyTable, n: int = 100, seed: int = VALIDATION_SEED, *,
                    backend: Measurer | None = None, timing: TimingConfig | None = None,
                    rounds: int = MEASURE_ROUNDS, progress: bool = False,
@@ -167,7 +197,7 @@ def validate_table(table: LatencyTable, n: int = 100, seed: int = VALIDATION_SEE
 def validate_modes(table: LatencyTable, modes: Sequence[str] = ("fp32",), n: int = 100,
                    seed: int = VALIDATION_SEED, *, backend: Measurer | None = None,
                    timing: TimingConfig | None = None, rounds: int = MEASURE_ROUNDS,
-                   progress: bool = False) -> list[ValidationReport]:
+                   progress: bool = False, references: int = 0) -> list[ValidationReport]:
     """Measure ``n`` seeded random subnets of each precision mode of ``modes``
     (:func:`heldout_archs`) on the table's profile and compare them with the table: one
     report per mode, in order.
@@ -183,14 +213,31 @@ def validate_modes(table: LatencyTable, modes: Sequence[str] = ("fp32",), n: int
     Each row keeps the host's 1-minute load average when its chunk was measured: a load
     well above the profile's threads marks a row that other processes may have slowed.
 
+    ``references`` > 0 times that many of the table's reference subnets (the drift
+    check's, :func:`~ofa_search.profiling.drift.references`) in every round of every
+    chunk, and divides each round's times by that round's host speed
+    (:func:`host_ratios`): rows are then on the table's time base, as after
+    ``check-device --rescale`` but per round, and the noise floor is that of the
+    normalised times (``noise_mape_raw`` keeps the raw one).
+
     ``backend`` defaults to the table's own profile's backend; an imported table (no
     profile) needs one passed in.
     """
     if not modes or len(set(modes)) != len(modes):
         raise OfaSearchError(f"modes must be distinct and at least one, got {list(modes)}")
-    # a mode the table lacks fails before anything is measured
+    if isinstance(references, bool) or not isinstance(references, int) or references < 0:
+        raise OfaSearchError(f"references must be a whole number >= 0, got {references!r}")
+    # a mode the table lacks, or references it lacks, fail before anything is measured
     per_mode = {mode: heldout_archs(table, n, seed, mode) for mode in modes}
-    order = [(mode, i) for i in range(n) for mode in modes]
+    ref_archs: list[Arch] = []
+    ref_ms: list[float] = []
+    if references:
+        refs = reference_subnets(table)
+        if len(refs.archs) < references:
+            raise OfaSearchError(f"table {table.device_id!r} has {len(refs.archs)} "
+                                 f"reference subnets, fewer than the {references} asked for")
+        ref_archs, ref_ms = list(refs.archs[:references]), list(refs.measured_ms[:references])
+    order: list[Any] = [(mode, i) for i in range(n) for mode in modes]
     profile = table.profile()
     owned = backend is None
     if backend is None:
@@ -202,20 +249,27 @@ def validate_modes(table: LatencyTable, modes: Sequence[str] = ("fp32",), n: int
     batch = profile.batch_size if profile is not None else 1
     load_before = _load_avg()
     start = time.perf_counter()
+    ratios: list[np.ndarray | None] = []  # each item's chunk's host speed per round
+    loads: list[float | None] = []  # when each item's chunk was done, in order
     try:
         label = "/".join(modes)
         bar = tqdm(total=len(order), desc=f"validating {table.device_id} ({label})",
                    disable=not progress)
-        loads: list[float | None] = []  # when each arch's chunk was done, in order
 
-        def done(item: Any, samples: Any) -> None:
-            loads.append(_load_avg())
-            bar.update()
+        def done(group: Sequence[Any], samples: Any, beside: Any) -> None:
+            chunk_ratios = host_ratios(beside, ref_ms) if ref_archs else None
+            ratios.extend([chunk_ratios] * len(group))
+            loads.extend([_load_avg()] * len(group))
+            bar.update(len(group))
+
+        # held-out subnets are ("mode", index) items; the references are Arch items
+        def prepare(item: Any) -> Any:
+            arch = item if isinstance(item, Arch) else per_mode[item[0]][item[1]]
+            return prepare_arch(backend, arch, batch, profile)
 
         measured = measure_many_rounds(
-            order, lambda item: prepare_arch(backend, per_mode[item[0]][item[1]], batch,
-                                             profile),
-            rounds=rounds, chunk=default_chunk(backend), on_result=done)
+            order, prepare, rounds=rounds, chunk=default_chunk(backend),
+            beside=ref_archs, on_chunk=done)
         bar.close()
     finally:
         if owned:
@@ -227,16 +281,27 @@ def validate_modes(table: LatencyTable, modes: Sequence[str] = ("fp32",), n: int
     reports = []
     for mode in modes:
         rows: list[dict[str, Any]] = []
-        for (of, i), samples, load in zip(order, measured, loads, strict=True):
+        for (of, i), samples, ratio, load in zip(order, measured, ratios, loads, strict=True):
             if of != mode:
                 continue
             arch = per_mode[mode][i]
+            raw = combine_rounds(samples).median_ms
             row: dict[str, Any] = {"arch": arch.to_string(), "predicted_ms": table.predict(arch),
-                   "measured_ms": combine_rounds(samples).median_ms, "load_1min": load}
+                                   "measured_ms": raw, "load_1min": load}
             halves = noise_halves(samples)
             if halves is not None:
                 row["measured_first_ms"], row["measured_last_ms"] = (
                     halves[0].median_ms, halves[1].median_ms)
+            if ratio is not None:
+                values = normalised(samples, ratio)
+                half = len(values) // 2
+                row.update(measured_raw_ms=raw, host_ratio=[float(r) for r in ratio],
+                           measured_ms=float(np.median(values)))
+                if halves is not None:
+                    row["measured_raw_first_ms"] = row["measured_first_ms"]
+                    row["measured_raw_last_ms"] = row["measured_last_ms"]
+                    row["measured_first_ms"] = float(np.median(values[:half]))
+                    row["measured_last_ms"] = float(np.median(values[-half:]))
             rows.append(row)
         pred = np.array([r["predicted_ms"] for r in rows])
         meas = np.array([r["measured_ms"] for r in rows])
@@ -244,6 +309,9 @@ def validate_modes(table: LatencyTable, modes: Sequence[str] = ("fp32",), n: int
         noise = (None if rounds < 2 else
                  mape([r["measured_first_ms"] for r in rows],
                       [r["measured_last_ms"] for r in rows]))
+        noise_raw = (None if rounds < 2 or not ref_archs else
+                     mape([r["measured_raw_first_ms"] for r in rows],
+                          [r["measured_raw_last_ms"] for r in rows]))
         reports.append(ValidationReport(
             device_id=table.device_id, space=table.space, n=n, seed=seed, rmse_ms=m["rmse"],
             mape=m["mape"], within_5pct=m["within_5pct"], within_10pct=m["within_10pct"],
@@ -252,5 +320,6 @@ def validate_modes(table: LatencyTable, modes: Sequence[str] = ("fp32",), n: int
             overhead_ms=table.overhead_by_mode.get("binary" if mode == MIXED_MODE else mode,
                                                    table.overhead_ms),
             load_avg=[load_before, load_after], rounds=rounds, mode=mode, rows=rows,
-            noise_mape=noise, modes_together=list(modes)))
+            noise_mape=noise, modes_together=list(modes), references=len(ref_archs),
+            noise_mape_raw=noise_raw))
     return reports
