@@ -179,12 +179,13 @@ def measure_many_rounds(items: Sequence[T], prepare: Callable[[T], Prepared], *,
         finally:
             for model in prepared:
                 model.close()
+        mine, theirs = samples[:len(group)], samples[len(group):]
         if on_chunk is not None:
-            on_chunk(group, samples[:len(group)], samples[len(group):])
-        for item, result in zip(group, samples, strict=False):
+            on_chunk(group, mine, theirs)
+        for item, result in zip(group, mine, strict=True):
             if on_result is not None:
                 on_result(item, result)
-        out.extend(samples[:len(group)])
+        out.extend(mine)
     return out
 
 
