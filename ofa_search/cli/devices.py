@@ -47,10 +47,14 @@ def check_device_cmd(
         "--rescale", help="store the measured ratio: the device's predictions then apply "
         "it (recorded in every answer)")] = False,
     clear: Annotated[bool, typer.Option("--clear", help="remove a stored ratio")] = False,
+    modes: Annotated[list[str] | None, typer.Option(
+        "--mode", help="precision modes to check, repeatable: fp32, int8, binary, mixed "
+        "(default: every mode the table prices; each adds as many subnets as the fp32 "
+        "references)")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Re-time DEVICE's reference subnets here and report this host's speed against its
-    table (drift beyond ±10 % is a warning)."""
+    table, per precision mode (drift beyond ±10 % is a warning)."""
     if rescale and clear:
         raise OfaSearchError("give --rescale or --clear, not both")
     check_device_id(device)
@@ -59,14 +63,19 @@ def check_device_cmd(
     table = find_table(device, workspace=workspace)
     # deferred until the cheap checks pass: each command imports only the library parts it
     # runs (CLI start-up)
-    from ofa_search.profiling.drift import check_drift, clear_scale, save_scale
+    from ofa_search.profiling.drift import check_drift, clear_scale, save_scale, table_modes
 
     if clear:
         removed = clear_scale(ws, device)
         typer.echo(f"{device}: stored ratio removed" if removed
                    else f"{device}: no stored ratio")
         return
-    report = check_drift(table, rounds=rounds)
+    checked = tuple(modes) if modes else table_modes(table)
+    if "binary" in table.precisions:
+        import ofa_search.binary  # registers the timing of binary subnets
+    if "int8" in table.precisions:
+        import ofa_search.quant  # noqa: F401  (registers the timing of int8 subnets)
+    report = check_drift(table, rounds=rounds, modes=checked)
     result = report.to_dict()
     if rescale:
         save_scale(ws, table, report)
@@ -76,7 +85,8 @@ def check_device_cmd(
         return
     typer.echo(report.summary())
     if rescale:
-        typer.echo(f"{device}: predictions now apply {report.ratio:.3f}x "
+        per_mode = "".join(f", {m} subnets {d.ratio:.3f}x" for m, d in report.modes.items())
+        typer.echo(f"{device}: predictions now apply {report.ratio:.3f}x{per_mode} "
                    f"(`ofa-search check-device --device {device} --clear` removes it)")
 
 
@@ -117,13 +127,13 @@ def latency_cmd(
     table = find_table(device, workspace=workspace)
     parsed = parse_arch(arch, space or table.space)
     # the predictors (torch, scikit-learn) only once the cheap checks have passed
-    from ofa_search.profiling.drift import load_scale
+    from ofa_search.profiling.drift import drift_mode, load_scale
     from predictors.latency import LearnedLatencyPredictor
     from predictors.loading import load_latency_predictor
 
     model, kind = load_latency_predictor(ws, device, predictor)
     stored = load_scale(ws, table)
-    scale = 1.0 if stored is None else stored.scale
+    scale = 1.0 if stored is None else stored.for_modes((drift_mode(parsed),))
     result: dict[str, Any] = {"device": device, "arch": parsed.to_string(), "predictor": kind,
                               "predicted_ms": scale * float(model.predict([parsed])[0])}
     if isinstance(model, LearnedLatencyPredictor):

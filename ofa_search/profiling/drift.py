@@ -7,15 +7,24 @@ subnets that fitted its overhead, ``table.meta["reference"]`` written by
 in interleaved rounds and reports the host's speed ratio against the table (median of the
 per-subnet ratios, with their spread); beyond :data:`DRIFT_TOLERANCE` the host has drifted.
 
+A table that prices int8 or binary units can be checked per precision mode too
+(``modes``): seeded subnets of each mode (``mixed``: int8 and binary stages in one
+network) are timed in the same rounds as the references, and each mode's ratio is taken
+against the table's own price of its subnets. On the Intel host the mixed subnets gained
+less than the fp32 ones when the host ran faster than at profiling (about 5 %), which one
+fp32 ratio cannot correct.
+
 A stored *scale* (:func:`save_scale`, ``ofa-search check-device --rescale``) is a ratio that
-the predictions of the device then apply (:func:`load_scale`); it lives in the workspace at
+the predictions of the device then apply (:func:`load_scale`), with a ratio per checked
+mode beside it; a search whose answers can be of several modes applies the largest of
+theirs (:meth:`LatencyScale.for_modes`). It lives in the workspace at
 ``W/predictors/<device>-latency-scale.json`` and is recorded in every answer.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +32,10 @@ import numpy as np
 
 from ofa_search.arch import Arch
 from ofa_search.atomic import atomic_write_json
-from ofa_search.errors import FileFormatError
+from ofa_search.errors import FileFormatError, OfaSearchError
 from ofa_search.profiling.backends import get_backend
-from ofa_search.profiling.builder import fit_network_model, sample_archs
-from ofa_search.profiling.lut import LatencyTable, NotMeasurableError, now_iso
+from ofa_search.profiling.builder import MIXED_MODE, fit_network_model, mode_archs, sample_archs
+from ofa_search.profiling.lut import LatencyTable, NotMeasurableError, now_iso, precision_mode
 from ofa_search.profiling.measure import FAST_TIMING, MEASURE_ROUNDS, default_chunk, measure_archs
 from ofa_search.profiling.timing import TimingConfig
 from ofa_search.versioning import read_format_json
@@ -38,6 +47,31 @@ DRIFT_ROUNDS = 5
 """Interleaved rounds of a drift check."""
 SCALE_FORMAT = "ofa-search-latency-scale"
 SCALE_VERSION = 1
+MODE_REFERENCE_SEED = 3_000_017
+"""Seed of the per-mode subnets of a drift check (distinct from the overhead fit's and the
+validation's)."""
+
+
+def drift_mode(arch: Arch) -> str:
+    """``mixed`` for an arch with int8 and binary stages, else its
+    :func:`~ofa_search.profiling.lut.precision_mode` (``fp32``, ``int8`` or ``binary``)."""
+    if "int8" in arch.precisions and "binary" in arch.precisions:
+        return MIXED_MODE
+    return precision_mode(arch)
+
+
+def answer_modes(precisions: Sequence[str]) -> tuple[str, ...]:
+    """The drift modes of the archs whose stages take ``precisions``: fp32 always, each
+    low precision, and ``mixed`` where int8 and binary both are."""
+    modes = ["fp32", *(p for p in ("int8", "binary") if p in precisions)]
+    if "int8" in precisions and "binary" in precisions:
+        modes.append(MIXED_MODE)
+    return tuple(modes)
+
+
+def table_modes(table: LatencyTable) -> tuple[str, ...]:
+    """The drift modes ``table`` prices (:func:`answer_modes` of its precisions)."""
+    return answer_modes(table.precisions)
 
 
 @dataclass(frozen=True)
@@ -88,6 +122,23 @@ def refit_network_model(table: LatencyTable) -> None:
 
 
 @dataclass(frozen=True)
+class ModeDrift:
+    """One precision mode's subnets: measured now over the table's price of them."""
+
+    ratio: float
+    low: float
+    high: float
+    archs: tuple[str, ...]
+    measured_ms: tuple[float, ...]
+    table_ms: tuple[float, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"ratio": self.ratio, "low": self.low, "high": self.high,
+                "archs": list(self.archs), "measured_ms": list(self.measured_ms),
+                "table_ms": list(self.table_ms)}
+
+
+@dataclass(frozen=True)
 class DriftReport:
     """The host's speed against ``device``'s table: ``ratio`` > 1 means slower now."""
 
@@ -102,47 +153,78 @@ class DriftReport:
     tolerance: float
     checked: str
     source: str
+    modes: dict[str, ModeDrift] = field(default_factory=dict)
+    """The low-precision modes checked, each against the table's price of its subnets."""
 
     @property
     def drifted(self) -> bool:
-        return abs(self.ratio - 1.0) > self.tolerance
+        """Whether the fp32 ratio or any mode's is further than the tolerance from 1."""
+        return any(abs(r - 1.0) > self.tolerance for r in self.mode_ratios().values())
+
+    def mode_ratios(self) -> dict[str, float]:
+        """The ratio of every mode checked, fp32 (:attr:`ratio`) first."""
+        return {"fp32": self.ratio, **{m: d.ratio for m, d in self.modes.items()}}
 
     def to_dict(self) -> dict[str, Any]:
         return {"device": self.device, "ratio": self.ratio, "low": self.low, "high": self.high,
                 "drifted": self.drifted, "tolerance": self.tolerance, "rounds": self.rounds,
                 "n_subnets": len(self.ratios), "ratios": list(self.ratios),
                 "measured_ms": list(self.measured_ms), "table_ms": list(self.table_ms),
-                "checked": self.checked, "references": self.source}
+                "checked": self.checked, "references": self.source,
+                "modes": {m: d.to_dict() for m, d in self.modes.items()}}
 
     def summary(self) -> str:
         """One line: the ratio, its spread, and what it means."""
         speed = (f"{self.ratio:.3f}x the table's latency ({len(self.ratios)} reference "
                  f"subnets, {self.low:.3f}-{self.high:.3f}, {self.rounds} interleaved rounds)")
+        if self.modes:
+            speed += "; " + ", ".join(f"{m} {d.ratio:.3f}x" for m, d in self.modes.items())
         if not self.drifted:
             return f"{self.device}: within ±{self.tolerance:.0%} of its table: {speed}"
+        worst = max(self.mode_ratios().values(), key=lambda r: abs(r - 1.0))
         return (f"warning: {self.device} has drifted: this host runs at {speed}; answers are "
-                f"off by {self.ratio - 1:+.0%} unless you store the ratio with "
+                f"off by up to {worst - 1:+.0%} unless you store the ratios with "
                 f"`ofa-search check-device --device {self.device} --rescale`")
 
 
 def check_drift(table: LatencyTable, *, rounds: int = DRIFT_ROUNDS,
                 tolerance: float = DRIFT_TOLERANCE, backend: Any = None,
-                measure: Callable[[Sequence[Arch]], Sequence[float]] | None = None
-                ) -> DriftReport:
+                measure: Callable[[Sequence[Arch]], Sequence[float]] | None = None,
+                modes: Sequence[str] = ("fp32",)) -> DriftReport:
     """Time ``table``'s reference subnets now (in ``rounds`` interleaved rounds) and
-    compare them with the table's times. ``measure`` replaces the timing (tests inject a
-    known speed); ``backend`` reuses an open backend of the table's profile."""
+    compare them with the table's times. ``modes`` beyond ``fp32`` (of
+    :func:`table_modes`) add as many seeded subnets of each mode, timed in the same rounds
+    and compared with the table's price of them. ``measure`` replaces the timing (tests
+    inject a known speed); ``backend`` reuses an open backend of the table's profile."""
+    extra = [m for m in dict.fromkeys(modes) if m != "fp32"]
+    unknown = [m for m in extra if m not in table_modes(table)]
+    if unknown:
+        raise OfaSearchError(f"table {table.device_id!r} prices the modes "
+                             f"{', '.join(table_modes(table))}, not {', '.join(unknown)}")
     refs = references(table)
+    per_mode = {m: mode_archs(table.space, len(refs.archs), MODE_REFERENCE_SEED,
+                              table.width_mult, table.resolutions, m) for m in extra}
+    archs = [*refs.archs, *(a for m in extra for a in per_mode[m])]
     if measure is not None:
-        now = [float(m) for m in measure(refs.archs)]
+        times = [float(m) for m in measure(archs)]
     else:
-        now = _measure(table, refs.archs, rounds, backend)
+        times = _measure(table, archs, rounds, backend)
+    now, rest = times[:len(refs.archs)], times[len(refs.archs):]
     ratios = np.asarray(now) / np.asarray(refs.measured_ms)
+    checked: dict[str, ModeDrift] = {}
+    for m in extra:
+        mine, rest = rest[:len(per_mode[m])], rest[len(per_mode[m]):]
+        priced = [table.predict(a) for a in per_mode[m]]
+        r = np.asarray(mine) / np.asarray(priced)
+        checked[m] = ModeDrift(ratio=float(np.median(r)), low=float(r.min()),
+                               high=float(r.max()),
+                               archs=tuple(a.to_string() for a in per_mode[m]),
+                               measured_ms=tuple(mine), table_ms=tuple(priced))
     return DriftReport(device=table.device_id, ratio=float(np.median(ratios)),
                        low=float(ratios.min()), high=float(ratios.max()),
                        ratios=tuple(float(r) for r in ratios), measured_ms=tuple(now),
                        table_ms=refs.measured_ms, rounds=rounds, tolerance=tolerance,
-                       checked=now_iso(), source=refs.source)
+                       checked=now_iso(), source=refs.source, modes=checked)
 
 
 def _measure(table: LatencyTable, archs: Sequence[Arch], rounds: int, backend: Any
@@ -199,12 +281,20 @@ def measure_with_references(table: LatencyTable, backend: Any, archs: Sequence[A
 # -- stored scales --------------------------------------------------------------------------
 @dataclass(frozen=True)
 class LatencyScale:
-    """A stored speed ratio of a device: predictions are multiplied by :attr:`scale`."""
+    """A stored speed ratio of a device: predictions are multiplied by :attr:`scale`
+    (fp32 subnets) or by their mode's ratio in :attr:`by_mode` where it was checked."""
 
     device: str
     scale: float
     checked: str
     fingerprint: str | None
+    by_mode: dict[str, float] = field(default_factory=dict)
+
+    def for_modes(self, modes: Sequence[str]) -> float:
+        """The scale for an answer that may be of any of ``modes``: the largest of their
+        ratios (a mode not checked takes the fp32 one), so none is underpriced."""
+        return max(self.by_mode.get(m, self.scale) for m in modes)
+
 
 def scale_path(workspace: Workspace, device: str) -> Path:
     """``W/predictors/<device>-latency-scale.json``."""
@@ -212,10 +302,12 @@ def scale_path(workspace: Workspace, device: str) -> Path:
 
 
 def save_scale(workspace: Workspace, table: LatencyTable, report: DriftReport) -> Path:
-    """Store ``report.ratio`` as the device's scale (atomically)."""
+    """Store ``report.ratio`` as the device's scale, with each checked mode's ratio
+    (atomically)."""
     return atomic_write_json(scale_path(workspace, table.device_id), {
         "format": SCALE_FORMAT, "format_version": SCALE_VERSION, "device": table.device_id,
-        "fingerprint": table.fingerprint, "scale": report.ratio, "checked": report.checked,
+        "fingerprint": table.fingerprint, "scale": report.ratio,
+        "by_mode": {m: d.ratio for m, d in report.modes.items()}, "checked": report.checked,
         "drift": report.to_dict()})
 
 
@@ -236,13 +328,22 @@ def load_scale(workspace: Workspace, table: LatencyTable) -> LatencyScale | None
         return None
     data = read_format_json(path, fmt=SCALE_FORMAT, version=SCALE_VERSION,
                             what="latency-scale")
-    scale = data.get("scale")
-    if isinstance(scale, bool) or not isinstance(scale, int | float) or not (
-            0 < float(scale) < 1e3) or not np.isfinite(scale):
-        raise FileFormatError(f"{path.name}: scale must be a positive number, got {scale!r}")
+    scale = _ratio(path, "scale", data.get("scale"))
+    by_mode = data.get("by_mode") or {}  # files written before per-mode checks have none
+    if not isinstance(by_mode, dict):
+        raise FileFormatError(f"{path.name}: by_mode must map modes to ratios, got "
+                              f"{by_mode!r}")
+    modes = {str(m): _ratio(path, f"by_mode[{m!r}]", r) for m, r in by_mode.items()}
     if data.get("fingerprint") != table.fingerprint:
         raise FileFormatError(f"{path.name} was stored for another table of device "
                               f"{table.device_id!r}; run `ofa-search check-device --device "
                               f"{table.device_id} --rescale` again")
-    return LatencyScale(table.device_id, float(scale), str(data.get("checked")),
-                        table.fingerprint)
+    return LatencyScale(table.device_id, scale, str(data.get("checked")), table.fingerprint,
+                        modes)
+
+
+def _ratio(path: Path, name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not (
+            0 < float(value) < 1e3) or not np.isfinite(value):
+        raise FileFormatError(f"{path.name}: {name} must be a positive number, got {value!r}")
+    return float(value)

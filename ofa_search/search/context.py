@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ofa_search.errors import OfaSearchError, UnsupportedPrecisionError
-from ofa_search.profiling.drift import load_scale, scale_path
+from ofa_search.profiling.drift import LatencyScale, answer_modes, load_scale, scale_path
 from ofa_search.profiling.lut import LatencyTable, find_table
 from ofa_search.search.encoding import ArchEncoding, mode_precisions
 from ofa_search.search.evaluator import AccuracyModel, CachedEvaluator, LatencyModel
@@ -85,11 +85,13 @@ class DeviceContext:
     _accuracy: AccuracyModel | None = field(default=None, repr=False)
     table: LatencyTable | None = field(default=None, repr=False)
     intervals: IntervalModel | None = field(default=None, repr=False)
-    _scale: tuple[int | None, float] = field(default=(None, 1.0), repr=False)
+    _scale: tuple[int | None, LatencyScale | None] = field(default=(None, None), repr=False)
 
-    def scale(self) -> float:
+    def scale(self, modes: Sequence[str] | None = None) -> float:
         """The device's stored speed scale (``ofa-search check-device --rescale``; 1.0
-        without one), reread when its file changes."""
+        without one), reread when its file changes: the largest ratio of ``modes`` (drift
+        modes, :func:`~ofa_search.profiling.drift.drift_mode`; by default every mode an
+        answer of this context can have), so that no answer is underpriced."""
         if self.table is None:
             return 1.0
         path = scale_path(self.workspace, self.device)
@@ -99,8 +101,12 @@ class DeviceContext:
             mtime = None
         if mtime != self._scale[0]:
             stored = load_scale(self.workspace, self.table) if mtime is not None else None
-            self._scale = (mtime, 1.0 if stored is None else stored.scale)
-        return self._scale[1]
+            self._scale = (mtime, stored)
+        stored = self._scale[1]
+        if stored is None:
+            return 1.0
+        return stored.for_modes(answer_modes(mode_precisions(self.precision))
+                                if modes is None else modes)
 
     def bound_factor(self, confidence: float | None) -> tuple[float | None, float, list[str]]:
         """``(confidence, factor, warnings)``: the upper bound of a prediction is

@@ -10,7 +10,7 @@ from table_helpers import write_synthetic_table
 from test_cli import cli
 
 from ofa_search.arch import Arch
-from ofa_search.errors import FileFormatError
+from ofa_search.errors import FileFormatError, OfaSearchError
 from ofa_search.profiling.builder import sample_archs
 from ofa_search.profiling.drift import (
     NotMeasurableError,
@@ -115,6 +115,7 @@ def test_check_device_cli(tmp_path: Path) -> None:
     assert not scale_path(ws, "cpu-ort-1t").exists()
     for args, message in ((("-d", "note10-tflite"), "imported table"),
                           (("-d", "cpu-ort-1t", "--rescale", "--clear"), "not both"),
+                          (("-d", "cpu-ort-1t", "--mode", "mixed"), "fp32, not mixed"),
                           (("-d", "no-such"), "no latency table")):
         bad = cli("check-device", "-w", str(ws.root), *args)
         assert bad.returncode == 2 and message in bad.stderr, bad.stderr
@@ -187,3 +188,73 @@ def test_network_model_is_fitted_from_the_references(tmp_path: Path) -> None:
     saved.write_text(json.dumps({**data, "unit_scale": -1}))
     with pytest.raises(FileFormatError, match="unit_scale must be positive"):
         LatencyTable.load(saved)
+
+
+def test_modes_are_checked_against_the_tables_price(tmp_path: Path) -> None:
+    """Subnets of each low-precision mode, timed with the references, each against the
+    table's price: an injected host where mixed subnets run 1.08x their price and the
+    rest 0.92x gives those ratios, stores them, and a search that can answer in mixed
+    applies the largest of its modes'; 1.2x for mixed alone is drift."""
+    from ofa_search.profiling.drift import drift_mode, table_modes
+
+    ws = Workspace(tmp_path)
+    table = write_synthetic_table(ws, "mp-drift", "mbv3_small28_mp", ["fp32", "int8", "binary"])
+    archs = sample_archs("mbv3_small28_mp", 4, 7, 1.0, table.resolutions)
+    table.meta["reference"] = {"archs": [a.to_string() for a in archs],
+                               "measured_ms": [table.predict(a) for a in archs]}
+    table.save(ws.hw_profiles_dir / "mp-drift.json")
+    assert table_modes(table) == ("fp32", "int8", "binary", "mixed")
+    seen: list[list[Arch]] = []
+
+    mixed_speed = 1.08
+
+    def host(archs: list[Arch]) -> list[float]:
+        seen.append(list(archs))
+        return [(mixed_speed if drift_mode(a) == "mixed" else 0.92) * table.predict(a)
+                for a in archs]
+
+    report = check_drift(table, measure=host, modes=table_modes(table))
+    assert len(seen) == 1 and len(seen[0]) == 16  # every mode in the same measurement
+    assert [drift_mode(a) for a in seen[0][4:]] == ["int8"] * 4 + ["binary"] * 4 + \
+        ["mixed"] * 4
+    assert report.mode_ratios() == pytest.approx(
+        {"fp32": 0.92, "int8": 0.92, "binary": 0.92, "mixed": 1.08})
+    assert not report.drifted  # every ratio within ±10 %
+    assert "mixed 1.080x" in report.summary()
+    assert report.to_dict()["modes"]["mixed"]["ratio"] == pytest.approx(1.08)
+    save_scale(ws, table, report)
+    stored = load_scale(ws, table)
+    assert stored is not None and stored.scale == pytest.approx(0.92)
+    assert stored.by_mode == pytest.approx({"int8": 0.92, "binary": 0.92, "mixed": 1.08})
+    assert stored.for_modes(("fp32", "int8")) == pytest.approx(0.92)
+    assert stored.for_modes(("fp32", "int8", "binary", "mixed")) == pytest.approx(1.08)
+    mixed_speed = 1.2
+    drifted = check_drift(table, measure=host, modes=("fp32", "mixed"))
+    assert drifted.drifted and "up to +20%" in drifted.summary()
+    assert list(drifted.modes) == ["mixed"]
+    fp32_only = check_drift(table, measure=host)
+    assert fp32_only.modes == {} and len(seen[-1]) == 4
+    with pytest.raises(OfaSearchError, match="not mixed"):
+        check_drift(write_synthetic_table(ws, "int8-only", "mbv3_small28_mp",
+                                          ["fp32", "int8"]), measure=host, modes=["mixed"])
+
+
+def test_scale_files_without_modes_still_load(tmp_path: Path) -> None:
+    ws = Workspace(tmp_path)
+    table = table_with_references(ws, [0.2, 0.3, 0.4])
+    refs = references(table)
+    save_scale(ws, table, check_drift(table, measure=lambda a: [1.2 * m for m in
+                                                                refs.measured_ms]))
+    path = scale_path(ws, "drift-dev")
+    data = json.loads(path.read_text())
+    del data["by_mode"]
+    path.write_text(json.dumps(data))
+    stored = load_scale(ws, table)
+    assert stored is not None and stored.by_mode == {}
+    assert stored.for_modes(("fp32", "mixed")) == pytest.approx(1.2)
+    path.write_text(json.dumps({**data, "by_mode": {"mixed": -2}}))
+    with pytest.raises(FileFormatError, match=r"by_mode\['mixed'\] must be a positive"):
+        load_scale(ws, table)
+    path.write_text(json.dumps({**data, "by_mode": [1.0]}))
+    with pytest.raises(FileFormatError, match="by_mode must map"):
+        load_scale(ws, table)

@@ -11,7 +11,7 @@ import pytest
 from search_objective import MacsProxy
 
 from ofa_search.errors import FileFormatError, InfeasibleBudgetError, OfaSearchError
-from ofa_search.profiling.drift import DriftReport, clear_scale, save_scale
+from ofa_search.profiling.drift import DriftReport, ModeDrift, clear_scale, save_scale
 from ofa_search.profiling.lut import find_table
 from ofa_search.search import QueryEngine, build_front
 from ofa_search.workspace import Workspace
@@ -175,6 +175,25 @@ def test_stored_scale_is_applied_and_recorded(ws: Workspace) -> None:
     finally:
         assert clear_scale(ws, DEVICE)
     assert eng.query(DEVICE, budget).latency_scale == 1.0
+
+
+def test_a_search_applies_the_largest_scale_of_its_answer_modes(ws: Workspace) -> None:
+    """An int8 ratio stored beside the fp32 one leaves fp32 searches alone; a context asked
+    for fp32 and int8 answers takes the larger."""
+    calibrate_lut(ws, [0.0] * 30)
+    eng = engine(ws)
+    budget = float(np.median(eng.front(DEVICE).latencies))
+    table = find_table(DEVICE, workspace=ws.root)
+    int8 = ModeDrift(1.8, 1.8, 1.8, ("a",), (1.8,), (1.0,))
+    save_scale(ws, table, DriftReport(DEVICE, 1.5, 1.4, 1.6, (1.5,), (1.0,), (1.0,), 5, 0.1,
+                                      "now", "test", modes={"int8": int8}))
+    try:
+        assert eng.query(DEVICE, budget).latency_scale == 1.5
+        ctx = eng.context(DEVICE, "fp32")
+        assert ctx.scale() == 1.5 and ctx.scale(("fp32", "int8")) == 1.8
+        assert ctx.scale(("mixed",)) == 1.5  # not checked: the fp32 ratio
+    finally:
+        assert clear_scale(ws, DEVICE)
 
 
 def test_cli_confidence_errors_and_bound(ws: Workspace, tmp_path) -> None:
