@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
 from types import ModuleType
 
 import numpy as np
 import pytest
+from script_helpers import load_script
 
 from ofa_search.binary import tvm_available
 from ofa_search.quant.benchmark import cpu_int8_support
-
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "bench_int8_depthwise.py"
 
 pytestmark = [
     pytest.mark.skipif(not tvm_available(), reason="TVM is not installed (the tvm extra)"),
@@ -23,11 +20,7 @@ pytestmark = [
 
 @pytest.fixture(scope="module")
 def bench() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_int8_depthwise", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("bench_int8_depthwise")
 
 
 @pytest.mark.parametrize("shape", [(9, 10, 32, 3, 1), (8, 8, 16, 7, 2), (7, 7, 48, 5, 1)])

@@ -2,34 +2,27 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
 from types import ModuleType
 
 import numpy as np
 import onnxruntime as ort
 import pytest
+from script_helpers import load_script
 
 from ofa_search.profiling.lut import LatencyTable
-
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "bench_head_int8.py"
 
 
 @pytest.fixture(scope="module")
 def bench() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_head_int8", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("bench_head_int8")
 
 
-def _quantised_ops(model: object) -> set[str]:
-    """Op types of the nodes that read a DequantizeLinear's output (the int8 layers)."""
+def _int8_layers(model: object) -> list[bool]:
+    """For each Conv / Gemm node in order: whether it reads a DequantizeLinear's output
+    (ONNX Runtime then runs it in int8)."""
     nodes = model.graph.node  # type: ignore[attr-defined]
     dq = {n.output[0] for n in nodes if n.op_type == "DequantizeLinear"}
-    return {n.op_type for n in nodes if n.op_type != "QuantizeLinear"
-            and any(i in dq for i in n.input)}
+    return [any(i in dq for i in n.input) for n in nodes if n.op_type in ("Conv", "Gemm")]
 
 
 def test_head_variants_quantise_the_layers_they_name(bench: ModuleType) -> None:
@@ -38,16 +31,10 @@ def test_head_variants_quantise_the_layers_they_name(bench: ModuleType) -> None:
         160, 960, 1280, 7)
     models = bench.head_models(unit, 0)
     assert set(models) == set(bench.VARIANTS)
-    assert not _quantised_ops(models["fp32"])
-    full = [n for n in models["int8"].graph.node if n.op_type in ("Conv", "Gemm")]
-    gemv = [n for n in models["int8-gemv"].graph.node if n.op_type in ("Conv", "Gemm")]
-    dq = {n.output[0] for n in models["int8"].graph.node if n.op_type == "DequantizeLinear"}
-    assert all(any(i in dq for i in n.input) for n in full)  # all three layers int8
-    dq = {n.output[0] for n in models["int8-gemv"].graph.node
-          if n.op_type == "DequantizeLinear"}
-    first, *rest = gemv
-    assert not any(i in dq for i in first.input)  # the final expand stays fp32
-    assert rest and all(any(i in dq for i in n.input) for n in rest)
+    # final expand, feature mix, classifier
+    assert _int8_layers(models["fp32"]) == [False, False, False]
+    assert _int8_layers(models["int8"]) == [True, True, True]
+    assert _int8_layers(models["int8-gemv"]) == [False, True, True]
     x = np.random.default_rng(0).standard_normal((1, 160, 7, 7), dtype=np.float32)
     out = {name: ort.InferenceSession(m.SerializeToString(),
                                       providers=["CPUExecutionProvider"]).run(None, {
