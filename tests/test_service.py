@@ -219,6 +219,7 @@ def test_query_confidence(client: TestClient, workspace: Workspace) -> None:
         assert res.status_code == 422, bad
     info = client.get(f"/devices/{DEVICE}").json()
     assert info["calibrated"] is False and info["latency_scale"] == 1.0
+    assert info["latency_scale_by_mode"] == {"fp32": 1.0}  # every mode its table prices
 
 
 def _wait_done(client: TestClient, export_id: str, timeout: float = 60) -> dict[str, Any]:

@@ -81,6 +81,7 @@ from ofa_search.errors import (
     UnknownSpaceError,
     UnsupportedPrecisionError,
 )
+from ofa_search.profiling.drift import table_modes
 from ofa_search.profiling.lut import LatencyTable, list_tables, unit_spread
 from ofa_search.service.exports import (
     CorruptExportError,
@@ -755,16 +756,19 @@ def _device_summary(state: ServiceState, device: str) -> dict[str, Any]:
 
 def _calibration_summary(state: ServiceState, device: str) -> dict[str, Any]:
     """Whether the device's latency bound is calibrated, on how many measured subnets per
-    precision mode, and the stored speed scale."""
+    precision mode, and the stored speed scale (of fp32 subnets, and of each mode the
+    table prices)."""
     try:
         ctx = state.engine.context(device)
         scale = ctx.scale()
+        by_mode = ({} if ctx.table is None
+                   else {mode: ctx.scale((mode,)) for mode in table_modes(ctx.table)})
     except (OfaSearchError, ValueError):
-        return {"calibrated": None, "latency_scale": None}
+        return {"calibrated": None, "latency_scale": None, "latency_scale_by_mode": None}
     counts = ({} if ctx.intervals is None
               else {mode: len(scores) for mode, scores in ctx.intervals.scores.items()})
     return {"calibrated": ctx.intervals is not None, "calibration_measurements": counts,
-            "latency_scale": scale}
+            "latency_scale": scale, "latency_scale_by_mode": by_mode}
 
 
 def _min_latency(state: ServiceState, device: str) -> float | None:
