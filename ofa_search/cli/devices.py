@@ -71,10 +71,20 @@ def check_device_cmd(
                    else f"{device}: no stored ratio")
         return
     checked = tuple(modes) if modes else table_modes(table)
-    if "binary" in table.precisions:
-        import ofa_search.binary  # registers the timing of binary subnets
     if "int8" in table.precisions:
         import ofa_search.quant  # noqa: F401  (registers the timing of int8 subnets)
+    binary = [m for m in checked if m in ("binary", "mixed")]
+    if binary:
+        from ofa_search.binary import tvm_available  # registers the timing of binary subnets
+
+        # binary tables are profiled with TVM's kernels; NumPy's would read as a slow host
+        if not tvm_available():
+            if modes:
+                raise OfaSearchError(f"checking {' and '.join(binary)} subnets needs TVM "
+                                     "(the tvm extra), which is not installed here")
+            checked = tuple(m for m in checked if m not in binary)
+            typer.echo(f"note: {' and '.join(binary)} subnets not checked: TVM (the tvm "
+                       "extra) is not installed here", err=True)
     report = check_drift(table, rounds=rounds, modes=checked)
     result = report.to_dict()
     if rescale:

@@ -258,3 +258,33 @@ def test_scale_files_without_modes_still_load(tmp_path: Path) -> None:
     path.write_text(json.dumps({**data, "by_mode": [1.0]}))
     with pytest.raises(FileFormatError, match="by_mode must map"):
         load_scale(ws, table)
+
+
+def test_check_device_without_tvm_leaves_binary_modes_out(tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Binary tables are profiled with TVM's kernels: without TVM the default check leaves
+    the binary and mixed subnets out (and says so), and asking for them is an error."""
+    from typer.testing import CliRunner
+
+    import ofa_search.binary
+    from ofa_search.cli.app import app
+
+    ws = Workspace(tmp_path)
+    table = write_synthetic_table(ws, "mp-cli", "mbv3_small28_mp", ["fp32", "int8", "binary"],
+                                  resolutions=(16,))
+    archs = sample_archs("mbv3_small28_mp", 2, 7, 1.0, table.resolutions)
+    table.meta["reference"] = {"archs": [a.to_string() for a in archs],
+                               "measured_ms": [table.predict(a) for a in archs]}
+    table.save(ws.hw_profiles_dir / "mp-cli.json")
+    monkeypatch.setattr(ofa_search.binary, "tvm_available", lambda: False)
+    runner = CliRunner()
+    asked = runner.invoke(app, ["check-device", "-w", str(ws.root), "-d", "mp-cli",
+                                "--mode", "mixed"])
+    # the CLI's entry point turns this error into one line and exit status 2
+    assert isinstance(asked.exception, OfaSearchError) and "needs TVM" in str(asked.exception)
+    default = runner.invoke(app, ["check-device", "-w", str(ws.root), "-d", "mp-cli",
+                                  "--rounds", "1", "--json"])
+    assert default.exit_code == 0, default.output
+    assert "binary and mixed subnets not checked" in default.output
+    report = json.loads(default.output[default.output.index("{"):])
+    assert list(report["modes"]) == ["int8"]
