@@ -16,9 +16,9 @@ width 1.0, seeded random weights) in ONNX Runtime at one thread, at the input si
 - ``int8-gemv``: only the feature mix and the classifier (the final expand, a 1×1 conv
   over a 5×5 or 7×7 map, stays fp32);
 
-in interleaved rounds (every variant runs ``--runs`` times per round, after one untimed
-call; a variant's time is the median over rounds of its round means), with the largest
-output difference from fp32. With ``--table`` (default: the shipped
+in interleaved rounds (``_timing.interleaved``: every variant once untimed, then ``--runs``
+timed calls per round, their median the round's value; a variant's time is the median over
+rounds), with the largest output difference from fp32. With ``--table`` (default: the shipped
 ``cpu-ort-1t-ofa-mp-vnni`` table) it also reports the head unit's share of the table's
 prediction for 20 seeded fp32 subnets at each resolution. Prints a table and writes the
 JSON atomically (default ``results/bench_head_int8.json``).
@@ -29,13 +29,13 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnx
 import torch
+from _timing import Runner, interleaved
 
 from ofa_search.arch import Arch
 from ofa_search.atomic import atomic_write_json
@@ -107,6 +107,10 @@ def _session(model: onnx.ModelProto) -> Any:
                                 providers=["CPUExecutionProvider"])
 
 
+def _runner(session: Any, feed: dict[str, np.ndarray]) -> Runner:
+    return lambda: session.run(None, feed)
+
+
 def table_shares(table: LatencyTable, resolution: int, n: int = 20, seed: int = 0
                  ) -> dict[str, float]:
     """The head unit's price and its median share of ``n`` seeded fp32 subnets' prices."""
@@ -148,28 +152,20 @@ def main(argv: list[str] | None = None) -> int:
         shape = (1, unit.in_channels, unit.in_size, unit.in_size)
         feeds[resolution] = {"input": np.random.default_rng(1).standard_normal(
             shape, dtype=np.float32)}
-    samples: dict[tuple[int, str], list[float]] = {key: [] for key in sessions}
-    keys = list(sessions)
-    for r in range(args.rounds):
-        shift = r * len(keys) // args.rounds  # a rotating order
-        for key in keys[shift:] + keys[:shift]:
-            session, feed = sessions[key], feeds[key[0]]
-            session.run(None, feed)
-            start = time.perf_counter()
-            for _ in range(args.runs):
-                session.run(None, feed)
-            samples[key].append((time.perf_counter() - start) / args.runs * 1e3)
+    timed = interleaved({key: _runner(session, feeds[key[0]])
+                         for key, session in sessions.items()}, args.rounds, args.runs)
     rows = []
     print(f"{'px':>4} {'map':>4}" + "".join(f"{v:>11}" for v in VARIANTS)
           + "   int8 saves  max |Δ| int8  table head / subnet")
     for resolution in RESOLUTIONS:
-        ms = {v: float(np.median(samples[resolution, v])) for v in VARIANTS}
+        ms = {v: float(timed[resolution, v]["median_ms"]) for v in VARIANTS}
         ref = sessions[resolution, "fp32"].run(None, feeds[resolution])[0]
         diffs = {v: float(np.abs(sessions[resolution, v].run(None, feeds[resolution])[0]
                                  - ref).max()) for v in VARIANTS[1:]}
         row: dict[str, Any] = {"resolution": resolution,
                                "head_input": head_unit(resolution).in_size, "ms": ms,
-                               "rounds_ms": {v: samples[resolution, v] for v in VARIANTS},
+                               "rounds_ms": {v: timed[resolution, v]["rounds_ms"]
+                                             for v in VARIANTS},
                                "max_abs_diff": diffs,
                                "fp32_output_max_abs": float(np.abs(ref).max())}
         if table is not None:

@@ -20,9 +20,10 @@ on the depthwise shapes of a 224-px ``ofa_mbv3`` subnet:
   reorders and ``session.run`` included: a reference, not a like-for-like kernel).
 
 Every int8 kernel is first checked against NumPy (its integer sums exactly). Interleaved
-rounds: in each round every variant of every shape runs ``--runs`` times (after one
-untimed call) and the mean is that round's value; a variant's time is the median over
-rounds. Prints a table and writes the JSON atomically (default
+rounds (``_timing.interleaved``, as ``bench_precision_mbv3.py`` times): in each round, in a
+rotated order, every variant of every shape runs once untimed, then ``--runs`` timed
+calls whose median is that round's value; a variant's time is the median over rounds.
+Prints a table and writes the JSON atomically (default
 ``results/bench_int8_depthwise.json``). Needs TVM (the ``tvm`` extra) and a CPU with
 ``avx512_vnni``.
 """
@@ -31,12 +32,11 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from _timing import Runner, interleaved
 
 from ofa_search.atomic import atomic_write_json
 from ofa_search.profiling.host import host_info
@@ -221,7 +221,7 @@ def check_int8(shape: tuple[int, ...], seed: int = 0) -> str | None:
     return None
 
 
-def ort_call(shape: tuple[int, ...], seed: int) -> Callable[[], Any]:
+def ort_call(shape: tuple[int, ...], seed: int) -> Runner:
     """One fp32 depthwise Conv node, NCHW, in ONNX Runtime at one thread."""
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
@@ -245,23 +245,21 @@ def ort_call(shape: tuple[int, ...], seed: int) -> Callable[[], Any]:
     return lambda: session.run(None, feeds)
 
 
-def _tvm_call(kernel: tuple[Any, list[np.ndarray]]) -> Callable[[], Any]:
-    """A call of the kernel on its arguments copied to TVM tensors once."""
+def _bind(kernel: tuple[Any, list[np.ndarray]]) -> tuple[Runner, Any]:
+    """A call of the kernel on its arguments copied to TVM tensors once, and the output
+    tensor it writes."""
     from ofa_search.binary._tvm import import_tvm
 
     func, args = kernel
     tensors = [import_tvm().runtime.tensor(a) for a in args]
-    return lambda: func(*tensors)
+    return lambda: func(*tensors), tensors[-1]
 
 
 def run_kernel(kernel: tuple[Any, list[np.ndarray]]) -> np.ndarray:
     """The kernel's output on its arguments."""
-    from ofa_search.binary._tvm import import_tvm
-
-    func, args = kernel
-    tensors = [import_tvm().runtime.tensor(a) for a in args]
-    func(*tensors)
-    return tensors[-1].numpy()
+    call, out = _bind(kernel)
+    call()
+    return out.numpy()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -282,35 +280,25 @@ def main(argv: list[str] | None = None) -> int:
 
     import_tvm()
     set_threads(1)
-    calls: dict[tuple[tuple[int, ...], str], Callable[[], Any]] = {}
+    calls: dict[tuple[tuple[int, ...], str], Runner] = {}
     for n, shape in enumerate(SHAPES):
         problem = check_int8(shape, n)
         if problem is not None:
             print(f"error: {problem}", file=sys.stderr)
             return 1
-        calls[shape, "fp32"] = _tvm_call(fp32_kernel(shape, n))
-        calls[shape, "fp32'"] = _tvm_call(fp32_kernel(shape, n))
-        calls[shape, "int8"] = _tvm_call(int8_kernel(shape, n, build_quads=False))
-        calls[shape, "int8+quads"] = _tvm_call(int8_kernel(shape, n, build_quads=True))
+        calls[shape, "fp32"] = _bind(fp32_kernel(shape, n))[0]
+        calls[shape, "fp32'"] = _bind(fp32_kernel(shape, n))[0]
+        calls[shape, "int8"] = _bind(int8_kernel(shape, n, build_quads=False))[0]
+        calls[shape, "int8+quads"] = _bind(int8_kernel(shape, n, build_quads=True))[0]
         calls[shape, "ort-fp32"] = ort_call(shape, n)
     print(f"int8 kernels exact on {len(SHAPES)} shapes; timing {args.rounds} rounds")
-    samples: dict[tuple[tuple[int, ...], str], list[float]] = {key: [] for key in calls}
-    keys = list(calls)
-    for r in range(args.rounds):
-        shift = r * len(keys) // args.rounds  # a rotating order
-        for key in keys[shift:] + keys[:shift]:
-            call = calls[key]
-            call()
-            start = time.perf_counter()
-            for _ in range(args.runs):
-                call()
-            samples[key].append((time.perf_counter() - start) / args.runs * 1e3)
+    timed = interleaved(calls, args.rounds, args.runs)
     rows = []
     for shape in SHAPES:
-        ms = {v: float(np.median(samples[shape, v])) for v in VARIANTS}
+        ms = {v: float(timed[shape, v]["median_ms"]) for v in VARIANTS}
         rows.append({"shape": dict(zip(("height", "width", "channels", "kernel", "stride"),
                                        shape, strict=True)),
-                     "ms": ms, "rounds_ms": {v: samples[shape, v] for v in VARIANTS},
+                     "ms": ms, "rounds_ms": {v: timed[shape, v]["rounds_ms"] for v in VARIANTS},
                      "int8_speedup": ms["fp32"] / ms["int8"],
                      "int8_quads_speedup": ms["fp32"] / ms["int8+quads"],
                      "noise": abs(ms["fp32"] / ms["fp32'"] - 1.0)})

@@ -47,6 +47,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from _timing import Runner, interleaved
 
 SPACE = "ofa_mbv3_mp"
 # binary-no-shortcut: the binary variant of a supernet trained with --binary-ablation
@@ -60,8 +61,6 @@ CPU_FLAGS = ("avx2", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "avx512_v
 LAYOUT_OPS = frozenset({"ReorderInput", "ReorderOutput", "Transpose"})
 QUANT_OPS = frozenset({"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear"})
 CONV_OPS = frozenset({"Conv", "FusedConv", "QLinearConv", "ConvInteger", "NhwcFusedConv"})
-
-Runner = Callable[[], object]
 
 
 def affinity() -> list[int] | None:
@@ -137,36 +136,6 @@ def seeded_images(n: int, resolution: int, seed: int) -> np.ndarray:
 
 
 # -- timing --------------------------------------------------------------------------------
-
-def interleaved(models: dict[str, Runner], rounds: int, runs: int,
-                warmup: int = 2) -> dict[str, dict[str, Any]]:
-    """Per model: median over ``rounds`` of the per-round median of ``runs`` timed calls;
-    round ``r`` visits the models in the order rotated by ``r``."""
-    names = list(models)
-    for name in names:
-        for _ in range(warmup):
-            models[name]()
-    per_round: dict[str, list[float]] = {name: [] for name in names}
-    for r in range(rounds):
-        shift = r % len(names)
-        for name in names[shift:] + names[:shift]:
-            run = models[name]
-            run()  # untimed: the previous model evicted this one's caches
-            times = []
-            for _ in range(runs):
-                start = time.perf_counter()
-                run()
-                times.append(time.perf_counter() - start)
-            per_round[name].append(1e3 * statistics.median(times))
-    out: dict[str, dict[str, Any]] = {}
-    for name, values in per_round.items():
-        median = statistics.median(values)
-        out[name] = {"median_ms": median, "min_round_ms": min(values),
-                     "max_round_ms": max(values),
-                     "round_spread": (max(values) - min(values)) / median,
-                     "rounds_ms": values}
-    return out
-
 
 def call_overhead_us(threads: int, calls: int = 2000) -> float:
     """Median µs of one ``session.run`` on a one-node model (Identity on 16 floats)."""

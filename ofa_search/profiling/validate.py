@@ -47,6 +47,8 @@ from ofa_search.profiling.measure import (
 from ofa_search.profiling.timing import TimingConfig, TimingStats, combine_rounds
 from ofa_search.space import get_space
 
+REFERENCE = "reference"
+"""The item kind of a reference subnet among the held-out ones' precision modes."""
 VALIDATION_SEED = 2_000_003
 """Seed of the held-out subnets (distinct from :data:`~.builder.OVERHEAD_SEED`)."""
 
@@ -237,7 +239,7 @@ def validate_modes(table: LatencyTable, modes: Sequence[str] = ("fp32",), n: int
             raise OfaSearchError(f"table {table.device_id!r} has {len(refs.archs)} "
                                  f"reference subnets, fewer than the {references} asked for")
         ref_archs, ref_ms = list(refs.archs[:references]), list(refs.measured_ms[:references])
-    order: list[Any] = [(mode, i) for i in range(n) for mode in modes]
+    order = [(mode, i) for i in range(n) for mode in modes]
     profile = table.profile()
     owned = backend is None
     if backend is None:
@@ -262,14 +264,12 @@ def validate_modes(table: LatencyTable, modes: Sequence[str] = ("fp32",), n: int
             loads.extend([_load_avg()] * len(group))
             bar.update(len(group))
 
-        # held-out subnets are ("mode", index) items; the references are Arch items
-        def prepare(item: Any) -> Any:
-            arch = item if isinstance(item, Arch) else per_mode[item[0]][item[1]]
-            return prepare_arch(backend, arch, batch, profile)
-
+        # items are (mode, index) of held-out subnets, and (REFERENCE, index) of references
+        chosen = {**per_mode, REFERENCE: ref_archs}
         measured = measure_many_rounds(
-            order, prepare, rounds=rounds, chunk=default_chunk(backend),
-            beside=ref_archs, on_chunk=done)
+            order, lambda item: prepare_arch(backend, chosen[item[0]][item[1]], batch, profile),
+            rounds=rounds, chunk=default_chunk(backend),
+            beside=[(REFERENCE, j) for j in range(len(ref_archs))], on_chunk=done)
         bar.close()
     finally:
         if owned:
@@ -289,19 +289,20 @@ def validate_modes(table: LatencyTable, modes: Sequence[str] = ("fp32",), n: int
             row: dict[str, Any] = {"arch": arch.to_string(), "predicted_ms": table.predict(arch),
                                    "measured_ms": raw, "load_1min": load}
             halves = noise_halves(samples)
-            if halves is not None:
-                row["measured_first_ms"], row["measured_last_ms"] = (
-                    halves[0].median_ms, halves[1].median_ms)
-            if ratio is not None:
+            if ratio is None:
+                if halves is not None:
+                    row["measured_first_ms"], row["measured_last_ms"] = (
+                        halves[0].median_ms, halves[1].median_ms)
+            else:
                 values = normalised(samples, ratio)
-                half = len(values) // 2
                 row.update(measured_raw_ms=raw, host_ratio=[float(r) for r in ratio],
                            measured_ms=float(np.median(values)))
                 if halves is not None:
-                    row["measured_raw_first_ms"] = row["measured_first_ms"]
-                    row["measured_raw_last_ms"] = row["measured_last_ms"]
-                    row["measured_first_ms"] = float(np.median(values[:half]))
-                    row["measured_last_ms"] = float(np.median(values[-half:]))
+                    half = len(values) // 2
+                    row.update(measured_raw_first_ms=halves[0].median_ms,
+                               measured_raw_last_ms=halves[1].median_ms,
+                               measured_first_ms=float(np.median(values[:half])),
+                               measured_last_ms=float(np.median(values[-half:])))
             rows.append(row)
         pred = np.array([r["predicted_ms"] for r in rows])
         meas = np.array([r["measured_ms"] for r in rows])
