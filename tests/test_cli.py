@@ -156,7 +156,9 @@ def test_demo_runs_and_leaves_a_workspace(tmp_path: Path) -> None:
     assert query.returncode == 0, query.stderr
     answer = json.loads(query.stdout)
     assert answer["arch"] == rows[1]["arch"] and answer["source"] == "front"
+    # int8 runs slower than fp32 at 28 px: twice the loose fp32 budget leaves room for the
+    # int8 bound on a busy host (once 0.835 ms against a 0.740-ms budget)
     int8 = cli("query", "--workspace", str(ws), "--device", "local-cpu-ort-1t",
-               "--latency-ms", repr(rows[2]["budget_ms"]), "--precision", "int8", "--json")
+               "--latency-ms", repr(2 * rows[2]["budget_ms"]), "--precision", "int8", "--json")
     assert int8.returncode == 0, int8.stderr  # no longer "int8 is not supported"
     assert (ws / "supernet" / "checkpoint.pt").exists()
