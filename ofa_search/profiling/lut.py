@@ -14,6 +14,7 @@ id with :func:`find_table` / :func:`list_tables`.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -142,6 +143,40 @@ class LatencyTable:
         width or resolution the table does not cover.
         """
         return self.network_sum(arch) + self.overhead_for(arch)
+
+    def cheapest_precisions(self, arch: Arch,
+                            precisions: Sequence[str] | None = None) -> Arch:
+        """``arch`` with the precision per stage that the table prices lowest, each stage
+        one of ``precisions`` (default: every precision the table holds and the space
+        offers; ``fp32`` must be among them). Every assignment is priced whole
+        (:meth:`predict`, with its mode's overhead); of equal prices the one with the most
+        fp32 stages wins, then the first in ``precisions``' order.
+
+        Raises:
+            OfaSearchError: a precision the space does not offer or the table lacks, or
+                ``precisions`` without ``fp32``.
+            LutMissError: the table does not cover ``arch``'s space, width or resolution.
+        """
+        offered = arch.search_space.precisions
+        chosen = (tuple(p for p in ("fp32", *self.precisions) if p in offered)
+                  if precisions is None else tuple(dict.fromkeys(precisions)))
+        if "fp32" not in chosen:
+            raise OfaSearchError(f"precisions must include 'fp32', got {list(chosen)}")
+        for p in chosen:
+            if p not in offered:
+                raise OfaSearchError(f"space {arch.space!r} offers precisions "
+                                     f"{list(offered)}, not {p!r}")
+            if p not in self.precisions:
+                raise OfaSearchError(f"table {self.device_id!r} prices precisions "
+                                     f"{list(self.precisions)}, not {p!r}")
+        best: tuple[float, int, tuple[int, ...]] | None = None
+        best_arch = arch
+        for picks in itertools.product(range(len(chosen)), repeat=arch.search_space.num_stages):
+            candidate = arch.replace(precisions=tuple(chosen[i] for i in picks))
+            key = (self.predict(candidate), -picks.count(chosen.index("fp32")), picks)
+            if best is None or key < best:
+                best, best_arch = key, candidate
+        return best_arch
 
     def overhead_for(self, arch: Arch) -> float:
         """The constant added to ``arch``'s unit sum (by its :func:`precision_mode`)."""

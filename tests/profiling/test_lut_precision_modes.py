@@ -149,3 +149,47 @@ def test_mixed_mode_validates_int8_and_binary_stages_in_one_package(tmp_path: Pa
     with pytest.raises(OfaSearchError, match=r"not 'binary': profile it with --precision "
                                              r"binary$"):
         heldout_archs(int8_only, 2, mode="mixed")
+
+
+def test_cheapest_precisions_prices_every_assignment_whole(tmp_path: Path) -> None:
+    """The table's cheapest precision per stage: every assignment priced with its mode's
+    overhead (a large binary overhead makes int8 win), ties to fp32, bad input named."""
+    from itertools import product
+
+    from ofa_search.errors import OfaSearchError
+
+    ws = Workspace(tmp_path / "ws")
+    table = write_synthetic_table(ws, "mp-cheap", MP, ("fp32", "int8", "binary"))
+    base = Arch.largest(MP).replace(resolution=16)
+    # binary units cost a quarter of fp32's, int8 ones half: with no overheads, all binary
+    assert table.cheapest_precisions(base).precisions == ("binary",) * 4
+    assert table.cheapest_precisions(base, ("fp32", "int8")).precisions == ("int8",) * 4
+    # a binary overhead above what binary stages save over int8 ones: int8 everywhere
+    saving = table.unit_sum(base.replace(precisions=("int8",) * 4)) - table.unit_sum(
+        base.replace(precisions=("binary",) * 4))
+    table.overhead_by_mode = {"binary": saving + 1.0}
+    best = table.cheapest_precisions(base)
+    assert best.precisions == ("int8",) * 4
+    assert best.replace(precisions=("fp32",) * 4) == base.replace(precisions=("fp32",) * 4)
+    every = [table.predict(base.replace(precisions=p))
+             for p in product(("fp32", "int8", "binary"), repeat=4)]
+    assert table.predict(best) == pytest.approx(min(every))
+    # an int8 overhead that makes every int8 assignment dearer than fp32: fp32 wins
+    table.overhead_by_mode = {"int8": 1e3, "binary": 1e3}
+    assert table.cheapest_precisions(base).precisions == ("fp32",) * 4
+    # equal prices (int8 units priced as their fp32 twins): fp32 wins the tie
+    for key, entry in list(table.entries.items()):
+        if key.endswith(":int8"):
+            entry["median_ms"] = table.entries[key[:-len("int8")] + "fp32"]["median_ms"]
+    table.overhead_by_mode = {}
+    assert table.cheapest_precisions(base, ("int8", "fp32")).precisions == ("fp32",) * 4
+
+    with pytest.raises(OfaSearchError, match="must include 'fp32'"):
+        table.cheapest_precisions(base, ("int8", "binary"))
+    fp32_only = write_synthetic_table(ws, "mp-fp32", MP, ("fp32",))
+    with pytest.raises(OfaSearchError, match="prices precisions \\['fp32'\\], not 'int8'"):
+        fp32_only.cheapest_precisions(base, ("fp32", "int8"))
+    assert fp32_only.cheapest_precisions(base).precisions == ("fp32",) * 4
+    with pytest.raises(OfaSearchError, match="offers precisions"):
+        write_synthetic_table(ws, "plain", "mbv3_small28", ("fp32",)).cheapest_precisions(
+            Arch.largest("mbv3_small28").replace(resolution=16), ("fp32", "binary"))

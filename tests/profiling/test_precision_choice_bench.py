@@ -1,0 +1,97 @@
+"""scripts/bench_precision_choice.py: the table's cheapest precision per stage, exported and
+timed for real (ONNX Runtime, QDQ int8) beside each subnet's fp32 twin."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+from script_helpers import load_script
+from table_helpers import write_synthetic_table
+
+from ofa_search.profiling.lut import LatencyTable
+from ofa_search.workspace import Workspace
+
+MP = "mbv3_small28_mp"
+
+
+@pytest.fixture(scope="module")
+def bench() -> ModuleType:
+    return load_script("bench_precision_choice")
+
+
+def _table(tmp_path: Path, precisions: tuple[str, ...] = ("fp32", "int8")) -> LatencyTable:
+    ws = Workspace(tmp_path / "ws")
+    return write_synthetic_table(ws, "mp-choice", MP, precisions, resolutions=(16,))
+
+
+def test_picks_are_the_cheapest_assignment_and_are_timed_beside_fp32(
+        bench: ModuleType, tmp_path: Path) -> None:
+    table = _table(tmp_path)  # int8 units at half their fp32 twin's price: int8 everywhere
+    # references: two fp32 subnets, their table times the table's own prices
+    refs = [a.replace(resolution=16) for a in bench.mode_archs(MP, 2, 7, 1.0, (16,))]
+    table.meta["reference"] = {"archs": [a.to_string() for a in refs],
+                               "measured_ms": [table.predict(a) for a in refs]}
+    assert table.path is not None
+    table.save(table.path)
+    out = tmp_path / "choice.json"
+    assert bench.main([str(out), "--table", str(table.path), "--n", "2", "--rounds", "2",
+                       "--references", "2", "--variants", "int8", "binary"]) == 0
+    report = json.loads(out.read_text())
+    assert report["variants"] == ["int8"] and report["variants_skipped"] == ["binary"]
+    assert report["references"] == 2 and len(report["rows"]) == 2
+    for row in report["rows"]:
+        fp32, int8 = row["fp32"], row["int8"]
+        assert set(fp32["precisions"]) == {"fp32"} and int8["precisions"] == ["int8"] * 4
+        for timed in (fp32, int8):
+            assert timed["measured_ms"] > 0 and timed["measured_raw_ms"] > 0
+            assert len(timed["host_ratio"]) == 2  # one host speed per round
+            # normalised: on the table's time base, the raw time divided by the host speed
+            ratio = sorted(timed["host_ratio"])[0]
+            assert timed["measured_ms"] <= 1.5 * timed["measured_raw_ms"] / ratio
+        assert int8["predicted_speedup"] == pytest.approx(
+            fp32["predicted_ms"] / int8["predicted_ms"])
+        assert int8["measured_speedup"] == pytest.approx(
+            fp32["measured_ms"] / int8["measured_ms"])
+        assert int8["predicted_speedup"] > 1
+    summary = report["summary"]["int8"]
+    assert summary["low_precision_picks"] == 2 and summary["stages"] == {"int8": 8}
+    assert summary["measured_speedup"]["min"] <= summary["measured_speedup"]["median"]
+    assert report["summary"]["noise_mape"] is not None
+    assert "ws" not in report["command"].split()  # no machine path in the record
+
+
+def test_without_references_the_raw_times_are_reported(bench: ModuleType,
+                                                      tmp_path: Path) -> None:
+    table = _table(tmp_path)
+    # int8 mode priced far above fp32: the table picks fp32, and the row says so
+    table.overhead_by_mode = {"int8": 1e3}
+    chosen = bench.picks(table, bench.mode_archs(MP, 1, 3, 1.0, (16,)), ["int8"])
+    assert chosen[0]["int8"] == chosen[0]["fp32"]
+    measured = bench.measure(table, chosen, rounds=1, references=0, progress=False)
+    assert len(measured) == 1  # one distinct subnet, timed once
+    (timed,) = measured.values()
+    assert timed["measured_ms"] == timed["measured_raw_ms"]
+    assert timed["first_ms"] is None and timed["host_ratio"] is None
+    rows = bench.rows_of(table, chosen, measured)
+    summary = bench.summarize(rows, ["int8"])
+    assert summary["int8"]["low_precision_picks"] == 0
+    assert summary["int8"]["measured_speedup"] is None and summary["noise_mape"] is None
+
+
+def test_bad_input_is_one_line_and_writes_nothing(bench: ModuleType, tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    table = _table(tmp_path, ("fp32",))
+    out = tmp_path / "never.json"
+    assert table.path is not None
+    assert bench.main([str(out), "--table", str(table.path), "--n", "1"]) == 2
+    assert "none of the variants" in capsys.readouterr().err
+    table = _table(tmp_path / "b")
+    assert table.path is not None
+    assert bench.main([str(out), "--table", str(table.path), "--n", "1",
+                       "--references", "1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "no reference subnets" in err and "\n" not in err
+    assert not out.exists()
