@@ -13,21 +13,24 @@ overhead):
 - ``binary``: each stage fp32 or binary;
 - ``any``: each stage fp32, int8 or binary (int8 and binary stages in one package).
 
-A pick may be the fp32 subnet itself. Every distinct subnet is then exported as the table
-prices it (fp32 ONNX, QDQ int8, a binary package; ``prepare_arch``) and timed on the
-table's own profile in interleaved rounds, a few subnets at a time with each one's fp32
-twin in the same rounds. With ``--references K`` the table's reference subnets are timed
-beside them and each round is divided by that round's host speed, as
-``bench_latency.py --references`` does, so the host's drift since the table was profiled
-cancels out.
+A pick may be the fp32 subnet itself; the table then turned low precision down, and
+``<variant>-forced`` is the cheapest assignment with a low-precision stage, to check that
+refusal. ``all-int8`` and ``all-binary`` (every stage in one precision, as
+``bench_precision_mbv3.py`` runs them) are the whole-mode baselines. Every distinct subnet
+is then exported as the table prices it (fp32 ONNX, QDQ int8, a binary package;
+``prepare_arch``) and timed on the table's own profile in interleaved rounds, a few subnets
+at a time with each one's fp32 twin in the same rounds. With ``--references K`` the table's
+reference subnets are timed beside them and each round is divided by that round's host
+speed, as ``bench_latency.py --references`` does, so the host's drift since the table was
+profiled cancels out.
 
-Reported per variant: how many picks are not all fp32 and their stages by precision, the
-speed-up over fp32 the table predicts and the one measured (median, min, max, the share
-measured faster), and the picks' measured / predicted over their fp32 twin's: a table that
-underprices some precision's units picks them too often and its answers then run over their
-prices. The noise floor is the MAPE between the first and the last half of every timed
-subnet's rounds. Prints a table and writes the JSON atomically (default
-``results/bench_precision_choice.json``).
+Reported per variant (picks, forced picks, whole modes): how many subnets are not all fp32
+and their stages by precision, the speed-up over fp32 the table predicts and the one
+measured (median, min, max, the share measured faster), and the picks' measured / predicted
+over their fp32 twin's: a table that underprices some precision's units picks them too
+often and its answers then run over their prices. The noise floor is the MAPE between the
+first and the last half of every timed subnet's rounds. Prints a table and writes the JSON
+atomically (default ``results/bench_precision_choice.json``).
 """
 
 from __future__ import annotations
@@ -69,9 +72,23 @@ GROUP = 3
 
 def picks(table: LatencyTable, geometries: list[Arch], variants: list[str]
           ) -> list[dict[str, Arch]]:
-    """Per subnet: ``fp32`` and each variant's cheapest precision per stage."""
-    return [{"fp32": g, **{v: table.cheapest_precisions(g, VARIANTS[v]) for v in variants}}
-            for g in geometries]
+    """Per subnet: ``fp32``; each variant's cheapest precision per stage; where that pick is
+    the fp32 subnet itself, ``<variant>-forced``, the cheapest with a low-precision stage
+    (what the table turned down); and ``all-<precision>``, every stage in one precision
+    that a variant may choose, as a whole-mode baseline."""
+    whole = [p for p in ("int8", "binary") if any(p in VARIANTS[v] for v in variants)]
+    out = []
+    for g in geometries:
+        row = {"fp32": g}
+        for v in variants:
+            row[v] = table.cheapest_precisions(g, VARIANTS[v])
+            if set(row[v].precisions) == {"fp32"}:
+                row[f"{v}-forced"] = table.cheapest_precisions(g, VARIANTS[v],
+                                                               low_precision=True)
+        for p in whole:
+            row[f"all-{p}"] = g.replace(precisions=(p,) * g.search_space.num_stages)
+        out.append(row)
+    return out
 
 
 def time_together(backend: Any, profile: DeviceProfile, archs: list[Arch],
@@ -162,15 +179,19 @@ def rows_of(table: LatencyTable, chosen: list[dict[str, Arch]],
     return rows
 
 
-def summarize(rows: list[dict[str, Any]], variants: list[str]) -> dict[str, Any]:
-    """Per variant: picks, stages by precision, predicted and measured speed-ups; the noise
-    floor of every timed subnet (first half of its rounds against the last)."""
+def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per variant (the picks, the forced picks, the whole modes): how many subnets have a
+    low-precision stage, stages by precision, predicted and measured speed-ups of those;
+    the noise floor of every timed subnet (first half of its rounds against the last)."""
     summary: dict[str, Any] = {}
-    for v in variants:
-        low = [r[v] for r in rows if set(r[v]["precisions"]) != {"fp32"}]
+    names = list(dict.fromkeys(k for r in rows for k in r
+                               if isinstance(r[k], dict) and k != "fp32"))
+    for v in names:
+        entries = [r[v] for r in rows if v in r]
+        low = [x for x in entries if set(x["precisions"]) != {"fp32"}]
         entry: dict[str, Any] = {
-            "subnets": len(rows), "low_precision_picks": len(low),
-            "stages": dict(Counter(p for r in rows for p in r[v]["precisions"]))}
+            "subnets": len(entries), "low_precision_picks": len(low),
+            "stages": dict(Counter(p for x in entries for p in x["precisions"]))}
         for key in ("predicted_speedup", "measured_speedup", "error_vs_fp32"):
             values = [x[key] for x in low]
             entry[key] = ({"median": statistics.median(values), "min": min(values),
@@ -196,22 +217,25 @@ def _f(x: float | None, spec: str = ".2f") -> str:
 
 def print_report(rows: list[dict[str, Any]], summary: dict[str, Any],
                  variants: list[str]) -> None:
+    whole = [k for k in rows[0] if k.startswith("all-")] if rows else []
     print(f"\n{'#':>3} {'res':>4} {'fp32 ms':>8}" + "".join(
-        f" {v + ' pick':>22} {'pred x':>7} {'meas x':>7}" for v in variants))
+        f" {v + ' pick':>12} {'pred x':>7} {'meas x':>7}" for v in variants)
+        + "".join(f" {k + ' x':>14}" for k in whole))
     short = {"fp32": "f", "int8": "8", "binary": "b"}
     for r in rows:
         print(f"{r['subnet']:>3} {r['resolution']:>4} {r['fp32']['measured_ms']:>8.2f}" + "".join(
-            f" {''.join(short[p] for p in r[v]['precisions']):>22} "
+            f" {''.join(short[p] for p in r[v]['precisions']):>12} "
             f"{r[v]['predicted_speedup']:>7.2f} {r[v]['measured_speedup']:>7.2f}"
-            for v in variants))
-    print("\nper variant (picks not all fp32): speed-up over fp32, median [min, max]")
-    for v in variants:
+            for v in variants) + "".join(f" {r[k]['measured_speedup']:>14.2f}" for k in whole))
+    print("\nper variant (subnets with a low-precision stage): speed-up over fp32, "
+          "median [min, max]")
+    for v in [k for k in summary if isinstance(summary[k], dict)]:
         s = summary[v]
         p, m, e = s["predicted_speedup"], s["measured_speedup"], s["error_vs_fp32"]
         if not s["low_precision_picks"]:
-            print(f"  {v:<7} no pick has a low-precision stage; stages {s['stages']}")
+            print(f"  {v:<13} no pick has a low-precision stage; stages {s['stages']}")
             continue
-        print(f"  {v:<7} {s['low_precision_picks']}/{s['subnets']} picks, stages "
+        print(f"  {v:<13} {s['low_precision_picks']}/{s['subnets']} picks, stages "
               f"{s['stages']}; predicted {p['median']:.2f}x, measured {m['median']:.2f}x "
               f"[{m['min']:.2f}, {m['max']:.2f}], faster {s['measured_faster']:.0%}; "
               f"measured/predicted over fp32's {e['median']:.3f} "
@@ -253,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     rows = rows_of(table, chosen, measured)
-    summary = summarize(rows, variants)
+    summary = summarize(rows)
     print_report(rows, summary, variants)
     skipped = [v for v in args.variants if v not in variants]
     report = {

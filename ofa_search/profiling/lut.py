@@ -144,13 +144,14 @@ class LatencyTable:
         """
         return self.network_sum(arch) + self.overhead_for(arch)
 
-    def cheapest_precisions(self, arch: Arch,
-                            precisions: Sequence[str] | None = None) -> Arch:
+    def cheapest_precisions(self, arch: Arch, precisions: Sequence[str] | None = None, *,
+                            low_precision: bool = False) -> Arch:
         """``arch`` with the precision per stage that the table prices lowest, each stage
         one of ``precisions`` (default: every precision the table holds and the space
-        offers; ``fp32`` must be among them). Every assignment is priced whole
-        (:meth:`predict`, with its mode's overhead); of equal prices the one with the most
-        fp32 stages wins, then the first in ``precisions``' order.
+        offers; ``fp32`` must be among them), and with ``low_precision`` at least one stage
+        not fp32. Every assignment is priced whole (:meth:`predict`, with its mode's
+        overhead); of equal prices the one with the most fp32 stages wins, then the first
+        in ``precisions``' order.
 
         Raises:
             OfaSearchError: a precision the space does not offer or the table lacks, or
@@ -158,10 +159,14 @@ class LatencyTable:
             LutMissError: the table does not cover ``arch``'s space, width or resolution.
         """
         offered = arch.search_space.precisions
-        chosen = (tuple(p for p in ("fp32", *self.precisions) if p in offered)
-                  if precisions is None else tuple(dict.fromkeys(precisions)))
+        chosen = tuple(dict.fromkeys(
+            [p for p in ("fp32", *self.precisions) if p in offered] if precisions is None
+            else precisions))
         if "fp32" not in chosen:
             raise OfaSearchError(f"precisions must include 'fp32', got {list(chosen)}")
+        if low_precision and len(chosen) < 2:
+            raise OfaSearchError("low_precision needs a precision other than 'fp32' among "
+                                 f"{list(chosen)}")
         for p in chosen:
             if p not in offered:
                 raise OfaSearchError(f"space {arch.space!r} offers precisions "
@@ -171,9 +176,12 @@ class LatencyTable:
                                      f"{list(self.precisions)}, not {p!r}")
         best: tuple[float, int, tuple[int, ...]] | None = None
         best_arch = arch
+        fp32 = chosen.index("fp32")
         for picks in itertools.product(range(len(chosen)), repeat=arch.search_space.num_stages):
+            if low_precision and picks.count(fp32) == len(picks):
+                continue
             candidate = arch.replace(precisions=tuple(chosen[i] for i in picks))
-            key = (self.predict(candidate), -picks.count(chosen.index("fp32")), picks)
+            key = (self.predict(candidate), -picks.count(fp32), picks)
             if best is None or key < best:
                 best, best_arch = key, candidate
         return best_arch

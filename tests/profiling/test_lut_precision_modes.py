@@ -177,6 +177,10 @@ def test_cheapest_precisions_prices_every_assignment_whole(tmp_path: Path) -> No
     # an int8 overhead that makes every int8 assignment dearer than fp32: fp32 wins
     table.overhead_by_mode = {"int8": 1e3, "binary": 1e3}
     assert table.cheapest_precisions(base).precisions == ("fp32",) * 4
+    # ... unless a low-precision stage is asked for: then the cheapest such (all binary)
+    assert table.cheapest_precisions(base, low_precision=True).precisions == ("binary",) * 4
+    table.overhead_by_mode = {"int8": 1e3, "binary": 2e3}
+    assert table.cheapest_precisions(base, low_precision=True).precisions == ("int8",) * 4
     # equal prices (int8 units priced as their fp32 twins): fp32 wins the tie
     for key, entry in list(table.entries.items()):
         if key.endswith(":int8"):
@@ -186,6 +190,8 @@ def test_cheapest_precisions_prices_every_assignment_whole(tmp_path: Path) -> No
 
     with pytest.raises(OfaSearchError, match="must include 'fp32'"):
         table.cheapest_precisions(base, ("int8", "binary"))
+    with pytest.raises(OfaSearchError, match="low_precision needs a precision other"):
+        table.cheapest_precisions(base, ("fp32",), low_precision=True)
     fp32_only = write_synthetic_table(ws, "mp-fp32", MP, ("fp32",))
     with pytest.raises(OfaSearchError, match="prices precisions \\['fp32'\\], not 'int8'"):
         fp32_only.cheapest_precisions(base, ("fp32", "int8"))

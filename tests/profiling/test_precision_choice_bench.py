@@ -41,6 +41,7 @@ def test_picks_are_the_cheapest_assignment_and_are_timed_beside_fp32(
                        "--references", "2", "--variants", "int8", "binary"]) == 0
     report = json.loads(out.read_text())
     assert report["variants"] == ["int8"] and report["variants_skipped"] == ["binary"]
+    assert set(report["summary"]) == {"int8", "all-int8", "noise_mape", "fp32_mape"}
     assert report["references"] == 2 and len(report["rows"]) == 2
     for row in report["rows"]:
         fp32, int8 = row["fp32"], row["int8"]
@@ -67,18 +68,25 @@ def test_without_references_the_raw_times_are_reported(bench: ModuleType,
                                                       tmp_path: Path) -> None:
     table = _table(tmp_path)
     # int8 mode priced far above fp32: the table picks fp32, and the row says so
+    # (what it turned down, the cheapest int8 one, is measured as "int8-forced")
     table.overhead_by_mode = {"int8": 1e3}
     chosen = bench.picks(table, bench.mode_archs(MP, 1, 3, 1.0, (16,)), ["int8"])
-    assert chosen[0]["int8"] == chosen[0]["fp32"]
+    (row,) = chosen
+    assert set(row) == {"fp32", "int8", "int8-forced", "all-int8"}
+    assert row["int8"] == row["fp32"]
+    assert row["int8-forced"] == row["all-int8"] == table.cheapest_precisions(
+        row["fp32"], ("fp32", "int8"), low_precision=True)
     measured = bench.measure(table, chosen, rounds=1, references=0, progress=False)
-    assert len(measured) == 1  # one distinct subnet, timed once
-    (timed,) = measured.values()
-    assert timed["measured_ms"] == timed["measured_raw_ms"]
-    assert timed["first_ms"] is None and timed["host_ratio"] is None
+    assert len(measured) == 2  # two distinct subnets, each timed once
+    for timed in measured.values():
+        assert timed["measured_ms"] == timed["measured_raw_ms"]
+        assert timed["first_ms"] is None and timed["host_ratio"] is None
     rows = bench.rows_of(table, chosen, measured)
-    summary = bench.summarize(rows, ["int8"])
+    summary = bench.summarize(rows)
     assert summary["int8"]["low_precision_picks"] == 0
     assert summary["int8"]["measured_speedup"] is None and summary["noise_mape"] is None
+    assert summary["int8-forced"]["low_precision_picks"] == 1
+    assert summary["int8-forced"]["predicted_speedup"]["median"] < 1  # priced above fp32
 
 
 def test_bad_input_is_one_line_and_writes_nothing(bench: ModuleType, tmp_path: Path,
