@@ -54,11 +54,15 @@ from ofa_search.metrics import mape
 from ofa_search.profiling.backends import get_backend
 from ofa_search.profiling.builder import mode_archs
 from ofa_search.profiling.device import DeviceProfile
-from ofa_search.profiling.drift import references as reference_subnets
 from ofa_search.profiling.lut import LatencyTable, now_iso
 from ofa_search.profiling.measure import FAST_TIMING, measure_many_rounds, prepare_arch
 from ofa_search.profiling.timing import TimingStats, combine_rounds
-from ofa_search.profiling.validate import host_ratios, noise_halves, normalised
+from ofa_search.profiling.validate import (
+    first_references,
+    host_ratios,
+    noise_halves,
+    normalised,
+)
 
 VARIANTS = {"int8": ("fp32", "int8"), "binary": ("fp32", "binary"),
             "any": ("fp32", "int8", "binary")}
@@ -112,14 +116,7 @@ def measure(table: LatencyTable, chosen: list[dict[str, Arch]], rounds: int,
     profile = table.profile()
     if profile is None:
         raise OfaSearchError(f"table {table.device_id!r} was imported, not measured here")
-    ref_archs: list[Arch] = []
-    ref_ms: list[float] = []
-    if references:
-        refs = reference_subnets(table)
-        if len(refs.archs) < references:
-            raise OfaSearchError(f"table {table.device_id!r} has {len(refs.archs)} reference "
-                                 f"subnets, fewer than the {references} asked for")
-        ref_archs, ref_ms = list(refs.archs[:references]), list(refs.measured_ms[:references])
+    ref_archs, ref_ms = first_references(table, references)
     backend = get_backend(profile, timing=FAST_TIMING)
     out: dict[str, dict[str, Any]] = {}
     try:

@@ -186,6 +186,18 @@ def normalised(samples: Sequence[TimingStats], ratios: np.ndarray) -> list[float
     return [s.median_ms / float(r) for s, r in zip(samples, ratios, strict=True)]
 
 
+def first_references(table: LatencyTable, k: int) -> tuple[list[Arch], list[float]]:
+    """The first ``k`` of ``table``'s reference subnets and their times in the table (none
+    for ``k == 0``); :class:`OfaSearchError` when it has fewer, or none."""
+    if not k:
+        return [], []
+    refs = reference_subnets(table)
+    if len(refs.archs) < k:
+        raise OfaSearchError(f"table {table.device_id!r} has {len(refs.archs)} "
+                             f"reference subnets, fewer than the {k} asked for")
+    return list(refs.archs[:k]), list(refs.measured_ms[:k])
+
+
 def validate_table(table: LatencyTable, n: int = 100, seed: int = VALIDATION_SEED, *,
                    backend: Measurer | None = None, timing: TimingConfig | None = None,
                    rounds: int = MEASURE_ROUNDS, progress: bool = False,
@@ -231,14 +243,7 @@ def validate_modes(table: LatencyTable, modes: Sequence[str] = ("fp32",), n: int
         raise OfaSearchError(f"references must be a whole number >= 0, got {references!r}")
     # a mode the table lacks, or references it lacks, fail before anything is measured
     per_mode = {mode: heldout_archs(table, n, seed, mode) for mode in modes}
-    ref_archs: list[Arch] = []
-    ref_ms: list[float] = []
-    if references:
-        refs = reference_subnets(table)
-        if len(refs.archs) < references:
-            raise OfaSearchError(f"table {table.device_id!r} has {len(refs.archs)} "
-                                 f"reference subnets, fewer than the {references} asked for")
-        ref_archs, ref_ms = list(refs.archs[:references]), list(refs.measured_ms[:references])
+    ref_archs, ref_ms = first_references(table, references)
     order = [(mode, i) for i in range(n) for mode in modes]
     profile = table.profile()
     owned = backend is None
