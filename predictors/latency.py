@@ -25,7 +25,7 @@ import numpy as np
 from ofa_search.arch import Arch
 from ofa_search.errors import LutMissError
 from ofa_search.extras import require
-from ofa_search.profiling.lut import LatencyTable, precision_mode
+from ofa_search.profiling.lut import LatencyTable
 from ofa_search.space import get_space
 from ofa_search.units import MBConvUnit, arch_units
 from predictors.base import Predictor
@@ -114,10 +114,12 @@ class LutLatencyPredictor(Predictor):
     def predict(self, archs: Sequence[Arch]) -> np.ndarray:
         """Unit sum plus overhead, in ms (a low-precision mode's own overhead when the table
         has one, see :attr:`LatencyTable.overhead_by_mode`)."""
-        by_mode = self.table.overhead_by_mode
-        return np.array([self.table.network_sum(a)
-                         + by_mode.get(precision_mode(a), self.overhead_ms) for a in archs],
+        return np.array([self.table.network_sum(a) + self._overhead(a) for a in archs],
                         dtype=float)
+
+    def _overhead(self, arch: Arch) -> float:
+        own = self.table.mode_overhead(arch)
+        return self.overhead_ms if own is None else own
 
     def block_prices(self, resolutions: Sequence[int], width_mult: float, precision: str
                      ) -> tuple[np.ndarray, np.ndarray]:
@@ -155,8 +157,7 @@ class LutLatencyPredictor(Predictor):
                             prices.append(self.table.unit_price(unit, res))
                         except LutMissError:
                             prices.append(np.inf)
-                    overhead = self.table.overhead_by_mode.get(precision_mode(probe),
-                                                               self.overhead_ms)
+                    overhead = self._overhead(probe)
                     scale, per_unit = self.table.unit_scale, self.table.per_unit_ms
                     base[ri] = (scale * (prices[0] + prices[1] + prices[-1]) + 3 * per_unit
                                 + overhead)

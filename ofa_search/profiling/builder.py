@@ -29,7 +29,7 @@ from ofa_search.errors import OfaSearchError
 from ofa_search.profiling.backends import get_backend
 from ofa_search.profiling.device import DeviceProfile
 from ofa_search.profiling.host import host_info
-from ofa_search.profiling.lut import LatencyTable, now_iso
+from ofa_search.profiling.lut import MIXED_MODE, LatencyTable, now_iso
 from ofa_search.profiling.measure import (
     FAST_TIMING,
     MEASURE_ROUNDS,
@@ -143,9 +143,6 @@ def sample_archs(space: str | SearchSpace, n: int, seed: int, width_mult: float,
     return out
 
 
-MIXED_MODE = "mixed"
-"""The validation mode of subnets with int8 *and* binary stages in one network (a binary
-package with QDQ int8 segments); priced with the ``binary`` mode's overhead."""
 
 
 def mode_archs(space: str | SearchSpace, n: int, seed: int, width_mult: float,
@@ -332,29 +329,40 @@ def fit_overhead(table: LatencyTable, backend: Measurer, n: int = 10,
                  rounds: int = MEASURE_ROUNDS) -> float:
     """Fit the in-network model of the units (:func:`fit_network_model`) and set
     ``table.overhead_ms`` to the median of (measured − network sum) over ``n`` seeded
-    random fp32 subnets (measured in ``rounds`` interleaved rounds), and likewise
-    ``table.overhead_by_mode`` for each low-precision mode the table prices (archs whose
-    stages are fp32 or that precision, measured as export emits them); the samples are kept
-    in ``table.meta["overhead"]``, and the fp32 subnets with their times in
-    ``table.meta["reference"]`` (the drift check's reference subnets)."""
+    random fp32 subnets, and likewise ``table.overhead_by_mode`` for each low-precision mode
+    the table prices (archs whose stages are fp32 or that precision, measured as export
+    emits them) and, where it prices int8 and binary, for ``mixed`` subnets (int8 and
+    binary stages in one package). All modes' subnets are measured together, alternating,
+    in ``rounds`` interleaved rounds, so that the host's slow spells shift no mode against
+    another. The samples are kept in ``table.meta["overhead"]``, and the fp32 subnets with
+    their times in ``table.meta["reference"]`` (the drift check's reference subnets)."""
     start = time.perf_counter()
     profile = table.profile()
     meta: dict[str, Any] = {"seed": seed, "archs": n}
-    for mode in [p for p in ("fp32", "int8", "binary") if p in table.precisions]:
-        archs = mode_archs(table.space, n, seed, table.width_mult, table.resolutions, mode)
-        measured = measure_archs(backend, archs, batch_size, profile, rounds=rounds)
+    modes: list[str] = [p for p in ("fp32", "int8", "binary") if p in table.precisions]
+    if "int8" in modes and "binary" in modes:
+        modes.append(MIXED_MODE)
+    per_mode = {mode: mode_archs(table.space, n, seed, table.width_mult, table.resolutions,
+                                 mode) for mode in modes}
+    order = [(mode, i) for i in range(n) for mode in modes]
+    stats = measure_archs(backend, [per_mode[m][i] for m, i in order], batch_size, profile,
+                          rounds=rounds)
+    measured = {mode: [s.median_ms for (m, _), s in zip(order, stats, strict=True) if m == mode]
+                for mode in modes}
+    for mode in modes:
+        archs = per_mode[mode]
         if mode == "fp32":
-            fit_network_model(table, archs, [s.median_ms for s in measured])
+            fit_network_model(table, archs, measured[mode])
             meta["network_model"] = {"unit_scale": table.unit_scale,
                                      "per_unit_ms": table.per_unit_ms}
-        gaps = [stats.median_ms - table.network_sum(arch)
-                for arch, stats in zip(archs, measured, strict=True)]
+        gaps = [ms - table.network_sum(arch)
+                for arch, ms in zip(archs, measured[mode], strict=True)]
         if mode == "fp32":
             table.overhead_ms = float(np.median(gaps))
             meta["gaps_ms"] = gaps
             # the drift check's reference subnets (ofa_search.profiling.drift)
             table.meta["reference"] = {"archs": [a.to_string() for a in archs],
-                                       "measured_ms": [float(s.median_ms) for s in measured],
+                                       "measured_ms": [float(ms) for ms in measured[mode]],
                                        "created": now_iso()}
         else:
             table.overhead_by_mode[mode] = float(np.median(gaps))

@@ -35,7 +35,12 @@ from ofa_search.atomic import atomic_write_json
 from ofa_search.errors import FileFormatError, OfaSearchError
 from ofa_search.profiling.backends import get_backend
 from ofa_search.profiling.builder import MIXED_MODE, fit_network_model, mode_archs, sample_archs
-from ofa_search.profiling.lut import LatencyTable, NotMeasurableError, now_iso, precision_mode
+from ofa_search.profiling.lut import (
+    LatencyTable,
+    NotMeasurableError,
+    now_iso,
+    overhead_mode,
+)
 from ofa_search.profiling.measure import FAST_TIMING, MEASURE_ROUNDS, default_chunk, measure_archs
 from ofa_search.profiling.timing import TimingConfig
 from ofa_search.versioning import read_format_json
@@ -54,10 +59,9 @@ validation's)."""
 
 def drift_mode(arch: Arch) -> str:
     """``mixed`` for an arch with int8 and binary stages, else its
-    :func:`~ofa_search.profiling.lut.precision_mode` (``fp32``, ``int8`` or ``binary``)."""
-    if "int8" in arch.precisions and "binary" in arch.precisions:
-        return MIXED_MODE
-    return precision_mode(arch)
+    :func:`~ofa_search.profiling.lut.precision_mode` (``fp32``, ``int8`` or ``binary``):
+    :func:`~ofa_search.profiling.lut.overhead_mode`."""
+    return overhead_mode(arch)
 
 
 def answer_modes(precisions: Sequence[str]) -> tuple[str, ...]:

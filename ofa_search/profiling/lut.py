@@ -64,7 +64,9 @@ class LatencyTable:
         overhead_by_mode: the constant for subnets of a low-precision mode (``int8``: some
             int8 stages, ``binary``: some binary stages; see :func:`precision_mode`),
             which run as other artefacts (a QDQ model, a binary package) with their own
-            graph-level costs; modes not listed use ``overhead_ms``.
+            graph-level costs; modes not listed use ``overhead_ms``. ``mixed`` (int8 and
+            binary stages in one package, :func:`overhead_mode`) has its own in tables
+            that fitted one, else the ``binary`` one.
         unit_scale, per_unit_ms: how units timed alone add up inside a network (see
             :meth:`network_sum`): a subnet costs ``unit_scale`` times the sum of its units
             plus ``per_unit_ms`` per unit (negative: the per-call cost and the layout
@@ -186,9 +188,20 @@ class LatencyTable:
                 best, best_arch = key, candidate
         return best_arch
 
+    def mode_overhead(self, arch: Arch) -> float | None:
+        """The overhead of ``arch``'s :func:`overhead_mode` when the table has one (a
+        ``mixed`` arch without a ``mixed`` overhead takes the ``binary`` one), else
+        ``None``."""
+        mode = overhead_mode(arch)
+        if mode == MIXED_MODE and mode not in self.overhead_by_mode:
+            mode = "binary"
+        return self.overhead_by_mode.get(mode)
+
     def overhead_for(self, arch: Arch) -> float:
-        """The constant added to ``arch``'s unit sum (by its :func:`precision_mode`)."""
-        return self.overhead_by_mode.get(precision_mode(arch), self.overhead_ms)
+        """The constant added to ``arch``'s unit sum: its mode's (:meth:`mode_overhead`),
+        else ``overhead_ms``."""
+        own = self.mode_overhead(arch)
+        return self.overhead_ms if own is None else own
 
     @property
     def precisions(self) -> tuple[str, ...]:
@@ -319,6 +332,20 @@ def precision_mode(arch: Arch) -> str:
     if "binary" in arch.precisions:
         return "binary"
     return "int8" if "int8" in arch.precisions else "fp32"
+
+
+MIXED_MODE = "mixed"
+"""The mode of subnets with int8 *and* binary stages in one network (a binary package with
+QDQ int8 segments)."""
+
+
+def overhead_mode(arch: Arch) -> str:
+    """``mixed`` for an arch with int8 and binary stages, else its :func:`precision_mode`:
+    the mode whose overhead prices it, whose drift the drift check measures, and which
+    validation reports."""
+    if "int8" in arch.precisions and "binary" in arch.precisions:
+        return MIXED_MODE
+    return precision_mode(arch)
 
 
 QUIET_SPREAD = 0.02

@@ -323,8 +323,7 @@ def validate_modes(table: LatencyTable, modes: Sequence[str] = ("fp32",), n: int
             mape=m["mape"], within_5pct=m["within_5pct"], within_10pct=m["within_10pct"],
             kendall_tau=m["kendall_tau"], mean_measured_ms=float(meas.mean()),
             validation_wall_s=wall, profiling_wall_s=profiling_wall_s(table),
-            overhead_ms=table.overhead_by_mode.get("binary" if mode == MIXED_MODE else mode,
-                                                   table.overhead_ms),
+            overhead_ms=table.overhead_for(per_mode[mode][0]),
             load_avg=[load_before, load_after], rounds=rounds, mode=mode, rows=rows,
             noise_mape=noise, modes_together=list(modes), references=len(ref_archs),
             noise_mape_raw=noise_raw))

@@ -199,3 +199,69 @@ def test_cheapest_precisions_prices_every_assignment_whole(tmp_path: Path) -> No
     with pytest.raises(OfaSearchError, match="offers precisions"):
         write_synthetic_table(ws, "plain", "mbv3_small28", ("fp32",)).cheapest_precisions(
             Arch.largest("mbv3_small28").replace(resolution=16), ("fp32", "binary"))
+
+
+def test_mixed_subnets_take_their_own_overhead_else_binarys(tmp_path: Path) -> None:
+    from ofa_search.profiling.lut import MIXED_MODE, overhead_mode
+
+    ws = Workspace(tmp_path / "ws")
+    table = write_synthetic_table(ws, "mp-mixed", MP, ("fp32", "int8", "binary"))
+    base = Arch.smallest(MP)
+    mixed = base.replace(precisions=("int8", "binary", "fp32", "fp32"))
+    binary = base.replace(precisions=("fp32", "binary", "fp32", "fp32"))
+    int8 = base.replace(precisions=("int8", "fp32", "fp32", "fp32"))
+    assert [overhead_mode(a) for a in (base, int8, binary, mixed)] == [
+        "fp32", "int8", "binary", MIXED_MODE]
+    # a table without a mixed overhead (every one before it) prices mixed subnets as binary
+    table.overhead_ms, table.overhead_by_mode = -0.1, {"binary": 0.05}
+    assert table.predict(mixed) == pytest.approx(table.unit_sum(mixed) + 0.05)
+    assert table.mode_overhead(int8) is None and table.overhead_for(int8) == -0.1
+    table.overhead_by_mode = {"binary": 0.05, "int8": 0.02, MIXED_MODE: 0.3}
+    loaded = LatencyTable.load(table.save(tmp_path / "t.json"))
+    for arch, overhead in ((base, -0.1), (int8, 0.02), (binary, 0.05), (mixed, 0.3)):
+        assert loaded.overhead_for(arch) == overhead
+        assert loaded.predict(arch) == pytest.approx(loaded.unit_sum(arch) + overhead)
+    # the LUT predictor, with an overhead of its own for fp32, keeps the modes' ones
+    lut = LutLatencyPredictor(loaded, overhead_ms=0.5)
+    assert list(lut.predict([base, mixed, binary])) == pytest.approx(
+        [loaded.unit_sum(base) + 0.5, loaded.unit_sum(mixed) + 0.3,
+         loaded.unit_sum(binary) + 0.05])
+
+
+def test_overhead_fit_measures_every_mode_together_and_fits_mixed(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The overhead subnets of all modes go through one measurement, alternating, so each
+    chunk's rounds hold every mode; a table of int8 and binary units fits ``mixed`` too."""
+    import numpy as np
+
+    import ofa_search.binary  # registers the timing of binary units
+    import ofa_search.quant  # noqa: F401  (registers the timing of int8 units)
+    from ofa_search.profiling import builder
+    from ofa_search.profiling.backends import get_backend
+    from ofa_search.profiling.lut import MIXED_MODE, overhead_mode
+    from ofa_search.profiling.measure import FAST_TIMING
+
+    calls: list[list[Arch]] = []
+    real = builder.measure_archs
+
+    def spy(backend, archs, *args, **kwargs):  # type: ignore[no-untyped-def]
+        calls.append(list(archs))
+        return real(backend, archs, *args, **kwargs)
+
+    monkeypatch.setattr(builder, "measure_archs", spy)
+    ws = Workspace(tmp_path / "ws")
+    table = write_synthetic_table(ws, "mp-fit", MP, ("fp32", "int8", "binary"),
+                                  resolutions=(16,))
+    with get_backend(table.profile(), timing=FAST_TIMING) as backend:
+        builder.fit_overhead(table, backend, n=2, rounds=1)
+    (archs,) = calls  # one measurement of all modes' subnets
+    assert [overhead_mode(a) for a in archs] == ["fp32", "int8", "binary", MIXED_MODE] * 2
+    assert set(table.overhead_by_mode) == {"int8", "binary", MIXED_MODE}
+    meta = table.meta["overhead"]
+    for mode in ("int8", "binary", MIXED_MODE):
+        gaps = meta[f"gaps_ms_{mode}"]
+        assert len(gaps) == 2
+        assert table.overhead_by_mode[mode] == pytest.approx(float(np.median(gaps)))
+    assert len(table.meta["reference"]["archs"]) == 2
+    assert all(overhead_mode(Arch.parse(a, MP)) == "fp32"
+               for a in table.meta["reference"]["archs"])
