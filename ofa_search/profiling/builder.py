@@ -143,8 +143,6 @@ def sample_archs(space: str | SearchSpace, n: int, seed: int, width_mult: float,
     return out
 
 
-
-
 def mode_archs(space: str | SearchSpace, n: int, seed: int, width_mult: float,
                resolutions: Sequence[int], mode: str = "fp32") -> list[Arch]:
     """``n`` seeded random archs of precision mode ``mode``: fp32 ones (:func:`sample_archs`),

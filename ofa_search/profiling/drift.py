@@ -58,9 +58,9 @@ validation's)."""
 
 
 def drift_mode(arch: Arch) -> str:
-    """``mixed`` for an arch with int8 and binary stages, else its
-    :func:`~ofa_search.profiling.lut.precision_mode` (``fp32``, ``int8`` or ``binary``):
-    :func:`~ofa_search.profiling.lut.overhead_mode`."""
+    """The mode whose drift ``arch`` follows: its
+    :func:`~ofa_search.profiling.lut.overhead_mode` (``fp32``, ``int8``, ``binary``, or
+    ``mixed`` for int8 and binary stages in one network)."""
     return overhead_mode(arch)
 
 
