@@ -282,7 +282,10 @@ def main(argv: list[str] | None = None) -> int:
         "command": " ".join(["python scripts/bench_precision_choice.py",
                              *[Path(a).name if Path(a).is_absolute() else a
                                for a in (sys.argv[1:] if argv is None else argv)]]),
-        "table": table.device_id, "table_created": table.created, "space": table.space,
+        "table": table.device_id, "table_created": table.created,
+        "table_updated": table.meta.get("updated"),
+        "table_overheads_ms": {"fp32": table.overhead_ms, **table.overhead_by_mode},
+        "space": table.space,
         "width_mult": table.width_mult, "n": args.n, "seed": args.seed,
         "rounds": args.rounds, "references": args.references, "variants": variants,
         "variants_skipped": skipped, "wall_s": time.perf_counter() - started,

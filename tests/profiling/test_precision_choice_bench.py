@@ -43,6 +43,7 @@ def test_picks_are_the_cheapest_assignment_and_are_timed_beside_fp32(
     assert report["variants"] == ["int8"] and report["variants_skipped"] == ["binary"]
     assert set(report["summary"]) == {"int8", "all-int8", "noise_mape", "fp32_mape"}
     assert report["references"] == 2 and len(report["rows"]) == 2
+    assert report["table_overheads_ms"] == {"fp32": table.overhead_ms}  # what priced the picks
     for row in report["rows"]:
         fp32, int8 = row["fp32"], row["int8"]
         assert set(fp32["precisions"]) == {"fp32"} and int8["precisions"] == ["int8"] * 4
