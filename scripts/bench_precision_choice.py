@@ -43,8 +43,6 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 import ofa_search.binary  # registers the timing of binary units
 import ofa_search.quant  # noqa: F401  (registers the timing of int8 units)
 from ofa_search.arch import Arch
@@ -56,13 +54,8 @@ from ofa_search.profiling.builder import mode_archs
 from ofa_search.profiling.device import DeviceProfile
 from ofa_search.profiling.lut import LatencyTable, now_iso
 from ofa_search.profiling.measure import FAST_TIMING, measure_many_rounds, prepare_arch
-from ofa_search.profiling.timing import TimingStats, combine_rounds
-from ofa_search.profiling.validate import (
-    first_references,
-    host_ratios,
-    noise_halves,
-    normalised,
-)
+from ofa_search.profiling.timing import TimingStats
+from ofa_search.profiling.validate import first_references, host_ratios, round_times
 
 VARIANTS = {"int8": ("fp32", "int8"), "binary": ("fp32", "binary"),
             "any": ("fp32", "int8", "binary")}
@@ -126,23 +119,10 @@ def measure(table: LatencyTable, chosen: list[dict[str, Arch]], rounds: int,
             samples, ref_rounds = time_together(backend, profile, archs, ref_archs, rounds)
             ratios = host_ratios(ref_rounds, ref_ms) if ref_archs else None
             for arch, rounds_of in zip(archs, samples, strict=True):
-                raw = combine_rounds(rounds_of).median_ms
-                first = last = None
-                if ratios is None:
-                    measured_ms = raw
-                    halves = noise_halves(rounds_of)
-                    if halves is not None:
-                        first, last = halves[0].median_ms, halves[1].median_ms
-                else:
-                    values = normalised(rounds_of, ratios)
-                    measured_ms = float(np.median(values))
-                    half = len(values) // 2
-                    if half:
-                        first = float(np.median(values[:half]))
-                        last = float(np.median(values[-half:]))
+                t = round_times(rounds_of, ratios)
                 out[arch.to_string()] = {
-                    "measured_ms": measured_ms, "measured_raw_ms": raw,
-                    "first_ms": first, "last_ms": last,
+                    "measured_ms": t.measured_ms, "measured_raw_ms": t.raw_ms,
+                    "first_ms": t.first_ms, "last_ms": t.last_ms,
                     "host_ratio": None if ratios is None else [float(r) for r in ratios]}
             if progress:
                 print(f"[{min(start + GROUP, len(chosen))}/{len(chosen)}] "

@@ -137,13 +137,14 @@ def latency_cmd(
     table = find_table(device, workspace=workspace)
     parsed = parse_arch(arch, space or table.space)
     # the predictors (torch, scikit-learn) only once the cheap checks have passed
-    from ofa_search.profiling.drift import drift_mode, load_scale
+    from ofa_search.profiling.drift import load_scale
+    from ofa_search.profiling.lut import overhead_mode
     from predictors.latency import LearnedLatencyPredictor
     from predictors.loading import load_latency_predictor
 
     model, kind = load_latency_predictor(ws, device, predictor)
     stored = load_scale(ws, table)
-    scale = 1.0 if stored is None else stored.for_modes((drift_mode(parsed),))
+    scale = 1.0 if stored is None else stored.for_modes((overhead_mode(parsed),))
     result: dict[str, Any] = {"device": device, "arch": parsed.to_string(), "predictor": kind,
                               "predicted_ms": scale * float(model.predict([parsed])[0])}
     if isinstance(model, LearnedLatencyPredictor):

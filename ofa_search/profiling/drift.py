@@ -10,9 +10,9 @@ per-subnet ratios, with their spread); beyond :data:`DRIFT_TOLERANCE` the host h
 A table that prices int8 or binary units can be checked per precision mode too
 (``modes``): seeded subnets of each mode (``mixed``: int8 and binary stages in one
 network) are timed in the same rounds as the references, and each mode's ratio is taken
-against the table's own price of its subnets. On the Intel host the mixed subnets gained
-less than the fp32 ones when the host ran faster than at profiling (about 5 %), which one
-fp32 ratio cannot correct.
+against the table's own price of its subnets: a mode can drift apart from fp32 (on the
+Intel host mixed subnets ran about 5 % over their price on some days and not on others),
+which one fp32 ratio cannot correct.
 
 A stored *scale* (:func:`save_scale`, ``ofa-search check-device --rescale``) is a ratio that
 the predictions of the device then apply (:func:`load_scale`), with a ratio per checked
@@ -34,13 +34,8 @@ from ofa_search.arch import Arch
 from ofa_search.atomic import atomic_write_json
 from ofa_search.errors import FileFormatError, OfaSearchError
 from ofa_search.profiling.backends import get_backend
-from ofa_search.profiling.builder import MIXED_MODE, fit_network_model, mode_archs, sample_archs
-from ofa_search.profiling.lut import (
-    LatencyTable,
-    NotMeasurableError,
-    now_iso,
-    overhead_mode,
-)
+from ofa_search.profiling.builder import fit_network_model, mode_archs, sample_archs
+from ofa_search.profiling.lut import MIXED_MODE, LatencyTable, NotMeasurableError, now_iso
 from ofa_search.profiling.measure import FAST_TIMING, MEASURE_ROUNDS, default_chunk, measure_archs
 from ofa_search.profiling.timing import TimingConfig
 from ofa_search.versioning import read_format_json
@@ -55,13 +50,6 @@ SCALE_VERSION = 1
 MODE_REFERENCE_SEED = 3_000_017
 """Seed of the per-mode subnets of a drift check (distinct from the overhead fit's and the
 validation's)."""
-
-
-def drift_mode(arch: Arch) -> str:
-    """The mode whose drift ``arch`` follows: its
-    :func:`~ofa_search.profiling.lut.overhead_mode` (``fp32``, ``int8``, ``binary``, or
-    ``mixed`` for int8 and binary stages in one network)."""
-    return overhead_mode(arch)
 
 
 def answer_modes(precisions: Sequence[str]) -> tuple[str, ...]:

@@ -186,6 +186,41 @@ def normalised(samples: Sequence[TimingStats], ratios: np.ndarray) -> list[float
     return [s.median_ms / float(r) for s, r in zip(samples, ratios, strict=True)]
 
 
+@dataclass(frozen=True)
+class RoundTimes:
+    """One model's rounds summed up: its time (normalised by the host's speed per round
+    where one is given, else :attr:`raw_ms`), the raw time (the rounds combined), and both
+    for the first and the last half of the rounds (``None`` with one round)."""
+
+    measured_ms: float
+    raw_ms: float
+    first_ms: float | None = None
+    last_ms: float | None = None
+    raw_first_ms: float | None = None
+    raw_last_ms: float | None = None
+
+
+def round_times(samples: Sequence[TimingStats], ratios: np.ndarray | None = None
+                ) -> RoundTimes:
+    """:class:`RoundTimes` of one model's rounds; ``ratios`` (:func:`host_ratios`) divides
+    each round by the host's speed in it (:func:`normalised`)."""
+    raw = combine_rounds(samples).median_ms
+    halves = noise_halves(list(samples))
+    if ratios is None:
+        if halves is None:
+            return RoundTimes(raw, raw)
+        return RoundTimes(raw, raw, halves[0].median_ms, halves[1].median_ms,
+                          halves[0].median_ms, halves[1].median_ms)
+    values = normalised(samples, ratios)
+    measured = float(np.median(values))
+    if halves is None:
+        return RoundTimes(measured, raw)
+    half = len(values) // 2
+    return RoundTimes(measured, raw, float(np.median(values[:half])),
+                      float(np.median(values[-half:])), halves[0].median_ms,
+                      halves[1].median_ms)
+
+
 def first_references(table: LatencyTable, k: int) -> tuple[list[Arch], list[float]]:
     """The first ``k`` of ``table``'s reference subnets and their times in the table (none
     for ``k == 0``); :class:`OfaSearchError` when it has fewer, or none."""
@@ -290,24 +325,16 @@ def validate_modes(table: LatencyTable, modes: Sequence[str] = ("fp32",), n: int
             if of != mode:
                 continue
             arch = per_mode[mode][i]
-            raw = combine_rounds(samples).median_ms
+            t = round_times(samples, ratio)
             row: dict[str, Any] = {"arch": arch.to_string(), "predicted_ms": table.predict(arch),
-                                   "measured_ms": raw, "load_1min": load}
-            halves = noise_halves(samples)
-            if ratio is None:
-                if halves is not None:
-                    row["measured_first_ms"], row["measured_last_ms"] = (
-                        halves[0].median_ms, halves[1].median_ms)
-            else:
-                values = normalised(samples, ratio)
-                row.update(measured_raw_ms=raw, host_ratio=[float(r) for r in ratio],
-                           measured_ms=float(np.median(values)))
-                if halves is not None:
-                    half = len(values) // 2
-                    row.update(measured_raw_first_ms=halves[0].median_ms,
-                               measured_raw_last_ms=halves[1].median_ms,
-                               measured_first_ms=float(np.median(values[:half])),
-                               measured_last_ms=float(np.median(values[-half:])))
+                                   "measured_ms": t.measured_ms, "load_1min": load}
+            if ratio is not None:
+                row.update(measured_raw_ms=t.raw_ms, host_ratio=[float(r) for r in ratio])
+            if t.first_ms is not None:
+                row.update(measured_first_ms=t.first_ms, measured_last_ms=t.last_ms)
+                if ratio is not None:
+                    row.update(measured_raw_first_ms=t.raw_first_ms,
+                               measured_raw_last_ms=t.raw_last_ms)
             rows.append(row)
         pred = np.array([r["predicted_ms"] for r in rows])
         meas = np.array([r["measured_ms"] for r in rows])

@@ -90,7 +90,7 @@ class DeviceContext:
     def scale(self, modes: Sequence[str] | None = None) -> float:
         """The device's stored speed scale (``ofa-search check-device --rescale``; 1.0
         without one), reread when its file changes: the largest ratio of ``modes`` (drift
-        modes, :func:`~ofa_search.profiling.drift.drift_mode`; by default every mode an
+        modes, :func:`~ofa_search.profiling.lut.overhead_mode`; by default every mode an
         answer of this context can have), so that no answer is underpriced."""
         if self.table is None:
             return 1.0

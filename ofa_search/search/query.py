@@ -26,8 +26,7 @@ import numpy as np
 
 from ofa_search.arch import Arch
 from ofa_search.errors import InfeasibleBudgetError, OfaSearchError
-from ofa_search.profiling.drift import drift_mode
-from ofa_search.profiling.lut import find_table, precision_mode
+from ofa_search.profiling.lut import find_table, overhead_mode, precision_mode
 from ofa_search.search.context import DEFAULT_PRECISION, DeviceContext, load_context
 from ofa_search.search.encoding import ANY_PRECISION, PRECISION_MODES
 from ofa_search.search.engines import best_feasible, run_search
@@ -250,7 +249,7 @@ class QueryEngine:
         start = time.perf_counter()
         with self._predict_lock:
             found = ctx.evaluator().evaluate([arch])[0]
-        return _result(ctx, found, "given", level, ctx.scale((drift_mode(arch),)), warnings,
+        return _result(ctx, found, "given", level, ctx.scale((overhead_mode(arch),)), warnings,
                        start)
 
     def modes(self, device: str) -> list[str]:

@@ -195,7 +195,8 @@ def test_modes_are_checked_against_the_tables_price(tmp_path: Path) -> None:
     table's price: an injected host where mixed subnets run 1.08x their price and the
     rest 0.92x gives those ratios, stores them, and a search that can answer in mixed
     applies the largest of its modes'; 1.2x for mixed alone is drift."""
-    from ofa_search.profiling.drift import drift_mode, table_modes
+    from ofa_search.profiling.drift import table_modes
+    from ofa_search.profiling.lut import overhead_mode
 
     ws = Workspace(tmp_path)
     table = write_synthetic_table(ws, "mp-drift", "mbv3_small28_mp", ["fp32", "int8", "binary"])
@@ -210,12 +211,12 @@ def test_modes_are_checked_against_the_tables_price(tmp_path: Path) -> None:
 
     def host(archs: list[Arch]) -> list[float]:
         seen.append(list(archs))
-        return [(mixed_speed if drift_mode(a) == "mixed" else 0.92) * table.predict(a)
+        return [(mixed_speed if overhead_mode(a) == "mixed" else 0.92) * table.predict(a)
                 for a in archs]
 
     report = check_drift(table, measure=host, modes=table_modes(table))
     assert len(seen) == 1 and len(seen[0]) == 16  # every mode in the same measurement
-    assert [drift_mode(a) for a in seen[0][4:]] == ["int8"] * 4 + ["binary"] * 4 + \
+    assert [overhead_mode(a) for a in seen[0][4:]] == ["int8"] * 4 + ["binary"] * 4 + \
         ["mixed"] * 4
     assert report.mode_ratios() == pytest.approx(
         {"fp32": 0.92, "int8": 0.92, "binary": 0.92, "mixed": 1.08})
