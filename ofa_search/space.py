@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -79,6 +80,9 @@ class SearchSpace:
         final_expand, feature_mix: head widths at width multiplier 1.0 (1×1 conv+BN+hswish
             at the final spatial size, global pooling, 1×1 conv+hswish, linear).
         kernel_sizes, expand_ratios, depths, resolutions, width_mults, precisions: choices.
+        head_int8: the head (final expand, feature mix, classifier) runs int8 in every
+            subnet whose last stage is not fp32 (:meth:`head_precision`); otherwise the
+            head is always fp32. Needs ``int8`` among the precisions.
         dropout: dropout before the classifier (training only).
         se_reduction: squeeze-excite reduction (mid channels // reduction, rounded by 8).
         channel_divisor: the rounding divisor of :func:`make_divisible`.
@@ -101,6 +105,7 @@ class SearchSpace:
     resolutions: tuple[int, ...]
     width_mults: tuple[float, ...] = (1.0,)
     precisions: tuple[str, ...] = ("fp32",)
+    head_int8: bool = False
     dropout: float = 0.1
     se_reduction: int = 4
     channel_divisor: int = 8
@@ -123,6 +128,8 @@ class SearchSpace:
         check(all(d >= 1 for d in self.depths), "depths must be >= 1")
         check(all(p in PRECISIONS for p in self.precisions),
               f"precisions must be among {PRECISIONS}, got {self.precisions}")
+        check(not self.head_int8 or "int8" in self.precisions,
+              "head_int8 needs 'int8' among the precisions")
         check(len(self.stages) >= 1, "needs at least one stage")
         check(all(s.act in ACTIVATIONS for s in self.stages), "unknown stage activation")
         check(self.stem_act in ACTIVATIONS, "unknown stem activation")
@@ -170,6 +177,11 @@ class SearchSpace:
         return make_divisible(mid_channels // self.se_reduction, self.channel_divisor)
 
     # -- counting ----------------------------------------------------------------------
+    def head_precision(self, precisions: Sequence[str]) -> str:
+        """The head's precision in a subnet whose stages have ``precisions``: ``int8`` when
+        the space has ``head_int8`` and the last stage is int8 or binary, else ``fp32``."""
+        return "int8" if self.head_int8 and precisions[-1] != "fp32" else "fp32"
+
     def size(self) -> int:
         """Number of distinct architectures (blocks past a stage's depth do not count)."""
         per_block = len(self.kernel_sizes) * len(self.expand_ratios)
@@ -197,6 +209,7 @@ class SearchSpace:
             "resolutions": list(self.resolutions),
             "width_mults": list(self.width_mults),
             "precisions": list(self.precisions),
+            "head_int8": self.head_int8,
             "size": self.size(),
             "size_log10": round(math.log10(self.size()), 2),
         }
@@ -265,6 +278,15 @@ OFA_MBV3_MP = register_space(
     )
 )
 
+OFA_MBV3_MP_INT8HEAD = register_space(
+    dataclasses.replace(
+        OFA_MBV3_MP,
+        name="ofa_mbv3_mp_int8head",
+        description="ofa_mbv3_mp whose head runs int8 when the last stage is int8 or binary",
+        head_int8=True,
+    )
+)
+
 MBV3_SMALL28 = register_space(
     SearchSpace(
         name="mbv3_small28",
@@ -297,6 +319,15 @@ MBV3_SMALL28_MP = register_space(
         name="mbv3_small28_mp",
         description="mbv3_small28 with a precision per stage: fp32, int8 or binary",
         precisions=("binary", "fp32", "int8"),
+    )
+)
+
+MBV3_SMALL28_MP_INT8HEAD = register_space(
+    dataclasses.replace(
+        MBV3_SMALL28_MP,
+        name="mbv3_small28_mp_int8head",
+        description="mbv3_small28_mp whose head runs int8 when the last stage is int8 or binary",
+        head_int8=True,
     )
 )
 

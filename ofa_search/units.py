@@ -144,7 +144,8 @@ class MBConvUnit:
 @dataclass(frozen=True)
 class HeadUnit:
     """1×1 conv + BN + h-swish (final expand) → global average pool → 1×1 conv + h-swish
-    (feature mix, no BN) → dropout → linear classifier."""
+    (feature mix, no BN) → dropout → linear classifier; ``int8``: the three layers
+    fake-quantised (see :meth:`ofa_search.space.SearchSpace.head_precision`)."""
 
     in_channels: int
     expand_channels: int
@@ -167,9 +168,11 @@ class HeadUnit:
         w = self.in_channels * self.expand_channels
         mix = self.expand_channels * self.mix_channels
         cls = self.mix_channels * self.num_classes
-        return [Layer("head.final_expand", w, 2 * self.expand_channels, w * self.in_size**2),
-                Layer("head.feature_mix", mix, 0, mix),
-                Layer("head.classifier", cls, self.num_classes, cls)]
+        bits = 8 if self.precision == "int8" else 32
+        return [Layer("head.final_expand", w, 2 * self.expand_channels, w * self.in_size**2,
+                      bits),
+                Layer("head.feature_mix", mix, 0, mix, bits),
+                Layer("head.classifier", cls, self.num_classes, cls, bits)]
 
     def macs(self) -> int:
         return sum(layer.macs for layer in self.layers())
@@ -209,8 +212,15 @@ def arch_units(arch: Arch, resolution: int | None = None) -> list[Unit]:
             size = unit.out_size
             in_ch = out_ch
     units.append(HeadUnit(in_ch, widths.final_expand, widths.feature_mix, space.num_classes,
-                          size))
+                          size, precision=space.head_precision(arch.precisions)))
     return units
+
+
+def uses_int8(arch: Arch) -> bool:
+    """Whether ``arch`` has int8 parts: an int8 stage, or the int8 head of a ``head_int8``
+    space (whose artefacts then hold QDQ int8 segments that need calibration images)."""
+    return "int8" in arch.precisions or \
+        arch.search_space.head_precision(arch.precisions) == "int8"
 
 
 def count_macs(arch: Arch, resolution: int | None = None) -> int:

@@ -30,6 +30,7 @@ from ofa_search.binary.runtime import BinaryPackage
 from ofa_search.formats import ArtefactFormat, register_format
 from ofa_search.nn.static import StaticSubnet
 from ofa_search.quant.formats import INT8_RELATIVE_TOLERANCE, relative_logit_error
+from ofa_search.units import uses_int8
 
 BINARY_TOLERANCE = 1e-3
 """Max |Δ| allowed between each piece of the package and the PyTorch subnet, given the
@@ -61,7 +62,7 @@ def _calibrated_write(net: StaticSubnet, path: Path, batches: Sequence[np.ndarra
 
 
 def _has_int8(net: StaticSubnet) -> bool:
-    return "int8" in net.arch.precisions
+    return uses_int8(net.arch)
 
 
 TIE_MARGIN = 1e-5

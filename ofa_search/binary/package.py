@@ -43,6 +43,7 @@ from ofa_search.onnx_export import export_onnx
 from ofa_search.quant.calibrate import iter_samples
 from ofa_search.quant.fold import fold_network
 from ofa_search.quant.quantize import quantize_convs
+from ofa_search.units import uses_int8
 
 BATCH_DIM = "N"
 Visit = Callable[[int, dict[str, torch.Tensor], torch.Tensor], None]
@@ -235,7 +236,7 @@ def subnet_program(net: StaticSubnet, calibration: Sequence[np.ndarray] | None =
         raise ValueError("put the network in eval mode (net.eval()) before packaging")
     _, c, h, w = net.input_shape(1)
     return build_program(list(net.units), (c, h, w),
-                         calibration=calibration if "int8" in net.arch.precisions else None,
+                         calibration=calibration if uses_int8(net.arch) else None,
                          arch=net.arch.to_string(), space=net.arch.space)
 
 

@@ -21,7 +21,7 @@ from ofa_search.profiling.measure import (
     register_precision_timing,
 )
 from ofa_search.quant.units import seeded_calibration
-from ofa_search.units import MBConvUnit, Unit
+from ofa_search.units import MBConvUnit, Unit, uses_int8
 
 
 def prepare_binary_unit(backend: Measurer, unit: Unit, profile: DeviceProfile) -> Prepared:
@@ -44,7 +44,7 @@ def prepare_binary_arch(backend: Measurer, arch: Arch, batch_size: int = 1,
                          f"{profile.id!r} ({profile.backend}) cannot time them")
     net = build_static(arch, torch.Generator().manual_seed(0))
     calibration = None
-    if "int8" in arch.precisions:  # int8 segments: ranges observed as int8 units observe them
+    if uses_int8(arch):  # int8 segments: ranges observed as int8 units observe them
         batches = seeded_calibration(net, net.input_shape(batch_size))
         calibration = [b.numpy() for b in batches]
     threads = 1 if profile is None else profile.intra_op_threads

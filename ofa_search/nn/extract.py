@@ -7,7 +7,8 @@ import copy
 import torch
 
 from ofa_search.arch import Arch
-from ofa_search.nn.static import StaticSubnet
+from ofa_search.nn.quant import QConv2d
+from ofa_search.nn.static import Head, StaticSubnet
 from ofa_search.nn.supernet import Supernet
 from ofa_search.units import HeadUnit, MBConvUnit, StemUnit, arch_units
 
@@ -29,7 +30,7 @@ def extract(supernet: Supernet, arch: Arch) -> StaticSubnet:
         if isinstance(unit, StemUnit):
             modules.append(copy.deepcopy(supernet.stem))
         elif isinstance(unit, HeadUnit):
-            modules.append(copy.deepcopy(supernet.head))
+            modules.append(_head(supernet, unit))
         elif i == 1:
             modules.append(copy.deepcopy(supernet.first_block))
         else:
@@ -41,3 +42,30 @@ def extract(supernet: Supernet, arch: Arch) -> StaticSubnet:
         net.to(first.device)
     net.train(supernet.training)
     return net
+
+
+def _head(supernet: Supernet, unit: HeadUnit) -> torch.nn.Module:
+    """The supernet's head as a static module of ``unit``'s precision."""
+    if unit.precision != "int8":
+        return copy.deepcopy(supernet.head)
+    source, quant = supernet.head, supernet.head_quant
+    assert quant is not None
+    dropout = source.dropout
+    assert isinstance(dropout, torch.nn.Dropout)
+    head = Head(unit, dropout.p)
+    for part in ("final_expand", "feature_mix"):
+        # the fp32 source has no input quantisers; they are loaded below
+        missing, unexpected = getattr(head, part).load_state_dict(
+            getattr(source, part).state_dict(), strict=False)
+        assert not unexpected and all(".input_quant." in k for k in missing), (missing,
+                                                                             unexpected)
+    classifier, linear = head.classifier, source.classifier
+    assert isinstance(classifier, QConv2d) and isinstance(linear, torch.nn.Linear)
+    classifier.weight.copy_(linear.weight[:, :, None, None])
+    assert classifier.bias is not None and linear.bias is not None
+    classifier.bias.copy_(linear.bias)
+    for name, layer in (("final_expand", head.final_expand[0]),
+                        ("feature_mix", head.feature_mix[0]), ("classifier", classifier)):
+        assert isinstance(layer, QConv2d)
+        layer.input_quant.load_state_dict(quant[name].state_dict())
+    return head

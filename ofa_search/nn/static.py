@@ -117,22 +117,36 @@ class SeededDropout(nn.Dropout):
 
 class Head(nn.Module):
     """Final expand (1×1 conv+BN+h-swish) → global mean → feature mix (1×1 conv+h-swish) →
-    dropout → linear classifier."""
+    dropout → linear classifier.
+
+    An ``int8`` unit's three layers are :class:`~ofa_search.nn.quant.QConv2d`, the
+    classifier a 1×1 one over the pooled ``[N, C, 1, 1]`` features (flattened after it), so
+    that the int8 export path, which quantises convs, holds it like any other int8 conv.
+    """
 
     def __init__(self, unit: HeadUnit, dropout: float = 0.0) -> None:
         super().__init__()
-        self.final_expand = ConvBNAct(unit.in_channels, unit.expand_channels, 1, act="hswish")
+        self.int8 = unit.precision == "int8"
+        conv_cls = QConv2d if self.int8 else nn.Conv2d
+        self.final_expand = ConvBNAct(unit.in_channels, unit.expand_channels, 1, act="hswish",
+                                      int8=self.int8)
         self.feature_mix = nn.Sequential(
-            nn.Conv2d(unit.expand_channels, unit.mix_channels, 1, bias=False),
+            conv_cls(unit.expand_channels, unit.mix_channels, 1, bias=False),
             make_act("hswish"),
         )
         self.dropout = SeededDropout(dropout)
-        self.classifier = nn.Linear(unit.mix_channels, unit.num_classes)
+        self.classifier: nn.Module = (QConv2d(unit.mix_channels, unit.num_classes, 1)
+                                      if self.int8
+                                      else nn.Linear(unit.mix_channels, unit.num_classes))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.final_expand(x).mean((2, 3), keepdim=True)
-        x = self.feature_mix(x).flatten(1)
-        return self.classifier(self.dropout(x))
+        x = self.feature_mix(x)
+        if self.int8:
+            out: torch.Tensor = self.classifier(self.dropout(x)).flatten(1)
+            return out
+        out = self.classifier(self.dropout(x.flatten(1)))
+        return out
 
 
 def build_unit(unit: Unit, dropout: float = 0.0) -> nn.Module:

@@ -12,9 +12,13 @@ from ofa_search.arch import Arch
 from ofa_search.errors import InvalidArchError
 from ofa_search.nn.binary import check_ablation
 from ofa_search.nn.elastic_block import ElasticMBConv
+from ofa_search.nn.quant import Int8ActQuant, int8_weight
 from ofa_search.nn.static import ConvBNAct, Head, MBConv, init_weights
 from ofa_search.space import SearchSpace, get_space
 from ofa_search.units import HeadUnit, MBConvUnit
+
+HEAD_LAYERS = ("final_expand", "feature_mix", "classifier")
+"""The head's layers, each with an activation quantiser in a ``head_int8`` space."""
 
 
 class Supernet(nn.Module):
@@ -50,6 +54,11 @@ class Supernet(nn.Module):
         self.stages = nn.ModuleList(stages)
         self.head = Head(HeadUnit(in_ch, w.final_expand, w.feature_mix, spec.num_classes, 1),
                          spec.dropout)
+        # the int8 head's activation quantisers (spaces with head_int8); the weights are the
+        # fp32 head's, fake-quantised per call, as the elastic blocks' int8 convs are
+        self.head_quant: nn.ModuleDict | None = None
+        if spec.head_int8:
+            self.head_quant = nn.ModuleDict({name: Int8ActQuant() for name in HEAD_LAYERS})
         init_weights(self, generator)
 
     def check_arch(self, arch: Arch) -> None:
@@ -69,8 +78,26 @@ class Supernet(nn.Module):
             for b in range(arch.depths[s]):
                 x = self.block(s, b)(x, arch.kernels[s][b], arch.expands[s][b],
                                      arch.precisions[s])
+        if self.space.head_precision(arch.precisions) == "int8":
+            return self._int8_head(x)
         out: torch.Tensor = self.head(x)
         return out
+
+    def _int8_head(self, x: torch.Tensor) -> torch.Tensor:
+        """The head with its three layers fake-quantised (what :class:`Head` computes for an
+        ``int8`` unit; the classifier as a linear layer, its 1×1 conv's equal)."""
+        assert self.head_quant is not None
+        q, head = self.head_quant, self.head
+        expand, mix = head.final_expand, head.feature_mix
+        expand_conv, mix_conv = expand[0], mix[0]
+        assert isinstance(expand_conv, nn.Conv2d) and isinstance(mix_conv, nn.Conv2d)
+        x = F.conv2d(q["final_expand"](x), int8_weight(expand_conv.weight))
+        x = expand[2](expand[1](x)).mean((2, 3), keepdim=True)
+        x = F.conv2d(q["feature_mix"](x), int8_weight(mix_conv.weight))
+        x = head.dropout(mix[1](x).flatten(1))
+        classifier = head.classifier
+        assert isinstance(classifier, nn.Linear)
+        return F.linear(q["classifier"](x), int8_weight(classifier.weight), classifier.bias)
 
     def block(self, stage: int, index: int) -> ElasticMBConv:
         """The elastic block ``index`` of stage ``stage``."""

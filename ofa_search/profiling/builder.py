@@ -109,15 +109,16 @@ def enumerate_units(space: str | SearchSpace, width_mult: float | None = None,
                                        se_channels=spec.se_channels(mid) if stage.se else 0,
                                        precision=precision))
             size, in_ch = out_size, out_ch
-        add(HeadUnit(in_ch, widths.final_expand, widths.feature_mix, spec.num_classes, size))
+        add(HeadUnit(in_ch, widths.final_expand, widths.feature_mix, spec.num_classes, size,
+                     precision=spec.head_precision((precision,))))
     return list(units.values())
 
 
 def table_units(spec: SearchSpace, width: float, resolutions: Sequence[int],
                 precisions: Sequence[str]) -> list[Unit]:
     """:func:`enumerate_units` at every precision of ``precisions`` that ``spec`` offers
-    (fp32 first; stem, first block and head are fp32 at every precision, so they are
-    listed once)."""
+    (fp32 first; stem and first block are fp32 at every precision, so they are listed
+    once, and so is the head, except the int8 head of a ``head_int8`` space)."""
     units: dict[str, Unit] = {}
     for precision in [p for p in ("fp32", "int8", "binary")
                       if p in precisions and p in spec.precisions]:

@@ -35,7 +35,8 @@ def int8_unit_onnx(unit: Unit, batch_size: int = 1
     :func:`ofa_search.profiling.builder.unit_onnx` gives for the fp32 unit.
 
     Raises ``ValueError`` unless ``unit.precision == "int8"`` (an MBConv unit of an int8
-    stage; stem, first block and head are always fp32).
+    stage, or the int8 head of a ``head_int8`` space; stem and first block are always
+    fp32).
     """
     if unit.precision != "int8":
         raise ValueError(f"unit {unit.key} has precision {unit.precision!r}; int8_unit_onnx "
