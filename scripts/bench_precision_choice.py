@@ -56,6 +56,7 @@ from ofa_search.profiling.lut import LatencyTable, now_iso
 from ofa_search.profiling.measure import FAST_TIMING, measure_many_rounds, prepare_arch
 from ofa_search.profiling.timing import TimingStats
 from ofa_search.profiling.validate import first_references, host_ratios, round_times
+from ofa_search.space import get_space
 
 VARIANTS = {"int8": ("fp32", "int8"), "binary": ("fp32", "binary"),
             "any": ("fp32", "int8", "binary")}
@@ -67,12 +68,14 @@ GROUP = 3
 """Subnets (with all their variants) timed in the same rounds."""
 
 
-def picks(table: LatencyTable, geometries: list[Arch], variants: list[str]
-          ) -> list[dict[str, Arch]]:
+def picks(table: LatencyTable, geometries: list[Arch], variants: list[str],
+          fp32_head_space: str | None = None) -> list[dict[str, Arch]]:
     """Per subnet: ``fp32``; each variant's cheapest precision per stage; where that pick is
     the fp32 subnet itself, ``<variant>-forced``, the cheapest with a low-precision stage
     (what the table turned down); and ``all-<precision>``, every stage in one precision
-    that a variant may choose, as a whole-mode baseline."""
+    that a variant may choose, as a whole-mode baseline. With ``fp32_head_space``, each
+    pick and whole mode whose head is int8 also gets ``<name>-fp32-head``: the same stages
+    in that space, whose head stays fp32 (what the int8 head gains, in the same rounds)."""
     whole = [p for p in ("int8", "binary") if any(p in VARIANTS[v] for v in variants)]
     out = []
     for g in geometries:
@@ -84,8 +87,18 @@ def picks(table: LatencyTable, geometries: list[Arch], variants: list[str]
                                                                low_precision=True)
         for p in whole:
             row[f"all-{p}"] = g.replace(precisions=(p,) * g.search_space.num_stages)
+        if fp32_head_space is not None:
+            for name in [n for n in row if not n.endswith("-forced") and n != "fp32"]:
+                arch = row[name]
+                if arch.search_space.head_precision(arch.precisions) == "int8":
+                    row[f"{name}-fp32-head"] = Arch.parse(arch.to_string(), fp32_head_space)
         out.append(row)
     return out
+
+
+def _key(arch: Arch) -> str:
+    """An arch's identity across spaces (the fp32-head twins share the picks' strings)."""
+    return f"{arch.space}:{arch.to_string()}"
 
 
 def time_together(backend: Any, profile: DeviceProfile, archs: list[Arch],
@@ -115,12 +128,12 @@ def measure(table: LatencyTable, chosen: list[dict[str, Arch]], rounds: int,
     try:
         for start in range(0, len(chosen), GROUP):
             group = chosen[start:start + GROUP]
-            archs = list({a.to_string(): a for row in group for a in row.values()}.values())
+            archs = list({_key(a): a for row in group for a in row.values()}.values())
             samples, ref_rounds = time_together(backend, profile, archs, ref_archs, rounds)
             ratios = host_ratios(ref_rounds, ref_ms) if ref_archs else None
             for arch, rounds_of in zip(archs, samples, strict=True):
                 t = round_times(rounds_of, ratios)
-                out[arch.to_string()] = {
+                out[_key(arch)] = {
                     "measured_ms": t.measured_ms, "measured_raw_ms": t.raw_ms,
                     "first_ms": t.first_ms, "last_ms": t.last_ms,
                     "host_ratio": None if ratios is None else [float(r) for r in ratios]}
@@ -141,14 +154,21 @@ def rows_of(table: LatencyTable, chosen: list[dict[str, Arch]],
     for i, row in enumerate(chosen):
         out: dict[str, Any] = {"subnet": i, "resolution": row["fp32"].resolution}
         for name, arch in row.items():
-            m = measured[arch.to_string()]
+            m = measured[_key(arch)]
+            # the fp32-head twins belong to another space: the table does not price them
+            priced = arch.space == table.space
             out[name] = {"arch": arch.to_string(), "precisions": list(arch.precisions),
-                         "predicted_ms": table.predict(arch), **m}
+                         "predicted_ms": table.predict(arch) if priced else None, **m}
         for name in row:
             if name != "fp32":
                 v, f = out[name], out["fp32"]
-                v["predicted_speedup"] = f["predicted_ms"] / v["predicted_ms"]
                 v["measured_speedup"] = f["measured_ms"] / v["measured_ms"]
+                if v["predicted_ms"] is None:
+                    # what the int8 head gains: the fp32-head twin's time over the pick's
+                    v["int8_head_gain"] = v["measured_ms"] / out[
+                        name.removesuffix("-fp32-head")]["measured_ms"]
+                    continue
+                v["predicted_speedup"] = f["predicted_ms"] / v["predicted_ms"]
                 # the pick's measured / predicted, over its fp32 twin's
                 v["error_vs_fp32"] = ((v["measured_ms"] / v["predicted_ms"])
                                       / (f["measured_ms"] / f["predicted_ms"]))
@@ -169,14 +189,17 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
         entry: dict[str, Any] = {
             "subnets": len(entries), "low_precision_picks": len(low),
             "stages": dict(Counter(p for x in entries for p in x["precisions"]))}
-        for key in ("predicted_speedup", "measured_speedup", "error_vs_fp32"):
-            values = [x[key] for x in low]
+        for key in ("predicted_speedup", "measured_speedup", "error_vs_fp32",
+                    "int8_head_gain"):
+            values = [x[key] for x in low if key in x]
             entry[key] = ({"median": statistics.median(values), "min": min(values),
                            "max": max(values)} if values else None)
         if low:
             entry["measured_faster"] = sum(x["measured_speedup"] > 1 for x in low) / len(low)
-            entry["mape_of_picks"] = mape([x["predicted_ms"] for x in low],
-                                          [x["measured_ms"] for x in low])
+            priced = [x for x in low if x["predicted_ms"] is not None]
+            entry["mape_of_picks"] = (mape([x["predicted_ms"] for x in priced],
+                                           [x["measured_ms"] for x in priced])
+                                      if priced else None)
         summary[v] = entry
     timed = {r[k]["arch"]: r[k] for r in rows for k in r if isinstance(r[k], dict)}
     halves = [(t["first_ms"], t["last_ms"]) for t in timed.values()
@@ -203,7 +226,8 @@ def print_report(rows: list[dict[str, Any]], summary: dict[str, Any],
         print(f"{r['subnet']:>3} {r['resolution']:>4} {r['fp32']['measured_ms']:>8.2f}" + "".join(
             f" {''.join(short[p] for p in r[v]['precisions']):>12} "
             f"{r[v]['predicted_speedup']:>7.2f} {r[v]['measured_speedup']:>7.2f}"
-            for v in variants) + "".join(f" {r[k]['measured_speedup']:>14.2f}" for k in whole))
+            for v in variants) + "".join(f" {_f(r[k]['measured_speedup'] if k in r else None):>14}"
+                                         for k in whole))
     print("\nper variant (subnets with a low-precision stage): speed-up over fp32, "
           "median [min, max]")
     for v in [k for k in summary if isinstance(summary[k], dict)]:
@@ -212,11 +236,18 @@ def print_report(rows: list[dict[str, Any]], summary: dict[str, Any],
         if not s["low_precision_picks"]:
             print(f"  {v:<13} no pick has a low-precision stage; stages {s['stages']}")
             continue
+        if p is None:
+            g = s["int8_head_gain"]
+            print(f"  {v:<13} {s['low_precision_picks']} subnets with an fp32 head: measured "
+                  f"{m['median']:.2f}x [{m['min']:.2f}, {m['max']:.2f}] over fp32; the int8 "
+                  f"head makes them {g['median']:.2f}x faster [{g['min']:.2f}, "
+                  f"{g['max']:.2f}]")
+            continue
         print(f"  {v:<13} {s['low_precision_picks']}/{s['subnets']} picks, stages "
               f"{s['stages']}; predicted {p['median']:.2f}x, measured {m['median']:.2f}x "
               f"[{m['min']:.2f}, {m['max']:.2f}], faster {s['measured_faster']:.0%}; "
               f"measured/predicted over fp32's {e['median']:.3f} "
-              f"[{e['min']:.3f}, {e['max']:.3f}], MAPE {s['mape_of_picks']:.2%}")
+              f"[{e['min']:.3f}, {e['max']:.3f}], MAPE {_f(s['mape_of_picks'], '.2%')}")
     print(f"  fp32 MAPE {summary['fp32_mape']:.2%}; noise floor (halves of the rounds) "
           f"{_f(summary['noise_mape'], '.2%')}")
 
@@ -235,6 +266,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=SEED)
     parser.add_argument("--variants", nargs="+", choices=list(VARIANTS),
                         default=list(VARIANTS))
+    parser.add_argument("--fp32-head-space", default=None,
+                        help="for a table of a head_int8 space: time each pick with an int8 "
+                             "head beside the same stages in this space (its head fp32)")
     args = parser.parse_args(argv)
     if min(args.n, args.rounds) < 1 or args.references < 0:
         parser.error("--n and --rounds must be >= 1, --references >= 0")
@@ -247,7 +281,14 @@ def main(argv: list[str] | None = None) -> int:
                                  f"{args.variants} can be chosen from it")
         geometries = mode_archs(table.space, args.n, args.seed, table.width_mult,
                                 table.resolutions)
-        chosen = picks(table, geometries, variants)
+        if args.fp32_head_space is not None:
+            head_space = get_space(args.fp32_head_space)
+            if head_space.head_int8 or not get_space(table.space).head_int8:
+                raise OfaSearchError(
+                    f"--fp32-head-space needs a table of a head_int8 space (table: "
+                    f"{table.space!r}) and a space whose head stays fp32 (got "
+                    f"{head_space.name!r})")
+        chosen = picks(table, geometries, variants, args.fp32_head_space)
         started = time.perf_counter()
         measured = measure(table, chosen, args.rounds, args.references)
     except OfaSearchError as exc:
@@ -268,6 +309,7 @@ def main(argv: list[str] | None = None) -> int:
         "space": table.space,
         "width_mult": table.width_mult, "n": args.n, "seed": args.seed,
         "rounds": args.rounds, "references": args.references, "variants": variants,
+        "fp32_head_space": args.fp32_head_space,
         "variants_skipped": skipped, "wall_s": time.perf_counter() - started,
         "host": _host(), "summary": summary, "rows": rows,
     }

@@ -5,24 +5,27 @@ the fp32-head space (real ONNX Runtime timings)."""
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
 import torch
+from script_helpers import load_script
 from supernet_helpers import calibrated_supernet, save_untrained_checkpoint
 from table_helpers import write_synthetic_table
 
 from ofa_search.arch import Arch
 from ofa_search.binary import BinaryPackage
-from ofa_search.errors import OfaSearchError
+from ofa_search.errors import FileFormatError, OfaSearchError
 from ofa_search.export import export
-from ofa_search.nn import extract
+from ofa_search.nn import Supernet, extract
 from ofa_search.nn.quant import QConv2d
 from ofa_search.profiling.builder import enumerate_units
 from ofa_search.profiling.derive import derive_table, missing_units
 from ofa_search.space import OFA_MBV3_MP, get_space
+from ofa_search.train.checkpoint import load_init_weights
 from ofa_search.units import HeadUnit, arch_units, uses_int8
 from ofa_search.workspace import Workspace
 
@@ -156,3 +159,39 @@ def test_a_table_is_derived_for_the_int8_head_space_on_its_time_base(tmp_path: P
         missing_units(table, wider)
     with pytest.raises(OfaSearchError, match=r"has no resolutions \[16\]"):
         missing_units(table, "ofa_mbv3_mp_int8head")
+
+
+def test_weights_of_the_fp32_head_space_start_an_int8_head_supernet(tmp_path: Path) -> None:
+    source = save_untrained_checkpoint(MP, tmp_path / "mp.pt")
+    net = Supernet(MPH, generator=torch.Generator().manual_seed(5))
+    load_init_weights(net, source)  # the head's quantisers are new; everything else loads
+    assert net.head_quant is not None
+    assert all(int(q.count) == 0 for q in net.head_quant.values())
+    mp = calibrated_supernet(MP, seed=2)
+    arch = Arch.smallest(MPH)  # fp32: the same function in both spaces
+    x = torch.randn(2, 1, arch.resolution, arch.resolution)
+    with torch.no_grad():
+        assert torch.equal(net.eval()(x, arch), mp(x, Arch.smallest(MP)))
+    with pytest.raises(FileFormatError, match="only the precisions and the int8 head may differ"):
+        load_init_weights(Supernet("ofa_mbv3_mp_int8head"), source)
+
+
+def test_the_accuracy_bench_scores_both_heads_on_the_same_weights(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bench = load_script("bench_int8_head_accuracy")
+    source = save_untrained_checkpoint(MP, tmp_path / "mp.pt")
+    out = tmp_path / "acc.json"
+    assert bench.main([str(source), str(out), "--data", "digits", "--n", "1",
+                       "--calib-batches", "1"]) == 0
+    report = json.loads(out.read_text())
+    assert report["int8_head_space"] == MPH and report["space"] == MP
+    (row,) = report["rows"]
+    for variant in ("last-int8", "all-int8"):
+        scores = row[variant]
+        assert 0 <= scores["int8_head"] <= 1 and 0 <= scores["fp32_head"] <= 1
+        assert scores["cost_points"] == pytest.approx(
+            100 * (scores["fp32_head"] - scores["int8_head"]))
+    assert report["summary"]["noise_floor_points"]["max"] >= 0
+    assert bench.main([str(source), str(tmp_path / "x.json"), "--space", MPH]) == 2
+    assert "must offer int8 stages and keep its head fp32" in capsys.readouterr().err
+    assert not (tmp_path / "x.json").exists()

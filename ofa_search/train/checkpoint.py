@@ -34,7 +34,7 @@ from ofa_search.arch import Arch, parse_arch
 from ofa_search.atomic import atomic_write_bytes
 from ofa_search.errors import FileFormatError, InvalidArchError
 from ofa_search.nn import Supernet
-from ofa_search.space import get_space
+from ofa_search.space import SearchSpace, get_space
 from ofa_search.versioning import require_version
 
 CHECKPOINT_FORMAT = "ofa-search-supernet"
@@ -133,16 +133,23 @@ def load_supernet_arch(checkpoint: str | os.PathLike[str], arch: str | Arch
     return supernet, meta, parsed
 
 
-LOW_PRECISION_ONLY = (".quant.", ".binary_")
+LOW_PRECISION_ONLY = (".quant.", ".binary_", "head_quant.")
 """Substrings of the state-dict keys of layers that only int8 / binary stages use."""
+
+
+def _structure(space: SearchSpace) -> SearchSpace:
+    """``space`` without what weights do not depend on: name, precisions, the int8 head."""
+    return dataclasses.replace(space, name="x", description="", precisions=("fp32",),
+                               head_int8=False)
 
 
 def load_init_weights(net: Supernet, checkpoint: str | os.PathLike[str]) -> None:
     """Load the served weights of ``checkpoint`` (:func:`served_weights`) into ``net`` to
     start a new run from them.
 
-    The checkpoint's space may differ from ``net``'s in name and precisions only (e.g. an
-    fp32 ``mbv3_small28`` supernet into ``mbv3_small28_mp``); keys that only low-precision
+    The checkpoint's space may differ from ``net``'s in name, precisions and the int8 head
+    only (e.g. an fp32 ``mbv3_small28`` supernet into ``mbv3_small28_mp`` or
+    ``mbv3_small28_mp_int8head``); keys that only low-precision
     layers have may be missing and keep their fresh values, except the binary convs' own
     latent weights (:meth:`Supernet.set_binary_weights`), which start as copies of the
     loaded fp32 ones. Anything else that does not fit is a :class:`FileFormatError`
@@ -150,12 +157,11 @@ def load_init_weights(net: Supernet, checkpoint: str | os.PathLike[str]) -> None
     """
     data = load_checkpoint(checkpoint)
     source = get_space(data["space"])
-    if (dataclasses.replace(source, name="x", description="", precisions=("fp32",))
-            != dataclasses.replace(net.space, name="x", description="", precisions=("fp32",))
+    if (_structure(source) != _structure(net.space)
             or float(data["width_mult"]) != net.width_mult):
         raise FileFormatError(f"{checkpoint}: a supernet of {source.name}/w{data['width_mult']}"
                               f" does not fit {net.space.name}/w{net.width_mult} (only the "
-                              "precisions may differ)")
+                              "precisions and the int8 head may differ)")
     result = net.load_state_dict(served_weights(data)[1], strict=False)
     missing = [k for k in result.missing_keys if not any(s in k for s in LOW_PRECISION_ONLY)]
     if missing or result.unexpected_keys:

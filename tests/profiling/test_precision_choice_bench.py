@@ -104,3 +104,35 @@ def test_bad_input_is_one_line_and_writes_nothing(bench: ModuleType, tmp_path: P
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "no reference subnets" in err and "\n" not in err
     assert not out.exists()
+
+
+def test_picks_with_an_int8_head_are_timed_beside_their_fp32_head_twins(
+        bench: ModuleType, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    ws = Workspace(tmp_path / "ws")
+    table = write_synthetic_table(ws, "mph-choice", "mbv3_small28_mp_int8head",
+                                  ("fp32", "binary"), resolutions=(16,))
+    chosen = bench.picks(table, bench.mode_archs(table.space, 1, 3, 1.0, (16,)), ["binary"],
+                         MP)
+    (row,) = chosen  # binary everywhere is cheapest here: the head is int8 in both
+    assert set(row) == {"fp32", "binary", "all-binary", "binary-fp32-head",
+                        "all-binary-fp32-head"}
+    twin = row["binary-fp32-head"]
+    assert twin.space == MP and twin.to_string() == row["binary"].to_string()
+    measured = bench.measure(table, chosen, rounds=1, references=0, progress=False)
+    assert len(measured) == 3  # fp32; the binary pick (= all binary); its fp32-head twin
+    rows = bench.rows_of(table, chosen, measured)
+    (out,) = rows
+    assert out["binary-fp32-head"]["predicted_ms"] is None  # another space's: not priced
+    assert out["binary-fp32-head"]["int8_head_gain"] == pytest.approx(
+        out["binary-fp32-head"]["measured_ms"] / out["binary"]["measured_ms"])
+    summary = bench.summarize(rows)
+    assert summary["binary-fp32-head"]["int8_head_gain"] is not None
+    assert summary["binary-fp32-head"]["mape_of_picks"] is None
+    bench.print_report(rows, summary, ["binary"])
+    assert "the int8 head makes them" in capsys.readouterr().out
+    # the option needs a head_int8 table and an fp32-head space
+    assert table.path is not None
+    assert bench.main([str(tmp_path / "x.json"), "--table", str(table.path), "--n", "1",
+                       "--fp32-head-space", "mbv3_small28_mp_int8head"]) == 2
+    assert "--fp32-head-space needs" in capsys.readouterr().err
+    assert not (tmp_path / "x.json").exists()
