@@ -33,7 +33,10 @@ from ofa_search.profiling.builder import MIXED_MODE, OVERHEAD_SEED
 from ofa_search.profiling.lut import LatencyTable, now_iso
 from ofa_search.profiling.validate import validate_modes
 
-MODES = ("int8", "binary", MIXED_MODE)
+MODES = ("int8", "binary", MIXED_MODE,
+         *(f"{m}+{h}head" for m in ("int8", "binary", MIXED_MODE) for h in ("fp32", "int8")))
+"""A mode, or a mode with its head's precision (tables of ``head_int8`` spaces price the
+two heads' artefacts apart: ``lut.head_mode``)."""
 
 
 def fit(table: LatencyTable, mode: str, n: int, rounds: int, references: int,
@@ -46,7 +49,7 @@ def fit(table: LatencyTable, mode: str, n: int, rounds: int, references: int,
     measured = [float(row["measured_ms"]) for row in report.rows]
     before = [table.predict(a) for a in archs]
     gaps = [ms - table.network_sum(a) for a, ms in zip(archs, measured, strict=True)]
-    old = table.mode_overhead(archs[0])
+    old = table.overhead_by_mode.get(mode, table.mode_overhead(archs[0]))
     table.overhead_by_mode[mode] = float(np.median(gaps))
     after = [table.predict(a) for a in archs]
     ratios = [r for row in report.rows for r in row.get("host_ratio", [])]

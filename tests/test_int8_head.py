@@ -195,3 +195,36 @@ def test_the_accuracy_bench_scores_both_heads_on_the_same_weights(
     assert bench.main([str(source), str(tmp_path / "x.json"), "--space", MPH]) == 2
     assert "must offer int8 stages and keep its head fp32" in capsys.readouterr().err
     assert not (tmp_path / "x.json").exists()
+
+
+def test_modes_split_by_the_head_precision_in_sampling_and_pricing() -> None:
+    from ofa_search.profiling.builder import mode_archs
+    from ofa_search.profiling.lut import head_mode, split_mode
+
+    assert split_mode("binary+int8head") == ("binary", "int8")
+    assert split_mode("mixed") == ("mixed", None)
+    for head in ("fp32", "int8"):
+        archs = mode_archs(MPH, 6, 11, 1.0, (16,), f"binary+{head}head")
+        assert len(archs) == 6
+        assert all("binary" in a.precisions and head_mode(a) == f"binary+{head}head"
+                   for a in archs)
+    with pytest.raises(OfaSearchError, match="has an int8 head"):
+        mode_archs(MP, 2, 11, 1.0, (16,), "binary+int8head")
+    with pytest.raises(OfaSearchError, match="no fp32 subnet"):
+        mode_archs(MPH, 2, 11, 1.0, (16,), "fp32+int8head")
+
+
+def test_a_head_mode_overhead_prices_its_subnets_and_others_fall_back(tmp_path: Path) -> None:
+    table = write_synthetic_table(Workspace(tmp_path / "ws"), "mph", MPH,
+                                  ("fp32", "int8", "binary"), (16,))
+    base = Arch.smallest(MPH).replace(resolution=16)
+    int8_head = base.replace(precisions=("fp32", "binary", "fp32", "binary"))
+    fp32_head = base.replace(precisions=("fp32", "binary", "binary", "fp32"))
+    mixed = base.replace(precisions=("int8", "binary", "fp32", "binary"))
+    table.overhead_by_mode = {"binary": 0.5, "binary+int8head": -0.25}
+    assert table.mode_overhead(int8_head) == -0.25
+    assert table.mode_overhead(fp32_head) == 0.5  # no binary+fp32head: the mode's
+    assert table.mode_overhead(mixed) == 0.5  # no mixed+int8head, no mixed: binary's
+    assert table.predict(int8_head) == pytest.approx(table.network_sum(int8_head) - 0.25)
+    table.overhead_by_mode["mixed+int8head"] = 0.125
+    assert table.mode_overhead(mixed) == 0.125

@@ -29,7 +29,7 @@ from ofa_search.errors import OfaSearchError
 from ofa_search.profiling.backends import get_backend
 from ofa_search.profiling.device import DeviceProfile
 from ofa_search.profiling.host import host_info
-from ofa_search.profiling.lut import MIXED_MODE, LatencyTable, now_iso
+from ofa_search.profiling.lut import MIXED_MODE, LatencyTable, now_iso, split_mode
 from ofa_search.profiling.measure import (
     FAST_TIMING,
     MEASURE_ROUNDS,
@@ -149,16 +149,28 @@ def mode_archs(space: str | SearchSpace, n: int, seed: int, width_mult: float,
     """``n`` seeded random archs of precision mode ``mode``: fp32 ones (:func:`sample_archs`),
     or each stage fp32 or ``mode`` with at least one ``mode`` stage, or (``mixed``) each
     stage fp32, int8 or binary with at least one int8 and one binary stage (the first
-    ``n`` such of a seeded draw, so a larger draw keeps them)."""
-    if mode == "fp32":
+    ``n`` such of a seeded draw, so a larger draw keeps them). A mode with its head's
+    precision (``binary+int8head``, :func:`~ofa_search.profiling.lut.split_mode`) keeps only
+    the archs whose head runs in it; an int8 head outside a ``head_int8`` space, or in an
+    fp32 subnet, is an :class:`OfaSearchError`."""
+    spec = get_space(space)
+    base, head = split_mode(mode)
+    if head is not None and head != "fp32" and (base == "fp32" or not spec.head_int8):
+        raise OfaSearchError(f"no {base} subnet of space {spec.name!r} has an {head} head")
+    if base == "fp32":
         return sample_archs(space, n, seed, width_mult, resolutions)
-    precisions = ("fp32", "int8", "binary") if mode == MIXED_MODE else ("fp32", mode)
+    precisions = ("fp32", "int8", "binary") if base == MIXED_MODE else ("fp32", base)
     needed = set(precisions) - {"fp32"}
+
+    def wanted(arch: Arch) -> bool:
+        return needed <= set(arch.precisions) and (
+            head is None or spec.head_precision(arch.precisions) == head)
+
     archs: list[Arch] = []
     draw = 2 * n
     while len(archs) < n:  # a space of one stage draws all-fp32 archs half the time
         archs = [a for a in sample_archs(space, draw, seed, width_mult, resolutions,
-                                         precisions) if needed <= set(a.precisions)][:n]
+                                         precisions) if wanted(a)][:n]
         draw *= 2
     return archs
 
@@ -331,7 +343,10 @@ def fit_overhead(table: LatencyTable, backend: Measurer, n: int = 10,
     random fp32 subnets, and likewise ``table.overhead_by_mode`` for each low-precision mode
     the table prices (archs whose stages are fp32 or that precision, measured as export
     emits them) and, where it prices int8 and binary, for ``mixed`` subnets (int8 and
-    binary stages in one package). All modes' subnets are measured together, alternating,
+    binary stages in one package); in a ``head_int8`` space each low-precision mode is fitted
+    twice, for subnets whose head is fp32 and int8 (``binary+fp32head``, ``binary+int8head``:
+    :func:`~ofa_search.profiling.lut.head_mode`). All modes' subnets are measured together,
+    alternating,
     in ``rounds`` interleaved rounds, so that the host's slow spells shift no mode against
     another. The samples are kept in ``table.meta["overhead"]``, and the fp32 subnets with
     their times in ``table.meta["reference"]`` (the drift check's reference subnets)."""
@@ -341,6 +356,8 @@ def fit_overhead(table: LatencyTable, backend: Measurer, n: int = 10,
     modes: list[str] = [p for p in ("fp32", "int8", "binary") if p in table.precisions]
     if "int8" in modes and "binary" in modes:
         modes.append(MIXED_MODE)
+    if get_space(table.space).head_int8:  # each low mode's two artefacts, priced apart
+        modes = [modes[0], *(f"{m}+{h}head" for m in modes[1:] for h in ("fp32", "int8"))]
     per_mode = {mode: mode_archs(table.space, n, seed, table.width_mult, table.resolutions,
                                  mode) for mode in modes}
     order = [(mode, i) for i in range(n) for mode in modes]

@@ -189,13 +189,14 @@ class LatencyTable:
         return best_arch
 
     def mode_overhead(self, arch: Arch) -> float | None:
-        """The overhead of ``arch``'s :func:`overhead_mode` when the table has one (a
-        ``mixed`` arch without a ``mixed`` overhead takes the ``binary`` one), else
-        ``None``."""
+        """The overhead of ``arch``'s :func:`head_mode` (its mode and its head's precision)
+        when the table has one, else of its :func:`overhead_mode` (a ``mixed`` arch without
+        a ``mixed`` overhead takes the ``binary`` one), else ``None``."""
         mode = overhead_mode(arch)
-        if mode == MIXED_MODE and mode not in self.overhead_by_mode:
-            mode = "binary"
-        return self.overhead_by_mode.get(mode)
+        for key in (head_mode(arch), mode, "binary" if mode == MIXED_MODE else None):
+            if key in self.overhead_by_mode:
+                return self.overhead_by_mode[key]
+        return None
 
     def overhead_for(self, arch: Arch) -> float:
         """The constant added to ``arch``'s unit sum: its mode's (:meth:`mode_overhead`),
@@ -346,6 +347,24 @@ def overhead_mode(arch: Arch) -> str:
     if "int8" in arch.precisions and "binary" in arch.precisions:
         return MIXED_MODE
     return precision_mode(arch)
+
+
+def head_mode(arch: Arch) -> str:
+    """:func:`overhead_mode` with the head's precision, e.g. ``binary+int8head``: in a
+    ``head_int8`` space, subnets of one mode run as two artefacts (the head fp32 or int8
+    in the same QDQ model or package), whose graph-level costs a table may price apart."""
+    head = arch.search_space.head_precision(arch.precisions)
+    return f"{overhead_mode(arch)}+{head}head"
+
+
+def split_mode(mode: str) -> tuple[str, str | None]:
+    """``"binary+int8head"`` → ``("binary", "int8")``; a mode without a head's precision →
+    ``(mode, None)``."""
+    for head in ("fp32", "int8"):
+        suffix = f"+{head}head"
+        if mode.endswith(suffix):
+            return mode.removesuffix(suffix), head
+    return mode, None
 
 
 QUIET_SPREAD = 0.02

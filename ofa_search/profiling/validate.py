@@ -35,7 +35,7 @@ from ofa_search.metrics import mape, report
 from ofa_search.profiling.backends import get_backend
 from ofa_search.profiling.builder import MIXED_MODE, mode_archs
 from ofa_search.profiling.drift import references as reference_subnets
-from ofa_search.profiling.lut import LatencyTable, now_iso
+from ofa_search.profiling.lut import LatencyTable, now_iso, split_mode
 from ofa_search.profiling.measure import (
     FAST_TIMING,
     MEASURE_ROUNDS,
@@ -152,7 +152,8 @@ def heldout_archs(table: LatencyTable, n: int, seed: int = VALIDATION_SEED,
     Raises:
         OfaSearchError: the table does not price ``mode`` (``mixed``: int8 and binary).
     """
-    needed = ("int8", "binary") if mode == MIXED_MODE else (mode,)
+    base = split_mode(mode)[0]
+    needed = ("int8", "binary") if base == MIXED_MODE else (base,)
     offered = get_space(table.space).precisions
     missing = [p for p in needed if p not in table.precisions or p not in offered]
     if missing:

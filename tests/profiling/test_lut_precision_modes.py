@@ -265,3 +265,31 @@ def test_overhead_fit_measures_every_mode_together_and_fits_mixed(
     assert len(table.meta["reference"]["archs"]) == 2
     assert all(overhead_mode(Arch.parse(a, MP)) == "fp32"
                for a in table.meta["reference"]["archs"])
+
+
+def test_the_overhead_fit_of_an_int8_head_space_prices_each_head_apart(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import ofa_search.binary  # registers the timing of binary units
+    import ofa_search.quant  # noqa: F401  (registers the timing of int8 units)
+    from ofa_search.profiling import builder
+    from ofa_search.profiling.backends import get_backend
+    from ofa_search.profiling.lut import head_mode
+    from ofa_search.profiling.measure import FAST_TIMING
+
+    calls: list[list[Arch]] = []
+    real = builder.measure_archs
+
+    def spy(backend, archs, *args, **kwargs):  # type: ignore[no-untyped-def]
+        calls.append(list(archs))
+        return real(backend, archs, *args, **kwargs)
+
+    monkeypatch.setattr(builder, "measure_archs", spy)
+    space = "mbv3_small28_mp_int8head"
+    table = write_synthetic_table(Workspace(tmp_path / "ws"), "mph-fit", space,
+                                  ("fp32", "binary"), resolutions=(16,))
+    with get_backend(table.profile(), timing=FAST_TIMING) as backend:
+        builder.fit_overhead(table, backend, n=1, rounds=1)
+    (archs,) = calls
+    assert [head_mode(a) for a in archs] == ["fp32+fp32head", "binary+fp32head",
+                                             "binary+int8head"]
+    assert set(table.overhead_by_mode) == {"binary+fp32head", "binary+int8head"}
