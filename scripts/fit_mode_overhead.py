@@ -1,7 +1,7 @@
 """Fit one precision mode's overhead into a table profiled earlier, on the table's time base.
 
-    python scripts/fit_mode_overhead.py TABLE_JSON [--mode mixed] [--n 20] [--rounds 4]
-        [--references 5] [--seed 1000003] [--out PATH]
+    python scripts/fit_mode_overhead.py TABLE_JSON [--mode mixed|binary+int8head|…] [--n 20]
+        [--rounds 4] [--references 5] [--seed 1000003] [--out PATH]
 
 A table profiled before a mode had an overhead of its own (``mixed``: int8 and binary
 stages in one package, priced with the ``binary`` overhead until 2026-12-07) gets one
@@ -13,6 +13,10 @@ however the host has drifted since profiling. The mode's overhead is the median 
 (normalised time − network sum), as the profile's own fit computes it; the samples, the
 host's speed and the noise floor go to ``meta["overhead"]``. Writes the table atomically to
 ``--out`` (default: in place) and prints the old and new prices of the measured subnets.
+
+A mode with its head's precision (``--mode binary+int8head``; tables of ``head_int8``
+spaces such as ``ofa_mbv3_mp_int8head``) measures only the mode's subnets whose head runs
+in that precision, and prices them apart from the others (``lut.head_mode``).
 """
 
 from __future__ import annotations
