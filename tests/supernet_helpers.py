@@ -8,7 +8,8 @@ from pathlib import Path
 import torch
 
 from ofa_search.arch import Arch
-from ofa_search.nn import Supernet
+from ofa_search.nn import Supernet, extract
+from ofa_search.nn.static import StaticSubnet
 
 
 def calibrated_supernet(space: str, width_mult: float | None = None, seed: int = 0) -> Supernet:
@@ -57,3 +58,22 @@ def save_proxy_accuracy_predictor(space: str, path: Path, n: int = 64) -> Path:
     MlpAccuracyPredictor(space, hidden=(16,), epochs=3, min_steps=30).fit(
         archs, proxy).save(path)
     return path
+
+
+def extracted_after_observing(net: Supernet, arch: Arch, gen: torch.Generator,
+                              batch: int = 4) -> StaticSubnet:
+    """``arch`` extracted from ``net`` after one train-mode pass over a random batch (which
+    observes its int8 ranges), checked to compute what ``net`` computes in eval mode
+    (within 1e-5, on a fresh batch of outputs that are not all near 0)."""
+    x = torch.randn(batch, net.space.in_channels, arch.resolution, arch.resolution,
+                    generator=gen)
+    net.train()
+    with torch.no_grad():
+        net(x, arch)
+    net.eval()
+    static = extract(net, arch).eval()
+    with torch.no_grad():
+        expected, got = net(x, arch), static(x)
+    assert expected.abs().max() > 1e-3
+    assert float((expected - got).abs().max()) <= 1e-5
+    return static

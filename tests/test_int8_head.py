@@ -13,7 +13,11 @@ import onnx
 import pytest
 import torch
 from script_helpers import load_script
-from supernet_helpers import calibrated_supernet, save_untrained_checkpoint
+from supernet_helpers import (
+    calibrated_supernet,
+    extracted_after_observing,
+    save_untrained_checkpoint,
+)
 from table_helpers import write_synthetic_table
 
 from ofa_search.arch import Arch
@@ -81,16 +85,7 @@ def test_int8_head_extraction_is_exact(precisions: tuple[str, ...]) -> None:
     gen = torch.Generator().manual_seed(3)
     for _ in range(3):
         arch = Arch.sample(MPH, rng).replace(precisions=precisions)
-        x = torch.randn(4, 1, arch.resolution, arch.resolution, generator=gen)
-        net.train()
-        with torch.no_grad():
-            net(x, arch)  # observe the int8 ranges, the head's among them
-        net.eval()
-        static = extract(net, arch).eval()
-        with torch.no_grad():
-            expected, got = net(x, arch), static(x)
-        assert expected.abs().max() > 1e-3
-        assert float((expected - got).abs().max()) <= 1e-5
+        static = extracted_after_observing(net, arch, gen)  # the head's ranges observed too
         head = static.units[-1]
         assert all(isinstance(m, QConv2d) for m in (head.final_expand[0],
                                                     head.feature_mix[0], head.classifier))

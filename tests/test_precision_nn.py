@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from supernet_helpers import calibrated_supernet
+from supernet_helpers import calibrated_supernet, extracted_after_observing
 
 from ofa_search.arch import Arch
 from ofa_search.binary.layer import PackedPointwise
@@ -102,16 +102,7 @@ def test_mixed_precision_extraction_is_exact(precisions: tuple[str, ...]) -> Non
     gen = torch.Generator().manual_seed(2)
     for _ in range(4):
         arch = Arch.sample(MP, rng).replace(precisions=precisions)
-        x = torch.randn(4, 1, arch.resolution, arch.resolution, generator=gen)
-        net.train()
-        with torch.no_grad():
-            net(x, arch)  # observe int8 ranges
-        net.eval()
-        static = extract(net, arch).eval()
-        with torch.no_grad():
-            expected, got = net(x, arch), static(x)
-        assert expected.abs().max() > 1e-3
-        assert float((expected - got).abs().max()) <= 1e-5
+        static = extracted_after_observing(net, arch, gen)
         kinds = {type(m).__name__ for m in static.modules()}
         assert ("QConv2d" in kinds) == ("int8" in precisions)
         assert ("BinaryPointwise" in kinds) == ("binary" in precisions)

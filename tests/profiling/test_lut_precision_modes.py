@@ -234,26 +234,11 @@ def test_overhead_fit_measures_every_mode_together_and_fits_mixed(
     chunk's rounds hold every mode; a table of int8 and binary units fits ``mixed`` too."""
     import numpy as np
 
-    import ofa_search.binary  # registers the timing of binary units
-    import ofa_search.quant  # noqa: F401  (registers the timing of int8 units)
-    from ofa_search.profiling import builder
-    from ofa_search.profiling.backends import get_backend
     from ofa_search.profiling.lut import MIXED_MODE, overhead_mode
-    from ofa_search.profiling.measure import FAST_TIMING
 
-    calls: list[list[Arch]] = []
-    real = builder.measure_archs
-
-    def spy(backend, archs, *args, **kwargs):  # type: ignore[no-untyped-def]
-        calls.append(list(archs))
-        return real(backend, archs, *args, **kwargs)
-
-    monkeypatch.setattr(builder, "measure_archs", spy)
-    ws = Workspace(tmp_path / "ws")
-    table = write_synthetic_table(ws, "mp-fit", MP, ("fp32", "int8", "binary"),
-                                  resolutions=(16,))
-    with get_backend(table.profile(), timing=FAST_TIMING) as backend:
-        builder.fit_overhead(table, backend, n=2, rounds=1)
+    table = write_synthetic_table(Workspace(tmp_path / "ws"), "mp-fit", MP,
+                                  ("fp32", "int8", "binary"), resolutions=(16,))
+    calls = _fit_with_spy(table, monkeypatch, n=2)
     (archs,) = calls  # one measurement of all modes' subnets
     assert [overhead_mode(a) for a in archs] == ["fp32", "int8", "binary", MIXED_MODE] * 2
     assert set(table.overhead_by_mode) == {"int8", "binary", MIXED_MODE}
@@ -269,11 +254,25 @@ def test_overhead_fit_measures_every_mode_together_and_fits_mixed(
 
 def test_the_overhead_fit_of_an_int8_head_space_prices_each_head_apart(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from ofa_search.profiling.lut import head_mode
+
+    table = write_synthetic_table(Workspace(tmp_path / "ws"), "mph-fit",
+                                  "mbv3_small28_mp_int8head", ("fp32", "binary"),
+                                  resolutions=(16,))
+    (archs,) = _fit_with_spy(table, monkeypatch, n=1)
+    assert [head_mode(a) for a in archs] == ["fp32+fp32head", "binary+fp32head",
+                                             "binary+int8head"]
+    assert set(table.overhead_by_mode) == {"binary+fp32head", "binary+int8head"}
+
+
+def _fit_with_spy(table: LatencyTable, monkeypatch: pytest.MonkeyPatch, n: int
+                  ) -> list[list[Arch]]:
+    """``fit_overhead`` of ``table`` on its real backend (one round), with the subnets of
+    each of its calls to ``measure_archs``."""
     import ofa_search.binary  # registers the timing of binary units
     import ofa_search.quant  # noqa: F401  (registers the timing of int8 units)
     from ofa_search.profiling import builder
     from ofa_search.profiling.backends import get_backend
-    from ofa_search.profiling.lut import head_mode
     from ofa_search.profiling.measure import FAST_TIMING
 
     calls: list[list[Arch]] = []
@@ -284,12 +283,6 @@ def test_the_overhead_fit_of_an_int8_head_space_prices_each_head_apart(
         return real(backend, archs, *args, **kwargs)
 
     monkeypatch.setattr(builder, "measure_archs", spy)
-    space = "mbv3_small28_mp_int8head"
-    table = write_synthetic_table(Workspace(tmp_path / "ws"), "mph-fit", space,
-                                  ("fp32", "binary"), resolutions=(16,))
     with get_backend(table.profile(), timing=FAST_TIMING) as backend:
-        builder.fit_overhead(table, backend, n=1, rounds=1)
-    (archs,) = calls
-    assert [head_mode(a) for a in archs] == ["fp32+fp32head", "binary+fp32head",
-                                             "binary+int8head"]
-    assert set(table.overhead_by_mode) == {"binary+fp32head", "binary+int8head"}
+        builder.fit_overhead(table, backend, n=n, rounds=1)
+    return calls
