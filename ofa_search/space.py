@@ -176,12 +176,12 @@ class SearchSpace:
         """Squeeze width of a squeeze-excite module on ``mid_channels`` channels."""
         return make_divisible(mid_channels // self.se_reduction, self.channel_divisor)
 
-    # -- counting ----------------------------------------------------------------------
     def head_precision(self, precisions: Sequence[str]) -> str:
         """The head's precision in a subnet whose stages have ``precisions``: ``int8`` when
         the space has ``head_int8`` and the last stage is int8 or binary, else ``fp32``."""
         return "int8" if self.head_int8 and precisions[-1] != "fp32" else "fp32"
 
+    # -- counting ----------------------------------------------------------------------
     def size(self) -> int:
         """Number of distinct architectures (blocks past a stage's depth do not count)."""
         per_block = len(self.kernel_sizes) * len(self.expand_ratios)

@@ -115,6 +115,14 @@ def test_int8_head_exports_quantised_in_qdq_and_in_a_binary_package(
     assert all(produced.get(n.input[0]) == produced.get(n.input[1]) == "DequantizeLinear"
                for n in convs[-3:])
     assert produced.get(convs[0].input[0]) != "DequantizeLinear"
+    # post-training quantisation takes the same convs, the head's among them
+    ptq = export(checkpoint, int8.to_string(), "onnx_int8_ptq", tmp_path / "ptq",
+                 calib_batches=2, measure=False)
+    assert ptq.card["verification"]["passed"]
+    model = onnx.load(str(ptq.artefact))
+    produced = {o: n.op_type for n in model.graph.node for o in n.output}
+    assert all(produced.get(n.input[0]) == "DequantizeLinear"
+               for n in [n for n in model.graph.node if n.op_type == "Conv"][-3:])
     binary = Arch.smallest(MPH).replace(precisions=("fp32", "binary", "fp32", "binary"))
     packaged = export(checkpoint, binary.to_string(), "auto", tmp_path / "binary",
                       calib_batches=2, measure=False)

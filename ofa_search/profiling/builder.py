@@ -346,10 +346,10 @@ def fit_overhead(table: LatencyTable, backend: Measurer, n: int = 10,
     binary stages in one package); in a ``head_int8`` space each low-precision mode is fitted
     twice, for subnets whose head is fp32 and int8 (``binary+fp32head``, ``binary+int8head``:
     :func:`~ofa_search.profiling.lut.head_mode`). All modes' subnets are measured together,
-    alternating,
-    in ``rounds`` interleaved rounds, so that the host's slow spells shift no mode against
-    another. The samples are kept in ``table.meta["overhead"]``, and the fp32 subnets with
-    their times in ``table.meta["reference"]`` (the drift check's reference subnets)."""
+    alternating, in ``rounds`` interleaved rounds, so that the host's slow spells shift no
+    mode against another. The samples are kept in ``table.meta["overhead"]``, and the fp32
+    subnets with their times in ``table.meta["reference"]`` (the drift check's reference
+    subnets)."""
     start = time.perf_counter()
     profile = table.profile()
     meta: dict[str, Any] = {"seed": seed, "archs": n}

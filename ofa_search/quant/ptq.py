@@ -5,11 +5,12 @@ wanted (or not trusted): the subnet's fp32 weights — batch norms folded, fake 
 dropped — are exported, and ONNX Runtime's ``quant_pre_process`` + ``quantize_static``
 (QDQ, per-channel symmetric QInt8 weights, QUInt8 activations, min/max calibration on
 training images) quantise exactly the expand, depthwise and project convs of the arch's
-``int8`` stages. Those convs are found in the ONNX graph by their weights
-(:mod:`ofa_search.quant.graph`), which no exporter renames or rewrites, so the selection
-does not depend on the exporter's node names. It shares every step after the export with
-the learned-scale path (:mod:`ofa_search.quant.quantize`), so both give the same graph
-shape and ONNX Runtime kernels; only the origin of the scales differs.
+``int8`` stages (and the head's three layers where it runs int8: ``head_int8`` spaces).
+Those convs are found in the ONNX graph by their weights (:mod:`ofa_search.quant.graph`),
+which no exporter renames or rewrites, so the selection does not depend on the exporter's
+node names. It shares every step after the export with the learned-scale path
+(:mod:`ofa_search.quant.quantize`), so both give the same graph shape and ONNX Runtime
+kernels; only the origin of the scales differs.
 """
 
 from __future__ import annotations
