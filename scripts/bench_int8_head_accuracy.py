@@ -83,7 +83,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if min(args.n, args.calib_batches) < 1:
         parser.error("--n and --calib-batches must be >= 1")
-    torch.manual_seed(args.seed)
     started = time.perf_counter()
     try:
         meta = load_checkpoint(args.checkpoint)

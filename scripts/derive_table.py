@@ -20,7 +20,7 @@ from pathlib import Path
 import ofa_search.binary  # registers the timing of binary units
 import ofa_search.quant  # noqa: F401  (registers the timing of int8 units)
 from ofa_search.errors import OfaSearchError
-from ofa_search.profiling.derive import derive_rows, derive_table
+from ofa_search.profiling.derive import derive_table
 from ofa_search.profiling.lut import LatencyTable
 
 
@@ -44,9 +44,8 @@ def main(argv: list[str] | None = None) -> int:
     except OfaSearchError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    new = [row["unit"] for row in derived.meta["derived"]["units"]]
     print(f"{'unit':<58} {'ms':>8} {'fp32 twin ms':>13} {'ratio':>7}")
-    for row in derive_rows(derived, new):
+    for row in derived.meta["derived"]["units"]:
         print(f"{row['unit']:<58} {row['ms']:>8.4f} {row['twin_ms']:>13.4f} "
               f"{row['ratio']:>7.3f}")
     host = derived.meta["derived"]["host_ratio_median"]

@@ -33,8 +33,8 @@ import ofa_search.quant  # noqa: F401  (registers the timing of int8 units)
 from ofa_search.arch import Arch
 from ofa_search.errors import OfaSearchError
 from ofa_search.metrics import mape
-from ofa_search.profiling.builder import MIXED_MODE, OVERHEAD_SEED
-from ofa_search.profiling.lut import LatencyTable, now_iso
+from ofa_search.profiling.builder import OVERHEAD_SEED
+from ofa_search.profiling.lut import MIXED_MODE, LatencyTable, now_iso
 from ofa_search.profiling.validate import validate_modes
 
 MODES = ("int8", "binary", MIXED_MODE,

@@ -139,7 +139,7 @@ def test_a_table_is_derived_for_the_int8_head_space_on_its_time_base(tmp_path: P
     missing = missing_units(table, MPH)
     assert [u.key for u in missing] == [u.key for u in enumerate_units(MPH, 1.0, (16,), "int8")
                                         if isinstance(u, HeadUnit)]
-    derived = derive_table(table, MPH, "cpu-synth-h8", rounds=2, progress=False)
+    derived = derive_table(table, MPH, "cpu-synth-h8", rounds=2)
     assert derived.space == MPH and derived.device_id == "cpu-synth-h8"
     assert derived.device["id"] == "cpu-synth-h8" and table.space == MP  # source unchanged
     (unit,) = missing
@@ -156,7 +156,7 @@ def test_a_table_is_derived_for_the_int8_head_space_on_its_time_base(tmp_path: P
     assert derived.network_sum(shared) == pytest.approx(
         table.network_sum(Arch.smallest(MP).replace(resolution=16)))
     with pytest.raises(OfaSearchError, match="already prices space"):
-        derive_table(table, MP, "x", progress=False)
+        derive_table(table, MP, "x")
     wider = dataclasses.replace(get_space(MPH), name="wider-head", final_expand=200)
     with pytest.raises(OfaSearchError, match=r"differs from .* in more than precisions"):
         missing_units(table, wider)

@@ -17,13 +17,11 @@ from __future__ import annotations
 import copy
 import dataclasses
 import statistics
-from collections.abc import Sequence
 from typing import Any
 
 from ofa_search.errors import OfaSearchError
 from ofa_search.profiling.backends import get_backend
 from ofa_search.profiling.builder import table_units
-from ofa_search.profiling.device import DeviceProfile
 from ofa_search.profiling.host import host_info
 from ofa_search.profiling.lut import LatencyTable, now_iso
 from ofa_search.profiling.measure import (
@@ -71,13 +69,15 @@ def missing_units(table: LatencyTable, space: str | SearchSpace) -> list[Unit]:
 
 
 def derive_table(table: LatencyTable, space: str | SearchSpace, device_id: str, *,
-                 backend: Measurer | None = None, rounds: int = MEASURE_ROUNDS,
-                 progress: bool = True) -> LatencyTable:
+                 backend: Measurer | None = None, rounds: int = MEASURE_ROUNDS
+                 ) -> LatencyTable:
     """``table``'s copy for ``space`` under the id ``device_id``, with the units it lacks
     measured on the table's profile (with its timing budget) beside their fp32 twins, in
     ``rounds`` interleaved rounds (see the module's docstring).
-    ``table`` is not modified. Raises :class:`OfaSearchError` for the same space, an empty
-    id, or what :func:`missing_units` refuses, before anything is measured."""
+    ``table`` is not modified; ``meta["derived"]["units"]`` lists each new unit with its
+    price, its twin's and the ratio. Raises :class:`OfaSearchError` for the same space, an
+    empty id, an imported table (no profile to measure on), or what :func:`missing_units`
+    refuses, before anything is measured."""
     spec = get_space(space)
     if spec.name == table.space:
         raise OfaSearchError(f"table {table.device_id!r} already prices space {spec.name!r}")
@@ -86,7 +86,10 @@ def derive_table(table: LatencyTable, space: str | SearchSpace, device_id: str, 
     if isinstance(rounds, bool) or rounds < 2:
         raise OfaSearchError(f"rounds must be an integer >= 2, got {rounds!r}")
     missing = missing_units(table, spec)
-    profile = DeviceProfile.from_dict(table.device)
+    profile = table.profile()
+    if profile is None:
+        raise OfaSearchError(f"table {table.device_id!r} was imported, not measured here: "
+                             "its new units cannot be timed on its profile")
     owned = backend is None
     timing = table.meta.get("timing")
     measurer = backend if backend is not None else get_backend(
@@ -115,7 +118,8 @@ def derive_table(table: LatencyTable, space: str | SearchSpace, device_id: str, 
         derived.entries[unit.key] = {**_scaled(measured, twin_price * ratio),
                                      "twin": twin_key, "twin_ratio": ratio,
                                      "twin_ratios": ratios}
-        records.append({"unit": unit.key, "twin": twin_key, "ratio": ratio,
+        records.append({"unit": unit.key, "ms": twin_price * ratio, "twin": twin_key,
+                        "twin_ms": twin_price, "ratio": ratio,
                         "host_ratio": twin_measured.median_ms / twin_price})
     host_ratios = [r["host_ratio"] for r in records]
     derived.meta = {**derived.meta, "updated": now_iso(), "derived": {
@@ -139,9 +143,3 @@ def _scaled(stats: TimingStats, median_ms: float) -> dict[str, Any]:
     entry["measured_median_ms"] = stats.median_ms
     return entry
 
-
-def derive_rows(table: LatencyTable, units: Sequence[str]) -> list[dict[str, Any]]:
-    """For printing: each derived unit's price, twin price and ratio."""
-    return [{"unit": key, "ms": float(table.entries[key]["median_ms"]),
-             "twin_ms": float(table.entries[table.entries[key]["twin"]]["median_ms"]),
-             "ratio": float(table.entries[key]["twin_ratio"])} for key in units]

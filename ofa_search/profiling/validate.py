@@ -33,9 +33,9 @@ from ofa_search.atomic import atomic_write_json
 from ofa_search.errors import OfaSearchError
 from ofa_search.metrics import mape, report
 from ofa_search.profiling.backends import get_backend
-from ofa_search.profiling.builder import MIXED_MODE, mode_archs
+from ofa_search.profiling.builder import mode_archs
 from ofa_search.profiling.drift import references as reference_subnets
-from ofa_search.profiling.lut import LatencyTable, now_iso, split_mode
+from ofa_search.profiling.lut import MIXED_MODE, LatencyTable, now_iso, split_mode
 from ofa_search.profiling.measure import (
     FAST_TIMING,
     MEASURE_ROUNDS,
