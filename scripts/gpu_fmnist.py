@@ -3,12 +3,13 @@ smallest subnet (issue 21's accuracy target), with the run's wall time.
 
     python scripts/gpu_fmnist.py OUT.json [--data-dir DIR] [--strategy ps] [--epochs 3]
         [--batch-size 256] [--lr 0.1] [--device cuda] [--amp bf16] [--train-limit 170]
-        [--run-dir DIR]
+        [--run-dir DIR] [--resume]
 
 Trains ``mbv3_small28`` on Fashion-MNIST with ``--strategy`` (``ps``: once-for-all's six
 phases, ``--epochs`` each; ``sandwich``: ``--epochs`` in all) in a child process that is
 stopped after ``--train-limit`` seconds; checkpoints every ``--checkpoint-every`` steps,
-so a stopped run is still scored (its last checkpoint; the record says how far it got).
+so a stopped run is still scored (its last checkpoint; the record says how far it got),
+and ``--resume`` continues it from there.
 Then the largest subnet (at the largest resolution) and the smallest (at the smallest)
 are scored on the 10,000 test images after BN recalibration, on the same device. Writes
 ``OUT.json`` atomically. Needs only
@@ -47,6 +48,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--checkpoint-every", type=int, default=100)
     parser.add_argument("--run-dir", type=Path, default=None,
                         help="the training run's folder (default: OUT without .json)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the run in the run folder from its last checkpoint")
     args = parser.parse_args(argv)
 
     import torch
@@ -62,7 +65,8 @@ def main(argv: list[str] | None = None) -> int:
               "strategy": args.strategy, "epochs": args.epochs,
               "batch_size": args.batch_size, "lr": args.lr, "warmup_epochs": 0,
               "out_dir": str(run_dir), "device": args.device, "amp": args.amp,
-              "checkpoint_every": args.checkpoint_every, "quiet": False}
+              "checkpoint_every": args.checkpoint_every, "resume": args.resume,
+              "quiet": False}
     start = time.monotonic()
     # spawn: the child starts its own CUDA context (a forked CUDA one would be unusable)
     child = multiprocessing.get_context("spawn").Process(target=_train, args=(config,))
@@ -79,7 +83,12 @@ def main(argv: list[str] | None = None) -> int:
                               "device_name": (torch.cuda.get_device_name(0)
                                               if torch.cuda.is_available() else "cpu")}
     checkpoint = run_dir / "checkpoint.pt"
-    if checkpoint.exists():
+    # a run that failed is not scored: the checkpoint may be an earlier run's
+    failed = not stopped and child.exitcode != 0
+    if failed:
+        print(f"error: training exited with code {child.exitcode}; nothing scored",
+              flush=True)
+    elif checkpoint.exists():
         net, meta = load_supernet(checkpoint)
         net.to(args.device)
         record["checkpoint_epoch"] = meta["epoch"]
@@ -103,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(args.out, record, indent=2)
     print(f"wrote {args.out}")
-    return 0 if checkpoint.exists() else 1
+    return 0 if "subnets" in record else 1
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """``scripts/gpu_fmnist.py`` (the GPU check's Fashion-MNIST stage), run on the CPU on a
 tiny Fashion-MNIST: a run that finishes is scored; one stopped before its first
-checkpoint says so and fails."""
+checkpoint says so and fails; ``--resume`` continues a run, and a run that fails (a
+second run into the same folder without it) is not scored."""
 
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ def _run(tmp_path: Path, name: str, *args: str) -> tuple[int, dict]:
     return proc.returncode, json.loads(out.read_text())
 
 
-def test_a_finished_run_is_scored_and_a_stopped_one_says_so(tmp_path: Path) -> None:
+def test_finished_failed_resumed_and_stopped_runs(tmp_path: Path) -> None:
     write_fashion(tmp_path / "data")  # 45 train images: 3 steps per epoch
     code, record = _run(tmp_path, "done", "--epochs", "1", "--train-limit", "300")
     assert code == 0 and record["exit_code"] == 0 and not record["stopped_at_limit"]
@@ -35,6 +36,17 @@ def test_a_finished_run_is_scored_and_a_stopped_one_says_so(tmp_path: Path) -> N
     assert largest["params"] > smallest["params"] == 132_266
     assert all(0.0 <= s["test_accuracy"] <= 1.0 for s in (largest, smallest))
 
+    # the same folder again without --resume: training refuses it, nothing is scored
+    code, record = _run(tmp_path, "done", "--epochs", "1", "--train-limit", "300")
+    assert code == 1 and record["exit_code"] != 0 and not record["stopped_at_limit"]
+    assert "subnets" not in record
+
+    # with --resume the finished run is picked up and scored again
+    code, record = _run(tmp_path, "done", "--epochs", "1", "--train-limit", "300", "--resume")
+    assert code == 0 and record["exit_code"] == 0 and record["config"]["resume"]
+    assert record["checkpoint_epoch"] == 6 and record["subnets"]["smallest"]["params"] == 132_266
+
     # stopped long before the child has imported torch: nothing to score
     code, record = _run(tmp_path, "stopped", "--train-limit", "0.01")
     assert code == 1 and record["stopped_at_limit"] and "subnets" not in record
+
