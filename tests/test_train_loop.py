@@ -154,3 +154,33 @@ def test_custom_progressive_shrinking_phases(tmp_path: Path) -> None:
     assert ckpt["config"]["ps_phases"][1]["expands"] == [3, 4, 6]
     with pytest.raises(TrainingError, match="ps_phases needs strategy='ps'"):
         dataclasses.replace(config, strategy="spos")
+
+
+def test_the_frozen_teacher_normalises_with_each_batch_statistics() -> None:
+    """Progressive shrinking's teacher runs as once-for-all's does: batch norms normalise
+    with the batch's statistics (running ones mixed over all resolutions mispredict at the
+    rarest), leave the running statistics as they are, and dropout is off."""
+    from ofa_search.arch import Arch
+    from ofa_search.train.loop import _frozen_copy
+
+    net = Supernet("mbv3_small28", generator=torch.Generator().manual_seed(0))
+    bns = [m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    for bn in bns:  # running statistics unlike any batch's
+        bn.running_mean.fill_(3.0)
+        bn.running_var.fill_(0.05)
+    teacher = _frozen_copy(net)
+    assert not any(p.requires_grad for p in teacher.parameters())
+    arch = Arch.largest("mbv3_small28").replace(resolution=16)
+    x = torch.randn(8, 1, 28, 28, generator=torch.Generator().manual_seed(1))
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    with torch.no_grad():
+        out, again = teacher(x, arch), teacher(x, arch)
+        reference = net.train()
+        reference.set_dropout(False)
+        batch_stats = reference(x, arch)
+        running_stats = net.eval()(x, arch)
+    torch.testing.assert_close(out, batch_stats)
+    torch.testing.assert_close(out, again)  # no dropout, no drift
+    assert not torch.allclose(out, running_stats, atol=1e-2)
+    after = teacher.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)

@@ -1041,7 +1041,20 @@ def _average_buffers(net: nn.Module, world: int) -> None:
 
 
 def _frozen_copy(net: Supernet) -> Supernet:
-    teacher = copy.deepcopy(net).eval()
+    """Progressive shrinking's frozen teacher: a copy of ``net`` whose batch norms normalise
+    with each batch's own statistics, as once-for-all's teacher does (it runs in train mode
+    under ``no_grad``). The running statistics were accumulated over batches of every
+    resolution, and in eval mode the teacher mispredicts at the resolutions least like
+    the last batches' (measured on Fashion-MNIST after three epochs: 32 % against 86 % at
+    16 px). Those statistics stay as they are (no tracking, momentum 0 for the elastic
+    batch norms, which pass them on regardless); the classifier's dropout is off.
+    """
+    teacher = copy.deepcopy(net).train()
+    teacher.set_dropout(False)
+    for module in teacher.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            module.track_running_stats = False
+            module.momentum = 0.0
     for param in teacher.parameters():
         param.requires_grad_(False)
     return teacher
