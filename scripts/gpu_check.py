@@ -35,6 +35,7 @@ import json
 import os
 import platform
 import re
+import signal
 import subprocess
 import sys
 import tempfile
@@ -88,15 +89,17 @@ class Runner:
         start = time.monotonic()
         env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}"
                f"{os.environ.get('PYTHONPATH', '')}"}
+        # a session of its own: a stage out of time is killed with everything it started
+        # (training children, compile workers), which would hold the GPU otherwise
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True, start_new_session=True)
         try:
-            proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True,
-                                  timeout=timeout)
-            status, output = ("ok" if proc.returncode == 0 else f"exit {proc.returncode}",
-                              proc.stdout + proc.stderr)
-        except subprocess.TimeoutExpired as exc:
+            output, _ = proc.communicate(timeout=timeout)
+            status = "ok" if proc.returncode == 0 else f"exit {proc.returncode}"
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            output, _ = proc.communicate()
             status = "timed out"
-            output = "".join(x.decode() if isinstance(x, bytes) else (x or "")
-                             for x in (exc.stdout, exc.stderr))
         seconds = time.monotonic() - start
         print(output[-3000:], flush=True)
         print(f"== {name}: {status} in {seconds:.0f} s", flush=True)

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing
+import signal
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -70,12 +72,16 @@ def main(argv: list[str] | None = None) -> int:
     start = time.monotonic()
     # spawn: the child starts its own CUDA context (a forked CUDA one would be unusable)
     child = multiprocessing.get_context("spawn").Process(target=_train, args=(config,))
+    # a SIGTERM to this process (a job scheduler's stop) ends the training with it
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     child.start()
-    child.join(args.train_limit)
-    stopped = child.is_alive()
-    if stopped:
-        child.terminate()
-        child.join()
+    try:
+        child.join(args.train_limit)
+        stopped = child.is_alive()
+    finally:
+        if child.is_alive():
+            child.terminate()
+            child.join()
     train_s = time.monotonic() - start
     record: dict[str, Any] = {"benchmark": "gpu_fmnist", "config": config,
                               "train_limit_s": args.train_limit, "train_s": round(train_s, 1),

@@ -1,14 +1,17 @@
 """``scripts/gpu_fmnist.py`` (the GPU check's Fashion-MNIST stage), run on the CPU on a
 tiny Fashion-MNIST: a run that finishes is scored; one stopped before its first
 checkpoint says so and fails; ``--resume`` continues a run, and a run that fails (a
-second run into the same folder without it) is not scored."""
+second run into the same folder without it) is not scored; a SIGTERM to the script ends
+the training it started."""
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from test_data import write_fashion
@@ -50,3 +53,30 @@ def test_finished_failed_resumed_and_stopped_runs(tmp_path: Path) -> None:
     code, record = _run(tmp_path, "stopped", "--train-limit", "0.01")
     assert code == 1 and record["stopped_at_limit"] and "subnets" not in record
 
+
+
+def _children(pid: int) -> list[int]:
+    tasks = Path(f"/proc/{pid}/task")
+    return [int(c) for task in tasks.iterdir()
+            for c in (task / "children").read_text().split()] if tasks.exists() else []
+
+
+def test_a_terminated_script_ends_its_training(tmp_path: Path) -> None:
+    write_fashion(tmp_path / "data")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [str(SCRIPT.parents[1]), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.Popen([sys.executable, str(SCRIPT), str(tmp_path / "run.json"),
+                             "--data-dir", str(tmp_path / "data"), "--device", "cpu",
+                             "--amp", "off", "--epochs", "1000", "--train-limit", "600"],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    children: list[int] = []
+    while len(children) < 2 and time.monotonic() < deadline:  # resource tracker, training
+        time.sleep(0.2)
+        children = _children(proc.pid)
+    assert len(children) >= 2
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 128 + signal.SIGTERM
+    for pid in children:
+        assert not Path(f"/proc/{pid}").exists() or \
+            Path(f"/proc/{pid}/stat").read_text().split(") ")[-1].startswith("Z")
