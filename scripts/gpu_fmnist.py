@@ -3,7 +3,8 @@ smallest subnet (issue 21's accuracy target), with the run's wall time.
 
     python scripts/gpu_fmnist.py OUT.json [--data-dir DIR] [--strategy ps] [--epochs 3]
         [--batch-size 256] [--lr 0.1] [--device cuda] [--amp bf16] [--train-limit 170]
-        [--run-dir DIR] [--resume]
+        [--run-dir DIR] [--resume] [--random-subnets N]
+    python scripts/gpu_fmnist.py OUT.json --score CHECKPOINT [CHECKPOINT ...] [--device D]
 
 Trains ``mbv3_small28`` on Fashion-MNIST with ``--strategy`` (``ps``: once-for-all's six
 phases, ``--epochs`` each; ``sandwich``: ``--epochs`` in all) in a child process that is
@@ -11,9 +12,10 @@ stopped after ``--train-limit`` seconds; checkpoints every ``--checkpoint-every`
 so a stopped run is still scored (its last checkpoint; the record says how far it got),
 and ``--resume`` continues it from there.
 Then the largest subnet (at the largest resolution) and the smallest (at the smallest)
-are scored on the 10,000 test images after BN recalibration, on the same device. Writes
-``OUT.json`` atomically. Needs only
-torch, numpy and this package's core (no optuna, typer or TVM).
+are scored on the 10,000 test images after BN recalibration, on the same device, and
+``--random-subnets N`` seeded random ones. ``--score`` scores given checkpoints instead of
+training (e.g. copies kept at each phase's end). Writes ``OUT.json`` atomically. Needs
+only torch, numpy and this package's core (no optuna, typer or TVM).
 """
 
 from __future__ import annotations
@@ -35,6 +37,53 @@ def _train(config: dict[str, Any]) -> None:
     train(TrainConfig(**config))
 
 
+def _score(checkpoint: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """The checkpoint's epoch and step, and the test accuracy of its largest, smallest and
+    ``args.random_subnets`` random subnets after BN recalibration, on ``args.device``."""
+    from ofa_search.arch import Arch
+    from ofa_search.data import load_dataset
+    from ofa_search.train import evaluate_arch, load_supernet
+    from ofa_search.units import count_params
+
+    net, meta = load_supernet(checkpoint)
+    net.to(args.device)
+    # loaded once: calibration and evaluation serve batches at each arch's resolution
+    data = load_dataset("fashion-mnist", data_dir=args.data_dir,
+                        in_channels=net.space.in_channels)
+    archs = {"largest": Arch.largest(SPACE), "smallest": Arch.smallest(SPACE)}
+    archs.update({f"random_{seed}": Arch.sample(SPACE, seed)
+                  for seed in range(args.random_subnets)})
+    scores = {}
+    for name, arch in archs.items():
+        eval_start = time.monotonic()
+        accuracy = evaluate_arch(net, arch, data, split="test", seed=args.calib_seed)
+        scores[name] = {"arch": arch.to_string(), "params": count_params(arch),
+                        "test_accuracy": accuracy,
+                        "eval_s": round(time.monotonic() - eval_start, 1)}
+        print(f"{checkpoint.name} {name}: {accuracy:.4f} test accuracy "
+              f"({count_params(arch)} params)", flush=True)
+    return {"checkpoint_epoch": meta["epoch"], "checkpoint_step": meta.get("step"),
+            "subnets": scores}
+
+
+def _score_only(args: argparse.Namespace) -> int:
+    from ofa_search.atomic import atomic_write_json
+
+    missing = [str(path) for path in args.score if not path.is_file()]
+    if missing:
+        print(f"error: no checkpoint at {', '.join(missing)}", file=sys.stderr)
+        return 2
+    start = time.monotonic()
+    scored = [{"checkpoint": path.name, **_score(path, args)} for path in args.score]
+    record = {"benchmark": "gpu_fmnist_scores", "device": args.device,
+              "calib_seed": args.calib_seed, "scored": scored,
+              "wall_s": round(time.monotonic() - start, 1)}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(args.out, record, indent=2)
+    print(f"wrote {args.out}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("out", type=Path)
@@ -52,15 +101,20 @@ def main(argv: list[str] | None = None) -> int:
                         help="the training run's folder (default: OUT without .json)")
     parser.add_argument("--resume", action="store_true",
                         help="continue the run in the run folder from its last checkpoint")
+    parser.add_argument("--random-subnets", type=int, default=0,
+                        help="also score this many random subnets (seeds 0, 1, ...)")
+    parser.add_argument("--calib-seed", type=int, default=0,
+                        help="seed of the BN recalibration batches (a second seed measures "
+                        "the scores' noise)")
+    parser.add_argument("--score", type=Path, nargs="+", default=None, metavar="CHECKPOINT",
+                        help="score these checkpoints; no training")
     args = parser.parse_args(argv)
+    if args.score is not None:
+        return _score_only(args)
 
     import torch
 
-    from ofa_search.arch import Arch
     from ofa_search.atomic import atomic_write_json
-    from ofa_search.data import load_dataset
-    from ofa_search.train import evaluate_arch, load_supernet
-    from ofa_search.units import count_params
 
     run_dir = args.run_dir or args.out.with_suffix("")
     config = {"space": SPACE, "dataset": "fashion-mnist", "data_dir": args.data_dir,
@@ -95,25 +149,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: training exited with code {child.exitcode}; nothing scored",
               flush=True)
     elif checkpoint.exists():
-        net, meta = load_supernet(checkpoint)
-        net.to(args.device)
-        record["checkpoint_epoch"] = meta["epoch"]
-        record["checkpoint_step"] = meta.get("step")
         record["total_epochs"] = (6 * args.epochs if args.strategy == "ps" else args.epochs)
-        scores = {}
-        # loaded once: calibration and evaluation serve batches at each arch's resolution
-        data = load_dataset("fashion-mnist", data_dir=args.data_dir,
-                            in_channels=net.space.in_channels)
-        for name in ("largest", "smallest"):
-            arch = getattr(Arch, name)(SPACE)
-            eval_start = time.monotonic()
-            accuracy = evaluate_arch(net, arch, data, split="test")
-            scores[name] = {"arch": arch.to_string(), "params": count_params(arch),
-                            "test_accuracy": accuracy,
-                            "eval_s": round(time.monotonic() - eval_start, 1)}
-            print(f"{name}: {accuracy:.4f} test accuracy ({count_params(arch)} params)",
-                  flush=True)
-        record["subnets"] = scores
+        record.update(_score(checkpoint, args))
     record["wall_s"] = round(time.monotonic() - start, 1)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(args.out, record, indent=2)

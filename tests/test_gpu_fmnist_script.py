@@ -1,8 +1,8 @@
 """``scripts/gpu_fmnist.py`` (the GPU check's Fashion-MNIST stage), run on the CPU on a
 tiny Fashion-MNIST: a run that finishes is scored; one stopped before its first
 checkpoint says so and fails; ``--resume`` continues a run, and a run that fails (a
-second run into the same folder without it) is not scored; a SIGTERM to the script ends
-the training it started."""
+second run into the same folder without it) is not scored; ``--score`` scores checkpoints
+without training; a SIGTERM to the script ends the training it started."""
 
 from __future__ import annotations
 
@@ -19,10 +19,14 @@ from test_data import write_fashion
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "gpu_fmnist.py"
 
 
+def _env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [str(SCRIPT.parents[1]), os.environ.get("PYTHONPATH", "")])}
+
+
 def _run(tmp_path: Path, name: str, *args: str) -> tuple[int, dict]:
     out = tmp_path / f"{name}.json"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-        [str(SCRIPT.parents[1]), os.environ.get("PYTHONPATH", "")])}
+    env = _env()
     proc = subprocess.run([sys.executable, str(SCRIPT), str(out), "--data-dir",
                            str(tmp_path / "data"), "--device", "cpu", "--amp", "off",
                            "--batch-size", "16", "--run-dir", str(tmp_path / name), *args],
@@ -44,10 +48,23 @@ def test_finished_failed_resumed_and_stopped_runs(tmp_path: Path) -> None:
     assert code == 1 and record["exit_code"] != 0 and not record["stopped_at_limit"]
     assert "subnets" not in record
 
-    # with --resume the finished run is picked up and scored again
-    code, record = _run(tmp_path, "done", "--epochs", "1", "--train-limit", "300", "--resume")
+    # with --resume the finished run is picked up and scored again, with a random subnet
+    code, record = _run(tmp_path, "done", "--epochs", "1", "--train-limit", "300", "--resume",
+                        "--random-subnets", "1")
     assert code == 0 and record["exit_code"] == 0 and record["config"]["resume"]
     assert record["checkpoint_epoch"] == 6 and record["subnets"]["smallest"]["params"] == 132_266
+    assert set(record["subnets"]) == {"largest", "smallest", "random_0"}
+
+    # --score: checkpoints scored without training; a missing one is a one-line error
+    code, record = _run(tmp_path, "scores", "--score", str(tmp_path / "done" / "checkpoint.pt"))
+    assert code == 0 and [s["checkpoint"] for s in record["scored"]] == ["checkpoint.pt"]
+    assert record["scored"][0]["checkpoint_epoch"] == 6
+    assert set(record["scored"][0]["subnets"]) == {"largest", "smallest"}
+    proc = subprocess.run([sys.executable, str(SCRIPT), str(tmp_path / "x.json"), "--score",
+                           str(tmp_path / "nowhere.pt")], capture_output=True, text=True,
+                          timeout=120, env=_env())
+    assert proc.returncode == 2 and not (tmp_path / "x.json").exists()
+    assert proc.stderr.strip() == f"error: no checkpoint at {tmp_path / 'nowhere.pt'}"
 
     # stopped long before the child has imported torch: nothing to score
     code, record = _run(tmp_path, "stopped", "--train-limit", "0.01")
@@ -63,12 +80,11 @@ def _children(pid: int) -> list[int]:
 
 def test_a_terminated_script_ends_its_training(tmp_path: Path) -> None:
     write_fashion(tmp_path / "data")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-        [str(SCRIPT.parents[1]), os.environ.get("PYTHONPATH", "")])}
     proc = subprocess.Popen([sys.executable, str(SCRIPT), str(tmp_path / "run.json"),
                              "--data-dir", str(tmp_path / "data"), "--device", "cpu",
                              "--amp", "off", "--epochs", "1000", "--train-limit", "600"],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            env=_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 60
     children: list[int] = []
     while len(children) < 2 and time.monotonic() < deadline:  # resource tracker, training
