@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from _record import sanitized_command
 
 from ofa_search.arch import Arch
 from ofa_search.atomic import atomic_write_json
@@ -43,7 +44,7 @@ from ofa_search.nn import Supernet
 from ofa_search.profiling.host import host_info
 from ofa_search.profiling.lut import now_iso
 from ofa_search.space import SearchSpace, get_space, list_spaces
-from ofa_search.train import calibrated_subnet, evaluate
+from ofa_search.train import evaluate_arch
 from ofa_search.train.checkpoint import load_checkpoint, load_init_weights
 
 VARIANTS = ("last-int8", "all-int8")
@@ -60,11 +61,6 @@ def int8_head_sibling(space: SearchSpace) -> SearchSpace:
     raise OfaSearchError(f"space {space.name!r} has no registered sibling with an int8 head "
                          "(a space with int8 stages whose head stays fp32 is needed, e.g. "
                          "mbv3_small28_mp)")
-
-
-def score(supernet: Supernet, arch: Arch, data: Any, calib_batches: int, seed: int) -> float:
-    net = calibrated_subnet(supernet, arch, data, calib_batches=calib_batches, seed=seed)
-    return float(evaluate(net, data.test, arch.resolution))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -104,6 +100,10 @@ def main(argv: list[str] | None = None) -> int:
     except OfaSearchError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    def score(supernet: Supernet, arch: Arch, seed: int) -> float:
+        return evaluate_arch(supernet, arch, data, split="test",
+                             calib_batches=args.calib_batches, seed=seed)
+
     rng = np.random.default_rng(args.seed)
     rows: list[dict[str, Any]] = []
     last = (*("fp32",) * (base.num_stages - 1), "int8")
@@ -113,16 +113,15 @@ def main(argv: list[str] | None = None) -> int:
         row: dict[str, Any] = {"subnet": i, "arch": arch.to_string(),
                                "resolution": arch.resolution}
         fp32 = nets[base.name]
-        row["fp32"] = score(fp32, arch, data, args.calib_batches, args.seed)
-        row["fp32_again"] = score(fp32, arch, data, args.calib_batches, args.seed + 1)
+        row["fp32"] = score(fp32, arch, args.seed)
+        row["fp32_again"] = score(fp32, arch, args.seed + 1)
         for variant, precisions in (("last-int8", last),
                                     ("all-int8", ("int8",) * base.num_stages)):
             stages = arch.replace(precisions=precisions)
             row[variant] = {
-                "fp32_head": score(fp32, stages, data, args.calib_batches, args.seed),
-                "int8_head": score(nets[sibling.name], Arch.parse(stages.to_string(),
-                                                                  sibling.name),
-                                   data, args.calib_batches, args.seed)}
+                "fp32_head": score(fp32, stages, args.seed),
+                "int8_head": score(nets[sibling.name],
+                                   Arch.parse(stages.to_string(), sibling.name), args.seed)}
             row[variant]["cost_points"] = 100 * (row[variant]["fp32_head"]
                                                  - row[variant]["int8_head"])
         rows.append(row)
@@ -146,9 +145,8 @@ def main(argv: list[str] | None = None) -> int:
           f"{summary['noise_floor_points']['max']:.2f} points")
     report = {
         "benchmark": "int8_head_accuracy", "created": now_iso(),
-        "command": " ".join(["python scripts/bench_int8_head_accuracy.py",
-                             *[Path(a).name if Path(a).is_absolute() else a
-                               for a in (sys.argv[1:] if argv is None else argv)]]),
+        "command": sanitized_command("bench_int8_head_accuracy.py",
+                                     sys.argv[1:] if argv is None else argv),
         "checkpoint_space": meta["space"], "space": base.name, "int8_head_space": sibling.name,
         "dataset": name, "n": args.n, "calib_batches": args.calib_batches, "seed": args.seed,
         "wall_s": time.perf_counter() - started, "host": host_info(),

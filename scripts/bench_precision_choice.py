@@ -43,6 +43,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from _record import sanitized_command
+
 import ofa_search.binary  # registers the timing of binary units
 import ofa_search.quant  # noqa: F401  (registers the timing of int8 units)
 from ofa_search.arch import Arch
@@ -300,9 +302,8 @@ def main(argv: list[str] | None = None) -> int:
     skipped = [v for v in args.variants if v not in variants]
     report = {
         "benchmark": "precision_choice", "created": now_iso(),
-        "command": " ".join(["python scripts/bench_precision_choice.py",
-                             *[Path(a).name if Path(a).is_absolute() else a
-                               for a in (sys.argv[1:] if argv is None else argv)]]),
+        "command": sanitized_command("bench_precision_choice.py",
+                                     sys.argv[1:] if argv is None else argv),
         "table": table.device_id, "table_created": table.created,
         "table_updated": table.meta.get("updated"),
         "table_overheads_ms": {"fp32": table.overhead_ms, **table.overhead_by_mode},

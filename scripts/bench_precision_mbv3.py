@@ -47,6 +47,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from _record import sanitized_command
 from _timing import Runner, interleaved
 
 SPACE = "ofa_mbv3_mp"
@@ -71,12 +72,6 @@ def affinity() -> list[int] | None:
 
 
 # -- command line and host ---------------------------------------------------------------
-
-def sanitized_command(argv: Sequence[str]) -> str:
-    """The command line with absolute paths cut to their last component."""
-    words = [Path(a).name if os.path.isabs(a) else a for a in argv]
-    return " ".join(["python scripts/bench_precision_mbv3.py", *words])
-
 
 def host_record() -> dict[str, Any]:
     from ofa_search.ort_options import int8_needs_exact_kernels
@@ -709,7 +704,8 @@ def main(argv: list[str] | None = None) -> int:
             print_breakdown(row)
     report = {
         "benchmark": "precision_mbv3", "created": now_iso(),
-        "command": sanitized_command(sys.argv[1:] if argv is None else argv),
+        "command": sanitized_command("bench_precision_mbv3.py",
+                                     sys.argv[1:] if argv is None else argv),
         "space": SPACE, "width_mult": 1.0, "batch": 1, "threads": args.threads,
         "seed": args.seed, "rounds": args.rounds, "runs_per_round": args.runs,
         "resolutions": args.resolutions, "variants": args.variants,
