@@ -2,11 +2,13 @@
 
     python scripts/bench_supernet.py OUT_DIR [--quick] [--dataset fashion-mnist]
         [--budget 26] [--strategies sandwich spos ps] [--threads 2]
-        [--checkpoint sandwich=PATH ...]
+        [--checkpoint sandwich=PATH ...] [--standalone-from RECORD.json]
 
 ``--quick`` runs a few-minute version on the embedded digits data (budget 16 subnet-epochs,
 8 random subnets, 4 stand-alone). Everything resumes from ``OUT_DIR``; the results are
-printed as a table and written to ``OUT_DIR/results.json``. See
+printed as a table and written to ``OUT_DIR/results.json``. ``--standalone-from`` reuses
+the stand-alone accuracies of an earlier record of the same settings (to rerun one
+strategy's row without training the stand-alone subnets again). See
 :mod:`ofa_search.train.benchmark` for the compute rule.
 """
 
@@ -14,11 +16,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import sys
 from pathlib import Path
 
 import torch
 
+from ofa_search.errors import OfaSearchError
 from ofa_search.train.benchmark import SupernetBenchConfig, run_supernet_bench
 
 
@@ -38,7 +42,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--checkpoint", action="append", default=[],
                         help="STRATEGY=PATH: evaluate this trained checkpoint instead")
+    parser.add_argument("--standalone-from", type=Path, default=None, metavar="RECORD",
+                        help="reuse the stand-alone accuracies of this earlier results.json")
     args = parser.parse_args(argv)
+    record = None
+    if args.standalone_from is not None:
+        try:
+            record = json.loads(args.standalone_from.read_text())
+        except (OSError, ValueError) as exc:
+            print(f"error: --standalone-from {args.standalone_from}: {exc}", file=sys.stderr)
+            return 2
     torch.set_num_threads(args.threads)
 
     config = SupernetBenchConfig()
@@ -54,8 +67,13 @@ def main(argv: list[str] | None = None) -> int:
     for item in args.checkpoint:
         name, _, path = item.partition("=")
         given[name] = Path(path)
-    results = run_supernet_bench(config, args.out_dir, checkpoints=given,
-                                 log=lambda line: print(line, file=sys.stderr))
+    try:
+        results = run_supernet_bench(config, args.out_dir, checkpoints=given,
+                                     standalone_from=record,
+                                     log=lambda line: print(line, file=sys.stderr))
+    except OfaSearchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
 
     sa = results["standalone"]
     print(f"\n{config.dataset}, {config.space}, {config.budget} subnet-epochs per strategy; "

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from ofa_search.arch import Arch
 from ofa_search.train import TrainConfig, TrainingError, make_strategy
@@ -74,3 +76,70 @@ def test_tiny_benchmark_runs_and_resumes(tmp_path: Path, one_torch_thread: None)
     assert [p.stat().st_mtime_ns for p in checkpoints] == stamps  # nothing retrained
     for name, row in results["strategies"].items():  # evaluations come from the cache
         assert again["strategies"][name]["accuracy"] == row["accuracy"]
+
+
+def _record(config: SupernetBenchConfig, accuracy: dict[str, list[float]]) -> dict:
+    """A benchmark record of ``config`` whose stand-alone runs scored ``accuracy``."""
+    return {"config": dataclasses.asdict(config),
+            "archs": [a.to_string() for a in bench_archs(config)],
+            "standalone": {"epochs": config.standalone_epochs(), "accuracy": accuracy}}
+
+
+TINY = SupernetBenchConfig(dataset="digits", strategies=("spos",), budget=1, steps_per_epoch=2,
+                           batch_size=32, n_random=2, n_standalone=3, warmup_epochs=0)
+
+
+def test_a_matching_record_stands_in_for_the_standalone_runs(
+        tmp_path: Path, one_torch_thread: None) -> None:
+    record = _record(TINY, {"0": [0.9, 0.8, 0.7], "1": [0.8, 0.9, 0.6]})
+    results = run_supernet_bench(TINY, tmp_path, standalone_from=record, log=lambda _: None)
+    assert not (tmp_path / "standalone").exists()  # nothing trained alone
+    assert results["standalone_from_record"] is True
+    assert results["standalone"]["mean_accuracy"] == pytest.approx([0.85, 0.85, 0.65])
+    assert results["standalone"]["seed_to_seed_tau"] == pytest.approx(1 / 3)
+    row = results["strategies"]["spos"]
+    assert row["inherited_minus_standalone_mean"] == pytest.approx(
+        np.mean(row["accuracy"][:3]) - np.mean([0.85, 0.85, 0.65]))
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"lr": 0.5}, "taken with lr=0.1, this benchmark has lr=0.5"),
+    ({"seed": 1}, "taken with seed=0"),
+    ({"standalone_seeds": (0, 2)}, "standalone_seeds=[0, 1]"),
+    ({"budget": 20}, "trained 1 epochs, this benchmark's budget gives 5"),
+])
+def test_a_record_of_other_settings_is_refused_before_training(
+        tmp_path: Path, change: dict, message: str) -> None:
+    record = _record(TINY, {"0": [0.9, 0.8, 0.7], "1": [0.8, 0.9, 0.6]})
+    with pytest.raises(TrainingError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        run_supernet_bench(dataclasses.replace(TINY, **change), tmp_path,
+                           standalone_from=record, log=lambda _: None)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_record_of_other_subnets_or_no_record_is_refused(tmp_path: Path) -> None:
+    record = _record(TINY, {"0": [0.9, 0.8, 0.7], "1": [0.8, 0.9, 0.6]})
+    record["archs"][2] = Arch.largest(SPACE).to_string()
+    with pytest.raises(TrainingError, match="subnets differ"):
+        run_supernet_bench(TINY, tmp_path, standalone_from=record, log=lambda _: None)
+    with pytest.raises(TrainingError, match="not a supernet benchmark record"):
+        run_supernet_bench(TINY, tmp_path, standalone_from={"archs": []}, log=lambda _: None)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_script_turns_a_bad_record_into_one_line(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from script_helpers import load_script
+
+    script = load_script("bench_supernet")
+    threads = ["--threads", str(torch.get_num_threads())]  # the script sets them
+    assert script.main([str(tmp_path / "out"), *threads, "--standalone-from",
+                        str(tmp_path / "missing.json")]) == 2
+    assert "missing.json" in capsys.readouterr().err
+    (tmp_path / "other.json").write_text(json.dumps(
+        _record(dataclasses.replace(SupernetBenchConfig(), lr=0.3), {})))
+    assert script.main([str(tmp_path / "out"), *threads, "--standalone-from",
+                        str(tmp_path / "other.json")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "error: stand-alone record was taken with lr=0.3, this benchmark has lr=0.1"
+    assert not (tmp_path / "out").exists()

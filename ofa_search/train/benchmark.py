@@ -15,7 +15,9 @@ A stand-alone run gets as many epochs as the sandwich run (the passes that the s
 largest and smallest subnets receive).
 
 Every run lives in its own folder under ``out_dir`` and resumes; evaluations are cached
-in ``evaluations.json`` beside each checkpoint.
+in ``evaluations.json`` beside each checkpoint. ``standalone_from`` takes the stand-alone
+accuracies from an earlier record of the same settings instead of training them again
+(to rerun one strategy's row).
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from ofa_search.metrics import kendall_tau
 from ofa_search.space import get_space
 from ofa_search.train.bn_calibration import evaluate_arch
 from ofa_search.train.checkpoint import load_supernet
-from ofa_search.train.loop import TrainConfig, train
+from ofa_search.train.loop import TrainConfig, TrainingError, train
 from ofa_search.train.strategies import default_phases
 from ofa_search.units import count_macs
 
@@ -123,6 +125,39 @@ def _evaluate_cached(checkpoint: Path, archs: Sequence[Arch], split: str,
     return {a.to_string(): cache[a.to_string()] for a in archs}
 
 
+# Settings that decide the stand-alone runs: a record taken with others cannot stand in.
+_STANDALONE_KEYS = ("dataset", "space", "batch_size", "lr", "warmup_epochs", "steps_per_epoch",
+                    "n_standalone", "standalone_seeds", "eval_split", "seed")
+
+
+def _recorded_standalone(config: SupernetBenchConfig, archs: Sequence[Arch],
+                         record: dict[str, Any]) -> dict[int, list[float]]:
+    """The stand-alone accuracies of an earlier record, checked against ``config``."""
+    try:
+        recorded, standalone = record["config"], record["standalone"]
+        accuracy = standalone["accuracy"]
+        epochs = standalone["epochs"]
+        recorded_archs = record["archs"]
+    except (KeyError, TypeError) as exc:
+        raise TrainingError(f"stand-alone record lacks {exc}: it is not a supernet "
+                            "benchmark record") from None
+    ours = dataclasses.asdict(config)
+    for key in _STANDALONE_KEYS:
+        theirs = recorded.get(key)
+        theirs = list(theirs) if isinstance(theirs, (list, tuple)) else theirs
+        mine = list(ours[key]) if isinstance(ours[key], tuple) else ours[key]
+        if theirs != mine:
+            raise TrainingError(f"stand-alone record was taken with {key}={theirs!r}, "
+                                f"this benchmark has {key}={mine!r}")
+    if epochs != config.standalone_epochs():
+        raise TrainingError(f"stand-alone record trained {epochs} epochs, this benchmark's "
+                            f"budget gives {config.standalone_epochs()}")
+    wanted = [a.to_string() for a in archs[: config.n_standalone]]
+    if list(recorded_archs[: config.n_standalone]) != wanted:
+        raise TrainingError("stand-alone record's subnets differ from this benchmark's")
+    return {seed: [float(a) for a in accuracy[str(seed)]] for seed in config.standalone_seeds}
+
+
 def _tau(a: Sequence[float], b: Sequence[float]) -> float | None:
     value = kendall_tau(a, b)
     return None if math.isnan(value) else value
@@ -130,10 +165,13 @@ def _tau(a: Sequence[float], b: Sequence[float]) -> float | None:
 
 def run_supernet_bench(config: SupernetBenchConfig, out_dir: str | Path, *,
                        log: Callable[[str], None] = print,
-                       checkpoints: dict[str, Path] | None = None) -> dict[str, Any]:
+                       checkpoints: dict[str, Path] | None = None,
+                       standalone_from: dict[str, Any] | None = None) -> dict[str, Any]:
     """Run (or resume) the benchmark into ``out_dir``; returns the results (also written
     to ``out_dir/results.json``). ``checkpoints`` maps a strategy to an already trained
-    checkpoint to evaluate instead of training one."""
+    checkpoint to evaluate instead of training one; ``standalone_from`` is an earlier
+    record (``results.json``) of the same settings whose stand-alone accuracies are reused
+    (:class:`TrainingError` if its settings or subnets differ)."""
     out = Path(out_dir)
     archs = bench_archs(config)
     space = get_space(config.space)
@@ -146,7 +184,12 @@ def run_supernet_bench(config: SupernetBenchConfig, out_dir: str | Path, *,
         "macs_m": [count_macs(a) / 1e6 for a in archs], "strategies": {}, "standalone": {}}
 
     standalone: dict[int, list[float]] = {}
+    if standalone_from is not None:
+        standalone = _recorded_standalone(config, archs, standalone_from)
+        results["standalone_from_record"] = True
     for seed in config.standalone_seeds:
+        if seed in standalone:
+            continue
         accs = []
         for i, arch in enumerate(standalone_archs):
             started = time.perf_counter()
