@@ -3,7 +3,7 @@ smallest subnet (issue 21's accuracy target), with the run's wall time.
 
     python scripts/gpu_fmnist.py OUT.json [--data-dir DIR] [--strategy ps] [--epochs 3]
         [--batch-size 256] [--lr 0.1] [--device cuda] [--amp bf16] [--train-limit 170]
-        [--run-dir DIR] [--resume] [--random-subnets N]
+        [--run-dir DIR] [--resume] [--random-subnets N] [--seed S]
     python scripts/gpu_fmnist.py OUT.json --score CHECKPOINT [CHECKPOINT ...] [--device D]
 
 Trains ``mbv3_small28`` on Fashion-MNIST with ``--strategy`` (``ps``: once-for-all's six
@@ -92,6 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--lr", type=float, default=0.1)
+    parser.add_argument("--seed", type=int, default=0,
+                        help="training seed (weights, subnet draws, batch order)")
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--amp", default="bf16")
     parser.add_argument("--train-limit", type=float, default=170.0,
@@ -120,6 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     config = {"space": SPACE, "dataset": "fashion-mnist", "data_dir": args.data_dir,
               "strategy": args.strategy, "epochs": args.epochs,
               "batch_size": args.batch_size, "lr": args.lr, "warmup_epochs": 0,
+              "seed": args.seed,
               "out_dir": str(run_dir), "device": args.device, "amp": args.amp,
               "checkpoint_every": args.checkpoint_every, "resume": args.resume,
               "quiet": False}

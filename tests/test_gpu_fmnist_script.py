@@ -38,6 +38,7 @@ def test_finished_failed_resumed_and_stopped_runs(tmp_path: Path) -> None:
     write_fashion(tmp_path / "data")  # 45 train images: 3 steps per epoch
     code, record = _run(tmp_path, "done", "--epochs", "1", "--train-limit", "300")
     assert code == 0 and record["exit_code"] == 0 and not record["stopped_at_limit"]
+    assert record["config"]["seed"] == 0
     assert record["total_epochs"] == 6 and record["checkpoint_epoch"] == 6
     largest, smallest = record["subnets"]["largest"], record["subnets"]["smallest"]
     assert largest["params"] > smallest["params"] == 132_266
@@ -67,8 +68,9 @@ def test_finished_failed_resumed_and_stopped_runs(tmp_path: Path) -> None:
     assert proc.stderr.strip() == f"error: no checkpoint at {tmp_path / 'nowhere.pt'}"
 
     # stopped long before the child has imported torch: nothing to score
-    code, record = _run(tmp_path, "stopped", "--train-limit", "0.01")
+    code, record = _run(tmp_path, "stopped", "--train-limit", "0.01", "--seed", "1")
     assert code == 1 and record["stopped_at_limit"] and "subnets" not in record
+    assert record["config"]["seed"] == 1
 
 
 
