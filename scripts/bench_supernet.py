@@ -2,13 +2,15 @@
 
     python scripts/bench_supernet.py OUT_DIR [--quick] [--dataset fashion-mnist]
         [--budget 26] [--strategies sandwich spos ps] [--threads 2]
-        [--checkpoint sandwich=PATH ...] [--standalone-from RECORD.json]
+        [--checkpoint sandwich=PATH ...] [--standalone-from RECORD.json] [--train-seed S]
 
 ``--quick`` runs a few-minute version on the embedded digits data (budget 16 subnet-epochs,
 8 random subnets, 4 stand-alone). Everything resumes from ``OUT_DIR``; the results are
 printed as a table and written to ``OUT_DIR/results.json``. ``--standalone-from`` reuses
 the stand-alone accuracies of an earlier record of the same settings (to rerun one
-strategy's row without training the stand-alone subnets again). See
+strategy's row without training the stand-alone subnets again); with ``--train-seed`` the
+strategies train with another seed (same subnets and stand-alone runs: a second training
+seed measures the rows' noise). See
 :mod:`ofa_search.train.benchmark` for the compute rule.
 """
 
@@ -42,6 +44,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--checkpoint", action="append", default=[],
                         help="STRATEGY=PATH: evaluate this trained checkpoint instead")
+    parser.add_argument("--train-seed", type=int, default=None,
+                        help="seed of the strategies' training runs (default: the "
+                        "benchmark's seed, 0)")
     parser.add_argument("--standalone-from", type=Path, default=None, metavar="RECORD",
                         help="reuse the stand-alone accuracies of this earlier results.json")
     args = parser.parse_args(argv)
@@ -59,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         config = dataclasses.replace(config, dataset="digits", budget=16, batch_size=64,
                                      lr=0.05, n_random=8, n_standalone=4)
     overrides = {"dataset": args.dataset, "data_dir": args.data_dir, "budget": args.budget,
-                 "steps_per_epoch": args.steps_per_epoch,
+                 "steps_per_epoch": args.steps_per_epoch, "train_seed": args.train_seed,
                  "strategies": None if args.strategies is None else tuple(args.strategies)}
     config = dataclasses.replace(config, **{k: v for k, v in overrides.items()
                                             if v is not None})

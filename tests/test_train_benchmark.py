@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from ofa_search.arch import Arch
-from ofa_search.train import TrainConfig, TrainingError, make_strategy
+from ofa_search.train import TrainConfig, TrainingError, load_supernet, make_strategy
 from ofa_search.train.benchmark import SupernetBenchConfig, bench_archs, run_supernet_bench
 
 SPACE = "mbv3_small28"
@@ -92,8 +92,12 @@ TINY = SupernetBenchConfig(dataset="digits", strategies=("spos",), budget=1, ste
 def test_a_matching_record_stands_in_for_the_standalone_runs(
         tmp_path: Path, one_torch_thread: None) -> None:
     record = _record(TINY, {"0": [0.9, 0.8, 0.7], "1": [0.8, 0.9, 0.6]})
-    results = run_supernet_bench(TINY, tmp_path, standalone_from=record, log=lambda _: None)
+    # another training seed: the same subnets and stand-alone runs, so the record fits
+    config = dataclasses.replace(TINY, train_seed=3)
+    results = run_supernet_bench(config, tmp_path, standalone_from=record, log=lambda _: None)
     assert not (tmp_path / "standalone").exists()  # nothing trained alone
+    _, meta = load_supernet(tmp_path / "spos" / "checkpoint.pt")
+    assert meta["config"]["seed"] == 3
     assert results["standalone_from_record"] is True
     assert results["standalone"]["mean_accuracy"] == pytest.approx([0.85, 0.85, 0.65])
     assert results["standalone"]["seed_to_seed_tau"] == pytest.approx(1 / 3)

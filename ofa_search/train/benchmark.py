@@ -64,7 +64,8 @@ class SupernetBenchConfig:
     n_standalone: int = 6
     standalone_seeds: tuple[int, ...] = (0, 1)
     eval_split: str = "test"
-    seed: int = 0
+    seed: int = 0  # picks the subnets; the strategies train with it unless train_seed
+    train_seed: int | None = None  # the strategies' training runs (None: ``seed``)
 
     def epochs_for(self, strategy: str) -> int:
         """Epochs of a strategy's run (per phase for ``ps``)."""
@@ -213,8 +214,9 @@ def run_supernet_bench(config: SupernetBenchConfig, out_dir: str | Path, *,
     for strategy in config.strategies:
         started = time.perf_counter()
         given = (checkpoints or {}).get(strategy)
+        train_seed = config.seed if config.train_seed is None else config.train_seed
         ckpt = given if given is not None else _train_run(
-            config, out / strategy, strategy, seed=config.seed)
+            config, out / strategy, strategy, seed=train_seed)
         trained_s = time.perf_counter() - started
         by_arch = _evaluate_cached(ckpt, archs, config.eval_split, data_cache, data_args)
         inherited = [by_arch[a.to_string()] for a in archs]
