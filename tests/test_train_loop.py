@@ -79,6 +79,9 @@ def test_checkpoint_contents_and_load_supernet(tmp_path: Path) -> None:
         train(config)
     with pytest.raises(TrainingError, match="space/width/strategy"):
         train(dataclasses.replace(config, strategy="sandwich", resume=True))
+    other = config.seed + 1  # it would also split the data differently
+    with pytest.raises(TrainingError, match=f"is a run with seed {config.seed}, not {other}"):
+        train(dataclasses.replace(config, seed=other, resume=True))
 
 
 def test_bad_checkpoints_raise_file_format_error(tmp_path: Path) -> None:

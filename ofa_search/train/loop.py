@@ -687,7 +687,7 @@ def run_training(config: TrainConfig) -> TrainResult:
             cannot be written; ``resume`` without a checkpoint in it; an ``init_checkpoint``
             that is not a file; a CUDA device this installation cannot use; amp ``fp16``
             on the CPU. Later: a checkpoint exists but ``resume`` is off, or it belongs to
-            another space, width or strategy.
+            another space, width, strategy or seed.
         FileFormatError: an unreadable checkpoint.
     """
     rank, world = _dist_env()
@@ -1010,6 +1010,9 @@ def _restore(path: Path, config: TrainConfig, strategy: TrainingStrategy, net: S
             ran = sorted(ran)
         if ran != wanted[key]:
             raise TrainingError(f"{path} is a run with {key} {ran!r}, not {wanted[key]!r}")
+    # the seed also splits the data: another seed would train on a different split
+    if "seed" in saved and saved["seed"] != wanted["seed"]:
+        raise TrainingError(f"{path} is a run with seed {saved['seed']}, not {wanted['seed']}")
     step = int(ckpt["step"])
     if int(ckpt["scheduler"]["step"]) != step:
         raise TrainingError(f"{path}: scheduler and optimizer steps disagree")
