@@ -37,19 +37,25 @@ def _train(config: dict[str, Any]) -> None:
     train(TrainConfig(**config))
 
 
-def _score(checkpoint: Path, args: argparse.Namespace) -> dict[str, Any]:
+def _dataset(args: argparse.Namespace) -> Any:
+    """Fashion-MNIST, loaded once for every checkpoint scored: calibration and evaluation
+    serve its batches at each arch's resolution."""
+    from ofa_search.data import load_dataset
+    from ofa_search.space import get_space
+
+    return load_dataset("fashion-mnist", data_dir=args.data_dir,
+                        in_channels=get_space(SPACE).in_channels)
+
+
+def _score(checkpoint: Path, args: argparse.Namespace, data: Any) -> dict[str, Any]:
     """The checkpoint's epoch and step, and the test accuracy of its largest, smallest and
     ``args.random_subnets`` random subnets after BN recalibration, on ``args.device``."""
     from ofa_search.arch import Arch
-    from ofa_search.data import load_dataset
     from ofa_search.train import evaluate_arch, load_supernet
     from ofa_search.units import count_params
 
     net, meta = load_supernet(checkpoint)
     net.to(args.device)
-    # loaded once: calibration and evaluation serve batches at each arch's resolution
-    data = load_dataset("fashion-mnist", data_dir=args.data_dir,
-                        in_channels=net.space.in_channels)
     archs = {"largest": Arch.largest(SPACE), "smallest": Arch.smallest(SPACE)}
     archs.update({f"random_{seed}": Arch.sample(SPACE, seed)
                   for seed in range(args.random_subnets)})
@@ -57,11 +63,12 @@ def _score(checkpoint: Path, args: argparse.Namespace) -> dict[str, Any]:
     for name, arch in archs.items():
         eval_start = time.monotonic()
         accuracy = evaluate_arch(net, arch, data, split="test", seed=args.calib_seed)
-        scores[name] = {"arch": arch.to_string(), "params": count_params(arch),
+        params = count_params(arch)
+        scores[name] = {"arch": arch.to_string(), "params": params,
                         "test_accuracy": accuracy,
                         "eval_s": round(time.monotonic() - eval_start, 1)}
-        print(f"{checkpoint.name} {name}: {accuracy:.4f} test accuracy "
-              f"({count_params(arch)} params)", flush=True)
+        print(f"{checkpoint.name} {name}: {accuracy:.4f} test accuracy ({params} params)",
+              flush=True)
     return {"checkpoint_epoch": meta["epoch"], "checkpoint_step": meta.get("step"),
             "subnets": scores}
 
@@ -74,7 +81,8 @@ def _score_only(args: argparse.Namespace) -> int:
         print(f"error: no checkpoint at {', '.join(missing)}", file=sys.stderr)
         return 2
     start = time.monotonic()
-    scored = [{"checkpoint": path.name, **_score(path, args)} for path in args.score]
+    data = _dataset(args)
+    scored = [{"checkpoint": path.name, **_score(path, args, data)} for path in args.score]
     record = {"benchmark": "gpu_fmnist_scores", "device": args.device,
               "calib_seed": args.calib_seed, "scored": scored,
               "wall_s": round(time.monotonic() - start, 1)}
@@ -153,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
               flush=True)
     elif checkpoint.exists():
         record["total_epochs"] = (6 * args.epochs if args.strategy == "ps" else args.epochs)
-        record.update(_score(checkpoint, args))
+        record.update(_score(checkpoint, args, _dataset(args)))
     record["wall_s"] = round(time.monotonic() - start, 1)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(args.out, record, indent=2)

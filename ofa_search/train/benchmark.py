@@ -211,10 +211,10 @@ def run_supernet_bench(config: SupernetBenchConfig, out_dir: str | Path, *,
         if len(seeds) > 1 else None,
     }
 
+    train_seed = config.seed if config.train_seed is None else config.train_seed
     for strategy in config.strategies:
         started = time.perf_counter()
         given = (checkpoints or {}).get(strategy)
-        train_seed = config.seed if config.train_seed is None else config.train_seed
         ckpt = given if given is not None else _train_run(
             config, out / strategy, strategy, seed=train_seed)
         trained_s = time.perf_counter() - started
