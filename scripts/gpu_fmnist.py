@@ -4,18 +4,21 @@ smallest subnet (issue 21's accuracy target), with the run's wall time.
     python scripts/gpu_fmnist.py OUT.json [--data-dir DIR] [--strategy ps] [--epochs 3]
         [--batch-size 256] [--lr 0.1] [--device cuda] [--amp bf16] [--train-limit 170]
         [--run-dir DIR] [--resume] [--random-subnets N] [--seed S]
+    python scripts/gpu_fmnist.py OUT.json --strategy standalone --arch largest|smallest|ARCH ...
     python scripts/gpu_fmnist.py OUT.json --score CHECKPOINT [CHECKPOINT ...] [--device D]
 
 Trains ``mbv3_small28`` on Fashion-MNIST with ``--strategy`` (``ps``: once-for-all's six
-phases, ``--epochs`` each; ``sandwich``: ``--epochs`` in all) in a child process that is
-stopped after ``--train-limit`` seconds; checkpoints every ``--checkpoint-every`` steps,
-so a stopped run is still scored (its last checkpoint; the record says how far it got),
-and ``--resume`` continues it from there.
+phases, ``--epochs`` each; ``sandwich``: ``--epochs`` in all; ``standalone``: ``--arch``
+alone, ``--epochs`` in all, the ceiling its inherited accuracy is measured against) in a
+child process that is stopped after ``--train-limit`` seconds; checkpoints every
+``--checkpoint-every`` steps, so a stopped run is still scored (its last checkpoint; the
+record says how far it got), and ``--resume`` continues it from there.
 Then the largest subnet (at the largest resolution) and the smallest (at the smallest)
 are scored on the 10,000 test images after BN recalibration, on the same device, and
-``--random-subnets N`` seeded random ones. ``--score`` scores given checkpoints instead of
-training (e.g. copies kept at each phase's end). Writes ``OUT.json`` atomically. Needs
-only torch, numpy and this package's core (no optuna, typer or TVM).
+``--random-subnets N`` seeded random ones (a ``standalone`` checkpoint: its one arch).
+``--score`` scores given checkpoints instead of training (e.g. copies kept at each
+phase's end). Writes ``OUT.json`` atomically. Needs only torch, numpy and this package's
+core (no optuna, typer or TVM).
 """
 
 from __future__ import annotations
@@ -50,15 +53,19 @@ def _dataset(args: argparse.Namespace) -> Any:
 def _score(checkpoint: Path, args: argparse.Namespace, data: Any) -> dict[str, Any]:
     """The checkpoint's epoch and step, and the test accuracy of its largest, smallest and
     ``args.random_subnets`` random subnets after BN recalibration, on ``args.device``."""
-    from ofa_search.arch import Arch
+    from ofa_search.arch import Arch, parse_arch
     from ofa_search.train import evaluate_arch, load_supernet
     from ofa_search.units import count_params
 
     net, meta = load_supernet(checkpoint)
     net.to(args.device)
     archs = {"largest": Arch.largest(SPACE), "smallest": Arch.smallest(SPACE)}
-    archs.update({f"random_{seed}": Arch.sample(SPACE, seed)
-                  for seed in range(args.random_subnets)})
+    trained = (meta.get("config") or {}).get("arch")
+    if trained is not None:  # a stand-alone run: the other subnets were never trained
+        archs = {_arch_name(trained): parse_arch(trained, SPACE)}
+    else:
+        archs.update({f"random_{seed}": Arch.sample(SPACE, seed)
+                      for seed in range(args.random_subnets)})
     scores = {}
     for name, arch in archs.items():
         eval_start = time.monotonic()
@@ -71,6 +78,29 @@ def _score(checkpoint: Path, args: argparse.Namespace, data: Any) -> dict[str, A
               flush=True)
     return {"checkpoint_epoch": meta["epoch"], "checkpoint_step": meta.get("step"),
             "subnets": scores}
+
+
+def _arch_name(arch: str) -> str:
+    """``largest`` or ``smallest`` when ``arch`` is that subnet of the space, else ``arch``."""
+    from ofa_search.arch import Arch
+
+    return next((name for name, named in (("largest", Arch.largest(SPACE)),
+                                          ("smallest", Arch.smallest(SPACE)))
+                 if named.to_string() == arch), "arch")
+
+
+def _resolve_arch(arch: str | None, strategy: str) -> str | None:
+    """``--arch`` as an arch string (``largest``/``smallest`` named by the space), or a
+    ValueError when it is missing for ``standalone``, given for another strategy, or not
+    an arch of the space."""
+    from ofa_search.arch import Arch, parse_arch
+
+    if (strategy == "standalone") != (arch is not None):
+        raise ValueError("--arch goes with --strategy standalone, and only with it")
+    if arch is None:
+        return None
+    named = {"largest": Arch.largest(SPACE), "smallest": Arch.smallest(SPACE)}
+    return (named[arch] if arch in named else parse_arch(arch, SPACE)).to_string()
 
 
 def _score_only(args: argparse.Namespace) -> int:
@@ -96,7 +126,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("out", type=Path)
     parser.add_argument("--data-dir", default=None)
-    parser.add_argument("--strategy", default="ps", choices=("ps", "sandwich"))
+    parser.add_argument("--strategy", default="ps", choices=("ps", "sandwich", "standalone"))
+    parser.add_argument("--arch", default=None,
+                        help="standalone only: largest, smallest or an arch string")
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--lr", type=float, default=0.1)
@@ -126,9 +158,14 @@ def main(argv: list[str] | None = None) -> int:
 
     from ofa_search.atomic import atomic_write_json
 
+    try:
+        arch = _resolve_arch(args.arch, args.strategy)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     run_dir = args.run_dir or args.out.with_suffix("")
     config = {"space": SPACE, "dataset": "fashion-mnist", "data_dir": args.data_dir,
-              "strategy": args.strategy, "epochs": args.epochs,
+              "strategy": args.strategy, "arch": arch, "epochs": args.epochs,
               "batch_size": args.batch_size, "lr": args.lr, "warmup_epochs": 0,
               "seed": args.seed,
               "out_dir": str(run_dir), "device": args.device, "amp": args.amp,

@@ -2,7 +2,8 @@
 tiny Fashion-MNIST: a run that finishes is scored; one stopped before its first
 checkpoint says so and fails; ``--resume`` continues a run, and a run that fails (a
 second run into the same folder without it) is not scored; ``--score`` scores checkpoints
-without training; a SIGTERM to the script ends the training it started."""
+without training; a stand-alone run scores its one arch; a SIGTERM to the script ends the
+training it started."""
 
 from __future__ import annotations
 
@@ -72,6 +73,27 @@ def test_finished_failed_resumed_and_stopped_runs(tmp_path: Path) -> None:
     assert code == 1 and record["stopped_at_limit"] and "subnets" not in record
     assert record["config"]["seed"] == 1
 
+
+def test_a_standalone_run_trains_and_scores_its_one_arch(tmp_path: Path) -> None:
+    write_fashion(tmp_path / "data")
+    code, record = _run(tmp_path, "alone", "--strategy", "standalone", "--arch", "smallest",
+                        "--epochs", "2", "--train-limit", "300", "--random-subnets", "2")
+    assert code == 0 and record["total_epochs"] == 2 and record["checkpoint_epoch"] == 2
+    # only the trained subnet is scored: the others share untrained weights
+    assert list(record["subnets"]) == ["smallest"]
+    assert record["subnets"]["smallest"]["params"] == 132_266
+    assert record["config"]["arch"] == record["subnets"]["smallest"]["arch"]
+    code, record = _run(tmp_path, "scores", "--score", str(tmp_path / "alone" / "checkpoint.pt"))
+    assert code == 0 and list(record["scored"][0]["subnets"]) == ["smallest"]
+
+    for args, message in [
+            (["--strategy", "standalone"], "--arch goes with --strategy standalone"),
+            (["--arch", "largest"], "--arch goes with --strategy standalone"),
+            (["--strategy", "standalone", "--arch", "r99_w1.0"], "arch string 'r99_w1.0'")]:
+        proc = subprocess.run([sys.executable, str(SCRIPT), str(tmp_path / "x.json"), *args],
+                              capture_output=True, text=True, timeout=120, env=_env())
+        assert proc.returncode == 2 and not (tmp_path / "x.json").exists()
+        assert proc.stderr.startswith(f"error: {message}") and proc.stderr.count("\n") == 1
 
 
 def _children(pid: int) -> list[int]:

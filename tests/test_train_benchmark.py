@@ -131,6 +131,21 @@ def test_a_record_of_other_subnets_or_no_record_is_refused(tmp_path: Path) -> No
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("accuracy", [
+    {"0": [0.9, 0.8, 0.7]},                      # seed 1 missing
+    {"0": [0.9, 0.8, 0.7], "1": [0.8, 0.9]},     # one subnet short
+    {"0": [0.9, 0.8, 0.7], "1": None},
+    {"0": [0.9, 0.8, 0.7], "1": ["a", 0.9, 0.6]},
+    [0.9, 0.8, 0.7],
+])
+def test_a_record_lacking_a_seeds_accuracies_is_refused(
+        tmp_path: Path, accuracy: object) -> None:
+    record = _record(TINY, accuracy)  # type: ignore[arg-type]
+    with pytest.raises(TrainingError, match="lacks the 3 accuracies of seed"):
+        run_supernet_bench(TINY, tmp_path, standalone_from=record, log=lambda _: None)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_the_script_turns_a_bad_record_into_one_line(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from script_helpers import load_script

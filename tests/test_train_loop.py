@@ -6,7 +6,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_data import write_fashion
 
+from ofa_search.arch import Arch
 from ofa_search.errors import FileFormatError
 from ofa_search.nn import Supernet
 from ofa_search.train import (
@@ -82,6 +84,26 @@ def test_checkpoint_contents_and_load_supernet(tmp_path: Path) -> None:
     other = config.seed + 1  # it would also split the data differently
     with pytest.raises(TrainingError, match=f"is a run with seed {config.seed}, not {other}"):
         train(dataclasses.replace(config, seed=other, resume=True))
+    # so would another batch size (a mid-epoch position counts batches), augmentation or
+    # dataset; nothing is written
+    write_fashion(tmp_path / "fashion")
+    stamp = path.stat().st_mtime_ns
+    for change, message in [({"batch_size": config.batch_size * 2},
+                              f"batch_size {config.batch_size}, not {config.batch_size * 2}"),
+                             ({"augment": not config.augment}, f"augment {config.augment}, not"),
+                             ({"dataset": "fashion-mnist", "data_dir": str(tmp_path / "fashion")},
+                              "dataset 'digits', not 'fashion-mnist'")]:
+        with pytest.raises(TrainingError, match=f"is a run with {message}"):
+            train(dataclasses.replace(config, resume=True, **change))
+    assert path.stat().st_mtime_ns == stamp
+    # a stand-alone run resumed with another arch would train another model
+    alone = dataclasses.replace(config, strategy="standalone", out_dir=str(tmp_path / "alone"),
+                                arch=Arch.smallest("mbv3_small28").to_string())
+    train(alone)
+    bigger = dataclasses.replace(alone, resume=True,
+                                 arch=alone.arch.replace("k3e3", "k5e3", 1))
+    with pytest.raises(TrainingError, match=f"is a run with arch '{alone.arch}', not "):
+        train(bigger)
 
 
 def test_bad_checkpoints_raise_file_format_error(tmp_path: Path) -> None:

@@ -156,7 +156,17 @@ def _recorded_standalone(config: SupernetBenchConfig, archs: Sequence[Arch],
     wanted = [a.to_string() for a in archs[: config.n_standalone]]
     if list(recorded_archs[: config.n_standalone]) != wanted:
         raise TrainingError("stand-alone record's subnets differ from this benchmark's")
-    return {seed: [float(a) for a in accuracy[str(seed)]] for seed in config.standalone_seeds}
+    found: dict[int, list[float]] = {}
+    for seed in config.standalone_seeds:
+        values = accuracy.get(str(seed)) if isinstance(accuracy, dict) else None
+        try:
+            found[seed] = [float(a) for a in values]  # type: ignore[union-attr]
+        except (TypeError, ValueError):
+            found[seed] = []
+        if len(found[seed]) != config.n_standalone:
+            raise TrainingError(f"stand-alone record lacks the {config.n_standalone} "
+                                f"accuracies of seed {seed}")
+    return found
 
 
 def _tau(a: Sequence[float], b: Sequence[float]) -> float | None:

@@ -1010,9 +1010,12 @@ def _restore(path: Path, config: TrainConfig, strategy: TrainingStrategy, net: S
             ran = sorted(ran)
         if ran != wanted[key]:
             raise TrainingError(f"{path} is a run with {key} {ran!r}, not {wanted[key]!r}")
-    # the seed also splits the data: another seed would train on a different split
-    if "seed" in saved and saved["seed"] != wanted["seed"]:
-        raise TrainingError(f"{path} is a run with seed {saved['seed']}, not {wanted['seed']}")
+    # settings that decide what the run trains on: the seed also splits the data, the batch
+    # size places a mid-epoch position, and a stand-alone run's arch is its whole model
+    for key in ("seed", "dataset", "batch_size", "augment", "arch"):
+        if key in saved and saved[key] != wanted[key]:
+            raise TrainingError(f"{path} is a run with {key} {saved[key]!r}, "
+                                f"not {wanted[key]!r}")
     step = int(ckpt["step"])
     if int(ckpt["scheduler"]["step"]) != step:
         raise TrainingError(f"{path}: scheduler and optimizer steps disagree")
