@@ -687,7 +687,8 @@ def run_training(config: TrainConfig) -> TrainResult:
             cannot be written; ``resume`` without a checkpoint in it; an ``init_checkpoint``
             that is not a file; a CUDA device this installation cannot use; amp ``fp16``
             on the CPU. Later: a checkpoint exists but ``resume`` is off, or it belongs to
-            another space, width, strategy or seed.
+            another space, width, strategy, seed, dataset, batch size, augmentation or
+            stand-alone arch.
         FileFormatError: an unreadable checkpoint.
     """
     rank, world = _dist_env()
