@@ -52,7 +52,8 @@ def _dataset(args: argparse.Namespace) -> Any:
 
 def _score(checkpoint: Path, args: argparse.Namespace, data: Any) -> dict[str, Any]:
     """The checkpoint's epoch and step, and the test accuracy of its largest, smallest and
-    ``args.random_subnets`` random subnets after BN recalibration, on ``args.device``."""
+    ``args.random_subnets`` random subnets (a stand-alone run's: its arch) after BN
+    recalibration, on ``args.device``."""
     from ofa_search.arch import Arch, parse_arch
     from ofa_search.train import evaluate_arch, load_supernet
     from ofa_search.units import count_params
