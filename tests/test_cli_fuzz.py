@@ -149,8 +149,9 @@ def tree(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tree]:
         table.meta["overhead"] = {"archs": 0}  # fitted: resuming the table measures nothing
         table.save(ws.hw_profiles_dir / f"{TABLE_DEVICE}.json")
         run = root / "run"
+        # the CLI's default batch size: a resume with another one is refused
         run_training(TrainConfig(space=SPACE, dataset="digits", strategy="spos", epochs=1,
-                                 steps_per_epoch=1, batch_size=32, resolutions=(16,),
+                                 steps_per_epoch=1, resolutions=(16,),
                                  out_dir=str(run), quiet=True))
         search_ws = Workspace(root / "search-ws")
         shutil.copytree(ws.root, search_ws.root)
@@ -368,8 +369,9 @@ def test_profile(tree: Tree) -> None:
 
 
 def test_train(tree: Tree) -> None:
-    """Only the finished run may be resumed (at its one epoch): every other valid command
-    line would train, so new folders are always asked to resume (and refused)."""
+    """Only the finished run may be resumed (at its one epoch, with its batch size): every
+    other valid command line would train, so new folders are always asked to resume (and
+    refused)."""
     codes: list[int] = []
 
     @fuzz(40)
