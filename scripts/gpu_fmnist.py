@@ -60,7 +60,7 @@ def _score(checkpoint: Path, args: argparse.Namespace, data: Any) -> dict[str, A
 
     net, meta = load_supernet(checkpoint)
     net.to(args.device)
-    archs = {"largest": Arch.largest(SPACE), "smallest": Arch.smallest(SPACE)}
+    archs = _named_archs()
     trained = (meta.get("config") or {}).get("arch")
     if trained is not None:  # a stand-alone run: the other subnets were never trained
         archs = {_arch_name(trained): parse_arch(trained, SPACE)}
@@ -81,12 +81,16 @@ def _score(checkpoint: Path, args: argparse.Namespace, data: Any) -> dict[str, A
             "subnets": scores}
 
 
-def _arch_name(arch: str) -> str:
-    """``largest`` or ``smallest`` when ``arch`` is that subnet of the space, else ``arch``."""
+def _named_archs() -> dict[str, Any]:
+    """The space's largest and smallest subnets, by name."""
     from ofa_search.arch import Arch
 
-    return next((name for name, named in (("largest", Arch.largest(SPACE)),
-                                          ("smallest", Arch.smallest(SPACE)))
+    return {"largest": Arch.largest(SPACE), "smallest": Arch.smallest(SPACE)}
+
+
+def _arch_name(arch: str) -> str:
+    """``largest`` or ``smallest`` when ``arch`` is that subnet of the space, else ``arch``."""
+    return next((name for name, named in _named_archs().items()
                  if named.to_string() == arch), "arch")
 
 
@@ -94,13 +98,13 @@ def _resolve_arch(arch: str | None, strategy: str) -> str | None:
     """``--arch`` as an arch string (``largest``/``smallest`` named by the space), or a
     ValueError when it is missing for ``standalone``, given for another strategy, or not
     an arch of the space."""
-    from ofa_search.arch import Arch, parse_arch
+    from ofa_search.arch import parse_arch
 
     if (strategy == "standalone") != (arch is not None):
         raise ValueError("--arch goes with --strategy standalone, and only with it")
     if arch is None:
         return None
-    named = {"largest": Arch.largest(SPACE), "smallest": Arch.smallest(SPACE)}
+    named = _named_archs()
     return (named[arch] if arch in named else parse_arch(arch, SPACE)).to_string()
 
 
