@@ -3,7 +3,7 @@ smallest subnet (issue 21's accuracy target), with the run's wall time.
 
     python scripts/gpu_fmnist.py OUT.json [--data-dir DIR] [--strategy ps] [--epochs 3]
         [--batch-size 256] [--lr 0.1] [--device cuda] [--amp bf16] [--train-limit 170]
-        [--run-dir DIR] [--resume] [--random-subnets N] [--seed S]
+        [--run-dir DIR] [--resume] [--random-subnets N] [--seed S] [--random-erasing P]
     python scripts/gpu_fmnist.py OUT.json --strategy standalone --arch largest|smallest|ARCH ...
     python scripts/gpu_fmnist.py OUT.json --score CHECKPOINT [CHECKPOINT ...] [--device D]
 
@@ -16,7 +16,8 @@ record says how far it got), and ``--resume`` continues it from there.
 Then the largest subnet (at the largest resolution) and the smallest (at the smallest)
 are scored on the 10,000 test images after BN recalibration, on the same device, and
 ``--random-subnets N`` seeded random ones (a ``standalone`` checkpoint: its one arch).
-``--score`` scores given checkpoints instead of training (e.g. copies kept at each
+``--random-erasing P`` adds random erasing to the training augmentation (each image with
+probability P). ``--score`` scores given checkpoints instead of training (e.g. copies kept at each
 phase's end). Writes ``OUT.json`` atomically. Needs only torch, numpy and this package's
 core (no optuna, typer or TVM).
 """
@@ -150,6 +151,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="continue the run in the run folder from its last checkpoint")
     parser.add_argument("--random-subnets", type=int, default=0,
                         help="also score this many random subnets (seeds 0, 1, ...)")
+    parser.add_argument("--random-erasing", type=float, default=0.0, metavar="P",
+                        help="erase a random box of each training image with probability "
+                        "P (Zhong et al.: 0.5)")
     parser.add_argument("--calib-seed", type=int, default=0,
                         help="seed of the BN recalibration batches (a second seed measures "
                         "the scores' noise)")
@@ -172,10 +176,18 @@ def main(argv: list[str] | None = None) -> int:
     config = {"space": SPACE, "dataset": "fashion-mnist", "data_dir": args.data_dir,
               "strategy": args.strategy, "arch": arch, "epochs": args.epochs,
               "batch_size": args.batch_size, "lr": args.lr, "warmup_epochs": 0,
-              "seed": args.seed,
+              "seed": args.seed, "random_erasing": args.random_erasing,
               "out_dir": str(run_dir), "device": args.device, "amp": args.amp,
               "checkpoint_every": args.checkpoint_every, "resume": args.resume,
               "quiet": False}
+    from ofa_search.errors import OfaSearchError
+    from ofa_search.train import TrainConfig
+
+    try:  # a bad setting is refused here, before a child process starts
+        TrainConfig(**config)
+    except OfaSearchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     start = time.monotonic()
     # spawn: the child starts its own CUDA context (a forked CUDA one would be unusable)
     child = multiprocessing.get_context("spawn").Process(target=_train, args=(config,))

@@ -383,12 +383,13 @@ def test_train(tree: Tree) -> None:
                                                                "nope"])),
            lr=opt("--lr", numbers), batch=opt("--batch-size", counts),
            warmup=opt("--warmup-epochs", counts), seed=opt("--seed", counts),
+           erasing=opt("--random-erasing", numbers),
            data_name=opt("--data", st.sampled_from(["digits", "nope", ""])),
            resume=mostly(st.just(["--resume"]), st.just([])),
            init=opt("--init", path_kinds))
     def run(out: str, strategy: str, epochs: str, space: list[str], lr: list[str],
-            batch: list[str], warmup: list[str], seed: list[str], data_name: list[str],
-            resume: list[str], init: list[str]) -> None:
+            batch: list[str], warmup: list[str], seed: list[str], erasing: list[str],
+            data_name: list[str], resume: list[str], init: list[str]) -> None:
         if out == "run":
             epochs = "1"
         if out in ("empty", "missing"):
@@ -397,7 +398,7 @@ def test_train(tree: Tree) -> None:
             init = ["--init", tree.path(init[1])]
         codes.append(check(["train", "--out", tree.path(out), "--strategy", strategy,
                             "--threads", "1", "--quiet", "--epochs", epochs, *space, *lr,
-                            *batch, *warmup, *seed, *data_name, *resume, *init]))
+                            *batch, *warmup, *seed, *erasing, *data_name, *resume, *init]))
 
     run()
     outcomes(codes)

@@ -343,6 +343,8 @@ def test_imagefolder_errors(tmp_path: Path) -> None:
         AugmentPolicy(kind="shift", pad=1),
         AugmentPolicy(kind="shift", pad=2, flip=True),
         AugmentPolicy(kind="random_resized_crop", flip=True),
+        AugmentPolicy(erase=0.5),
+        AugmentPolicy(kind="random_resized_crop", flip=True, erase=1.0),
     ],
 )
 @pytest.mark.parametrize("resolution", [8, 12])
@@ -357,7 +359,28 @@ def test_augmentation_is_deterministic_and_keeps_shape(policy: AugmentPolicy,
                           resolution=resolution)
     assert first.shape == (16, 3, resolution, resolution) and first.dtype == torch.float32
     assert torch.equal(first, again)
-    assert torch.equal(first, other) == (policy.kind == "none")
+    assert torch.equal(first, other) == (policy == AugmentPolicy())
+
+
+def test_random_erasing_fills_one_box_per_erased_image() -> None:
+    x = torch.zeros(400, 3, 20, 20)
+    out = augment_batch(x, AugmentPolicy(erase=1.0), generator=torch.Generator().manual_seed(0),
+                        resolution=20)
+    for image in out:
+        box = image[0] != 0
+        assert torch.equal(box.expand(3, -1, -1), image != 0)  # the same box in every channel
+        rows, cols = box.any(1).nonzero().flatten(), box.any(0).nonzero().flatten()
+        # one filled rectangle of 2-40 % of the image (up to the rounding of its sides)
+        assert int(box.sum()) == len(rows) * len(cols)
+        assert torch.equal(rows, torch.arange(int(rows[0]), int(rows[-1]) + 1))
+        assert torch.equal(cols, torch.arange(int(cols[0]), int(cols[-1]) + 1))
+        assert 0.01 <= float(box.float().mean()) <= 0.45
+        assert float(image.min()) >= 0 and float(image.max()) <= 1  # uniform noise in [0, 1]
+    half = augment_batch(x, AugmentPolicy(erase=0.5), generator=torch.Generator().manual_seed(0),
+                         resolution=20)
+    assert 0.4 < float((half != 0).flatten(1).any(1).float().mean()) < 0.6
+    with pytest.raises(DatasetError, match="erase must lie in"):
+        AugmentPolicy(erase=1.5)
 
 
 def test_shift_translates_by_at_most_pad_pixels() -> None:

@@ -77,8 +77,10 @@ def test_finished_failed_resumed_and_stopped_runs(tmp_path: Path) -> None:
 def test_a_standalone_run_trains_and_scores_its_one_arch(tmp_path: Path) -> None:
     write_fashion(tmp_path / "data")
     code, record = _run(tmp_path, "alone", "--strategy", "standalone", "--arch", "smallest",
-                        "--epochs", "2", "--train-limit", "300", "--random-subnets", "2")
+                        "--epochs", "2", "--train-limit", "300", "--random-subnets", "2",
+                        "--random-erasing", "0.5")
     assert code == 0 and record["total_epochs"] == 2 and record["checkpoint_epoch"] == 2
+    assert record["config"]["random_erasing"] == 0.5
     # only the trained subnet is scored: the others share untrained weights
     assert list(record["subnets"]) == ["smallest"]
     assert record["subnets"]["smallest"]["params"] == 132_266
@@ -89,7 +91,8 @@ def test_a_standalone_run_trains_and_scores_its_one_arch(tmp_path: Path) -> None
     for args, message in [
             (["--strategy", "standalone"], "--arch goes with --strategy standalone"),
             (["--arch", "largest"], "--arch goes with --strategy standalone"),
-            (["--strategy", "standalone", "--arch", "r99_w1.0"], "arch string 'r99_w1.0'")]:
+            (["--strategy", "standalone", "--arch", "r99_w1.0"], "arch string 'r99_w1.0'"),
+            (["--random-erasing", "2"], "random_erasing must be in [0, 1], got 2.0")]:
         proc = subprocess.run([sys.executable, str(SCRIPT), str(tmp_path / "x.json"), *args],
                               capture_output=True, text=True, timeout=120, env=_env())
         assert proc.returncode == 2 and not (tmp_path / "x.json").exists()

@@ -91,6 +91,7 @@ def test_checkpoint_contents_and_load_supernet(tmp_path: Path) -> None:
     for change, message in [({"batch_size": config.batch_size * 2},
                               f"batch_size {config.batch_size}, not {config.batch_size * 2}"),
                              ({"augment": not config.augment}, f"augment {config.augment}, not"),
+                             ({"random_erasing": 0.5}, "random_erasing 0.0, not 0.5"),
                              ({"dataset": "fashion-mnist", "data_dir": str(tmp_path / "fashion")},
                               "dataset 'digits', not 'fashion-mnist'")]:
         with pytest.raises(TrainingError, match=f"is a run with {message}"):
@@ -165,6 +166,26 @@ def test_config_validation() -> None:
         TrainConfig(epochs=0)
     with pytest.raises(TrainingError, match=r"lr must be a finite number > 0, got inf$"):
         TrainConfig(lr=float("inf"))
+    for bad in (-0.1, 1.5, float("nan"), True, "0.5"):
+        with pytest.raises(TrainingError, match=r"random_erasing must be in \[0, 1\], got "):
+            TrainConfig(random_erasing=bad)  # type: ignore[arg-type]
+    with pytest.raises(TrainingError, match=r"random_erasing is part of the training "
+                                            r"augmentation: it needs augment on$"):
+        TrainConfig(random_erasing=0.5, augment=False)
+    with pytest.raises(TrainingError, match="random_erasing applies to in-memory datasets; "
+                                            "'imagenet' is streamed"):
+        TrainConfig(random_erasing=0.5, dataset="imagenet")
+
+
+def test_random_erasing_changes_what_a_run_trains_on(tmp_path: Path) -> None:
+    config = dataclasses.replace(TINY, strategy="spos", epochs=1, steps_per_epoch=1)
+    runs = {p: run_training(dataclasses.replace(config, random_erasing=p,
+                                                out_dir=str(tmp_path / str(p))))
+            for p in (0.0, 1.0)}
+    plain, erased = _weights(runs[0.0].supernet), _weights(runs[1.0].supernet)
+    # same seed, same subnet and batch order: only the erased pixels differ
+    assert not torch.equal(plain["head.classifier.weight"], erased["head.classifier.weight"])
+    assert load_checkpoint(tmp_path / "1.0" / "checkpoint.pt")["config"]["random_erasing"] == 1.0
 
 
 def test_custom_progressive_shrinking_phases(tmp_path: Path) -> None:

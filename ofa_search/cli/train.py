@@ -106,6 +106,10 @@ def train_cmd(
         "--recipe", help="ofa (cosine decay, dropout in every subnet) or bignas (zero-γ "
         "residual init, exponential decay with a constant ending, dropout in the largest "
         "subnet only, weight EMA; sandwich only)")] = "ofa",
+    random_erasing: Annotated[float, typer.Option(
+        "--random-erasing", min=0.0, max=1.0, help="also erase a random box of each "
+        "training image with this probability (Zhong et al.: 0.5); in-memory datasets "
+        "only")] = 0.0,
     ema_decay: Annotated[float | None, typer.Option(
         "--ema-decay", help="keep an EMA of the weights with this per-step decay (bignas: "
         "0.9998, warmed up over the first updates); checkpoints then serve the EMA "
@@ -211,6 +215,7 @@ def train_cmd(
                          steps_per_epoch=steps_per_epoch, device=device, amp=amp,
                          cudnn_benchmark=cudnn_benchmark,
                          checkpoint_every=checkpoint_every, ema_decay=ema_decay,
+                         random_erasing=random_erasing,
                          num_workers=workers, precision_phases=phases,
                          binary_share=binary_share, precision_distill=distill,
                          precision_fp32_smallest=fp32_smallest,

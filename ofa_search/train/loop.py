@@ -162,6 +162,9 @@ class TrainConfig:
         stop_after_epochs: end the run (checkpointed, resumable) after this many epochs in
             total, e.g. to split a run into time slices.
         augment: use the dataset's training augmentation.
+        random_erasing: with ``augment``, also erase a random box of each training image
+            with this probability (:class:`~ofa_search.data.AugmentPolicy`'s ``erase``;
+            0.5 is Zhong et al.'s setting); in-memory datasets only.
         eval_each_epoch: after each epoch, log the val accuracy of the largest and smallest
             arch (BN recalibrated).
         channels_last: run the network in channels-last memory format (about 2× faster
@@ -232,6 +235,7 @@ class TrainConfig:
     steps_per_epoch: int | None = None
     stop_after_epochs: int | None = None
     augment: bool = True
+    random_erasing: float = 0.0
     eval_each_epoch: bool = False
     channels_last: bool = True
     device: str = "auto"
@@ -284,6 +288,14 @@ class TrainConfig:
         check(not is_streamed_dataset(self.dataset) or self.augment,
               f"dataset {self.dataset!r} is streamed with its training augmentation; "
               "augment must stay on")
+        check(isinstance(self.random_erasing, (int, float))
+              and not isinstance(self.random_erasing, bool) and 0 <= self.random_erasing <= 1,
+              f"random_erasing must be in [0, 1], got {self.random_erasing!r}")
+        check(self.random_erasing == 0 or self.augment,
+              "random_erasing is part of the training augmentation: it needs augment on")
+        check(self.random_erasing == 0 or not is_streamed_dataset(self.dataset),
+              f"random_erasing applies to in-memory datasets; {self.dataset!r} is streamed "
+              "with its own augmentation")
         check(self.optimizer in OPTIMIZERS, f"optimizer must be one of "
               f"{', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
         check(self.lr_schedule in LR_SCHEDULES, f"lr_schedule must be one of "
@@ -537,8 +549,13 @@ def _load_data(config: TrainConfig, strategy: TrainingStrategy
             raise TrainingError(f"{stream.root} has {len(stream.class_names)} classes; space "
                                 f"{space.name!r} classifies {space.num_classes}")
         return stream
-    return load_dataset(config.dataset, data_dir=config.data_dir, seed=config.seed,
-                        in_channels=strategy.space.in_channels, resolution=resolution)
+    splits = load_dataset(config.dataset, data_dir=config.data_dir, seed=config.seed,
+                          in_channels=strategy.space.in_channels, resolution=resolution)
+    if config.random_erasing > 0:
+        policy = dataclasses.replace(splits.augmentation, erase=float(config.random_erasing))
+        splits = dataclasses.replace(splits, augmentation=policy, train=dataclasses.replace(
+            splits.train, augmentation=policy))
+    return splits
 
 
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
@@ -1013,7 +1030,10 @@ def _restore(path: Path, config: TrainConfig, strategy: TrainingStrategy, net: S
             raise TrainingError(f"{path} is a run with {key} {ran!r}, not {wanted[key]!r}")
     # settings that decide what the run trains on: the seed also splits the data, the batch
     # size places a mid-epoch position, and a stand-alone run's arch is its whole model
-    for key in ("seed", "dataset", "batch_size", "augment", "arch"):
+    # (a checkpoint older than random erasing ran without it)
+    if saved:
+        saved = {"random_erasing": 0.0, **saved}
+    for key in ("seed", "dataset", "batch_size", "augment", "arch", "random_erasing"):
         if key in saved and saved[key] != wanted[key]:
             raise TrainingError(f"{path} is a run with {key} {saved[key]!r}, "
                                 f"not {wanted[key]!r}")
