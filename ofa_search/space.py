@@ -11,6 +11,8 @@ Presets:
   the constants of ``ofa/imagenet_classification/elastic_nn/networks/ofa_mbv3.py``.
 - ``mbv3_small28`` — the same block structure sized for 28×28 single-channel images
   (Fashion-MNIST; 8×8 digits upsampled), small enough to train on two CPU cores.
+- ``mbv3_small28_lite`` — ``mbv3_small28`` with a head of 144 and 128 channels (not 192
+  and 256), so that its smallest subnet has under 100K parameters.
 """
 
 from __future__ import annotations
@@ -310,6 +312,17 @@ MBV3_SMALL28 = register_space(
         resolutions=(16, 20, 24, 28, 32),
         width_mults=(1.0,),
         dropout=0.1,
+    )
+)
+
+MBV3_SMALL28_LITE = register_space(
+    dataclasses.replace(
+        MBV3_SMALL28,
+        name="mbv3_small28_lite",
+        description="mbv3_small28 with a narrower head (144, 128): its smallest subnet has "
+                    "under 100K parameters",
+        final_expand=144,
+        feature_mix=128,
     )
 )
 

@@ -4,22 +4,24 @@ smallest subnet (issue 21's accuracy target), with the run's wall time.
     python scripts/gpu_fmnist.py OUT.json [--data-dir DIR] [--strategy ps] [--epochs 3]
         [--batch-size 256] [--lr 0.1] [--device cuda] [--amp bf16] [--train-limit 170]
         [--run-dir DIR] [--resume] [--random-subnets N] [--seed S] [--random-erasing P]
+        [--space mbv3_small28|mbv3_small28_lite]
     python scripts/gpu_fmnist.py OUT.json --strategy standalone --arch largest|smallest|ARCH ...
     python scripts/gpu_fmnist.py OUT.json --score CHECKPOINT [CHECKPOINT ...] [--device D]
 
-Trains ``mbv3_small28`` on Fashion-MNIST with ``--strategy`` (``ps``: once-for-all's six
-phases, ``--epochs`` each; ``sandwich``: ``--epochs`` in all; ``standalone``: ``--arch``
-alone, ``--epochs`` in all, the ceiling its inherited accuracy is measured against) in a
-child process that is stopped after ``--train-limit`` seconds; checkpoints every
-``--checkpoint-every`` steps, so a stopped run is still scored (its last checkpoint; the
-record says how far it got), and ``--resume`` continues it from there.
-Then the largest subnet (at the largest resolution) and the smallest (at the smallest)
-are scored on the 10,000 test images after BN recalibration, on the same device, and
-``--random-subnets N`` seeded random ones (a ``standalone`` checkpoint: its one arch).
-``--random-erasing P`` adds random erasing to the training augmentation (each image with
-probability P). ``--score`` scores given checkpoints instead of training (e.g. copies kept at each
-phase's end). Writes ``OUT.json`` atomically. Needs only torch, numpy and this package's
-core (no optuna, typer or TVM).
+Trains ``mbv3_small28`` (or ``--space mbv3_small28_lite``) on Fashion-MNIST with
+``--strategy`` (``ps``: once-for-all's six phases, ``--epochs`` each; ``sandwich``:
+``--epochs`` in all; ``standalone``: ``--arch`` alone, ``--epochs`` in all, the ceiling
+its inherited accuracy is measured against) in a child process that is stopped after
+``--train-limit`` seconds; checkpoints every ``--checkpoint-every`` steps, so a stopped
+run is still scored (its last checkpoint; the record says how far it got), and
+``--resume`` continues it from there. Then the largest subnet (at the largest resolution)
+and the smallest (at the smallest) are scored on the 10,000 test images after BN
+recalibration, on the same device, and ``--random-subnets N`` seeded random ones (a
+``standalone`` checkpoint: its one arch). ``--random-erasing P`` adds random erasing to
+the training augmentation (each image with probability P). ``--score`` scores given
+checkpoints instead of training (e.g. copies kept at each phase's end), in the space each
+was trained in. Writes ``OUT.json`` atomically. Needs only torch, numpy and this
+package's core (no optuna, typer or TVM).
 """
 
 from __future__ import annotations
@@ -32,7 +34,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-SPACE = "mbv3_small28"
+SPACES = ("mbv3_small28", "mbv3_small28_lite")
+"""The fp32 spaces for 28×28 grey images this script trains (``--space``; the first is the
+default)."""
 
 
 def _train(config: dict[str, Any]) -> None:
@@ -43,12 +47,10 @@ def _train(config: dict[str, Any]) -> None:
 
 def _dataset(args: argparse.Namespace) -> Any:
     """Fashion-MNIST, loaded once for every checkpoint scored: calibration and evaluation
-    serve its batches at each arch's resolution."""
+    serve its batches at each arch's resolution (every space of ``SPACES`` is grey)."""
     from ofa_search.data import load_dataset
-    from ofa_search.space import get_space
 
-    return load_dataset("fashion-mnist", data_dir=args.data_dir,
-                        in_channels=get_space(SPACE).in_channels)
+    return load_dataset("fashion-mnist", data_dir=args.data_dir, in_channels=1)
 
 
 def _score(checkpoint: Path, args: argparse.Namespace, data: Any) -> dict[str, Any]:
@@ -61,12 +63,13 @@ def _score(checkpoint: Path, args: argparse.Namespace, data: Any) -> dict[str, A
 
     net, meta = load_supernet(checkpoint)
     net.to(args.device)
-    archs = _named_archs()
+    space = meta["space"]
+    archs = _named_archs(space)
     trained = (meta.get("config") or {}).get("arch")
     if trained is not None:  # a stand-alone run: the other subnets were never trained
-        archs = {_arch_name(trained): parse_arch(trained, SPACE)}
+        archs = {_arch_name(trained, space): parse_arch(trained, space)}
     else:
-        archs.update({f"random_{seed}": Arch.sample(SPACE, seed)
+        archs.update({f"random_{seed}": Arch.sample(space, seed)
                       for seed in range(args.random_subnets)})
     scores = {}
     for name, arch in archs.items():
@@ -82,20 +85,20 @@ def _score(checkpoint: Path, args: argparse.Namespace, data: Any) -> dict[str, A
             "subnets": scores}
 
 
-def _named_archs() -> dict[str, Any]:
+def _named_archs(space: str) -> dict[str, Any]:
     """The space's largest and smallest subnets, by name."""
     from ofa_search.arch import Arch
 
-    return {"largest": Arch.largest(SPACE), "smallest": Arch.smallest(SPACE)}
+    return {"largest": Arch.largest(space), "smallest": Arch.smallest(space)}
 
 
-def _arch_name(arch: str) -> str:
+def _arch_name(arch: str, space: str) -> str:
     """``largest`` or ``smallest`` when ``arch`` is that subnet of the space, else ``arch``."""
-    return next((name for name, named in _named_archs().items()
+    return next((name for name, named in _named_archs(space).items()
                  if named.to_string() == arch), "arch")
 
 
-def _resolve_arch(arch: str | None, strategy: str) -> str | None:
+def _resolve_arch(arch: str | None, strategy: str, space: str) -> str | None:
     """``--arch`` as an arch string (``largest``/``smallest`` named by the space), or a
     ValueError when it is missing for ``standalone``, given for another strategy, or not
     an arch of the space."""
@@ -105,8 +108,8 @@ def _resolve_arch(arch: str | None, strategy: str) -> str | None:
         raise ValueError("--arch goes with --strategy standalone, and only with it")
     if arch is None:
         return None
-    named = _named_archs()
-    return (named[arch] if arch in named else parse_arch(arch, SPACE)).to_string()
+    named = _named_archs(space)
+    return (named[arch] if arch in named else parse_arch(arch, space)).to_string()
 
 
 def _score_only(args: argparse.Namespace) -> int:
@@ -132,6 +135,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("out", type=Path)
     parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--space", default=SPACES[0], choices=SPACES,
+                        help="mbv3_small28_lite: a narrower head, its smallest subnet under "
+                        "100K parameters")
     parser.add_argument("--strategy", default="ps", choices=("ps", "sandwich", "standalone"))
     parser.add_argument("--arch", default=None,
                         help="standalone only: largest, smallest or an arch string")
@@ -168,12 +174,12 @@ def main(argv: list[str] | None = None) -> int:
     from ofa_search.atomic import atomic_write_json
 
     try:
-        arch = _resolve_arch(args.arch, args.strategy)
+        arch = _resolve_arch(args.arch, args.strategy, args.space)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     run_dir = args.run_dir or args.out.with_suffix("")
-    config = {"space": SPACE, "dataset": "fashion-mnist", "data_dir": args.data_dir,
+    config = {"space": args.space, "dataset": "fashion-mnist", "data_dir": args.data_dir,
               "strategy": args.strategy, "arch": arch, "epochs": args.epochs,
               "batch_size": args.batch_size, "lr": args.lr, "warmup_epochs": 0,
               "seed": args.seed, "random_erasing": args.random_erasing,

@@ -78,12 +78,13 @@ def test_a_standalone_run_trains_and_scores_its_one_arch(tmp_path: Path) -> None
     write_fashion(tmp_path / "data")
     code, record = _run(tmp_path, "alone", "--strategy", "standalone", "--arch", "smallest",
                         "--epochs", "2", "--train-limit", "300", "--random-subnets", "2",
-                        "--random-erasing", "0.5")
+                        "--random-erasing", "0.5", "--space", "mbv3_small28_lite")
     assert code == 0 and record["total_epochs"] == 2 and record["checkpoint_epoch"] == 2
     assert record["config"]["random_erasing"] == 0.5
+    assert record["config"]["space"] == "mbv3_small28_lite"
     # only the trained subnet is scored: the others share untrained weights
     assert list(record["subnets"]) == ["smallest"]
-    assert record["subnets"]["smallest"]["params"] == 132_266
+    assert record["subnets"]["smallest"]["params"] == 97_866  # mbv3_small28's: 132,266
     assert record["config"]["arch"] == record["subnets"]["smallest"]["arch"]
     code, record = _run(tmp_path, "scores", "--score", str(tmp_path / "alone" / "checkpoint.pt"))
     assert code == 0 and list(record["scored"][0]["subnets"]) == ["smallest"]
