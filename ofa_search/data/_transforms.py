@@ -35,8 +35,9 @@ class AugmentPolicy:
         erase: probability of random erasing, applied last, at the output resolution: a
             box of 2–40 % of the image with aspect ratio in ``[0.3, 1/0.3]`` is filled with
             uniform noise in ``[0, 1]`` (Zhong et al., "Random Erasing Data Augmentation",
-            AAAI 2020, arXiv:1708.04896, whose best setting on Fashion-MNIST this is, with
-            ``erase=0.5``). A box wider or taller than the image is clipped to it.
+            AAAI 2020, arXiv:1708.04896: their default setting, with ``erase=0.5``, which
+            took a WRN-28-10 on Fashion-MNIST from 4.01 % to 3.65 % top-1 error). A box
+            wider or taller than the image is clipped to it.
     """
 
     kind: AugmentKind = "none"
