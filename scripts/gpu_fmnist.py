@@ -166,6 +166,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--score", type=Path, nargs="+", default=None, metavar="CHECKPOINT",
                         help="score these checkpoints; no training")
     args = parser.parse_args(argv)
+    if args.random_subnets < 0 or (args.strategy == "standalone" and args.random_subnets):
+        print("error: --random-subnets must be >= 0, and 0 with --strategy standalone (its "
+              f"other subnets are never trained), got {args.random_subnets}", file=sys.stderr)
+        return 2
     if args.score is not None:
         return _score_only(args)
 

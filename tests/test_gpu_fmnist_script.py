@@ -77,8 +77,8 @@ def test_finished_failed_resumed_and_stopped_runs(tmp_path: Path) -> None:
 def test_a_standalone_run_trains_and_scores_its_one_arch(tmp_path: Path) -> None:
     write_fashion(tmp_path / "data")
     code, record = _run(tmp_path, "alone", "--strategy", "standalone", "--arch", "smallest",
-                        "--epochs", "2", "--train-limit", "300", "--random-subnets", "2",
-                        "--random-erasing", "0.5", "--space", "mbv3_small28_lite")
+                        "--epochs", "2", "--train-limit", "300", "--random-erasing", "0.5",
+                        "--space", "mbv3_small28_lite")
     assert code == 0 and record["total_epochs"] == 2 and record["checkpoint_epoch"] == 2
     assert record["config"]["random_erasing"] == 0.5
     assert record["config"]["space"] == "mbv3_small28_lite"
@@ -93,7 +93,10 @@ def test_a_standalone_run_trains_and_scores_its_one_arch(tmp_path: Path) -> None
             (["--strategy", "standalone"], "--arch goes with --strategy standalone"),
             (["--arch", "largest"], "--arch goes with --strategy standalone"),
             (["--strategy", "standalone", "--arch", "r99_w1.0"], "arch string 'r99_w1.0'"),
-            (["--random-erasing", "2"], "random_erasing must be in [0, 1], got 2.0")]:
+            (["--random-erasing", "2"], "random_erasing must be in [0, 1], got 2.0"),
+            (["--strategy", "standalone", "--arch", "largest", "--random-subnets", "2"],
+             "--random-subnets must be >= 0, and 0 with --strategy standalone"),
+            (["--random-subnets", "-1"], "--random-subnets must be >= 0")]:
         proc = subprocess.run([sys.executable, str(SCRIPT), str(tmp_path / "x.json"), *args],
                               capture_output=True, text=True, timeout=120, env=_env())
         assert proc.returncode == 2 and not (tmp_path / "x.json").exists()
