@@ -1017,11 +1017,11 @@ def _restore(path: Path, config: TrainConfig, strategy: TrainingStrategy, net: S
     found = (ckpt["space"], ckpt["width_mult"], ckpt["strategy"].get("name"))
     if found != expected:
         raise TrainingError(f"{path} is a run of space/width/strategy {found}, not {expected}")
-    # settings that change the model's or the optimizer's state (a checkpoint older than
-    # a setting ran with its default)
+    # settings that change the model's or the optimizer's state, or the training images
+    # (a checkpoint older than a setting ran with its default)
     saved, wanted = ckpt.get("config") or {}, config.to_dict()
     defaults: dict[str, Any] = {"binary_ablation": [], "binary_weights": "shared",
-                                "depthwise_lr_scale": 1.0}
+                                "depthwise_lr_scale": 1.0, "random_erasing": 0.0}
     for key, default in defaults.items():
         ran = saved.get(key) or default
         if key == "binary_ablation":
@@ -1030,10 +1030,7 @@ def _restore(path: Path, config: TrainConfig, strategy: TrainingStrategy, net: S
             raise TrainingError(f"{path} is a run with {key} {ran!r}, not {wanted[key]!r}")
     # settings that decide what the run trains on: the seed also splits the data, the batch
     # size places a mid-epoch position, and a stand-alone run's arch is its whole model
-    # (a checkpoint older than random erasing ran without it)
-    if saved:
-        saved = {"random_erasing": 0.0, **saved}
-    for key in ("seed", "dataset", "batch_size", "augment", "arch", "random_erasing"):
+    for key in ("seed", "dataset", "batch_size", "augment", "arch"):
         if key in saved and saved[key] != wanted[key]:
             raise TrainingError(f"{path} is a run with {key} {saved[key]!r}, "
                                 f"not {wanted[key]!r}")
