@@ -4,7 +4,7 @@ smallest subnet (issue 21's accuracy target), with the run's wall time.
     python scripts/gpu_fmnist.py OUT.json [--data-dir DIR] [--strategy ps] [--epochs 3]
         [--batch-size 256] [--lr 0.1] [--device cuda] [--amp bf16] [--train-limit 170]
         [--run-dir DIR] [--resume] [--random-subnets N] [--seed S] [--random-erasing P]
-        [--space mbv3_small28|mbv3_small28_lite]
+        [--space mbv3_small28|mbv3_small28_lite] [--all-resolutions]
     python scripts/gpu_fmnist.py OUT.json --strategy standalone --arch largest|smallest|ARCH ...
     python scripts/gpu_fmnist.py OUT.json --score CHECKPOINT [CHECKPOINT ...] [--device D]
 
@@ -17,16 +17,19 @@ run is still scored (its last checkpoint; the record says how far it got), and
 ``--resume`` continues it from there. Then the largest subnet (at the largest resolution)
 and the smallest (at the smallest) are scored on the 10,000 test images after BN
 recalibration, on the same device, and ``--random-subnets N`` seeded random ones (a
-``standalone`` checkpoint: its one arch). ``--random-erasing P`` adds random erasing to
-the training augmentation (each image with probability P). ``--score`` scores given
-checkpoints instead of training (e.g. copies kept at each phase's end), in the space each
-was trained in. Writes ``OUT.json`` atomically. Needs only torch, numpy and this
-package's core (no optuna, typer or TVM).
+``standalone`` checkpoint: its one arch); ``--all-resolutions`` scores the largest and the
+smallest also at each other resolution of the space (``smallest_r24``: the smallest's
+blocks at 24 px; the issue's "< 100K parameters" does not depend on the resolution).
+``--random-erasing P`` adds random erasing to the training augmentation (each image with
+probability P). ``--score`` scores given checkpoints instead of training (e.g. copies
+kept at each phase's end), in the space each was trained in. Writes ``OUT.json``
+atomically. Needs only torch, numpy and this package's core (no optuna, typer or TVM).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import multiprocessing
 import signal
 import sys
@@ -54,10 +57,12 @@ def _dataset(args: argparse.Namespace) -> Any:
 
 
 def _score(checkpoint: Path, args: argparse.Namespace, data: Any) -> dict[str, Any]:
-    """The checkpoint's epoch and step, and the test accuracy of its largest, smallest and
+    """The checkpoint's epoch and step, and the test accuracy of its largest, smallest
+    (with ``args.all_resolutions``: also at each other resolution of the space) and
     ``args.random_subnets`` random subnets (a stand-alone run's: its arch) after BN
     recalibration, on ``args.device``."""
     from ofa_search.arch import Arch, parse_arch
+    from ofa_search.space import get_space
     from ofa_search.train import evaluate_arch, load_supernet
     from ofa_search.units import count_params
 
@@ -69,6 +74,10 @@ def _score(checkpoint: Path, args: argparse.Namespace, data: Any) -> dict[str, A
     if trained is not None:  # a stand-alone run: the other subnets were never trained
         archs = {_arch_name(trained, space): parse_arch(trained, space)}
     else:
+        if args.all_resolutions:  # e.g. smallest_r24: the smallest's blocks at 24 px
+            archs.update({f"{name}_r{res}": dataclasses.replace(arch, resolution=res)
+                          for name, arch in list(archs.items())
+                          for res in get_space(space).resolutions if res != arch.resolution})
         archs.update({f"random_{seed}": Arch.sample(space, seed)
                       for seed in range(args.random_subnets)})
     scores = {}
@@ -160,6 +169,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--random-erasing", type=float, default=0.0, metavar="P",
                         help="erase a random box of each training image with probability "
                         "P (Zhong et al.: 0.5)")
+    parser.add_argument("--all-resolutions", action="store_true",
+                        help="also score the largest and the smallest subnet at each other "
+                        "resolution of the space (e.g. smallest_r24)")
     parser.add_argument("--calib-seed", type=int, default=0,
                         help="seed of the BN recalibration batches (a second seed measures "
                         "the scores' noise)")

@@ -2,7 +2,8 @@
 tiny Fashion-MNIST: a run that finishes is scored; one stopped before its first
 checkpoint says so and fails; ``--resume`` continues a run, and a run that fails (a
 second run into the same folder without it) is not scored; ``--score`` scores checkpoints
-without training; a stand-alone run scores its one arch; a SIGTERM to the script ends the
+without training (``--all-resolutions``: the largest and the smallest at every
+resolution); a stand-alone run scores its one arch; a SIGTERM to the script ends the
 training it started."""
 
 from __future__ import annotations
@@ -62,6 +63,15 @@ def test_finished_failed_resumed_and_stopped_runs(tmp_path: Path) -> None:
     assert code == 0 and [s["checkpoint"] for s in record["scored"]] == ["checkpoint.pt"]
     assert record["scored"][0]["checkpoint_epoch"] == 6
     assert set(record["scored"][0]["subnets"]) == {"largest", "smallest"}
+    # --all-resolutions: the two also at the space's other resolutions, same parameters
+    code, record = _run(tmp_path, "scores", "--score", str(tmp_path / "done" / "checkpoint.pt"),
+                        "--all-resolutions")
+    subnets = record["scored"][0]["subnets"]
+    assert code == 0 and list(subnets) == [
+        "largest", "smallest", *(f"largest_r{r}" for r in (16, 20, 24, 28)),
+        *(f"smallest_r{r}" for r in (20, 24, 28, 32))]
+    assert subnets["smallest_r24"]["params"] == subnets["smallest"]["params"] == 132_266
+    assert subnets["smallest_r24"]["arch"] == "r24" + subnets["smallest"]["arch"][3:]
     proc = subprocess.run([sys.executable, str(SCRIPT), str(tmp_path / "x.json"), "--score",
                            str(tmp_path / "nowhere.pt")], capture_output=True, text=True,
                           timeout=120, env=_env())
