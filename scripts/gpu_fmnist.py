@@ -73,6 +73,9 @@ def _score(checkpoint: Path, args: argparse.Namespace, data: Any) -> dict[str, A
     trained = (meta.get("config") or {}).get("arch")
     if trained is not None:  # a stand-alone run: the other subnets were never trained
         archs = {_arch_name(trained, space): parse_arch(trained, space)}
+        if args.all_resolutions:
+            print(f"{checkpoint.name}: trained alone at one resolution; --all-resolutions "
+                  "scores it at that one only", flush=True)
     else:
         if args.all_resolutions:  # e.g. smallest_r24: the smallest's blocks at 24 px
             archs.update({f"{name}_r{res}": dataclasses.replace(arch, resolution=res)
@@ -181,6 +184,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.random_subnets < 0 or (args.strategy == "standalone" and args.random_subnets):
         print("error: --random-subnets must be >= 0, and 0 with --strategy standalone (its "
               f"other subnets are never trained), got {args.random_subnets}", file=sys.stderr)
+        return 2
+    if args.all_resolutions and args.strategy == "standalone":
+        print("error: --all-resolutions does not go with --strategy standalone (its subnet "
+              "is trained at one resolution)", file=sys.stderr)
         return 2
     if args.score is not None:
         return _score_only(args)

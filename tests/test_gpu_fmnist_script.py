@@ -96,7 +96,8 @@ def test_a_standalone_run_trains_and_scores_its_one_arch(tmp_path: Path) -> None
     assert list(record["subnets"]) == ["smallest"]
     assert record["subnets"]["smallest"]["params"] == 97_866  # mbv3_small28's: 132,266
     assert record["config"]["arch"] == record["subnets"]["smallest"]["arch"]
-    code, record = _run(tmp_path, "scores", "--score", str(tmp_path / "alone" / "checkpoint.pt"))
+    code, record = _run(tmp_path, "scores", "--score", str(tmp_path / "alone" / "checkpoint.pt"),
+                        "--all-resolutions")  # trained at one resolution: scored at that one
     assert code == 0 and list(record["scored"][0]["subnets"]) == ["smallest"]
 
     for args, message in [
@@ -106,7 +107,9 @@ def test_a_standalone_run_trains_and_scores_its_one_arch(tmp_path: Path) -> None
             (["--random-erasing", "2"], "random_erasing must be in [0, 1], got 2.0"),
             (["--strategy", "standalone", "--arch", "largest", "--random-subnets", "2"],
              "--random-subnets must be >= 0, and 0 with --strategy standalone"),
-            (["--random-subnets", "-1"], "--random-subnets must be >= 0")]:
+            (["--random-subnets", "-1"], "--random-subnets must be >= 0"),
+            (["--strategy", "standalone", "--arch", "smallest", "--all-resolutions"],
+             "--all-resolutions does not go with --strategy standalone")]:
         proc = subprocess.run([sys.executable, str(SCRIPT), str(tmp_path / "x.json"), *args],
                               capture_output=True, text=True, timeout=120, env=_env())
         assert proc.returncode == 2 and not (tmp_path / "x.json").exists()
