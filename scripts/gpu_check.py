@@ -181,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
                                 "--amp", "off" if args.device == "cpu" else "bf16",
                                 "--epochs", "1" if args.quick else str(args.fmnist_epochs),
                                 "--train-limit", str(limit),
-                                # ~3 s a subnet on an H200; minutes on a CPU (--quick)
+                                # 3-5 s a subnet on the H200, minutes on a CPU (--quick)
                                 *([] if args.quick else ["--all-resolutions"]),
                                 "--checkpoint-every", "5" if args.quick else "100", "--run-dir",
                                 str(Path(tempfile.mkdtemp(prefix="gpu_fmnist_")))],
