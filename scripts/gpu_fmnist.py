@@ -4,7 +4,7 @@ smallest subnet (issue 21's accuracy target), with the run's wall time.
     python scripts/gpu_fmnist.py OUT.json [--data-dir DIR] [--strategy ps] [--epochs 3]
         [--batch-size 256] [--lr 0.1] [--device cuda] [--amp bf16] [--train-limit 170]
         [--run-dir DIR] [--resume] [--random-subnets N] [--seed S] [--random-erasing P]
-        [--space mbv3_small28|mbv3_small28_lite] [--all-resolutions]
+        [--space mbv3_small28|mbv3_small28_lite] [--all-resolutions] [--resolutions R ...]
     python scripts/gpu_fmnist.py OUT.json --strategy standalone --arch largest|smallest|ARCH ...
     python scripts/gpu_fmnist.py OUT.json --score CHECKPOINT [CHECKPOINT ...] [--device D]
 
@@ -20,10 +20,13 @@ recalibration, on the same device, and ``--random-subnets N`` seeded random ones
 ``standalone`` checkpoint: its one arch); ``--all-resolutions`` scores the largest and the
 smallest also at each other resolution of the space (``smallest_r24``: the smallest's
 blocks at 24 px; the issue's "< 100K parameters" does not depend on the resolution).
-``--random-erasing P`` adds random erasing to the training augmentation (each image with
-probability P). ``--score`` scores given checkpoints instead of training (e.g. copies
-kept at each phase's end), in the space each was trained in. Writes ``OUT.json``
-atomically. Needs only torch, numpy and this package's core (no optuna, typer or TVM).
+``--resolutions R ...`` trains at these resolutions of the space only (e.g. ``28``,
+Fashion-MNIST's own); the largest and the smallest are then scored at the largest and the
+smallest of them. ``--random-erasing P`` adds random erasing to the training
+augmentation (each image with probability P). ``--score`` scores given checkpoints
+instead of training (e.g. copies kept at each phase's end), in the space each was trained
+in. Writes ``OUT.json`` atomically. Needs only torch, numpy and this package's core (no
+optuna, typer or TVM).
 """
 
 from __future__ import annotations
@@ -69,8 +72,10 @@ def _score(checkpoint: Path, args: argparse.Namespace, data: Any) -> dict[str, A
     net, meta = load_supernet(checkpoint)
     net.to(args.device)
     space = meta["space"]
-    archs = _named_archs(space)
-    trained = (meta.get("config") or {}).get("arch")
+    config = meta.get("config") or {}
+    resolutions = config.get("resolutions")  # the run's, when it sampled only some
+    archs = _named_archs(space, resolutions)
+    trained = config.get("arch")
     if trained is not None:  # a stand-alone run: the other subnets were never trained
         archs = {_arch_name(trained, space): parse_arch(trained, space)}
         if args.all_resolutions:
@@ -81,8 +86,9 @@ def _score(checkpoint: Path, args: argparse.Namespace, data: Any) -> dict[str, A
             archs.update({f"{name}_r{res}": dataclasses.replace(arch, resolution=res)
                           for name, arch in list(archs.items())
                           for res in get_space(space).resolutions if res != arch.resolution})
-        archs.update({f"random_{seed}": Arch.sample(space, seed)
-                      for seed in range(args.random_subnets)})
+        archs.update({f"random_{seed}": Arch.sample(
+            space, seed, resolution=resolutions[seed % len(resolutions)] if resolutions else None)
+            for seed in range(args.random_subnets)})
     scores = {}
     for name, arch in archs.items():
         eval_start = time.monotonic()
@@ -97,11 +103,16 @@ def _score(checkpoint: Path, args: argparse.Namespace, data: Any) -> dict[str, A
             "subnets": scores}
 
 
-def _named_archs(space: str) -> dict[str, Any]:
-    """The space's largest and smallest subnets, by name."""
+def _named_archs(space: str, resolutions: list[int] | None = None) -> dict[str, Any]:
+    """The space's largest and smallest subnets, by name; with ``resolutions`` (a run that
+    trained at those only), at the largest and the smallest of them."""
     from ofa_search.arch import Arch
 
-    return {"largest": Arch.largest(space), "smallest": Arch.smallest(space)}
+    largest, smallest = Arch.largest(space), Arch.smallest(space)
+    if resolutions:
+        largest = dataclasses.replace(largest, resolution=max(resolutions))
+        smallest = dataclasses.replace(smallest, resolution=min(resolutions))
+    return {"largest": largest, "smallest": smallest}
 
 
 def _arch_name(arch: str, space: str) -> str:
@@ -175,6 +186,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--all-resolutions", action="store_true",
                         help="also score the largest and the smallest subnet at each other "
                         "resolution of the space (e.g. smallest_r24)")
+    parser.add_argument("--resolutions", type=int, nargs="+", default=None, metavar="R",
+                        help="train at these resolutions of the space only (e.g. 28); not "
+                        "with --strategy standalone (the arch sets it)")
     parser.add_argument("--calib-seed", type=int, default=0,
                         help="seed of the BN recalibration batches (a second seed measures "
                         "the scores' noise)")
@@ -189,13 +203,23 @@ def main(argv: list[str] | None = None) -> int:
         print("error: --all-resolutions does not go with --strategy standalone (its subnet "
               "is trained at one resolution)", file=sys.stderr)
         return 2
+    if args.resolutions is not None and args.strategy == "standalone":
+        print("error: --resolutions does not go with --strategy standalone (its arch sets the "
+              "resolution)", file=sys.stderr)
+        return 2
     if args.score is not None:
         return _score_only(args)
 
     import torch
 
     from ofa_search.atomic import atomic_write_json
+    from ofa_search.space import get_space
 
+    offered = get_space(args.space).resolutions
+    if args.resolutions is not None and not set(args.resolutions) <= set(offered):
+        print(f"error: --resolutions {' '.join(map(str, args.resolutions))}: space "
+              f"{args.space} has resolutions {', '.join(map(str, offered))}", file=sys.stderr)
+        return 2
     try:
         arch = _resolve_arch(args.arch, args.strategy, args.space)
     except ValueError as exc:
@@ -206,6 +230,7 @@ def main(argv: list[str] | None = None) -> int:
               "strategy": args.strategy, "arch": arch, "epochs": args.epochs,
               "batch_size": args.batch_size, "lr": args.lr, "warmup_epochs": 0,
               "seed": args.seed, "random_erasing": args.random_erasing,
+              "resolutions": args.resolutions,
               "out_dir": str(run_dir), "device": args.device, "amp": args.amp,
               "checkpoint_every": args.checkpoint_every, "resume": args.resume,
               "quiet": False}

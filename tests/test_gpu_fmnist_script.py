@@ -3,7 +3,8 @@ tiny Fashion-MNIST: a run that finishes is scored; one stopped before its first
 checkpoint says so and fails; ``--resume`` continues a run, and a run that fails (a
 second run into the same folder without it) is not scored; ``--score`` scores checkpoints
 without training (``--all-resolutions``: the largest and the smallest at every
-resolution); a stand-alone run scores its one arch; a SIGTERM to the script ends the
+resolution); a run trained at some resolutions only (``--resolutions``) is scored at
+them; a stand-alone run scores its one arch; a SIGTERM to the script ends the
 training it started."""
 
 from __future__ import annotations
@@ -78,6 +79,15 @@ def test_finished_failed_resumed_and_stopped_runs(tmp_path: Path) -> None:
     assert proc.returncode == 2 and not (tmp_path / "x.json").exists()
     assert proc.stderr.strip() == f"error: no checkpoint at {tmp_path / 'nowhere.pt'}"
 
+    # --resolutions: trained at 28 px only; the two are scored there, random ones too
+    code, record = _run(tmp_path, "at28", "--strategy", "sandwich", "--epochs", "1",
+                        "--train-limit", "300", "--resolutions", "28", "--random-subnets", "2")
+    assert code == 0 and record["config"]["resolutions"] == [28]
+    subnets = record["subnets"]
+    assert list(subnets) == ["largest", "smallest", "random_0", "random_1"]
+    assert all(s["arch"].startswith("r28_") for s in subnets.values())
+    assert subnets["smallest"]["params"] == 132_266
+
     # stopped long before the child has imported torch: nothing to score
     code, record = _run(tmp_path, "stopped", "--train-limit", "0.01", "--seed", "1")
     assert code == 1 and record["stopped_at_limit"] and "subnets" not in record
@@ -109,7 +119,11 @@ def test_a_standalone_run_trains_and_scores_its_one_arch(tmp_path: Path) -> None
              "--random-subnets must be >= 0, and 0 with --strategy standalone"),
             (["--random-subnets", "-1"], "--random-subnets must be >= 0"),
             (["--strategy", "standalone", "--arch", "smallest", "--all-resolutions"],
-             "--all-resolutions does not go with --strategy standalone")]:
+             "--all-resolutions does not go with --strategy standalone"),
+            (["--strategy", "standalone", "--arch", "smallest", "--resolutions", "28"],
+             "--resolutions does not go with --strategy standalone"),
+            (["--resolutions", "28", "30"],
+             "--resolutions 28 30: space mbv3_small28 has resolutions 16, 20, 24, 28, 32")]:
         proc = subprocess.run([sys.executable, str(SCRIPT), str(tmp_path / "x.json"), *args],
                               capture_output=True, text=True, timeout=120, env=_env())
         assert proc.returncode == 2 and not (tmp_path / "x.json").exists()
