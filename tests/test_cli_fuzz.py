@@ -149,10 +149,9 @@ def tree(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tree]:
         table.meta["overhead"] = {"archs": 0}  # fitted: resuming the table measures nothing
         table.save(ws.hw_profiles_dir / f"{TABLE_DEVICE}.json")
         run = root / "run"
-        # the CLI's default batch size: a resume with another one is refused
+        # the CLI's default batch size and resolutions: a resume with others is refused
         run_training(TrainConfig(space=SPACE, dataset="digits", strategy="spos", epochs=1,
-                                 steps_per_epoch=1, resolutions=(16,),
-                                 out_dir=str(run), quiet=True))
+                                 steps_per_epoch=1, out_dir=str(run), quiet=True))
         search_ws = Workspace(root / "search-ws")
         shutil.copytree(ws.root, search_ws.root)
         (root / "afile").write_text("a file")

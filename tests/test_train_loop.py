@@ -84,14 +84,15 @@ def test_checkpoint_contents_and_load_supernet(tmp_path: Path) -> None:
     other = config.seed + 1  # it would also split the data differently
     with pytest.raises(TrainingError, match=f"is a run with seed {config.seed}, not {other}"):
         train(dataclasses.replace(config, seed=other, resume=True))
-    # so would another batch size (a mid-epoch position counts batches), augmentation or
-    # dataset; nothing is written
+    # so would another batch size (a mid-epoch position counts batches), augmentation,
+    # resolutions or dataset; nothing is written
     write_fashion(tmp_path / "fashion")
     stamp = path.stat().st_mtime_ns
     for change, message in [({"batch_size": config.batch_size * 2},
                               f"batch_size {config.batch_size}, not {config.batch_size * 2}"),
                              ({"augment": not config.augment}, f"augment {config.augment}, not"),
                              ({"random_erasing": 0.5}, "random_erasing 0.0, not 0.5"),
+                             ({"resolutions": (16, 20)}, r"resolutions \[16\], not \[16, 20\]"),
                              ({"dataset": "fashion-mnist", "data_dir": str(tmp_path / "fashion")},
                               "dataset 'digits', not 'fashion-mnist'")]:
         with pytest.raises(TrainingError, match=f"is a run with {message}"):

@@ -1029,8 +1029,9 @@ def _restore(path: Path, config: TrainConfig, strategy: TrainingStrategy, net: S
         if ran != wanted[key]:
             raise TrainingError(f"{path} is a run with {key} {ran!r}, not {wanted[key]!r}")
     # settings that decide what the run trains on: the seed also splits the data, the batch
-    # size places a mid-epoch position, and a stand-alone run's arch is its whole model
-    for key in ("seed", "dataset", "batch_size", "augment", "arch"):
+    # size places a mid-epoch position, a stand-alone run's arch is its whole model, and the
+    # sampled resolutions set the subnets trained and the batches' size
+    for key in ("seed", "dataset", "batch_size", "augment", "arch", "resolutions"):
         if key in saved and saved[key] != wanted[key]:
             raise TrainingError(f"{path} is a run with {key} {saved[key]!r}, "
                                 f"not {wanted[key]!r}")
