@@ -16,9 +16,12 @@ is recorded and the next one runs; stages that no longer fit the budget are skip
    (fp16, CUDA graphs) profiling ``<gpu>-torch-fp16-b{1,64}`` for ``ofa_mbv3`` w1.0 at a
    few resolutions and validating it on 30 held-out subnets.
 4. ``fmnist`` (with ``--fmnist-data DIR``): ``scripts/gpu_fmnist.py``, a Fashion-MNIST
-   supernet trained with progressive shrinking (bf16) for at most ``--fmnist-limit``
-   seconds, then its largest and smallest subnets scored on the test split, each at
-   every resolution of the space (not with ``--quick``).
+   supernet trained (bf16) for at most ``--fmnist-limit`` seconds, then its largest and
+   smallest subnets scored on the test split. ``--fmnist-strategy sandwich`` (the
+   default): ``mbv3_small28_lite`` with the sandwich rule at 28 px only, ``--fmnist-epochs``
+   in all (default 12), 8 random subnets scored too; ``ps``: ``mbv3_small28`` with
+   progressive shrinking, ``--fmnist-epochs`` per phase (default 3), the two scored at
+   every resolution of the space (not with ``--quick``), as in the first H200 run.
 5. ``train_step_compile``: the ``torch.compile`` variant of the step (compile time counted).
 
 Writes ``OUT_DIR/gpu_check.json`` (host, versions, each stage's status, time and output
@@ -116,6 +119,26 @@ def _test_counts(output: str) -> dict[str, int]:
     return counts
 
 
+def fmnist_command(args: argparse.Namespace, record: Path, limit: int,
+                   run_dir: Path) -> list[str]:
+    """The Fashion-MNIST stage's ``scripts/gpu_fmnist.py`` arguments (``--fmnist-strategy``).
+
+    ``sandwich`` is the recipe that did best on the CPU (docs/stages/train.md, "The sandwich
+    rule at 28 px"): ``mbv3_small28_lite``, whose smallest subnet has under 100K parameters,
+    trained at Fashion-MNIST's own 28 px only. ``ps`` is the first H200 run's."""
+    sandwich = args.fmnist_strategy == "sandwich"
+    epochs = 1 if args.quick else args.fmnist_epochs or (12 if sandwich else 3)
+    command = ["scripts/gpu_fmnist.py", str(record), "--data-dir", str(args.fmnist_data),
+               "--device", args.device, "--amp", "off" if args.device == "cpu" else "bf16",
+               "--epochs", str(epochs), "--train-limit", str(limit),
+               "--checkpoint-every", "5" if args.quick else "100", "--run-dir", str(run_dir)]
+    if sandwich:
+        return [*command, "--strategy", "sandwich", "--space", "mbv3_small28_lite",
+                "--resolutions", "28", "--random-subnets", "1" if args.quick else "8"]
+    # 3-5 s a subnet on the H200, minutes on a CPU (--quick)
+    return [*command, "--strategy", "ps", *([] if args.quick else ["--all-resolutions"])]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("out_dir", type=Path)
@@ -125,8 +148,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fmnist-data", type=Path, default=None,
                         help="Fashion-MNIST's IDX files: also train and score a supernet "
                         "on them (scripts/gpu_fmnist.py)")
-    parser.add_argument("--fmnist-epochs", type=int, default=3,
-                        help="epochs per progressive-shrinking phase")
+    parser.add_argument("--fmnist-strategy", default="sandwich", choices=("sandwich", "ps"),
+                        help="sandwich: mbv3_small28_lite at 28 px only (the CPU's best "
+                        "recipe); ps: mbv3_small28, progressive shrinking")
+    parser.add_argument("--fmnist-epochs", type=int, default=None,
+                        help="sandwich: epochs in all (default 12); ps: epochs per phase "
+                        "(default 3)")
     parser.add_argument("--fmnist-limit", type=float, default=200.0,
                         help="seconds of Fashion-MNIST training before it is stopped and "
                         "scored")
@@ -176,15 +203,9 @@ def main(argv: list[str] | None = None) -> int:
         # the training stops in time for its scoring (~60 s) to fit the budget
         left = runner.deadline - time.monotonic() - 70
         limit = round(min(20.0 if args.quick else args.fmnist_limit, left))
-        runner.stage("fmnist", [py, "scripts/gpu_fmnist.py", str(out / "gpu_fmnist.json"),
-                                "--data-dir", str(args.fmnist_data), "--device", args.device,
-                                "--amp", "off" if args.device == "cpu" else "bf16",
-                                "--epochs", "1" if args.quick else str(args.fmnist_epochs),
-                                "--train-limit", str(limit),
-                                # 3-5 s a subnet on the H200, minutes on a CPU (--quick)
-                                *([] if args.quick else ["--all-resolutions"]),
-                                "--checkpoint-every", "5" if args.quick else "100", "--run-dir",
-                                str(Path(tempfile.mkdtemp(prefix="gpu_fmnist_")))],
+        run_dir = Path(tempfile.mkdtemp(prefix="gpu_fmnist_"))
+        runner.stage("fmnist", [py, *fmnist_command(args, out / "gpu_fmnist.json", limit,
+                                                    run_dir)],
                      limit=limit + 90, min_time=90)
     runner.stage("train_step_compile", [py, "scripts/bench_train_step.py",
                                         str(out / "gpu_train_step_compile.json"), *step_args,
