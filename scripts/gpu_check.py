@@ -127,7 +127,8 @@ def fmnist_command(args: argparse.Namespace, record: Path, limit: int,
     rule at 28 px"): ``mbv3_small28_lite``, whose smallest subnet has under 100K parameters,
     trained at Fashion-MNIST's own 28 px only. ``ps`` is the first H200 run's."""
     sandwich = args.fmnist_strategy == "sandwich"
-    epochs = 1 if args.quick else args.fmnist_epochs or (12 if sandwich else 3)
+    default = 12 if sandwich else 3
+    epochs = 1 if args.quick else default if args.fmnist_epochs is None else args.fmnist_epochs
     command = ["scripts/gpu_fmnist.py", str(record), "--data-dir", str(args.fmnist_data),
                "--device", args.device, "--amp", "off" if args.device == "cpu" else "bf16",
                "--epochs", str(epochs), "--train-limit", str(limit),
@@ -158,6 +159,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="seconds of Fashion-MNIST training before it is stopped and "
                         "scored")
     args = parser.parse_args(argv)
+    if args.fmnist_epochs is not None and args.fmnist_epochs < 1:
+        parser.error(f"--fmnist-epochs must be >= 1, got {args.fmnist_epochs}")
     out = args.out_dir.resolve()
     out.mkdir(parents=True, exist_ok=True)
     py = sys.executable

@@ -70,8 +70,15 @@ def test_the_fmnist_stage_trains_the_sandwich_rule_at_28_px_by_default(tmp_path:
                  tmp_path / "run")
     assert ps[ps.index("--strategy") + 1] == "ps" and ps[ps.index("--epochs") + 1] == "3"
     assert "--all-resolutions" in ps and "--space" not in ps and "--resolutions" not in ps
-    assert command(_stage_args(tmp_path, fmnist_epochs=25), tmp_path / "r.json", 200,
-                   tmp_path / "run")[full.index("--epochs") + 1] == "25"
+    longer = command(_stage_args(tmp_path, fmnist_epochs=25), tmp_path / "r.json", 200,
+                     tmp_path / "run")
+    assert longer[longer.index("--epochs") + 1] == "25"
+    # a bad --fmnist-epochs is refused before any stage runs
+    proc = subprocess.run([sys.executable, str(Path(__file__).resolve().parents[1] / "scripts"
+                                               / "gpu_check.py"), str(tmp_path / "out"),
+                           "--fmnist-epochs", "0"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and not (tmp_path / "out").exists()
+    assert proc.stderr.strip().endswith("error: --fmnist-epochs must be >= 1, got 0")
 
     # the quick dry run's command, run on a tiny Fashion-MNIST (45 training images)
     write_fashion(tmp_path / "data")
