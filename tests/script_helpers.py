@@ -1,8 +1,10 @@
-"""Load a script of ``scripts/`` as a module, to test its functions in process."""
+"""Load a script of ``scripts/`` as a module, to test its functions in process, or run it in
+a child process with this repository importable (:func:`script_env`)."""
 
 from __future__ import annotations
 
 import importlib.util
+import os
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -20,3 +22,10 @@ def load_script(name: str) -> ModuleType:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def script_env() -> dict[str, str]:
+    """This process's environment with the repository first on ``PYTHONPATH``, for running
+    a script in a child process without installing the package."""
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [str(SCRIPTS.parent), os.environ.get("PYTHONPATH", "")])}

@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from script_helpers import load_script
+from script_helpers import SCRIPTS, load_script, script_env
 from test_data import write_fashion
 
 # a stage that starts a grandchild which would outlive it, writes its pid, then hangs
@@ -74,8 +74,7 @@ def test_the_fmnist_stage_trains_the_sandwich_rule_at_28_px_by_default(tmp_path:
                      tmp_path / "run")
     assert longer[longer.index("--epochs") + 1] == "25"
     # a bad --fmnist-epochs is refused before any stage runs
-    proc = subprocess.run([sys.executable, str(Path(__file__).resolve().parents[1] / "scripts"
-                                               / "gpu_check.py"), str(tmp_path / "out"),
+    proc = subprocess.run([sys.executable, str(SCRIPTS / "gpu_check.py"), str(tmp_path / "out"),
                            "--fmnist-epochs", "0"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and not (tmp_path / "out").exists()
     assert proc.stderr.strip().endswith("error: --fmnist-epochs must be >= 1, got 0")
@@ -85,11 +84,8 @@ def test_the_fmnist_stage_trains_the_sandwich_rule_at_28_px_by_default(tmp_path:
     record = tmp_path / "quick.json"
     quick = command(_stage_args(tmp_path, quick=True, device="cpu"), record, 300,
                     tmp_path / "run")
-    root = Path(__file__).resolve().parents[1]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root),
-                                                        os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.run([sys.executable, *quick, "--batch-size", "16"], cwd=root, env=env,
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run([sys.executable, *quick, "--batch-size", "16"], cwd=SCRIPTS.parent,
+                          env=script_env(), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads(record.read_text())
     assert result["config"]["strategy"] == "sandwich"

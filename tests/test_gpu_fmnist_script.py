@@ -10,26 +10,21 @@ training it started."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from script_helpers import SCRIPTS, script_env
 from test_data import write_fashion
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "gpu_fmnist.py"
-
-
-def _env() -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": os.pathsep.join(
-        [str(SCRIPT.parents[1]), os.environ.get("PYTHONPATH", "")])}
+SCRIPT = SCRIPTS / "gpu_fmnist.py"
 
 
 def _run(tmp_path: Path, name: str, *args: str) -> tuple[int, dict]:
     out = tmp_path / f"{name}.json"
-    env = _env()
+    env = script_env()
     proc = subprocess.run([sys.executable, str(SCRIPT), str(out), "--data-dir",
                            str(tmp_path / "data"), "--device", "cpu", "--amp", "off",
                            "--batch-size", "16", "--run-dir", str(tmp_path / name), *args],
@@ -75,7 +70,7 @@ def test_finished_failed_resumed_and_stopped_runs(tmp_path: Path) -> None:
     assert subnets["smallest_r24"]["arch"] == "r24" + subnets["smallest"]["arch"][3:]
     proc = subprocess.run([sys.executable, str(SCRIPT), str(tmp_path / "x.json"), "--score",
                            str(tmp_path / "nowhere.pt")], capture_output=True, text=True,
-                          timeout=120, env=_env())
+                          timeout=120, env=script_env())
     assert proc.returncode == 2 and not (tmp_path / "x.json").exists()
     assert proc.stderr.strip() == f"error: no checkpoint at {tmp_path / 'nowhere.pt'}"
 
@@ -125,7 +120,7 @@ def test_a_standalone_run_trains_and_scores_its_one_arch(tmp_path: Path) -> None
             (["--resolutions", "28", "30"],
              "--resolutions 28 30: space mbv3_small28 has resolutions 16, 20, 24, 28, 32")]:
         proc = subprocess.run([sys.executable, str(SCRIPT), str(tmp_path / "x.json"), *args],
-                              capture_output=True, text=True, timeout=120, env=_env())
+                              capture_output=True, text=True, timeout=120, env=script_env())
         assert proc.returncode == 2 and not (tmp_path / "x.json").exists()
         assert proc.stderr.startswith(f"error: {message}") and proc.stderr.count("\n") == 1
 
@@ -141,7 +136,7 @@ def test_a_terminated_script_ends_its_training(tmp_path: Path) -> None:
     proc = subprocess.Popen([sys.executable, str(SCRIPT), str(tmp_path / "run.json"),
                              "--data-dir", str(tmp_path / "data"), "--device", "cpu",
                              "--amp", "off", "--epochs", "1000", "--train-limit", "600"],
-                            env=_env(), stdout=subprocess.DEVNULL,
+                            env=script_env(), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 60
     children: list[int] = []
